@@ -1,0 +1,199 @@
+"""What comes in: the voxel grid, the CT, the structures and the prescription.
+
+Arrays on a grid are indexed ``[k, j, i]`` = ``[slice, row, column]``, the order in which
+DICOM stores a CT series, so ``array[k]`` is the k-th slice. Coordinates are DICOM patient
+coordinates in mm (for HFS: +x patient left, +y posterior, +z superior).
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+
+AXIAL_HFS = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
+
+
+@dataclass(frozen=True)
+class Grid:
+    """A regular voxel grid in patient coordinates.
+
+    origin: patient position (mm) of the centre of voxel [0, 0, 0] (ImagePositionPatient of the first slice).
+    spacing: (slice, row, column) step in mm, i.e. (dz, PixelSpacing[0], PixelSpacing[1]).
+    shape: (slices, rows, columns).
+    orientation: ImageOrientationPatient: the direction of increasing column index, then of increasing row index.
+    """
+
+    origin: tuple[float, float, float]
+    spacing: tuple[float, float, float]
+    shape: tuple[int, int, int]
+    orientation: tuple[float, float, float, float, float, float] = AXIAL_HFS
+
+    @property
+    def axes(self) -> np.ndarray:
+        """3×3 matrix whose rows are the patient directions of the k, j, i index axes."""
+        row_dir = np.asarray(self.orientation[:3], float)
+        col_dir = np.asarray(self.orientation[3:], float)
+        return np.stack([np.cross(row_dir, col_dir), col_dir, row_dir])
+
+    @property
+    def voxel_volume_cm3(self) -> float:
+        return float(np.prod(self.spacing)) / 1000.0
+
+    def index_to_patient(self, kji: np.ndarray) -> np.ndarray:
+        """Patient coordinates (mm, last axis x y z) of (possibly fractional) indices (last axis k j i)."""
+        kji = np.asarray(kji, float)
+        return np.asarray(self.origin) + (kji * np.asarray(self.spacing)) @ self.axes
+
+    def patient_to_index(self, xyz: np.ndarray) -> np.ndarray:
+        """Fractional indices (last axis k j i) of patient coordinates (last axis x y z, mm)."""
+        xyz = np.asarray(xyz, float) - np.asarray(self.origin)
+        return (xyz @ self.axes.T) / np.asarray(self.spacing)
+
+    def centres(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Patient x, y, z (mm) of every voxel centre, each an array of ``shape``."""
+        k, j, i = np.ogrid[: self.shape[0], : self.shape[1], : self.shape[2]]
+        steps = self.axes * np.asarray(self.spacing)[:, None]
+        x, y, z = (self.origin[a] + k * steps[0, a] + j * steps[1, a] + i * steps[2, a] for a in range(3))
+        return x, y, z
+
+
+class Role(str, enum.Enum):
+    """What a structure is for; RTROIInterpretedType where DICOM has one."""
+
+    EXTERNAL = "EXTERNAL"
+    GTV = "GTV"
+    CTV = "CTV"
+    PTV = "PTV"
+    GAP = "GAP"  # buffer around a PTV: no objective (SPEC §2.3)
+    RING = "RING"  # dose fall-off shell around a Gap (SPEC §2.3)
+    OAR = "OAR"
+    OTHER = "OTHER"  # kept and written back, never planned on (couch, markers, z-structures)
+
+    @property
+    def is_target(self) -> bool:
+        return self in (Role.GTV, Role.CTV, Role.PTV)
+
+    @property
+    def dicom_type(self) -> str:
+        """RTROIInterpretedType (PS3.3 C.8.8.8)."""
+        return {
+            Role.EXTERNAL: "EXTERNAL",
+            Role.GTV: "GTV",
+            Role.CTV: "CTV",
+            Role.PTV: "PTV",
+            Role.GAP: "CONTROL",
+            Role.RING: "AVOIDANCE",
+            Role.OAR: "ORGAN",
+            Role.OTHER: "CONTROL",
+        }[self]
+
+
+@dataclass(frozen=True, eq=False)
+class Structure:
+    """One region of interest on the case grid.
+
+    name: TG-263 name (targets: ``CTV_7000`` with the dose in cGy).
+    mask: voxels as delineated (input ROIs) or as generated (PTV, Gap, Ring); bool [k, j, i].
+    role: what the structure is for.
+    level: priority level of SPEC §2.4 (1 highest, 2 targets, 3 other OARs and Rings); None: never optimised.
+    rx_gy: targets, Gaps and Rings: the prescription dose (Gy) of the dose level they belong to.
+    roi_name: the ROIName in the input RTSTRUCT ("" for generated structures).
+    planning_mask: the voxels its objectives act on after the overlap rules (None: not yet resolved, use mask).
+    """
+
+    name: str
+    mask: np.ndarray
+    role: Role
+    level: int | None = None
+    rx_gy: float | None = None
+    roi_name: str = ""
+    color: tuple[int, int, int] = (255, 0, 0)
+    planning_mask: np.ndarray | None = None
+
+    @property
+    def voxels(self) -> np.ndarray:
+        """The mask objectives and plan evaluation act on: planning_mask once the rules ran, else mask."""
+        return self.mask if self.planning_mask is None else self.planning_mask
+
+    def volume_cm3(self, grid: Grid) -> float:
+        return float(np.count_nonzero(self.mask)) * grid.voxel_volume_cm3
+
+    def with_planning_mask(self, planning_mask: np.ndarray) -> "Structure":
+        return replace(self, planning_mask=planning_mask)
+
+
+@dataclass(frozen=True)
+class DoseLevel:
+    """One prescription level: the target it is prescribed to and its dose (Gy, whole course)."""
+
+    target: str
+    dose_gy: float
+
+
+@dataclass(frozen=True)
+class Prescription:
+    """Prescription levels, highest dose first, and the number of fractions."""
+
+    levels: tuple[DoseLevel, ...]
+    fractions: int
+
+    def __post_init__(self):
+        object.__setattr__(self, "levels", tuple(sorted(self.levels, key=lambda lv: -lv.dose_gy)))
+
+    @property
+    def rx_max(self) -> float:
+        """The highest prescription dose in the plan (Gy), Rx_max of SPEC §2.6."""
+        return self.levels[0].dose_gy
+
+    @property
+    def rx_min(self) -> float:
+        """The lowest prescription dose in the plan (Gy), Rx_min of SPEC §2.12."""
+        return self.levels[-1].dose_gy
+
+
+@dataclass(frozen=True)
+class DicomRefs:
+    """The identities that output objects must reference to belong with the input CT."""
+
+    patient_id: str = "ANON"
+    patient_name: str = "ANON"
+    study_instance_uid: str = ""
+    frame_of_reference_uid: str = ""
+    ct_series_instance_uid: str = ""
+    ct_sop_class_uid: str = "1.2.840.10008.5.1.4.1.1.2"
+    ct_sop_instance_uids: tuple[str, ...] = ()  # one per slice, in slice (k) order
+    patient_position: str = "HFS"
+    extra: dict = field(default_factory=dict)  # StudyID, StudyDate, PatientBirthDate, PatientSex, AccessionNumber …
+
+
+@dataclass(frozen=True, eq=False)
+class Case:
+    """A patient case ready to plan: CT (HU) on its grid, structures and prescription."""
+
+    case_id: str
+    grid: Grid
+    hu: np.ndarray
+    structures: tuple[Structure, ...]
+    prescription: Prescription
+    refs: DicomRefs = DicomRefs()
+
+    def structure(self, name: str) -> Structure:
+        for s in self.structures:
+            if s.name == name:
+                return s
+        raise KeyError(f"case {self.case_id!r} has no structure {name!r}; it has {[s.name for s in self.structures]}")
+
+    def has(self, name: str) -> bool:
+        return any(s.name == name for s in self.structures)
+
+    def by_role(self, *roles: Role) -> tuple[Structure, ...]:
+        return tuple(s for s in self.structures if s.role in roles)
+
+    @property
+    def external(self) -> Structure:
+        return self.by_role(Role.EXTERNAL)[0]
+
+    def with_structures(self, structures: tuple[Structure, ...]) -> "Case":
+        return replace(self, structures=tuple(structures))

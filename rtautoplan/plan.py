@@ -1,0 +1,84 @@
+"""What goes out: beams, objectives, dose and the plan."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+import numpy as np
+
+from rtautoplan.case import Grid
+
+
+class Modality(str, enum.Enum):
+    PHOTON = "photon"
+    PROTON = "proton"
+    CARBON = "carbon"
+
+
+@dataclass(frozen=True)
+class Beam:
+    """One treatment field. Angles in degrees, IEC 61217; isocentre in patient coordinates (mm)."""
+
+    name: str
+    gantry_deg: float
+    isocenter_mm: tuple[float, float, float]
+    couch_deg: float = 0.0
+    collimator_deg: float = 0.0
+    modality: Modality = Modality.PHOTON
+
+
+class ObjectiveKind(str, enum.Enum):
+    """Penalty kinds; each has one (value, gradient) function in the optimiser.
+
+    DMAX, DMIN, DMEAN: seed 002 eq. 1 (SPEC §2.9); also seed 003's Max and Min (SPEC §3.2).
+    UNIFORM, DVH_MIN: seed 003 (SPEC §3.2).
+    DV_MAX: seed 000 over-dose on the hottest fraction ``volume`` of the structure (SPEC §1.3).
+    """
+
+    DMAX = "Dmax"
+    DMIN = "Dmin"
+    DMEAN = "Dmean"
+    UNIFORM = "Uniform"
+    DVH_MIN = "DVHmin"
+    DV_MAX = "DVmax"
+
+
+@dataclass(frozen=True)
+class Objective:
+    """One planning objective on one structure.
+
+    dose_gy: the dose limit (Gy). weight: its weight w. volume: fraction 0–1 for the
+    dose-volume kinds (DVH_MIN, DV_MAX), else None. adjustable: False for the fixed target
+    objectives of rule 10 (SPEC §2.6), True for those a planner (or policy) may tune.
+    """
+
+    structure: str
+    kind: ObjectiveKind
+    dose_gy: float
+    weight: float = 1.0
+    volume: float | None = None
+    adjustable: bool = True
+
+
+@dataclass(frozen=True, eq=False)
+class Dose:
+    """A dose distribution (Gy) on a grid. kind: DICOM DoseType, PHYSICAL or EFFECTIVE (RBE-weighted)."""
+
+    grid: Grid
+    gy: np.ndarray
+    kind: str = "PHYSICAL"
+
+
+@dataclass(frozen=True, eq=False)
+class Plan:
+    """An optimised plan: its beams, the objectives it was optimised to, the beamlet/spot
+    weights (per beam, in beam order) and the resulting dose."""
+
+    case_id: str
+    modality: Modality
+    beams: tuple[Beam, ...]
+    objectives: tuple[Objective, ...]
+    weights: tuple[np.ndarray, ...]
+    dose: Dose
+    adapter: str = ""
