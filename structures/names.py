@@ -155,6 +155,15 @@ def target_name(role: Role, dose_gy: float | None, suffix: str = "") -> str:
     return name
 
 
+_PLANNING_ONLY = {Role.GAP: "zGap", Role.RING: "zRing"}
+
+
+def planning_name(role: Role, dose_gy: float) -> str:
+    """TG-263 name of a generated planning-only structure of one dose level: ``zGap_7000``,
+    ``zRing_7000`` (dose in cGy; the ``z`` prefix marks a structure that is not anatomy)."""
+    return f"{_PLANNING_ONLY[role]}_{round(dose_gy * 100):d}"
+
+
 def parse(roi_name: str) -> ParsedName | None:
     """Canonical name and role of a ROI name, or None if it is not recognised."""
     key = _key(roi_name)
@@ -191,3 +200,10 @@ def suggest(roi_name: str) -> str | None:
 def organ(name: str) -> Organ:
     """The rule-table row of a canonical OAR name; unknown OARs (from a user mapping) default to level 3, Dmean."""
     return ORGANS.get(name, Organ(name, 3, "Dmean"))
+
+
+def priority_level(name: str, role: Role) -> int | None:
+    """Priority level of SPEC §2.4: the organ's row for OARs, 2 for targets, None for the rest."""
+    if role is Role.OAR:
+        return organ(name).level
+    return 2 if role.is_target else None

@@ -1,0 +1,114 @@
+"""The ``rtautoplan`` command. ``main(argv) -> exit code``; one subcommand per job.
+
+Exit codes: 0 success, 2 bad input (one line naming the file/ROI/tag and the fix),
+1 an internal error (one line; ``--debug`` shows the traceback).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from rtautoplan.errors import InputError
+
+log = logging.getLogger("rtautoplan")
+
+
+def _phantom(args) -> int:
+    from rtautoplan.phantom import write_phantom
+
+    case = write_phantom(args.site, args.seed, args.output)
+    print(f"wrote {case.case_id} ({args.site}, seed {args.seed}): CT {case.grid.shape[0]} slices "
+          f"{case.grid.shape[1]}×{case.grid.shape[2]}, {len(case.structures)} ROIs → {args.output}")
+    return 0
+
+
+def _structures(args) -> int:
+    import numpy as np
+    from rich.console import Console
+    from rich.table import Table
+
+    from rtautoplan.dicom.read import read_case
+    from rtautoplan.dicom.rtstruct import write_rtstruct
+    from rtautoplan.report import contour_slices
+    from rtautoplan.structures.objectives import objectives_for
+    from rtautoplan.structures.rules import apply_rules
+
+    case = read_case(args.case)
+    planned = apply_rules(case, site=args.site, ctv_oar_crop_mm=args.ctv_crop_mm)
+    objectives = objectives_for(planned, np.random.default_rng(args.seed))
+    out = Path(args.output)
+    out.mkdir(parents=True, exist_ok=True)
+    rtstruct = write_rtstruct(planned, out / "RS_rtautoplan.dcm", label="rtautoplan aux")
+    png = contour_slices(planned, out / "structures.png")
+    (out / "objectives.json").write_text(json.dumps([_objective_json(o) for o in objectives], indent=1))
+
+    by_structure: dict[str, list[str]] = {}
+    for o in objectives:
+        text = f"{o.kind.value} {o.dose_gy:.1f} Gy ×{o.weight:g}" + ("" if o.adjustable else " (fixed)")
+        by_structure.setdefault(o.structure, []).append(text)
+    table = Table(title=f"{case.case_id}: structures (site {args.site})")
+    for column, justify in (("structure", "left"), ("ROI in", "left"), ("role", "left"), ("level", "right"),
+                            ("volume cm³", "right"), ("planning cm³", "right"), ("objectives", "left")):
+        table.add_column(column, justify=justify)
+    for s in planned.structures:
+        table.add_row(s.name, s.roi_name or "(generated)", s.role.value, "" if s.level is None else str(s.level),
+                      f"{s.volume_cm3(planned.grid):.2f}",
+                      "" if s.planning_mask is None else f"{s.voxels.sum() * planned.grid.voxel_volume_cm3:.2f}",
+                      "; ".join(by_structure.get(s.name, [])))
+    console = Console(width=160)
+    console.print(table)
+    console.print(f"wrote {rtstruct}, {png}, {out / 'objectives.json'}")
+    return 0
+
+
+def _objective_json(o) -> dict:
+    return {"structure": o.structure, "kind": o.kind.value, "dose_gy": round(o.dose_gy, 3), "weight": o.weight,
+            "volume": o.volume, "adjustable": o.adjustable}
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="rtautoplan", description="Automatic radiotherapy treatment planning.")
+    p.add_argument("--debug", action="store_true", help="show tracebacks of internal errors")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    ph = sub.add_parser("phantom", help="write a synthetic patient (CT + RTSTRUCT + prescription) as DICOM")
+    ph.add_argument("site", choices=["hn", "prostate"])
+    ph.add_argument("--seed", type=int, default=1, help="anatomy variant (sample_data uses seed 1)")
+    ph.add_argument("-o", "--output", type=Path, required=True, help="folder to write")
+    ph.set_defaults(run=_phantom)
+
+    st = sub.add_parser("structures", help="build PTV/Gap/Ring, resolve overlaps, assign objectives")
+    st.add_argument("case", type=Path, help="folder with the CT series, RTSTRUCT and optional prescription.json")
+    st.add_argument("-o", "--output", type=Path, required=True, help="folder for the auxiliary RTSTRUCT and PNG")
+    st.add_argument("--site", default="hn", choices=["hn", "liver", "prostate"], help="margin set (SPEC §2.3)")
+    st.add_argument("--ctv-crop-mm", type=float, default=None, help="crop CTVs this far from OARs (seed 003: 1 mm)")
+    st.add_argument("--seed", type=int, default=0, help="seed of the OAR limit initialisation (rule 11)")
+    st.set_defaults(run=_structures)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.debug else logging.WARNING, format="%(levelname)s: %(message)s")
+    try:
+        return args.run(args)
+    except InputError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except Exception as error:  # the last line of defence: one line, never a traceback, unless asked
+        if args.debug:
+            raise
+        print(f"internal error: {type(error).__name__}: {error} (run with --debug for the traceback; "
+              "please report it)", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

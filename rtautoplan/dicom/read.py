@@ -1,0 +1,229 @@
+"""A case folder (CT series + RTSTRUCT + optional prescription.json) to a Case, and back.
+
+``read_case`` scans the folder recursively, picks the RTSTRUCT and the CT series it was drawn on,
+checks that they form one regular grid on one frame of reference, and turns every ROI into a
+Structure with its TG-263 name. Anything it cannot plan on is an InputError saying which file, ROI
+or tag is wrong and what to do.
+"""
+
+from __future__ import annotations
+
+import logging
+import struct
+from collections import Counter
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pydicom
+from pydicom.errors import InvalidDicomError
+from pydicom.uid import RTStructureSetStorage
+
+from rtautoplan.case import Case, Grid, Prescription, Role, Structure
+from rtautoplan.dicom.contours import contours_to_mask
+from rtautoplan.dicom.ct import write_ct
+from rtautoplan.dicom.prescription import (PRESCRIPTION_FILE, PrescriptionFile, Target, prescribe,
+                                           read_prescription_file, write_prescription)
+from rtautoplan.dicom.rtstruct import RoiContours, StructureSet, read_rtstruct, write_rtstruct
+from rtautoplan.dicom.series import Slice, describe, grid_of, read_hu, refs_of
+from rtautoplan.dicom.uid import complete_refs
+from rtautoplan.errors import InputError
+from rtautoplan.structures import names
+from rtautoplan.structures.names import ParsedName
+
+log = logging.getLogger(__name__)
+
+# what pydicom raises on a corrupt file (it has no single exception type for that)
+_PARSE_ERRORS = (InvalidDicomError, EOFError, OSError, ValueError, TypeError, KeyError, IndexError, OverflowError,
+                 NotImplementedError, struct.error)
+
+
+def read_case(folder: str | Path, case_id: str | None = None) -> Case:
+    """Read the case in ``folder``; ``case_id`` defaults to the folder name."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise InputError(str(folder), "is not a folder", "Give the folder that holds the CT series and the RTSTRUCT")
+    rtstructs, series = _scan(folder)
+    rtstruct_path, structure_set = _choose_rtstruct(rtstructs, series, folder)
+    series_uid = _choose_series(structure_set, series, rtstruct_path, folder)
+    where = describe(series_uid, series[series_uid])
+    grid, slices = grid_of(series_uid, series[series_uid])
+    refs = refs_of(series_uid, slices)
+    if structure_set.frame_of_reference_uid != refs.frame_of_reference_uid:
+        raise InputError(f"RTSTRUCT {rtstruct_path}", f"FrameOfReferenceUID {structure_set.frame_of_reference_uid} "
+                         f"is not that of {where} ({refs.frame_of_reference_uid})",
+                         "Export the RTSTRUCT drawn on this CT, or register and re-contour in the TPS")
+    rx_path = folder / PRESCRIPTION_FILE
+    rx_file = read_prescription_file(rx_path) if rx_path.is_file() else PrescriptionFile()
+    structures, prescription = _structures(structure_set, grid, rx_file, rtstruct_path)
+    return Case(case_id=case_id or folder.resolve().name, grid=grid, hu=read_hu(slices, where),
+                structures=structures, prescription=prescription, refs=refs)
+
+
+def _scan(folder: Path) -> tuple[dict[Path, pydicom.Dataset], dict[str, list[Slice]]]:
+    """Every RTSTRUCT and every image series (by SeriesInstanceUID) under ``folder``."""
+    rtstructs: dict[Path, pydicom.Dataset] = {}
+    series: dict[str, list[Slice]] = {}
+    seen: set[str] = set()
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        ds = _read_header(path)
+        if ds is None:
+            continue
+        modality = str(ds.get("Modality", ""))
+        if ds.get("SOPClassUID") == RTStructureSetStorage or modality == "RTSTRUCT":
+            rtstructs[path] = ds
+        elif "ImagePositionPatient" in ds and not modality.startswith("RT") and "SeriesInstanceUID" in ds:
+            sop = str(ds.get("SOPInstanceUID", path))
+            if sop in seen:  # the same instance twice (a copied file) is one slice
+                log.info("%s: SOP instance %s already read; skipped", path, sop)
+                continue
+            seen.add(sop)
+            series.setdefault(str(ds.SeriesInstanceUID), []).append(Slice(path, ds))
+    return rtstructs, series
+
+
+def _read_header(path: Path) -> pydicom.Dataset | None:
+    """The header of a DICOM object; None for a file that is not one, unless it is named *.dcm
+    (those are read even without the PS3.10 preamble, and must parse)."""
+    dcm = path.suffix.lower() == ".dcm"
+    try:
+        ds = pydicom.dcmread(path, stop_before_pixels=True, force=dcm)
+    except InvalidDicomError:
+        return None  # no DICM preamble: not DICOM (only raised without force, i.e. not *.dcm)
+    except _PARSE_ERRORS as error:
+        raise InputError(str(path), f"cannot be read as DICOM ({type(error).__name__}: {error})",
+                         "Export the file again or remove it from the case folder") from None
+    if "SOPClassUID" in ds:
+        return ds
+    if dcm:
+        raise InputError(str(path), "is named .dcm but is not a readable DICOM object (no SOPClassUID)",
+                         "Export the file again or remove it from the case folder")
+    return None
+
+
+def _choose_rtstruct(rtstructs: dict[Path, pydicom.Dataset], series: dict[str, list[Slice]],
+                     folder: Path) -> tuple[Path, StructureSet]:
+    """The one RTSTRUCT, or the one among several that references a CT series in the folder."""
+    if not rtstructs:
+        raise InputError(str(folder), "no RTSTRUCT found", "Export the structure set together with the CT series")
+    sets = {path: read_rtstruct(ds) for path, ds in rtstructs.items()}
+    if len(sets) == 1:
+        return next(iter(sets.items()))
+    ct_sops = {str(s.ds.SOPInstanceUID): uid for uid, slices in series.items() for s in slices
+               if s.ds.get("Modality") == "CT"}
+    ct_series = set(ct_sops.values())
+    matching = [(path, ss) for path, ss in sets.items()
+                if ss.referenced_series_uid in ct_series or ss.referenced_sop_instance_uids & ct_sops.keys()]
+    if len(matching) == 1:
+        return matching[0]
+    listed = ", ".join(str(p.relative_to(folder)) for p in (dict(matching) or sets))
+    which = "reference the CT series here" if matching else "found, none referencing a CT series here"
+    raise InputError(str(folder), f"{len(matching) or len(sets)} RTSTRUCTs {which} ({listed})",
+                     "Keep only the RTSTRUCT to plan on in the case folder")
+
+
+def _choose_series(structure_set: StructureSet, series: dict[str, list[Slice]], rtstruct_path: Path,
+                   folder: Path) -> str:
+    """The UID of the CT series the RTSTRUCT references, else of the only CT series."""
+    chosen = structure_set.referenced_series_uid if structure_set.referenced_series_uid in series else None
+    if chosen is None:
+        by_sop = [uid for uid, slices in series.items()
+                  if any(str(s.ds.SOPInstanceUID) in structure_set.referenced_sop_instance_uids for s in slices)]
+        chosen = by_sop[0] if len(by_sop) == 1 else None
+    if chosen is None:
+        cts = [uid for uid, slices in series.items() if slices[0].ds.get("Modality") == "CT"]
+        candidates = cts or list(series)
+        if len(candidates) != 1:
+            found = ", ".join(describe(uid, series[uid]) for uid in candidates) or "none"
+            raise InputError(f"RTSTRUCT {rtstruct_path}", f"references no image series in {folder} and there is not "
+                             f"exactly one CT series to fall back on (found: {found})",
+                             "Export the RTSTRUCT together with the one CT series it was drawn on")
+        chosen = candidates[0]
+    modality = series[chosen][0].ds.get("Modality", "")
+    if modality != "CT":
+        raise InputError(describe(chosen, series[chosen]), f"the RTSTRUCT's image series is {modality or 'not CT'}; "
+                         "rtautoplan plans on CT (it needs HU for the dose calculation)",
+                         "Export the planning CT and an RTSTRUCT drawn on it (register other images to it in the TPS)")
+    return chosen
+
+
+def _interpret(structure_set: StructureSet, rx_file: PrescriptionFile) -> list[tuple[RoiContours, str, ParsedName]]:
+    """(ROI, the name it maps to, what that name means) for every ROI not ignored; InputError for
+    repeated or unknown names, suggesting the fix."""
+    counts = Counter(roi.name for roi in structure_set.rois)
+    repeated = [name for name, n in counts.items() if n > 1]
+    if repeated:
+        raise InputError(f"RTSTRUCT ROI '{repeated[0]}'", f"{counts[repeated[0]]} ROIs have this ROIName",
+                         "Rename or delete the copies in the TPS and re-export")
+    interpreted, unknown = [], []
+    for roi in structure_set.rois:
+        if roi.name in rx_file.ignore:
+            log.info("RTSTRUCT ROI '%s' ignored (%s)", roi.name, rx_file.path)
+            continue
+        mapped = rx_file.structure_names.get(roi.name)
+        meaning = names.parse(mapped or roi.name) or (names.ParsedName(mapped, Role.OAR) if mapped else None)
+        if meaning is None:
+            unknown.append(roi.name)
+        interpreted.append((roi, mapped or roi.name, meaning))
+    for key in sorted((set(rx_file.structure_names) | rx_file.ignore) - set(counts)):
+        log.warning("%s names ROI '%s', which is not in the RTSTRUCT", rx_file.path, key)
+    if unknown:
+        hints = ", ".join(f"'{n}' (closest TG-263 name: {names.suggest(n)})" for n in unknown)
+        first, guess = unknown[0], names.suggest(unknown[0]) or "<TG-263 name>"
+        raise InputError(f"RTSTRUCT ROI{'s' if len(unknown) > 1 else ''} {hints}", "unknown structure name",
+                         f"Rename the ROI in the TPS, or add it to {PRESCRIPTION_FILE}: "
+                         f'"structure_names": {{"{first}": "{guess}"}} or "ignore": ["{first}"]')
+    return interpreted
+
+
+def _masks(interpreted: list[tuple[RoiContours, str, ParsedName]], grid: Grid) -> dict[str, np.ndarray]:
+    """The mask of every non-empty ROI by ROIName; an empty one is an InputError unless it is not anatomy."""
+    masks = {}
+    for roi, _, meaning in interpreted:
+        mask = contours_to_mask(roi.contours, grid, roi.name)
+        if mask.any():
+            masks[roi.name] = mask
+        elif meaning.role is Role.OTHER:
+            log.warning("RTSTRUCT ROI '%s' is empty on this CT; dropped", roi.name)
+        else:
+            raise InputError(f"RTSTRUCT ROI '{roi.name}'", "is empty (no closed contour on this CT)",
+                             f'Delete the empty ROI in the TPS, or add it to "ignore" in {PRESCRIPTION_FILE}')
+    return masks
+
+
+def _structures(structure_set: StructureSet, grid: Grid, rx_file: PrescriptionFile,
+                rtstruct_path: Path) -> tuple[tuple[Structure, ...], Prescription]:
+    """Structures (in RTSTRUCT order) and the prescription from the ROIs, prescription.json applied."""
+    interpreted = _interpret(structure_set, rx_file)
+    masks = _masks(interpreted, grid)
+    kept = [(roi, mapped, meaning) for roi, mapped, meaning in interpreted if roi.name in masks]
+    prescription, resolved = prescribe([Target(roi.name, mapped, meaning) for roi, mapped, meaning in kept
+                                        if meaning.role.is_target], rx_file)
+    structures, owner = [], {}
+    for roi, _, meaning in kept:
+        name, dose = resolved.get(roi.name, (meaning.name, None))
+        if name in owner:
+            raise InputError(f"RTSTRUCT ROIs '{owner[name]}' and '{roi.name}'", f"both mean {name}",
+                             f'Rename or delete one in the TPS, or add one to "ignore" in {PRESCRIPTION_FILE}')
+        owner[name] = roi.name
+        level = names.priority_level(name, meaning.role)
+        color = {"color": roi.color} if roi.color is not None else {}
+        structures.append(Structure(name=name, mask=masks[roi.name], role=meaning.role, level=level, rx_gy=dose,
+                                    roi_name=roi.name, **color))
+    if names.EXTERNAL not in owner:
+        raise InputError(f"RTSTRUCT {rtstruct_path}", "has no External (body outline) ROI",
+                         "Contour the body outline as External or Body in the TPS and re-export")
+    return tuple(structures), prescription
+
+
+def write_case(case: Case, folder: str | Path, uid_seed: str | None = None) -> list[Path]:
+    """Write ``case`` as a case folder ``read_case`` reads: CT_<k>.dcm, RTSTRUCT.dcm (the input
+    structures, those with a roi_name) and prescription.json. Missing UIDs in ``case.refs`` are
+    filled in (reproducibly with ``uid_seed``)."""
+    folder = Path(folder)
+    case = replace(case, refs=complete_refs(case.refs, case.grid.shape[0], uid_seed))
+    paths = write_ct(case, folder)
+    inputs = [s for s in case.structures if s.roi_name]
+    paths.append(write_rtstruct(case, folder / "RTSTRUCT.dcm", inputs, uid_seed=uid_seed))
+    paths.append(write_prescription(case.prescription, folder / PRESCRIPTION_FILE))
+    return paths
