@@ -66,6 +66,8 @@ def anatomy(rng: np.random.Generator, grid: Grid = GRID):
     airway = ellipsoid(xyz, larynx_c, (5, 6, 14)) | capsule(xyz, (0, larynx_c[1], -200), larynx_c, 6.0)
     rois["Esophagus"] = capsule(xyz, at(0, 0, -95, 1), at(0, 0, -58, 1), 7.0)
 
+    under_skin = _inner(body, grid, 3.0)
+    rois = {name: mask & under_skin for name, mask in rois.items()}  # organs lie under the skin
     inner_body = _inner(body, grid, 6.0)
     ctv70 = ellipsoid(xyz, at(side * 28, -22, -20), size(16, 17, 18, spread=0.15))
     ctv60 = ellipsoid(xyz, at(side * 32, -5, -30), size(20, 24, 30, spread=0.12)) | ctv70
@@ -79,7 +81,7 @@ def anatomy(rng: np.random.Generator, grid: Grid = GRID):
     hu = np.full(grid.shape, HU["air"], np.int16)
     hu[body] = HU["soft"]
     hu[brain] = HU["brain"]
-    for tissue, mask in (("bone", skull | vertebrae), ("dense_bone", rois["Mandible"]), ("airway", airway & body),
+    for tissue, mask in (("bone", (skull | vertebrae) & body), ("dense_bone", rois["Mandible"]), ("airway", airway & body),
                          ("eye", rois["Eye_L"] | rois["Eye_R"])):
         hu[mask] = HU[tissue]
     hu[body] += rng.normal(0.0, 8.0, int(body.sum())).round().astype(np.int16)

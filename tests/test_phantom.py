@@ -1,0 +1,73 @@
+"""The phantom generator: reproducible, anatomically complete, and the source of sample_data/."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from rtautoplan.case import Role
+from rtautoplan.dicom.read import read_case
+from rtautoplan.phantom import make_case
+
+SAMPLES = Path(__file__).parent.parent / "sample_data"
+
+HN_ROIS = {"Body", "Skin", "SpinalCord", "Brainstem", "Parotid_L", "Parotid_R", "Mandible", "Cavity_Oral", "Larynx",
+           "Esophagus", "OpticChiasm", "OpticNrv_L", "OpticNrv_R", "Lens_L", "Lens_R", "Eye_L", "Eye_R",
+           "Cochlea_L", "Cochlea_R", "TemporalLobe_L", "TemporalLobe_R", "TMJ_L", "TMJ_R",
+           "CTV_7000", "CTV_6000", "CTV_5400"}
+PROSTATE_ROIS = {"CTV_7800", "PTV_7800", "Bladder", "Rectum", "Femur_Head_L", "Femur_Head_R", "Body"}
+
+
+@pytest.fixture(scope="module")
+def hn():
+    return make_case("hn", 1)
+
+
+def test_hn_has_every_structure_the_rules_and_seeds_need(hn):
+    assert {s.roi_name for s in hn.structures} == HN_ROIS
+    body = hn.external.mask
+    for s in hn.structures:
+        assert s.mask.any(), s.name
+        assert not (s.mask & ~body).any(), f"{s.name} leaves the body"
+    assert [lv.dose_gy for lv in hn.prescription.levels] == [70.0, 60.0, 54.0]
+    assert 33 <= hn.prescription.fractions <= 35
+
+
+def test_hn_ctvs_overlap_each_other_and_a_parotid(hn):
+    ctv = {s.name: s.mask for s in hn.by_role(Role.CTV)}
+    assert (ctv["CTV_7000"] & ctv["CTV_6000"]).any() and (ctv["CTV_6000"] & ctv["CTV_5400"]).any()
+    any_ctv = np.logical_or.reduce(list(ctv.values()))
+    assert any((hn.structure(p).mask & any_ctv).any() for p in ("Parotid_L", "Parotid_R"))
+
+
+def test_hn_hu_are_tissue_values(hn):
+    body = hn.external.mask
+    assert np.median(hn.hu[body]) == pytest.approx(40, abs=15)  # soft tissue
+    assert (hn.hu[hn.structure("Bone_Mandible").mask] > 700).mean() > 0.9  # bone
+    assert (hn.hu[~body] == -1000).all()  # air
+
+
+def test_same_seed_same_patient_other_seed_other_patient(hn):
+    again = make_case("hn", 1)
+    other = make_case("hn", 2)
+    assert np.array_equal(again.hu, hn.hu)
+    assert all(np.array_equal(a.mask, b.mask) for a, b in zip(again.structures, hn.structures))
+    assert not np.array_equal(other.structure("CTV_7000").mask, hn.structure("CTV_7000").mask)
+
+
+def test_prostate_has_the_seed_000_structures():
+    case = make_case("prostate", 1)
+    assert {s.roi_name for s in case.structures} == PROSTATE_ROIS
+    ptv, ctv = case.structure("PTV_7800").mask, case.structure("CTV_7800").mask
+    assert not (ctv & ~ptv).any()
+    assert (ptv & case.structure("Rectum").mask).any() and (ptv & case.structure("Bladder").mask).any()
+
+
+@pytest.mark.parametrize("site", ["hn", "prostate"])
+def test_committed_sample_is_what_the_documented_command_writes(site):
+    """sample_data/<site>01 = `rtautoplan phantom <site> --seed 1`, read back through read_case."""
+    made, read = make_case(site, 1), read_case(SAMPLES / f"{site}01")
+    assert read.grid == made.grid
+    assert np.array_equal(read.hu, made.hu)
+    for s in made.structures:
+        assert np.array_equal(read.structure(s.name).mask, s.mask), s.name
