@@ -1,0 +1,195 @@
+"""Penalty functions of the planning objectives and the plan objective f(x) = Σ w_m·O_m(D x).
+
+Every :class:`ObjectiveKind` has one function in :data:`PENALTIES`,
+``fn(d, dose_gy, volume) -> (value, gradient)``, of the doses ``d`` (Gy) of the N voxels of
+its structure; the gradient is w.r.t. ``d``. The weight is applied by :func:`plan_objective`.
+With r₊ = max(r, 0), r₋ = min(r, 0), D = ``dose_gy``, V = ``volume`` (0–1), n = ⌈V·N⌉:
+
+=========  ======================================================  ===============================
+kind       value                                                   source
+=========  ======================================================  ===============================
+DMAX       (1/N) Σ_v (d_v − D)₊²                                   seed 002 eq. 1 (SPEC §2.9); seed 003 Max
+DMIN       (1/N) Σ_v (d_v − D)₋²                                   seed 002 eq. 1; seed 003 Min
+DMEAN      (mean(d) − D)₊²                                         seed 002 eq. 1
+UNIFORM    (1/N) Σ_v (d_v − D)²                                    seed 003 Uniform [CONVENTION §3.2]
+DVH_MIN    (1/N) Σ_{v ∈ H_n} (d_v − D)₋²                           seed 003 DVHmin [CONVENTION §3.2]
+DV_MAX     (1/N) Σ_{v ∈ H_n} (d_v − D)₊²                           seed 000 over-dose term (SPEC §1.3)
+=========  ======================================================  ===============================
+
+H_n is the set of the n hottest voxels of the structure at the current dose (ties broken by
+voxel order). DVH_MIN reads "at least V of the structure receives ≥ D": the requirement holds
+exactly when the n-th hottest voxel has d ≥ D, so the voxels that violate it are those of H_n
+below D; voxels colder than H_n are given up (the usual DVH-constraint penalty, Wu & Mohan,
+Med Phys 27:701, 2000). DV_MAX is seed 000's ``||(Mx − t·d_p)_V||²₊``: over-dose of the
+hottest fraction V only ("voxels included in V always receive higher dose than those not
+selected"). Both stay continuous when H_n changes (voxels swap only at equal doses); their
+gradient is that of the current H_n (a valid subgradient at ties).
+
+Seed 000's eq. 1 (:func:`seed000_objectives`) uses unnormalised squared norms; here every
+voxel-wise term is a mean over the structure (1/N), as in seed 002, so λ's weigh structures
+independently of their voxel counts. ``normalise_d95`` enforces its D95 = d_p constraint by
+rescaling after each solve (SPEC §1.3 [NOT SPECIFIED]: not inside ADMM).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable, Mapping, Sequence
+
+import numpy as np
+from scipy import sparse
+
+from rtautoplan.dvh import _d_at
+from rtautoplan.plan import Objective, ObjectiveKind
+
+Penalty = Callable[[np.ndarray, float, "float | None"], tuple[float, np.ndarray]]
+
+
+def _mean_square(r: np.ndarray, n: int) -> tuple[float, np.ndarray]:
+    return float(r @ r) / n, (2.0 / n) * r
+
+
+def _hottest(d: np.ndarray, volume: float | None) -> np.ndarray:
+    """Indices of the ⌈volume·N⌉ hottest entries of d (volume in [0, 1])."""
+    if volume is None or not 0.0 <= volume <= 1.0:
+        raise ValueError(f"a dose-volume objective needs a volume fraction in [0, 1], got {volume!r}")
+    n = min(d.size, math.ceil(volume * d.size - 1e-9))
+    if n == 0:
+        return np.zeros(0, np.int64)
+    return np.argpartition(d, d.size - n)[d.size - n:]
+
+
+def dmax(d, dose_gy, volume=None):
+    return _mean_square(np.maximum(d - dose_gy, 0.0), d.size)
+
+
+def dmin(d, dose_gy, volume=None):
+    return _mean_square(np.minimum(d - dose_gy, 0.0), d.size)
+
+
+def dmean(d, dose_gy, volume=None):
+    excess = max(float(np.mean(d)) - dose_gy, 0.0)
+    return excess * excess, np.full(d.size, 2.0 * excess / d.size)
+
+
+def uniform(d, dose_gy, volume=None):
+    return _mean_square(d - dose_gy, d.size)
+
+
+def _on_hottest(d, dose_gy, volume, clip) -> tuple[float, np.ndarray]:
+    hot = _hottest(d, volume)
+    r = clip(d[hot] - dose_gy, 0.0)
+    grad = np.zeros(d.size)
+    grad[hot] = (2.0 / d.size) * r
+    return float(r @ r) / d.size, grad
+
+
+def dvh_min(d, dose_gy, volume):
+    return _on_hottest(d, dose_gy, volume, np.minimum)
+
+
+def dv_max(d, dose_gy, volume):
+    return _on_hottest(d, dose_gy, volume, np.maximum)
+
+
+PENALTIES: dict[ObjectiveKind, Penalty] = {
+    ObjectiveKind.DMAX: dmax,
+    ObjectiveKind.DMIN: dmin,
+    ObjectiveKind.DMEAN: dmean,
+    ObjectiveKind.UNIFORM: uniform,
+    ObjectiveKind.DVH_MIN: dvh_min,
+    ObjectiveKind.DV_MAX: dv_max,
+}
+
+
+@dataclass(eq=False)
+class PlanObjective:
+    """f(x) = Σ_m w_m · PENALTIES[kind_m](d[rows_m], D_m, V_m) with d = M x; callable → (value, ∇_x f).
+
+    Only the rows that some objective uses are kept (``matrix`` is that sub-matrix), so one
+    evaluation costs one product M x, one Mᵀ g and O(Σ N_m) for the penalties. ``weights`` may be
+    changed in place between solves (a planner tuning w).
+    """
+
+    matrix: sparse.csr_matrix
+    objectives: tuple[Objective, ...]
+    local_rows: tuple[np.ndarray, ...]
+    weights: np.ndarray
+    evaluations: int = 0
+
+    def dose(self, x: np.ndarray) -> np.ndarray:
+        """Dose (Gy) of the used rows (float64; the product runs in the matrix's dtype, since a
+        float32 matrix times a float64 vector would upcast, and cost twice as much)."""
+        return np.asarray(self.matrix @ np.asarray(x, self.matrix.dtype), np.float64)
+
+    def terms(self, x: np.ndarray) -> np.ndarray:
+        """The unweighted value of every objective at x."""
+        d = self.dose(x)
+        return np.array([PENALTIES[o.kind](d[r], o.dose_gy, o.volume)[0] for o, r in zip(self.objectives, self.local_rows)])
+
+    def __call__(self, x: np.ndarray) -> tuple[float, np.ndarray]:
+        self.evaluations += 1
+        d = self.dose(x)
+        g = np.zeros(d.size)
+        value = 0.0
+        for o, rows, w in zip(self.objectives, self.local_rows, self.weights):
+            v, grad = PENALTIES[o.kind](d[rows], o.dose_gy, o.volume)
+            value += w * v
+            g[rows] += w * grad  # rows of one structure are unique, so += is exact
+        return value, np.asarray(self.matrix.T @ g.astype(self.matrix.dtype), np.float64)
+
+
+def plan_objective(matrix: sparse.spmatrix, objectives: Sequence[Objective], rows: Mapping[str, np.ndarray],
+                   weights: Sequence[float] | None = None) -> PlanObjective:
+    """The plan objective of ``objectives`` on the dose-influence ``matrix`` (rows × beamlets).
+
+    rows: structure name → row indices of ``matrix`` (e.g. ``Dij.rows_of(structure.voxels)``).
+    weights: override the objectives' weights (default: ``Objective.weight``).
+    """
+    objectives = tuple(objectives)
+    missing = sorted({o.structure for o in objectives} - set(rows))
+    if missing:
+        raise KeyError(f"no rows for the structures {missing} of the objectives")
+    empty = sorted({o.structure for o in objectives if len(rows[o.structure]) == 0})
+    if empty:
+        raise ValueError(f"structures {empty} have no voxel on the dose grid: drop their objectives")
+    used = np.unique(np.concatenate([np.asarray(rows[o.structure], np.int64) for o in objectives]))
+    local = tuple(np.searchsorted(used, np.asarray(rows[o.structure], np.int64)) for o in objectives)
+    w = np.array([o.weight for o in objectives] if weights is None else weights, float)
+    if w.shape != (len(objectives),):
+        raise ValueError(f"need {len(objectives)} weights, got {w.shape}")
+    sub = sparse.csr_matrix(matrix)[used]
+    return PlanObjective(sub, objectives, local, w)
+
+
+# --- seed 000 ----------------------------------------------------------------------------------
+
+
+def seed000_objectives(ptv: str, d_p: float, lam: float, t: float, v_ptv: float,
+                       oars: Sequence[tuple[str, float, float, float]]) -> tuple[Objective, ...]:
+    """Seed 000's eq. 1 (SPEC §1.3) as objectives:
+
+    ½‖Mx − d_p‖²₋ → DMIN(PTV, d_p, weight ½); λ/2‖(Mx − t·d_p)_{V_PTV}‖²₊ → DV_MAX(PTV, t·d_p,
+    weight λ/2, volume V_PTV); λ_i/2‖(M_i x − t_i·d_p)_{V_i}‖²₊ → DV_MAX(OAR_i, t_i·d_p, λ_i/2, V_i).
+    ``oars``: (name, λ_i, t_i, V_i). Volumes are fractions 0–1; terms are voxel means (module
+    docstring). The D95 = d_p constraint is :func:`normalise_d95`, applied after each solve.
+    """
+    out = [Objective(ptv, ObjectiveKind.DMIN, d_p, 0.5, adjustable=False),
+           Objective(ptv, ObjectiveKind.DV_MAX, t * d_p, lam / 2.0, volume=v_ptv)]
+    out += [Objective(name, ObjectiveKind.DV_MAX, t_i * d_p, lam_i / 2.0, volume=v_i) for name, lam_i, t_i, v_i in oars]
+    return tuple(out)
+
+
+def normalise_d95(x: np.ndarray, matrix: sparse.spmatrix, ptv_rows: np.ndarray, d_p: float) -> np.ndarray:
+    """x scaled so that D95 of the PTV (``rtautoplan.dvh`` definition) equals d_p exactly.
+
+    Dose is linear in x and D95 is positively homogeneous, so one scale factor
+    d_p / D95(M x) does it. Applied after each solve (SPEC §1.3 [NOT SPECIFIED]).
+    """
+    sub = sparse.csr_matrix(matrix)[np.asarray(ptv_rows)]
+    d = np.asarray(sub @ np.asarray(x, sub.dtype), np.float64)
+    d95 = float(_d_at(np.sort(d), 0.95))
+    if d95 <= 0:
+        raise ValueError("D95 of the PTV is 0: no beamlet reaches it, nothing to normalise")
+    return np.asarray(x, np.float64) * (d_p / d95)

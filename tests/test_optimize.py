@@ -1,0 +1,134 @@
+"""Penalties, the plan objective, D95 normalisation, and the L-BFGS-B and ADMM solvers."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy import sparse
+
+from rtautoplan.dvh import d95
+from rtautoplan.optimize.admm import solve_admm
+from rtautoplan.optimize.lbfgs import solve_lbfgs
+from rtautoplan.optimize.objectives import PENALTIES, normalise_d95, plan_objective, seed000_objectives
+from rtautoplan.plan import Objective, ObjectiveKind
+
+VOLUME = {ObjectiveKind.DVH_MIN: 0.7, ObjectiveKind.DV_MAX: 0.3}
+
+
+def _fd(fun, x, eps=1e-6):
+    out = np.zeros_like(x)
+    for i in range(x.size):
+        e = np.zeros_like(x)
+        e[i] = eps
+        out[i] = (fun(x + e) - fun(x - e)) / (2 * eps)
+    return out
+
+
+@pytest.mark.parametrize("kind", list(ObjectiveKind))
+def test_penalty_gradient(kind):
+    assert set(PENALTIES) == set(ObjectiveKind)
+    rng = np.random.default_rng(1)
+    d = rng.uniform(40.0, 80.0, 57)
+    limit = 60.0 if kind is not ObjectiveKind.DMEAN else 55.0
+    fn = PENALTIES[kind]
+    value, grad = fn(d, limit, VOLUME.get(kind))
+    assert value > 0, "the test dose must make every penalty active"
+    np.testing.assert_allclose(grad, _fd(lambda v: fn(v, limit, VOLUME.get(kind))[0], d), rtol=1e-5, atol=1e-8)
+
+
+def test_penalty_values():
+    d = np.array([50.0, 58.0, 61.0, 64.0, 70.0])
+    assert PENALTIES[ObjectiveKind.DMAX](d, 60.0, None)[0] == pytest.approx((1 + 16 + 100) / 5)
+    assert PENALTIES[ObjectiveKind.DMIN](d, 60.0, None)[0] == pytest.approx((100 + 4) / 5)
+    assert PENALTIES[ObjectiveKind.DMEAN](d, 60.0, None)[0] == pytest.approx((60.6 - 60.0) ** 2)
+    assert PENALTIES[ObjectiveKind.DMEAN](d, 61.0, None)[0] == 0.0
+    assert PENALTIES[ObjectiveKind.UNIFORM](d, 60.0, None)[0] == pytest.approx((100 + 4 + 1 + 16 + 100) / 5)
+    # hottest ceil(0.4·5) = 2 voxels (64, 70): over-dose above 60
+    assert PENALTIES[ObjectiveKind.DV_MAX](d, 60.0, 0.4)[0] == pytest.approx((16 + 100) / 5)
+    # 80 % must get ≥ 60: hottest 4 voxels are 58, 61, 64, 70; only 58 is short; 50 is given up
+    assert PENALTIES[ObjectiveKind.DVH_MIN](d, 60.0, 0.8)[0] == pytest.approx(4 / 5)
+    assert PENALTIES[ObjectiveKind.DVH_MIN](d, 60.0, 0.6)[0] == 0.0
+
+
+def small_problem(seed=0, n_vox=300, n_beamlets=40, dtype=np.float64):
+    """A random non-negative sparse D with a 'PTV' in rows 0–99 and two 'OARs'."""
+    rng = np.random.default_rng(seed)
+    m = sparse.random(n_vox, n_beamlets, density=0.3, random_state=rng, dtype=dtype, format="csr")
+    m.data = (m.data * 0.05).astype(dtype)
+    rows = {"PTV": np.arange(0, 100), "OAR1": np.arange(100, 200), "OAR2": np.arange(150, 300)}
+    objectives = (
+        Objective("PTV", ObjectiveKind.DMIN, 60.0, 2.0),
+        Objective("PTV", ObjectiveKind.DMAX, 63.0, 1.0),
+        Objective("PTV", ObjectiveKind.UNIFORM, 61.0, 0.1),
+        Objective("PTV", ObjectiveKind.DVH_MIN, 61.0, 0.5, volume=0.9),
+        Objective("OAR1", ObjectiveKind.DMAX, 30.0, 1.0),
+        Objective("OAR1", ObjectiveKind.DV_MAX, 25.0, 0.5, volume=0.2),
+        Objective("OAR2", ObjectiveKind.DMEAN, 20.0, 1.0),
+    )
+    return m, rows, objectives
+
+
+def test_plan_objective_gradient():
+    m, rows, objectives = small_problem()
+    f = plan_objective(m, objectives, rows)
+    x = np.random.default_rng(2).uniform(0.0, 300.0, m.shape[1])
+    value, grad = f(x)
+    assert value > 0 and np.all(f.terms(x) > 0), "every term should be active at the test point"
+    np.testing.assert_allclose(grad, _fd(lambda v: f(v)[0], x, eps=1e-5), rtol=1e-5, atol=1e-7)
+    # same value as the sum of the penalties on the full dose
+    d = m @ x
+    manual = sum(o.weight * PENALTIES[o.kind](d[rows[o.structure]], o.dose_gy, o.volume)[0] for o in objectives)
+    assert value == pytest.approx(manual, rel=1e-12)
+    # weight override
+    f2 = plan_objective(m, objectives, rows, weights=[0.0] * len(objectives))
+    assert f2(x)[0] == 0.0
+
+
+def test_admm_matches_lbfgs():
+    m, rows, objectives = small_problem()
+    f = plan_objective(m, objectives, rows)
+    x0 = np.full(m.shape[1], 30.0)
+    ref = solve_lbfgs(f, x0, max_iter=2000, tol=1e-14, gtol=1e-12)
+    admm = solve_admm(f, x0, max_iter=500, abs_tol=1e-8, rel_tol=1e-6)
+    assert np.all(ref.x >= 0) and np.all(admm.x >= 0)
+    assert np.any(ref.x == 0), "the bound should be active, or the test does not test it"
+    assert admm.value == pytest.approx(ref.value, rel=0.01), f"ADMM {admm.value:.6g} vs L-BFGS-B {ref.value:.6g}"
+    # warm start from the previous state converges at once and stays put
+    again = solve_admm(f, state=admm.state, max_iter=50, abs_tol=1e-8, rel_tol=1e-6)
+    assert again.value <= admm.value * 1.001 and again.iterations <= 50
+
+
+def test_lbfgs_warm_start_is_cheaper():
+    m, rows, objectives = small_problem(seed=3)
+    f = plan_objective(m, objectives, rows)
+    cold = solve_lbfgs(f, np.full(m.shape[1], 30.0), max_iter=500)
+    tighter = list(objectives)
+    tighter[4] = Objective("OAR1", ObjectiveKind.DMAX, 28.0, 1.0)
+    f2 = plan_objective(m, tighter, rows)
+    warm = solve_lbfgs(f2, cold.x, max_iter=500)
+    cold2 = solve_lbfgs(f2, np.full(m.shape[1], 30.0), max_iter=500)
+    assert warm.value == pytest.approx(cold2.value, rel=0.01)
+    assert warm.evaluations < cold2.evaluations
+
+
+def test_normalise_d95_exact():
+    m, rows, _ = small_problem(dtype=np.float32)
+    x = np.random.default_rng(4).uniform(0.0, 50.0, m.shape[1])
+    y = normalise_d95(x, m, rows["PTV"], 60.0)
+    dose = np.asarray(m @ y.astype(np.float32), float)
+    assert d95(dose, rows["PTV"]) == pytest.approx(60.0, rel=1e-6)
+    assert np.allclose(y / x, y[0] / x[0])  # a pure rescaling
+
+
+def test_seed000_objectives_form():
+    objs = seed000_objectives("PTV", 79.2, lam=1.0, t=1.1, v_ptv=0.1, oars=[("Rectum", 2.0, 0.6, 0.3)])
+    kinds = [(o.structure, o.kind, round(o.dose_gy, 6), o.weight, o.volume) for o in objs]
+    assert kinds == [("PTV", ObjectiveKind.DMIN, 79.2, 0.5, None),
+                     ("PTV", ObjectiveKind.DV_MAX, round(1.1 * 79.2, 6), 0.5, 0.1),
+                     ("Rectum", ObjectiveKind.DV_MAX, round(0.6 * 79.2, 6), 1.0, 0.3)]
+    m, rows, _ = small_problem()
+    rows = {"PTV": rows["PTV"], "Rectum": rows["OAR1"]}
+    f = plan_objective(m, objs, rows)
+    sol = solve_admm(f, np.full(m.shape[1], 30.0), max_iter=300)
+    x = normalise_d95(sol.x, m, rows["PTV"], 79.2)
+    assert d95(m @ x, rows["PTV"]) == pytest.approx(79.2, rel=1e-9)
