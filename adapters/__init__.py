@@ -1,0 +1,13 @@
+"""TPS adapters: one protocol (``base.TPS``) in front of every planning system.
+
+``ADAPTERS`` is the one place a TPS is registered; every entry passes ``base.check_tps``.
+"""
+
+from rtautoplan.adapters.base import TPS, ConformanceError, check_tps
+from rtautoplan.adapters.inhouse import InHousePhoton
+
+ADAPTERS: dict[str, type] = {
+    "inhouse-photon": InHousePhoton,
+}
+
+__all__ = ["ADAPTERS", "TPS", "ConformanceError", "check_tps", "InHousePhoton"]
