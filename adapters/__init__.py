@@ -5,9 +5,13 @@
 
 from rtautoplan.adapters.base import TPS, ConformanceError, check_tps
 from rtautoplan.adapters.inhouse import InHousePhoton
+from rtautoplan.adapters.inhouse_proton import InHouseProton
+from rtautoplan.adapters.phoenix import PhoenixAdapter
 
 ADAPTERS: dict[str, type] = {
     "inhouse-photon": InHousePhoton,
+    "inhouse-proton": InHouseProton,
+    "phoenix": PhoenixAdapter,
 }
 
-__all__ = ["ADAPTERS", "TPS", "ConformanceError", "check_tps", "InHousePhoton"]
+__all__ = ["ADAPTERS", "TPS", "ConformanceError", "check_tps", "InHousePhoton", "InHouseProton", "PhoenixAdapter"]

@@ -34,7 +34,10 @@ rescaling after each solve (SPEC §1.3 [NOT SPECIFIED]: not inside ADMM).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+import os
+import weakref
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from typing import Callable, Mapping, Sequence
 
 import numpy as np
@@ -103,13 +106,52 @@ PENALTIES: dict[ObjectiveKind, Penalty] = {
 }
 
 
+def engine_threads() -> int:
+    """Threads of the sparse products: ``$RTAUTOPLAN_THREADS``, else the CPUs this process may use."""
+    env = os.environ.get("RTAUTOPLAN_THREADS")
+    if env:
+        return max(1, int(env))
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+_POOLS: dict[int, ThreadPoolExecutor] = {}
+
+
+def _pool(n: int) -> ThreadPoolExecutor:
+    if n not in _POOLS:
+        _POOLS[n] = ThreadPoolExecutor(n, thread_name_prefix="rtautoplan-spmv")
+    return _POOLS[n]
+
+
+def _row_blocks(matrix: sparse.csr_matrix, n: int) -> tuple[tuple[int, int, sparse.csr_matrix], ...]:
+    """``matrix`` cut into ≤ n row blocks of about equal nnz, as (first row, stop row, block); the blocks
+    share ``data`` and ``indices`` with ``matrix`` (views), only their ``indptr`` is new."""
+    indptr = matrix.indptr
+    cuts = np.searchsorted(indptr, np.linspace(0, matrix.nnz, n + 1)[1:-1])
+    edges = np.unique(np.concatenate([[0], cuts, [matrix.shape[0]]]))
+    out = []
+    for a, b in zip(edges[:-1], edges[1:]):
+        p0, p1 = indptr[a], indptr[b]
+        block = sparse.csr_matrix((matrix.data[p0:p1], matrix.indices[p0:p1], (indptr[a:b + 1] - p0).astype(indptr.dtype)),
+                                  shape=(int(b - a), matrix.shape[1]), copy=False)
+        out.append((int(a), int(b), block))
+    return tuple(out)
+
+
+PARALLEL_MIN_NNZ = 200_000  # below this, one thread: the hand-off costs more than it saves
+
+
 @dataclass(eq=False)
 class PlanObjective:
     """f(x) = Σ_m w_m · PENALTIES[kind_m](d[rows_m], D_m, V_m) with d = M x; callable → (value, ∇_x f).
 
     Only the rows that some objective uses are kept (``matrix`` is that sub-matrix), so one
-    evaluation costs one product M x, one Mᵀ g and O(Σ N_m) for the penalties. ``weights`` may be
-    changed in place between solves (a planner tuning w).
+    evaluation costs one product M x, one Mᵀ g and O(Σ N_m) for the penalties. Both products
+    run in the matrix's dtype (float32: half the memory traffic of float64, and these products are
+    memory-bound) and, for matrices of ≥ ``PARALLEL_MIN_NNZ`` entries, on ``threads`` row blocks of
+    equal nnz at once (scipy's sparse kernels release the GIL): M x block by block into disjoint
+    slices of d, Mᵀ g as the sum of the blocks' Bᵀ g_B (CSC products of the transposed views, no
+    second copy of M). ``weights`` may be changed in place between solves (a planner tuning w).
     """
 
     matrix: sparse.csr_matrix
@@ -117,11 +159,36 @@ class PlanObjective:
     local_rows: tuple[np.ndarray, ...]
     weights: np.ndarray
     evaluations: int = 0
+    threads: int = 1
+    blocks: tuple = field(default=(), repr=False)
+
+    def __post_init__(self):
+        n = self.threads if self.matrix.nnz >= PARALLEL_MIN_NNZ else 1
+        csr = sparse.issparse(self.matrix) and self.matrix.format == "csr"
+        self.blocks = _row_blocks(self.matrix, n) if n > 1 and csr else ()
+
+    def _matvec(self, x: np.ndarray) -> np.ndarray:
+        if len(self.blocks) < 2:
+            return self.matrix @ x
+        out = np.empty(self.matrix.shape[0], np.result_type(self.matrix.dtype, x.dtype))
+
+        def run(item):
+            a, b, block = item
+            out[a:b] = block @ x
+
+        list(_pool(len(self.blocks)).map(run, self.blocks))
+        return out
+
+    def _rmatvec(self, g: np.ndarray) -> np.ndarray:
+        if len(self.blocks) < 2:
+            return self.matrix.T @ g
+        parts = list(_pool(len(self.blocks)).map(lambda item: item[2].T @ g[item[0]:item[1]], self.blocks))
+        return np.sum(parts, axis=0)
 
     def dose(self, x: np.ndarray) -> np.ndarray:
         """Dose (Gy) of the used rows (float64; the product runs in the matrix's dtype, since a
         float32 matrix times a float64 vector would upcast, and cost twice as much)."""
-        return np.asarray(self.matrix @ np.asarray(x, self.matrix.dtype), np.float64)
+        return np.asarray(self._matvec(np.asarray(x, self.matrix.dtype)), np.float64)
 
     def terms(self, x: np.ndarray) -> np.ndarray:
         """The unweighted value of every objective at x."""
@@ -137,15 +204,55 @@ class PlanObjective:
             v, grad = PENALTIES[o.kind](d[rows], o.dose_gy, o.volume)
             value += w * v
             g[rows] += w * grad  # rows of one structure are unique, so += is exact
-        return value, np.asarray(self.matrix.T @ g.astype(self.matrix.dtype), np.float64)
+        return value, np.asarray(self._rmatvec(g.astype(self.matrix.dtype)), np.float64)
+
+    def curvature_diagonal(self) -> np.ndarray:
+        """diag of the Gauss–Newton Hessian of f with every term active, up to the factor 2:
+        Σ_m w_m/N_m Σ_{v∈m} M_vj² for the voxel-wise kinds, w_m (Σ_{v∈m} M_vj / N_m)² for DMEAN.
+        Its inverse square root is the Jacobi variable scaling of :func:`~rtautoplan.optimize.lbfgs.solve_lbfgs`."""
+        n_rows = self.matrix.shape[0]
+        voxelwise = np.zeros(n_rows)
+        means = [(rows, w) for o, rows, w in zip(self.objectives, self.local_rows, self.weights)
+                 if o.kind is ObjectiveKind.DMEAN]
+        for o, rows, w in zip(self.objectives, self.local_rows, self.weights):
+            if o.kind is not ObjectiveKind.DMEAN:
+                voxelwise[rows] += w / rows.size
+        diag = np.zeros(self.matrix.shape[1])
+        if means:  # all DMEAN column means in one pass over M: Mᵀ B, B = [1_rows / N] per objective
+            b = np.zeros((n_rows, len(means)), self.matrix.dtype)
+            for k, (rows, _) in enumerate(means):
+                b[rows, k] = 1.0 / rows.size
+            col_means = np.asarray(self.matrix.T @ b, np.float64)
+            diag += (col_means**2) @ np.array([w for _, w in means], float)
+        m = sparse.csr_matrix(self.matrix)
+        squared = sparse.csr_matrix((np.square(m.data), m.indices, m.indptr), shape=m.shape)
+        return diag + np.asarray(squared.T @ voxelwise, np.float64)
+
+
+_SUB_CACHE: list = []  # [(weakref to the full matrix, nnz, used rows, sub-matrix)]: the last one only
+
+
+def _used_rows(matrix: sparse.spmatrix, used: np.ndarray) -> sparse.csr_matrix:
+    """``matrix[used]`` as CSR, reused while the same matrix object is planned on the same rows (a
+    planner re-optimising with new limits or weights: the row extraction is ~20 % of a warm solve)."""
+    for ref, nnz, rows, sub in _SUB_CACHE:
+        if ref() is matrix and nnz == matrix.nnz and np.array_equal(rows, used):
+            return sub
+    sub = sparse.csr_matrix(matrix)[used]
+    try:
+        _SUB_CACHE[:] = [(weakref.ref(matrix), matrix.nnz, used, sub)]
+    except TypeError:  # not weak-referenceable: do not cache
+        pass
+    return sub
 
 
 def plan_objective(matrix: sparse.spmatrix, objectives: Sequence[Objective], rows: Mapping[str, np.ndarray],
-                   weights: Sequence[float] | None = None) -> PlanObjective:
+                   weights: Sequence[float] | None = None, threads: int | None = None) -> PlanObjective:
     """The plan objective of ``objectives`` on the dose-influence ``matrix`` (rows × beamlets).
 
     rows: structure name → row indices of ``matrix`` (e.g. ``Dij.rows_of(structure.voxels)``).
     weights: override the objectives' weights (default: ``Objective.weight``).
+    threads: threads of the sparse products (default :func:`engine_threads`).
     """
     objectives = tuple(objectives)
     missing = sorted({o.structure for o in objectives} - set(rows))
@@ -159,8 +266,8 @@ def plan_objective(matrix: sparse.spmatrix, objectives: Sequence[Objective], row
     w = np.array([o.weight for o in objectives] if weights is None else weights, float)
     if w.shape != (len(objectives),):
         raise ValueError(f"need {len(objectives)} weights, got {w.shape}")
-    sub = sparse.csr_matrix(matrix)[used]
-    return PlanObjective(sub, objectives, local, w)
+    sub = _used_rows(matrix, used)
+    return PlanObjective(sub, objectives, local, w, threads=engine_threads() if threads is None else int(threads))
 
 
 # --- seed 000 ----------------------------------------------------------------------------------

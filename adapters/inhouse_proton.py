@@ -1,0 +1,215 @@
+"""Our own engine behind the TPS protocol: intensity-modulated proton therapy (pencil-beam
+scanning), seed 002's planning problem (SPEC §2.1, §2.9).
+
+* ``prepare``: the spot-influence matrix (``physics.ion_dij``, Gy per MU, cached on disk) of 3
+  equispaced coplanar fields by default (seed 002 plans use up to 5: pass ``n_beams`` or beams).
+* ``optimize``: L-BFGS-B (``optimize.lbfgs.solve_lbfgs``) on the seed-002 loss
+  (``optimize.objectives.plan_objective``) of the **RBE-weighted dose** D_RBE = 1.1 · D (constant
+  proton RBE, ``rbe.RBE_PROTON``): the objectives' limits are Gy(RBE). Warm-started from the
+  previous solution (the first solve from uniform spot weights scaled to the highest prescription).
+* **Minimum MU per spot** (SPEC §2.1, 3 MU): spots whose MU *per fraction* lies in (0, min_mu) are
+  removed and the plan is re-optimised on the remaining spots (warm start), until no spot is
+  below the minimum or ``mu_rounds`` re-optimisations were done; spots still below after the last
+  round are removed without re-optimisation, so the returned plan never has a spot in
+  (0, min_mu) — at the price of a small, unoptimised dose change in that case (``last_run`` tells
+  whether it happened). SPEC §2.16 leaves re-optimisation after removal open; we re-optimise.
+  Every ``optimize`` call starts again from the full spot set (warm-started from the last MUs,
+  removed spots at 0), so spots removed under one set of objectives can come back under another.
+* ``plan().weights``: MU per fraction of every spot, per beam (the spot order of
+  ``IonDij.spots[b]``: x_b, y_b, energy); ``Dose`` is EFFECTIVE (Gy(RBE)), on the CT grid
+  (trilinear from the dose grid).
+
+The optimiser variable is the course MU (dose = D·x over the whole course); per-fraction MU =
+x / fractions.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+
+from rtautoplan.case import Case
+from rtautoplan.optimize.lbfgs import solve_lbfgs
+from rtautoplan.optimize.objectives import plan_objective
+from rtautoplan.physics.dij import beams_for, dose_to_grid
+from rtautoplan.physics.ion_dij import IonDij, ion_dij_cached
+from rtautoplan.physics.rbe import RBE_PROTON
+from rtautoplan.plan import Beam, Dose, Modality, Objective, Plan
+
+log = logging.getLogger(__name__)
+
+MIN_MU_PER_SPOT = 3.0  # SPEC §2.1
+MU_ROUNDS = 5  # re-optimisations after spot removal (bounded; module docstring)
+
+
+@dataclass(frozen=True)
+class MURun:
+    """What the minimum-MU step of the last ``optimize`` did: objective value (RBE-weighted loss)
+    before removal and at the end, re-optimisations done, spots removed (total and still
+    removed at the end), spots removed without re-optimisation after the last round, L-BFGS
+    iterations (all solves) and wall time."""
+
+    value_unconstrained: float
+    value_final: float
+    rounds: int
+    removed: int
+    forced: int
+    active: int
+    iterations: int
+    seconds: float
+
+
+class _Restricted:
+    """f restricted to the active spots: y ↦ f(x) with x = 0 off ``active``, x[active] = y."""
+
+    def __init__(self, f, active: np.ndarray):
+        self.f, self.active, self.n = f, np.flatnonzero(active), active.size
+
+    def _embed(self, y):
+        x = np.zeros(self.n)
+        x[self.active] = y
+        return x
+
+    def __call__(self, y):
+        value, grad = self.f(self._embed(y))
+        return value, grad[self.active]
+
+    def curvature_diagonal(self):
+        return np.asarray(self.f.curvature_diagonal())[self.active]
+
+
+class InHouseProton:
+    """Proton PBS (IMPT) with the in-house engine (module docstring).
+
+    n_beams, start_deg: equispaced coplanar fields when ``prepare`` gets none. spot_spacing_mm,
+    layer_spacing_mm, dose_grid_factor: the spot-influence matrix (``ion_dij.spot_influence``).
+    min_mu: minimum MU per spot per fraction (0 disables the rule). mu_rounds: re-optimisations
+    after spot removal. max_iter: L-BFGS-B iteration cap per solve. particles_per_mu: MU
+    calibration (default ``ion_dij.PARTICLES_PER_MU``).
+    """
+
+    modality = Modality.PROTON
+    name = "inhouse-proton"
+    rbe = RBE_PROTON
+
+    def __init__(self, n_beams: int = 3, start_deg: float = 0.0, spot_spacing_mm: float = 5.0,
+                 layer_spacing_mm: float | None = None, dose_grid_factor=(1, 2, 2), min_mu: float = MIN_MU_PER_SPOT,
+                 mu_rounds: int = MU_ROUNDS, max_iter: int = 200, cache_dir=None, particles_per_mu: float | None = None):
+        if not 1 <= n_beams <= 9:
+            raise ValueError(f"n_beams must be 1–9, got {n_beams}")
+        self.n_beams, self.start_deg = n_beams, start_deg
+        self.spot_spacing_mm, self.layer_spacing_mm, self.dose_grid_factor = spot_spacing_mm, layer_spacing_mm, dose_grid_factor
+        self.min_mu, self.mu_rounds, self.max_iter = float(min_mu), int(mu_rounds), max_iter
+        self.cache_dir, self.particles_per_mu = cache_dir, particles_per_mu
+        self._case: Case | None = None
+        self._dij: IonDij | None = None
+        self._beams: tuple[Beam, ...] = ()
+        self._rows: dict[str, np.ndarray] = {}
+        self._x: np.ndarray | None = None
+        self._plan: Plan | None = None
+        self.last_run: MURun | None = None
+
+    @property
+    def dij(self) -> IonDij:
+        if self._dij is None:
+            raise RuntimeError(f"{self.name}: call prepare(case, beams) first")
+        return self._dij
+
+    def prepare(self, case: Case, beams: Sequence[Beam] | None = None) -> None:
+        self._case = case
+        beams = tuple(beams) if beams else beams_for(case, n=self.n_beams, start_deg=self.start_deg,
+                                                      modality=Modality.PROTON)
+        if any(b.modality is not Modality.PROTON for b in beams):
+            raise ValueError(f"{self.name} plans proton beams only; got {[b.modality.value for b in beams]}")
+        self._beams = beams
+        self._dij = ion_dij_cached(case, beams, cache_dir=self.cache_dir, ion="proton",
+                                   spot_spacing_mm=self.spot_spacing_mm, layer_spacing_mm=self.layer_spacing_mm,
+                                   dose_grid_factor=self.dose_grid_factor, particles_per_mu=self.particles_per_mu)
+        self._rows, self._x, self._plan, self.last_run = {}, None, None, None
+
+    def objective(self, objectives: Sequence[Objective]):
+        """The seed-002 loss of the RBE-weighted dose 1.1·D x as a function of course MU x:
+        Σ w (1/N) Σ (1.1 d − L)² = 1.21 Σ w (1/N) Σ (d − L/1.1)², i.e. ``plan_objective`` on the
+        physical matrix with limits / 1.1 and weights × 1.21 (exact, and no scaled copy of D)."""
+        from dataclasses import replace
+        scaled = [replace(o, dose_gy=o.dose_gy / self.rbe) for o in objectives]
+        return plan_objective(self.dij.matrix, scaled, self._rows, weights=[o.weight * self.rbe**2 for o in objectives])
+
+    def optimize(self, objectives: Sequence[Objective]) -> Dose:
+        if self._dij is None:
+            raise RuntimeError(f"{self.name}: call prepare(case, beams) before optimize()")
+        usable = tuple(o for o in objectives if self._rows_for(o.structure).size)
+        dropped = sorted({o.structure for o in objectives} - {o.structure for o in usable})
+        if dropped:
+            log.warning("%s: no dose-grid voxel in %s; their objectives are skipped", self.name, ", ".join(dropped))
+        f = self.objective(usable)
+        x0 = self._x if self._x is not None else self._uniform_start()
+        first = solve_lbfgs(f, x0, max_iter=self.max_iter)
+        x = np.asarray(first.x, float)
+        iterations, seconds = first.iterations, first.time_s
+        x, rounds, removed, forced, its, secs = self._apply_min_mu(f, x)
+        value = float(f(x)[0])
+        self.last_run = MURun(first.value, value, rounds, removed, forced, int(np.count_nonzero(x)),
+                              iterations + its, seconds + secs)
+        self._x = x
+        dij = self._dij
+        gy = dose_to_grid(self.rbe * dij.dose_array(x), dij.dose_grid, self._case.grid)
+        dose = Dose(self._case.grid, np.maximum(gy, 0.0).astype(np.float32), kind="EFFECTIVE")
+        mu = x / self._case.prescription.fractions
+        weights = tuple(mu[s] for s in dij.beam_slices)
+        self._plan = Plan(self._case.case_id, self.modality, self._beams, tuple(objectives), weights, dose, self.name)
+        return dose
+
+    def _apply_min_mu(self, f, x):
+        """SPEC §2.1 minimum MU per spot (module docstring). Returns (x, rounds, removed, forced,
+        iterations, seconds)."""
+        if self.min_mu <= 0:
+            return x, 0, 0, 0, 0, 0.0
+        threshold = self.min_mu * self._case.prescription.fractions  # in course MU
+        active = np.ones(x.size, bool)
+        rounds = forced = iterations = 0
+        seconds = 0.0
+        while True:
+            low = active & (x > 0) & (x < threshold)
+            if not low.any():
+                break
+            if rounds == self.mu_rounds:
+                forced = int(low.sum())
+                x = np.where(low, 0.0, x)
+                active &= ~low
+                log.info("%s: %d spots still below %.3g MU after %d rounds: removed without re-optimisation",
+                         self.name, forced, self.min_mu, rounds)
+                break
+            active &= ~low
+            x = np.where(active, x, 0.0)
+            if not active.any():
+                break
+            sub = solve_lbfgs(_Restricted(f, active), x[active], max_iter=self.max_iter)
+            x = np.zeros_like(x)
+            x[active] = sub.x
+            rounds += 1
+            iterations += sub.iterations
+            seconds += sub.time_s
+        return x, rounds, int((~active).sum()), forced, iterations, seconds
+
+    def plan(self) -> Plan:
+        if self._plan is None:
+            raise RuntimeError(f"{self.name}: no plan yet; call prepare() and optimize() first")
+        return self._plan
+
+    def _rows_for(self, name: str) -> np.ndarray:
+        if name not in self._rows:
+            self._rows[name] = self._dij.rows_of(self._case.structure(name).voxels)
+        return self._rows[name]
+
+    def _uniform_start(self) -> np.ndarray:
+        """Uniform course MU scaled so the highest-dose target's mean RBE-weighted dose is its
+        prescription."""
+        level = self._case.prescription.levels[0]
+        target = self._rows_for(level.target)
+        x = np.ones(self._dij.n_beamlets)
+        mean = float(np.mean(self._dij.matrix[target] @ x.astype(np.float32))) * self.rbe if target.size else 0.0
+        return x * (level.dose_gy / mean if mean > 0 else 1.0)
