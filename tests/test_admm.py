@@ -119,13 +119,15 @@ def test_workspace_rebuilt_when_rows_change():
     assert again.state.workspace is not sol.state.workspace and np.all(again.x >= 0)
 
 
-def test_gram_is_weighted_normal_matrix():
+def test_cholesky_factor_of_weighted_gram():
     m, rows, objectives = small_problem()
     f = plan_objective(m, objectives, rows)
     ws = ADMMWorkspace.build(f)
     a = f.matrix.toarray().astype(float)
     expected = sum((2.0 / len(r)) * a[r].T @ a[r] for r in f.local_rows)
-    np.testing.assert_allclose(ws.gram, expected, rtol=1e-10, atol=1e-12 * np.abs(expected).max())
+    got = ws.factor @ ws.factor.T - ws.sigma * np.eye(expected.shape[0])
+    np.testing.assert_allclose(got, expected, rtol=1e-8, atol=1e-10 * np.abs(expected).max())
+    assert ws.sigma == pytest.approx(0.1 * np.trace(expected) / expected.shape[0])
 
 
 @pytest.mark.slow

@@ -259,7 +259,7 @@ def _two_cores_free() -> float:
 
 
 def test_four_jobs_in_parallel_beat_serial():
-    """4 optimisations (each ≥ 1 s) submitted together on a 2-worker pool take < 0.8 × the time of
+    """4 optimisations (each ≥ 0.2 s) submitted together on a 2-worker pool take < 0.8 × the time of
     the same 4 one after another. Skipped when the machine cannot run two processes at once right
     now (a pure-Python control gains < 1.6×: the wall time would measure the other load)."""
     if (os.cpu_count() or 1) < 2:
@@ -278,12 +278,12 @@ def test_four_jobs_in_parallel_beat_serial():
             s.wait(j, timeout_s=60)
         t0 = time.perf_counter()
         for p in plans[:4]:
-            s.wait(s.submit_optimization(p, max_iterations=120, tolerance=0), timeout_s=300)
+            s.wait(s.submit_optimization(p, max_iterations=400, tolerance=0), timeout_s=300)
         serial = time.perf_counter() - t0
         t0 = time.perf_counter()
-        jobs = [s.submit_optimization(p, max_iterations=120, tolerance=0) for p in plans[4:]]
+        jobs = [s.submit_optimization(p, max_iterations=400, tolerance=0) for p in plans[4:]]
         for j in jobs:
             s.wait(j, timeout_s=300)
         parallel = time.perf_counter() - t0
-    assert serial / 4 >= 1.0, f"jobs too short to time ({serial / 4:.2f} s)"
+    assert serial / 4 >= 0.2, f"jobs too short to time ({serial / 4:.2f} s)"
     assert parallel < 0.8 * serial, f"parallel {parallel:.1f} s vs serial {serial:.1f} s"

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import threadpoolctl
 
 from rtautoplan import dvh as dvh_mod
 from rtautoplan.case import Case
@@ -106,6 +107,10 @@ _WORKER_CACHE: dict = {}
 
 
 def _init_worker(progress, started, cancel) -> None:
+    # One BLAS thread per worker: the pool already runs one job per core, and a forked worker would
+    # otherwise keep the parent's BLAS thread count and oversubscribe the CPUs (4 jobs on 2 cores
+    # then run slower in parallel than one after another).
+    threadpoolctl.threadpool_limits(1)
     _SHARED.update(progress=progress, started=started, cancel=cancel)
 
 
