@@ -70,7 +70,8 @@ class InHousePhoton:
         gy = dose_to_grid(self._dij.dose_array(self._x), self._dij.dose_grid, self._case.grid)
         dose = Dose(self._case.grid, np.maximum(gy, 0.0).astype(np.float32))
         weights = tuple(self._x[s] for s in self._dij.beam_slices)
-        self._plan = Plan(self._case.case_id, self.modality, self._beams, tuple(objectives), weights, dose, self.name)
+        self._plan = Plan(self._case.case_id, self.modality, self._beams, tuple(objectives), weights, dose, self.name,
+                          self._dij.beamlets, self._dij.beamlet_mm)
         return dose
 
     def plan(self) -> Plan:

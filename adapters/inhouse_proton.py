@@ -160,7 +160,8 @@ class InHouseProton:
         dose = Dose(self._case.grid, np.maximum(gy, 0.0).astype(np.float32), kind="EFFECTIVE")
         mu = x / self._case.prescription.fractions
         weights = tuple(mu[s] for s in dij.beam_slices)
-        self._plan = Plan(self._case.case_id, self.modality, self._beams, tuple(objectives), weights, dose, self.name)
+        self._plan = Plan(self._case.case_id, self.modality, self._beams, tuple(objectives), weights, dose, self.name,
+                          dij.spots, dij.beamlet_mm)
         return dose
 
     def _apply_min_mu(self, f, x):

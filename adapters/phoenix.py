@@ -121,7 +121,8 @@ class PhoenixAdapter:
             raise _translate(error) from error
         dose = Dose(self._case.grid, gy, kind="EFFECTIVE")
         weights = tuple(f[:, 3].copy() for f in spots)
-        self._plan = Plan(self._case.case_id, self.modality, self._beams, tuple(objectives), weights, dose, self.name)
+        self._plan = Plan(self._case.case_id, self.modality, self._beams, tuple(objectives), weights, dose, self.name,
+                          tuple(f[:, :3].copy() for f in spots))
         return dose
 
     def plan(self) -> Plan:

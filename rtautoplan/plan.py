@@ -73,7 +73,14 @@ class Dose:
 @dataclass(frozen=True, eq=False)
 class Plan:
     """An optimised plan: its beams, the objectives it was optimised to, the beamlet/spot
-    weights (per beam, in beam order) and the resulting dose."""
+    weights (per beam, in beam order) and the resulting dose.
+
+    positions: per beam, where each weight is delivered — photons: (n, 2) beamlet centres
+    (x_b, y_b, mm at the isocentre plane, IEC beam-limiting-device axes); ions: (n, 3) spot
+    (x_b, y_b mm at the isocentre plane, energy MeV or MeV/u). Empty when the TPS does not say.
+    beamlet_mm: photon beamlet side, or ion lateral spot spacing (mm).
+    weights are beamlet fluence (photons, relative) or MU per fraction (ions).
+    """
 
     case_id: str
     modality: Modality
@@ -82,3 +89,5 @@ class Plan:
     weights: tuple[np.ndarray, ...]
     dose: Dose
     adapter: str = ""
+    positions: tuple[np.ndarray, ...] = ()
+    beamlet_mm: float = 0.0
