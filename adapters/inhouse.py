@@ -74,6 +74,17 @@ class InHousePhoton:
                           self._dij.beamlets, self._dij.beamlet_mm)
         return dose
 
+    def dose_of(self, weights: Sequence[np.ndarray]) -> Dose:
+        """Dose (Gy) on the CT grid of per-beam beamlet weights, e.g. the fluence that the leaf
+        sequencer's segments actually deliver (issue 5: the reported dose is the delivered one)."""
+        if self._dij is None:
+            raise RuntimeError(f"{self.name}: call prepare(case, beams) before dose_of()")
+        x = np.concatenate([np.asarray(w, float) for w in weights])
+        if x.size != self._dij.n_beamlets:
+            raise ValueError(f"{self.name}: {x.size} weights for {self._dij.n_beamlets} beamlets")
+        gy = dose_to_grid(self._dij.dose_array(x), self._dij.dose_grid, self._case.grid)
+        return Dose(self._case.grid, np.maximum(gy, 0.0).astype(np.float32))
+
     def plan(self) -> Plan:
         if self._plan is None:
             raise RuntimeError(f"{self.name}: no plan yet; call prepare() and optimize() first")
