@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -91,3 +91,38 @@ class Plan:
     adapter: str = ""
     positions: tuple[np.ndarray, ...] = ()
     beamlet_mm: float = 0.0
+
+
+@dataclass(frozen=True)
+class Step:
+    """One decision of the closed loop, as the log and the report show it.
+
+    step: 1-based index. action: what the policy proposed (human-readable). accepted: whether the
+    safety filter let it through; reason: why not. score: the active score after the step (the
+    previous score when rejected). alternatives: the policy's top candidates, best first, as
+    (action, probability or value). parameters: the planning parameters after the step.
+    """
+
+    step: int
+    action: str
+    accepted: bool
+    score: float
+    reward: float = 0.0
+    reason: str = ""
+    alternatives: tuple[tuple[str, float], ...] = ()
+    parameters: dict = field(default_factory=dict)
+    time_s: float = 0.0
+
+
+@dataclass(frozen=True, eq=False)
+class Result:
+    """What the closed loop hands to the DICOM writer and the report: the best plan found, its
+    score against the initial plan's, and every step."""
+
+    plan: Plan
+    initial_score: object  # rtautoplan.scoring.Score
+    score: object
+    steps: tuple[Step, ...]
+    policy: str
+    best_step: int = 0
+    initial_dose: Dose | None = None

@@ -1,0 +1,51 @@
+"""The Policy protocol: what the closed loop asks of any planner, learned or not.
+
+``act(observation)`` is all a planner must do. A planner that can say how sure it is also offers
+``rank(observation) -> [(action, value), …]`` best first — probabilities (ACER, PPO), Q values
+(QMIX, SARSA) or heuristic priorities (rule-based) — which the report shows as the top-3
+alternatives of every step (SPEC §5.3). ``reset()``, when present, is called at the start of each
+episode (recurrent policies clear their hidden state).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+
+
+@runtime_checkable
+class Policy(Protocol):
+    name: str
+
+    def act(self, observation: np.ndarray) -> Any:
+        """The action to take in ``observation`` (an element of the environment's action space)."""
+
+
+def ranked(policy: Policy, observation: np.ndarray, k: int = 3) -> list[tuple[Any, float]]:
+    """The policy's top-``k`` actions with their probability or value, best first; a policy that
+    cannot rank gives its one action with value NaN."""
+    rank = getattr(policy, "rank", None)
+    if rank is None:
+        return [(policy.act(observation), float("nan"))]
+    return list(rank(observation))[:k]
+
+
+def reset(policy: Policy) -> None:
+    """Start a new episode (clears recurrent state where the policy has any)."""
+    start = getattr(policy, "reset", None)
+    if start is not None:
+        start()
+
+
+class RandomPolicy:
+    """Uniformly random actions from a gymnasium space: the floor every planner must clear."""
+
+    name = "random"
+
+    def __init__(self, action_space, seed: int = 0):
+        self.action_space = action_space
+        self.action_space.seed(seed)
+
+    def act(self, observation: np.ndarray) -> Any:
+        return self.action_space.sample()
