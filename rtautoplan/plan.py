@@ -126,3 +126,4 @@ class Result:
     policy: str
     best_step: int = 0
     initial_dose: Dose | None = None
+    delivery: tuple = ()  # photons: the sequenced beams (physics.sequencing.SequencedBeam) behind plan.dose

@@ -67,12 +67,12 @@ def quantise(gy: np.ndarray, scaling: float, dtype=np.uint32) -> np.ndarray:
 
 
 def write_rtdose(case: Case, dose: Dose, path: str | Path, plan_sop_instance_uid: str | None = None,
-                 uid_seed: str | None = None) -> Path:
+                 uid_seed: str | None = None, plan_sop_class_uid: str = RTPlanStorage) -> Path:
     """Write ``dose`` as an RTDOSE at ``path`` on the study and frame of reference of ``case.refs``.
 
     dose.grid may differ from the CT grid (a coarser dose grid) but must be in the same patient
     coordinates. plan_sop_instance_uid: the RTPLAN this dose belongs to (see the module doc for what
-    omitting it means). uid_seed makes the SOP instance and series UIDs reproducible.
+    omitting it means); plan_sop_class_uid: its SOP class (RT Plan or RT Ion Plan Storage). uid_seed makes the SOP instance and series UIDs reproducible.
     """
     refs, grid = case.refs, dose.grid
     missing = [n for n in ("study_instance_uid", "frame_of_reference_uid") if not getattr(refs, n)]
@@ -128,7 +128,7 @@ def write_rtdose(case: Case, dose: Dose, path: str | Path, plan_sop_instance_uid
     ds.GridFrameOffsetVector = [modules.format_ds(k * grid.spacing[0]) for k in range(grid.shape[0])]
     if plan_sop_instance_uid:
         item = Dataset()
-        item.ReferencedSOPClassUID = RTPlanStorage
+        item.ReferencedSOPClassUID = plan_sop_class_uid
         item.ReferencedSOPInstanceUID = plan_sop_instance_uid
         ds.ReferencedRTPlanSequence = [item]
     else:

@@ -1,0 +1,111 @@
+"""Leaf sequencing (physics/sequencing.py): exact reproduction of the quantised fluence, leaf
+geometry (no overlap, inside the jaws, unidirectional), error against levels, a hand-checked
+example, and a real in-house photon plan on ``small_case``."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from rtautoplan.physics.sequencing import (
+    delivered_map, fluence_map, quantise, sequence_beam, sequence_plan, sweep)
+from rtautoplan.plan import Dose, Modality, Plan
+
+CELL = 5.0
+
+
+def random_map(seed=0, ny=7, nx=9, holes=True):
+    """Beamlets on a 5 mm lattice centred on the axis, random weights, some lattice holes."""
+    rng = np.random.default_rng(seed)
+    y, x = np.meshgrid(np.arange(-ny // 2, ny - ny // 2), np.arange(-nx // 2, nx - nx // 2), indexing="ij")
+    positions = np.stack([(x.ravel() + 0.5) * CELL, (y.ravel() + 0.5) * CELL], axis=1)
+    keep = rng.random(len(positions)) > (0.15 if holes else 0.0)
+    return positions[keep], rng.gamma(2.0, 1.0, keep.sum())
+
+
+def test_known_small_example():
+    """Row 0 [0 2 3 1 2 0]: rises at edges 1, 1, 2, 4, drops at 3, 3, 5, 5 → segments [1,3) [1,3)
+    [2,5) [4,5); row 1 [1 1 0 0 4 4]: [0,2) then [4,6) four times."""
+    left, right = sweep(np.array([[0, 2, 3, 1, 2, 0], [1, 1, 0, 0, 4, 4]]))
+    np.testing.assert_array_equal(left, [[1, 0], [1, 4], [2, 4], [4, 4], [5, 4]])
+    np.testing.assert_array_equal(right, [[3, 2], [3, 6], [5, 6], [5, 6], [5, 6]])
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_segments_reproduce_the_quantised_fluence_exactly(seed):
+    positions, weights = random_map(seed)
+    fmap = fluence_map(positions, weights, CELL)
+    for levels in (1, 4, 10):
+        beam = sequence_beam(fmap, levels)
+        intensity, step = quantise(fmap.fluence, levels)
+        np.testing.assert_allclose(delivered_map(beam, fmap), intensity * step, atol=1e-12 * step)
+        np.testing.assert_allclose(beam.delivered, (intensity * step)[fmap.rows, fmap.cols], atol=1e-12)
+        assert beam.meterset_weights.sum() == pytest.approx(1.0)
+
+
+def test_leaves_do_not_overlap_stay_within_jaws_and_sweep_one_way():
+    positions, weights = random_map(3, ny=9, nx=12)
+    beam = sequence_beam(fluence_map(positions, weights, CELL), 10)
+    assert np.all(beam.left_mm <= beam.right_mm)
+    assert np.all(beam.left_mm >= beam.jaw_x_mm[0]) and np.all(beam.right_mm <= beam.jaw_x_mm[1])
+    centres = 0.5 * (beam.leaf_boundaries_mm[1:] + beam.leaf_boundaries_mm[:-1])
+    open_rows = np.any(beam.left_mm < beam.right_mm, axis=0)
+    assert np.all((centres[open_rows] > beam.jaw_y_mm[0]) & (centres[open_rows] < beam.jaw_y_mm[1]))
+    rows = np.flatnonzero(np.any(beam.left_mm < beam.right_mm, axis=0))
+    assert np.all(np.diff(beam.left_mm[:, rows], axis=0) >= 0)  # unidirectional sweep
+    assert np.all(np.diff(beam.right_mm[:, rows], axis=0) >= 0)
+    assert beam.leaf_boundaries_mm[0] == -beam.leaf_boundaries_mm[-1]  # symmetric MLC
+    np.testing.assert_allclose(np.diff(beam.leaf_boundaries_mm), CELL)
+    assert beam.n_segments == beam.left_mm.shape[0] == beam.segment_fluence.size
+
+
+def test_error_decreases_with_levels_and_is_bounded_by_half_a_step():
+    positions, weights = random_map(1, ny=11, nx=11, holes=False)
+    fmap = fluence_map(positions, weights, CELL)
+    errors = [sequence_beam(fmap, levels) for levels in (2, 5, 10, 20, 50)]
+    rms = [b.rms_error for b in errors]
+    assert all(a > b for a, b in zip(rms, rms[1:])), rms
+    assert all(b.max_error <= 0.5 / b.levels + 1e-12 for b in errors)
+
+
+def test_rejects_off_lattice_positions_and_other_modalities():
+    with pytest.raises(ValueError, match="lattice"):
+        fluence_map(np.array([[1.0, 2.5]]), np.array([1.0]), CELL)
+    with pytest.raises(ValueError, match="non-negative"):
+        fluence_map(np.array([[2.5, 2.5]]), np.array([-1.0]), CELL)
+    plan = Plan("c", Modality.PROTON, (), (), (), Dose(None, np.zeros(1)))
+    with pytest.raises(ValueError, match="photon"):
+        sequence_plan(plan)
+
+
+def test_an_all_zero_beam_has_no_segment():
+    positions, weights = random_map(0)
+    beam = sequence_beam(fluence_map(positions, 0 * weights, CELL), 10)
+    assert beam.n_segments == 0 and np.all(beam.delivered == 0)
+
+
+def test_real_photon_plan(photon_plan):
+    """The in-house plan of small_case (module fixture below): one MLC model for all
+    beams, delivered weights in plan order, error within half a level."""
+    _, _, plan = photon_plan
+    sequenced = sequence_plan(plan, levels=10)
+    assert len(sequenced) == len(plan.beams)
+    for seq, w in zip(sequenced, plan.weights):
+        assert seq.delivered.shape == w.shape
+        np.testing.assert_array_equal(seq.leaf_boundaries_mm, sequenced[0].leaf_boundaries_mm)
+        assert seq.max_error <= 0.05 + 1e-12 and seq.rms_error < 0.05
+
+
+@pytest.fixture(scope="module")
+def photon_plan(tmp_path_factory):
+    from conftest import build_small_case
+
+    from rtautoplan.adapters.inhouse import InHousePhoton
+    from rtautoplan.structures.objectives import objectives_for
+    from rtautoplan.structures.rules import apply_rules
+
+    case = apply_rules(build_small_case(), "hn")
+    tps = InHousePhoton(n_beams=5, dose_grid_factor=1, cache_dir=tmp_path_factory.mktemp("dij"), max_iter=60)
+    tps.prepare(case)
+    tps.optimize(objectives_for(case, np.random.default_rng(0)))
+    return case, tps, tps.plan()
