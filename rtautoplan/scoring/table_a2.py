@@ -1,0 +1,168 @@
+"""Plan score φ of seed 003, Table A2 (SPEC §3.7): CTV plus 18 OARs, max 204.4, reported as φ / max φ.
+
+Every row is piecewise linear in its metric value v with constant ends, so it is stored as three
+breakpoints ``xp`` and the scores ``fp`` there and evaluated with ``np.interp``:
+
+* OAR rows (generic form): xp = (0, g, L), fp = (S_max, S_g, 0), S_max = 1.2 · S_g;
+* CTV V95% (fraction): (0, 0.98, 1) → (−40, 12, 40); V105% (fraction): (0, 0.1, 1) → (20, 6, 0);
+  CI: (0, 0.6, 1) → (0, 6, 20); HI: (0, 0.1, 1) → (20, 6, 0).
+
+A row passes when its score reaches the score at its middle breakpoint (OAR rows: v ≤ g).
+
+Readings ([NOT SPECIFIED] / [AMBIGUOUS] in SPEC §3.7, recorded in docs/decisions.md):
+
+* "CTV" is the CTV with the highest prescription (``target=`` names another structure); its Rx
+  is the reference of V95%, V105% and CI.
+* CI is Paddick's, TV_PIV² / (TV · PIV), at the ``ci_isodose`` · Rx isodose (0.95, the level of the
+  V95% coverage row); PIV is counted inside the External (the whole grid without one).
+* HI is ICRU 83's, (D2% − D98%) / D50%.
+* Temporal-lobe V40/V50 are the volumes (cm³) receiving ≥ 40 / 50 Gy.
+* Rows whose structure the case lacks are listed with ``max_score=None`` and left out of both
+  total and maximum, so ``maximum`` is the attainable φ of the rows present.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+from rtautoplan import dvh
+from rtautoplan.case import Case, Role, Structure
+from rtautoplan.scoring.base import (Criterion, Score, check_dose, evaluation_mask, find, make_score,
+                                     not_scored, primary, require, rx_of)
+
+SYSTEM = "table_a2"
+CTV = "CTV"  # placeholder in ROWS for the scored target
+CI_ISODOSE = 0.95  # CI isodose, fraction of Rx ([NOT SPECIFIED], docs/decisions.md)
+MAX_PHI = 204.4  # SPEC §3.7 [DERIVED]: 100 (CTV) + 104.4 (18 OARs)
+
+
+@dataclass(frozen=True)
+class Row:
+    """One metric of Table A2: ``metric`` of ``structure`` (unit ``unit``), score np.interp(v, xp, fp)."""
+
+    structure: str
+    metric: str
+    unit: str
+    xp: tuple[float, float, float]
+    fp: tuple[float, float, float]
+
+    def points(self, v: float) -> float:
+        """Score of metric value v (constant beyond the end breakpoints)."""
+        return float(np.interp(v, self.xp, self.fp))
+
+    @property
+    def max_score(self) -> float:
+        return max(self.fp)
+
+    @property
+    def goal(self) -> str:
+        sense = "≥" if self.fp[2] > self.fp[0] else "≤"
+        return f"{sense} {self.xp[1]:g} {self.unit}".rstrip() + f" ({self.fp[1]:g} of {self.max_score:g} points)"
+
+
+def _oar(structure: str, metric: str, unit: str, s_max: float, s_g: float, g: float, limit: float) -> Row:
+    return Row(structure, metric, unit, (0.0, g, limit), (s_max, s_g, 0.0))
+
+
+# SPEC §3.7 Table A2: (structure, metric, unit, S_max, S_g, g, L); inner ear = Cochlea (TG-263).
+ROWS: tuple[Row, ...] = (
+    _oar("Brainstem", "Dmax", "Gy", 7.2, 6.0, 45.0, 54.0),
+    _oar("Brainstem", "D1%", "Gy", 7.2, 6.0, 38.5, 50.0),
+    _oar("SpinalCord", "Dmax", "Gy", 14.4, 12.0, 30.0, 40.0),
+    _oar("OpticChiasm", "D20%", "Gy", 14.4, 12.0, 30.0, 40.0),
+    _oar("OpticNrv_R", "D20%", "Gy", 7.2, 6.0, 30.0, 40.0),
+    _oar("OpticNrv_L", "D20%", "Gy", 7.2, 6.0, 30.0, 40.0),
+    _oar("Lobe_Temporal_R", "V40Gy", "cm³", 3.6, 3.0, 7.66, 10.0),
+    _oar("Lobe_Temporal_R", "V50Gy", "cm³", 3.6, 3.0, 4.66, 6.0),
+    _oar("Lobe_Temporal_L", "V40Gy", "cm³", 3.6, 3.0, 7.66, 10.0),
+    _oar("Lobe_Temporal_L", "V50Gy", "cm³", 3.6, 3.0, 4.66, 6.0),
+    _oar("Bone_Mandible", "Dmean", "Gy", 6.0, 5.0, 30.0, 40.0),
+    _oar("Joint_TM_R", "Dmean", "Gy", 3.0, 2.5, 30.0, 40.0),
+    _oar("Joint_TM_L", "Dmean", "Gy", 3.0, 2.5, 30.0, 40.0),
+    _oar("Parotid_R", "Dmean", "Gy", 3.0, 2.5, 21.0, 25.0),
+    _oar("Parotid_L", "Dmean", "Gy", 3.0, 2.5, 21.0, 25.0),
+    _oar("Lens_R", "D1%", "Gy", 3.0, 2.5, 6.0, 10.0),
+    _oar("Lens_L", "D1%", "Gy", 3.0, 2.5, 6.0, 10.0),
+    _oar("Eye_R", "Dmean", "Gy", 1.8, 1.5, 30.0, 40.0),
+    _oar("Eye_L", "Dmean", "Gy", 1.8, 1.5, 30.0, 40.0),
+    _oar("Cochlea_R", "Dmean", "Gy", 2.4, 2.0, 30.0, 40.0),
+    _oar("Cochlea_L", "Dmean", "Gy", 2.4, 2.0, 30.0, 40.0),
+    Row(CTV, "V95%", "fraction", (0.0, 0.98, 1.0), (-40.0, 12.0, 40.0)),
+    Row(CTV, "V105%", "fraction", (0.0, 0.1, 1.0), (20.0, 6.0, 0.0)),
+    Row(CTV, "CI", "", (0.0, 0.6, 1.0), (0.0, 6.0, 20.0)),
+    Row(CTV, "HI", "", (0.0, 0.1, 1.0), (20.0, 6.0, 0.0)),
+)
+
+
+@dataclass(frozen=True, eq=False)
+class _Context:
+    """What the metrics read: the dose (Gy), the structure's voxels, its Rx (Gy), voxel volume (cm³),
+    the body mask and the CI isodose (fraction of Rx)."""
+
+    dose: np.ndarray
+    mask: np.ndarray
+    rx_gy: float
+    voxel_cm3: float
+    body: np.ndarray
+    ci_isodose: float
+
+
+def _paddick_ci(c: _Context) -> float:
+    covered = c.dose >= c.ci_isodose * c.rx_gy
+    piv = np.count_nonzero(covered & c.body)
+    tv = np.count_nonzero(c.mask)
+    return float(np.count_nonzero(covered & c.mask)) ** 2 / (tv * piv) if piv else 0.0
+
+
+def _icru_hi(c: _Context) -> float:
+    d50 = dvh.d_percent(c.dose, c.mask, 50.0)
+    return (dvh.d2(c.dose, c.mask) - dvh.d98(c.dose, c.mask)) / d50 if d50 > 0 else float("inf")
+
+
+METRICS: dict[str, Callable[[_Context], float]] = {
+    "Dmax": lambda c: dvh.dmax(c.dose, c.mask),
+    "Dmean": lambda c: dvh.dmean(c.dose, c.mask),
+    "D1%": lambda c: dvh.d_percent(c.dose, c.mask, 1.0),
+    "D20%": lambda c: dvh.d_percent(c.dose, c.mask, 20.0),
+    "V40Gy": lambda c: dvh.v_gy_cc(c.dose, c.mask, 40.0, c.voxel_cm3),
+    "V50Gy": lambda c: dvh.v_gy_cc(c.dose, c.mask, 50.0, c.voxel_cm3),
+    "V95%": lambda c: dvh.v_percent(c.dose, c.mask, 95.0, c.rx_gy),
+    "V105%": lambda c: dvh.v_percent(c.dose, c.mask, 105.0, c.rx_gy),
+    "CI": _paddick_ci,
+    "HI": _icru_hi,
+}
+
+
+def _target(case: Case, target: str | None) -> Structure | None:
+    """The scored "CTV": the highest-Rx CTV (None without one), or the structure named ``target``."""
+    if target is None:
+        return primary(case, Role.CTV)
+    return require(case, target, SYSTEM)
+
+
+def score(dose_gy: np.ndarray, case: Case, target: str | None = None, ci_isodose: float = CI_ISODOSE) -> Score:
+    """φ of a dose (Gy, on case.grid); ``target``: the structure scored as "CTV" (default highest-Rx CTV).
+
+    A missing structure never raises (its rows are listed as not scored, module docstring), except a
+    ``target`` that was named explicitly and is not in the case.
+    """
+    dose = check_dose(dose_gy, case)
+    ctv = _target(case, target)
+    body_structures = case.by_role(Role.EXTERNAL)
+    body = body_structures[0].mask if body_structures else np.ones(dose.shape, bool)
+    rx = rx_of(ctv, case) if ctv is not None else case.prescription.rx_max
+    criteria = []
+    for row in ROWS:
+        s = ctv if row.structure == CTV else find(case, row.structure)
+        label = f"{row.structure if s is None else s.name} {row.metric}"
+        if s is None:
+            criteria.append(not_scored(label, row.structure, row.metric, row.unit, row.goal, "not in case"))
+            continue
+        v = METRICS[row.metric](_Context(dose, evaluation_mask(s), rx, case.grid.voxel_volume_cm3, body, ci_isodose))
+        points = row.points(v)
+        criteria.append(Criterion(label, s.name, row.metric, float(v), row.unit, row.goal, points, row.max_score,
+                                  points >= row.fp[1]))
+    return make_score(SYSTEM, criteria)
