@@ -39,13 +39,18 @@ def reset(policy: Policy) -> None:
 
 
 class RandomPolicy:
-    """Uniformly random actions from a gymnasium space: the floor every planner must clear."""
+    """Uniformly random actions: the floor every planner must clear. On a multi-agent (PettingZoo)
+    environment every agent draws its own action."""
 
     name = "random"
 
-    def __init__(self, action_space, seed: int = 0):
-        self.action_space = action_space
-        self.action_space.seed(seed)
+    def __init__(self, env, seed: int = 0):
+        agents = getattr(env, "possible_agents", None)
+        self.spaces = {a: env.action_space(a) for a in agents} if agents else {None: env.action_space}
+        for i, space in enumerate(self.spaces.values()):
+            space.seed(seed + i)
 
-    def act(self, observation: np.ndarray) -> Any:
-        return self.action_space.sample()
+    def act(self, observation) -> Any:
+        if None in self.spaces:
+            return self.spaces[None].sample()
+        return {agent: space.sample() for agent, space in self.spaces.items()}

@@ -65,6 +65,41 @@ def _structures(args) -> int:
     return 0
 
 
+def _plan(args) -> int:
+    import time
+
+    from rich.console import Console
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from rtautoplan.dicom.read import read_case
+    from rtautoplan.outputs import write_outputs
+    from rtautoplan.pipeline import plan_case, setup_for
+
+    start = time.perf_counter()
+    case = read_case(args.case)
+    site = args.site or ("prostate" if case.has("Prostate") or case.has("Bladder") else "hn")
+    setup = setup_for(site, args.modality)
+    steps = args.max_steps or setup.max_steps
+    console = Console(width=140)
+    columns = (TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+               TextColumn("{task.fields[status]}"), TimeElapsedColumn())
+    with Progress(*columns, console=console, transient=False) as progress:
+        task = progress.add_task(f"{case.case_id} {site}/{args.modality}", total=steps, status="dose influence …")
+
+        def on_step(step):
+            mark = "" if step.accepted else f" [red]rejected: {step.reason}[/red]"
+            progress.update(task, completed=step.step, status=f"score {step.score:.4g} after {step.action}{mark}")
+
+        planned, result = plan_case(case, site=site, modality=args.modality, adapter=args.adapter,
+                                    policy=args.policy, max_steps=steps, seed=args.seed, on_step=on_step)
+    paths = write_outputs(planned, result, args.output, extra={"site": site, "seed": args.seed})
+    s0, s1 = result.initial_score, result.score
+    console.print(f"{result.score.system}: {s0.total:.4g} → {s1.total:.4g} (best at step {result.best_step}, "
+                  f"{len(result.steps)} steps, {time.perf_counter() - start:.1f} s)")
+    console.print("wrote " + ", ".join(str(p) for p in paths.values()))
+    return 0
+
+
 def _objective_json(o) -> dict:
     return {"structure": o.structure, "kind": o.kind.value, "dose_gy": round(o.dose_gy, 3), "weight": o.weight,
             "volume": o.volume, "adjustable": o.adjustable}
@@ -88,6 +123,18 @@ def parser() -> argparse.ArgumentParser:
     st.add_argument("--ctv-crop-mm", type=float, default=None, help="crop CTVs this far from OARs (seed 003: 1 mm)")
     st.add_argument("--seed", type=int, default=0, help="seed of the OAR limit initialisation (rule 11)")
     st.set_defaults(run=_structures)
+
+    pl = sub.add_parser("plan", help="plan a case in the closed loop: DICOM in, RTPLAN + RTDOSE + RTSTRUCT + report out")
+    pl.add_argument("case", type=Path, help="folder with the CT series, RTSTRUCT and optional prescription.json")
+    pl.add_argument("-o", "--output", type=Path, required=True, help="folder for the plan, dose, structures, report")
+    pl.add_argument("--site", choices=["hn", "prostate"], default=None, help="default: prostate if the case has a "
+                    "Prostate or Bladder, else hn")
+    pl.add_argument("--modality", choices=["photon", "proton", "carbon"], default="photon")
+    pl.add_argument("--adapter", default=None, help="TPS adapter (default: the setup's; see rtautoplan.adapters)")
+    pl.add_argument("--policy", default=None, help="planner (default: the setup's; see rtautoplan.policies)")
+    pl.add_argument("--max-steps", type=int, default=None, help="closed-loop steps (default: the setup's)")
+    pl.add_argument("--seed", type=int, default=0, help="seed of the initial parameters")
+    pl.set_defaults(run=_plan)
     return p
 
 

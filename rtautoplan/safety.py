@@ -4,7 +4,7 @@ A policy proposes; the filter decides. Two checks, each returning a :class:`Verd
 ``reason`` goes into the step log and the report:
 
 * **before** the TPS runs, :meth:`SafetyFilter.check_parameters`: every planning parameter the
-  action would set must lie inside its documented bounds (the environment's bounds table:
+  action changes must lie inside its documented bounds (the environment's bounds table:
   SPEC §1.5 clamps, §2.8 ranges, §3.3 bounds, §4.2 steps). A NaN is always out of bounds.
 * **after** the TPS ran, :meth:`SafetyFilter.check_plan`: a step may not drop the coverage of any
   target level below the hard floor — D98 of each CTV ≥ ``coverage_floor`` · Rx — unless the plan
@@ -50,10 +50,14 @@ class SafetyFilter:
     bounds: Mapping[str, tuple[float, float]] = field(default_factory=dict)
     coverage_floor: float = COVERAGE_FLOOR
 
-    def check_parameters(self, parameters: Mapping[str, float]) -> Verdict:
-        """Reject parameters outside their bounds (or NaN); parameters without bounds must be finite."""
+    def check_parameters(self, parameters: Mapping[str, float], current: Mapping[str, float] | None = None) -> Verdict:
+        """Reject parameters outside their bounds (or NaN); parameters without bounds must be finite.
+        With ``current`` (the parameters now), only those the action changes are judged: a value
+        the planner did not touch (a rule-11 start above the bound, say) is not its decision."""
         for name, value in parameters.items():
             value = float(value)
+            if current is not None and name in current and float(current[name]) == value:
+                continue
             if not math.isfinite(value):
                 return Verdict(False, f"{name} = {value} is not a finite number")
             if name in self.bounds:

@@ -34,3 +34,10 @@ def test_a_target_already_below_the_floor_may_improve_but_not_worsen(small_case)
     f = SafetyFilter()
     assert f.check_plan(small_case, cold, cold * 1.05, better_overall=False).accepted
     assert not f.check_plan(small_case, cold, cold * 0.95, better_overall=False).accepted
+
+
+def test_only_changed_parameters_are_judged():
+    f = SafetyFilter(bounds={"D": (0.0, 77.0), "w": (0.0, 100.0)})
+    current = {"D": 84.0, "w": 1.0}  # a rule-11 start above the bound
+    assert f.check_parameters({"D": 84.0, "w": 1.5}, current).accepted
+    assert not f.check_parameters({"D": 90.0, "w": 1.5}, current).accepted

@@ -19,6 +19,11 @@ L-BFGS-B (Byrd, Lu, Nocedal, Zhu 1995; Moré–Thuente-type line search) with
   f_scale = 1 (Gy²): on hn01 it stops after ≈ 190 iterations at f ≈ 3.6 f* (0.14 Gy RMS). Pass
   ``tol=1e-4`` for ≈ 1.6 f* (≈ 470 iterations), ``f_scale=0`` for a purely relative rule.
   ``max_iter`` is a safety cap only (``converged`` is False when it, not the rule, stopped).
+* **One BLAS thread** while scipy's L-BFGS-B runs (``threadpoolctl``; the limit is process-wide
+  for the duration of the solve). Its per-iteration linear algebra is on n-vectors and m × m
+  matrices; a multi-threaded OpenBLAS spins up its threads for each of those tiny calls, which on
+  2 cores shared with the threaded sparse products cost 3.7 ms per call (hn01 (1, 2, 2): 1.4–1.8 s
+  of a 4.3–5.2 s solve) against 0.1 ms with one thread (docs/decisions.md, "Engine speed").
 """
 
 from __future__ import annotations
@@ -29,8 +34,17 @@ from typing import Callable
 
 import numpy as np
 from scipy.optimize import minimize
+from threadpoolctl import ThreadpoolController
 
 Objective = Callable[[np.ndarray], tuple[float, np.ndarray]]
+_THREADPOOLS: list[ThreadpoolController] = []  # created on first use (it inspects the loaded libraries)
+
+
+def _one_blas_thread():
+    """Context manager: BLAS limited to one thread (module docstring)."""
+    if not _THREADPOOLS:
+        _THREADPOOLS.append(ThreadpoolController())
+    return _THREADPOOLS[0].limit(limits=1, user_api="blas")
 
 
 @dataclass(frozen=True, eq=False)
@@ -98,9 +112,10 @@ def solve_lbfgs(f: Objective, x0: np.ndarray, max_iter: int = 2000, memory: int 
                              f"iterations")
                 raise _Stop
 
-    res = minimize(fun, x0 / s, jac=True, method="L-BFGS-B", bounds=[(0.0, None)] * x0.size, callback=callback,
-                   options={"maxcor": memory, "maxiter": max_iter, "ftol": 0.0,
-                            "gtol": gtol, "maxfun": 4 * max_iter})
+    with _one_blas_thread():
+        res = minimize(fun, x0 / s, jac=True, method="L-BFGS-B", bounds=[(0.0, None)] * x0.size, callback=callback,
+                       options={"maxcor": memory, "maxiter": max_iter, "ftol": 0.0,
+                                "gtol": gtol, "maxfun": 4 * max_iter})
     x = np.maximum(res.x * s, 0.0)
     converged = bool(reason[0]) or res.status == 0
     return Solution(x, float(res.fun), int(res.nit), time.perf_counter() - start, converged, count[0],

@@ -139,6 +139,7 @@ def _row_blocks(matrix: sparse.csr_matrix, n: int) -> tuple[tuple[int, int, spar
 
 
 PARALLEL_MIN_NNZ = 200_000  # below this, one thread: the hand-off costs more than it saves
+ACTIVE_NNZ_FRACTION = 0.3  # Mᵀ g on the active rows only when they hold less than this share of the entries
 
 
 @dataclass(eq=False)
@@ -152,6 +153,12 @@ class PlanObjective:
     equal nnz at once (scipy's sparse kernels release the GIL): M x block by block into disjoint
     slices of d, Mᵀ g as the sum of the blocks' Bᵀ g_B (CSC products of the transposed views, no
     second copy of M). ``weights`` may be changed in place between solves (a planner tuning w).
+
+    **Active rows** (exact): the penalty gradient g is zero on every voxel that meets its limits,
+    so Mᵀ g needs only the rows with g ≠ 0. When they hold less than ``ACTIVE_NNZ_FRACTION`` of
+    the entries, Mᵀ g is M[active]ᵀ g[active] (one row gather, one small product) instead of the
+    full product. On hn01 (1, 2, 2) the active rows hold 60 % of the entries at the uniform start
+    and ≈ 4 % after 20 iterations, which takes Mᵀ g from ≈ 3.2 to ≈ 0.4 ms (2 threads).
     """
 
     matrix: sparse.csr_matrix
@@ -161,11 +168,30 @@ class PlanObjective:
     evaluations: int = 0
     threads: int = 1
     blocks: tuple = field(default=(), repr=False)
+    row_nnz: np.ndarray | None = field(default=None, repr=False)
+    _curvature: tuple = field(default=(), repr=False)
 
     def __post_init__(self):
         n = self.threads if self.matrix.nnz >= PARALLEL_MIN_NNZ else 1
         csr = sparse.issparse(self.matrix) and self.matrix.format == "csr"
-        self.blocks = _row_blocks(self.matrix, n) if n > 1 and csr else ()
+        if not self.blocks:
+            self.blocks = _row_blocks(self.matrix, n) if n > 1 and csr else ()
+        if csr and self.row_nnz is None:
+            self.row_nnz = np.diff(self.matrix.indptr)
+
+    def with_objectives(self, objectives: Sequence[Objective], weights: Sequence[float] | None = None) -> "PlanObjective":
+        """The same problem with new limits, volumes or weights (same structures in the same order):
+        shares the matrix, its row blocks and the rows, and keeps the curvature diagonal when the
+        weights and kinds are unchanged (a warm re-optimisation then builds nothing)."""
+        objectives = tuple(objectives)
+        if [o.structure for o in objectives] != [o.structure for o in self.objectives]:
+            raise ValueError("with_objectives needs the same structures in the same order; use plan_objective")
+        w = np.array([o.weight for o in objectives] if weights is None else weights, float)
+        out = PlanObjective(self.matrix, objectives, self.local_rows, w, threads=self.threads, blocks=self.blocks,
+                            row_nnz=self.row_nnz)
+        if [o.kind for o in objectives] == [o.kind for o in self.objectives]:
+            out._curvature = self._curvature
+        return out
 
     def _matvec(self, x: np.ndarray) -> np.ndarray:
         if len(self.blocks) < 2:
@@ -178,6 +204,14 @@ class PlanObjective:
 
         list(_pool(len(self.blocks)).map(run, self.blocks))
         return out
+
+    def _rmatvec_active(self, g: np.ndarray) -> np.ndarray:
+        """Mᵀ g, on the rows with g ≠ 0 only when they are few (class docstring)."""
+        if self.row_nnz is not None:
+            active = np.flatnonzero(g)
+            if self.row_nnz[active].sum() < ACTIVE_NNZ_FRACTION * self.matrix.nnz:
+                return self.matrix[active].T @ g[active] if active.size else np.zeros(self.matrix.shape[1], g.dtype)
+        return self._rmatvec(g)
 
     def _rmatvec(self, g: np.ndarray) -> np.ndarray:
         if len(self.blocks) < 2:
@@ -204,14 +238,21 @@ class PlanObjective:
             v, grad = PENALTIES[o.kind](d[rows], o.dose_gy, o.volume)
             value += w * v
             g[rows] += w * grad  # rows of one structure are unique, so += is exact
-        return value, np.asarray(self._rmatvec(g.astype(self.matrix.dtype)), np.float64)
+        return value, np.asarray(self._rmatvec_active(g.astype(self.matrix.dtype)), np.float64)
 
     def curvature_diagonal(self) -> np.ndarray:
         """diag of the Gauss–Newton Hessian of f with every term active, up to the factor 2:
         Σ_m w_m/N_m Σ_{v∈m} M_vj² for the voxel-wise kinds, w_m (Σ_{v∈m} M_vj / N_m)² for DMEAN.
-        Its inverse square root is the Jacobi variable scaling of :func:`~rtautoplan.optimize.lbfgs.solve_lbfgs`."""
+        Its inverse square root is the Jacobi variable scaling of :func:`~rtautoplan.optimize.lbfgs.solve_lbfgs`.
+        Computed in the matrix's dtype and cached per weight vector (≈ 12 ms on hn01 (1, 2, 2))."""
+        key = self.weights.tobytes()
+        if not self._curvature or self._curvature[0] != key:
+            self._curvature = (key, self._curvature_diagonal())
+        return self._curvature[1].copy()
+
+    def _curvature_diagonal(self) -> np.ndarray:
         n_rows = self.matrix.shape[0]
-        voxelwise = np.zeros(n_rows)
+        voxelwise = np.zeros(n_rows, self.matrix.dtype)
         means = [(rows, w) for o, rows, w in zip(self.objectives, self.local_rows, self.weights)
                  if o.kind is ObjectiveKind.DMEAN]
         for o, rows, w in zip(self.objectives, self.local_rows, self.weights):

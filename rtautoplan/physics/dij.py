@@ -144,10 +144,15 @@ def _block_mean(array: np.ndarray, factor) -> np.ndarray:
     if f == (1, 1, 1):
         return a.copy()
     pad = [(0, -n % k) for n, k in zip(a.shape, f)]
-    values = np.pad(a, pad)
-    counts = np.pad(np.ones(a.shape), pad)
+    values = np.pad(a, pad) if any(p for _, p in pad) else a
     shape = [v for n, k in zip(values.shape, f) for v in (n // k, k)]
-    return values.reshape(shape).sum(axis=(1, 3, 5)) / counts.reshape(shape).sum(axis=(1, 3, 5))
+    counts = []  # voxels per block along each axis: k, except a partial last block
+    for n, k in zip(a.shape, f):
+        c = np.full(-(-n // k), float(k))
+        c[-1] = n - k * (c.size - 1)
+        counts.append(c)
+    return values.reshape(shape).sum(axis=(1, 3, 5)) / (counts[0][:, None, None] * counts[1][None, :, None]
+                                                        * counts[2][None, None, :])
 
 
 def resample_mask(mask: np.ndarray, factor, rule: str = "half") -> np.ndarray:

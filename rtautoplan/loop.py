@@ -1,0 +1,139 @@
+"""The closed loop over one planning environment: policy → safety filter → TPS → score, step by step.
+
+``run_loop(env, policy, safety, max_steps)`` is what ``pipeline.plan_case``, ``evaluate`` and the
+report share. It works on the single-agent gymnasium environments and on the PettingZoo
+multi-agent one (observations, actions and rewards are then dicts per agent; the team reward is
+the same for every agent, SPEC §3.4).
+
+Each step:
+1. the policy ranks its actions (top-3 kept for the report, SPEC §5.3) and proposes the first;
+2. the safety filter checks the parameters the action would set (``env.preview``) — a rejected
+   action is logged and the TPS is not called;
+3. the environment re-optimises; the filter checks the new plan's target coverage against the
+   hard floor unless the score improved — a rejected plan is rolled back (``env.restore``);
+4. the best plan by the active score is kept (the initial plan counts), so the result is never
+   worse than where the loop started.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+
+from rtautoplan.plan import Dose, Plan, Step
+from rtautoplan.policies.base import Policy, ranked, reset as reset_policy
+from rtautoplan.safety import COVERAGE_FLOOR, SafetyFilter
+
+
+@dataclass(frozen=True, eq=False)
+class LoopResult:
+    """best_plan: the TPS plan at the best step (weights already scaled by the env's dose_scale);
+    best_dose/best_score: its dose and score; initial_*: the plan before the first step."""
+
+    steps: tuple[Step, ...]
+    best_step: int
+    best_plan: Plan
+    best_dose: Dose
+    best_score: Any
+    initial_plan: Plan
+    initial_dose: Dose
+    initial_score: Any
+
+
+def is_better(after, before) -> bool:
+    """``after`` beats ``before`` by the active score (a loss when ``higher_is_better`` is False)."""
+    if before is None:
+        return True
+    sign = 1.0 if getattr(after, "higher_is_better", True) else -1.0
+    return sign * (float(after.total) - float(before.total)) > 1e-9
+
+
+def reached_best(score) -> bool:
+    """The score is at its system's best (ψ = 9, L = 0 …): nothing is left to improve."""
+    if score.maximum is None:
+        return False
+    if getattr(score, "higher_is_better", True):
+        return float(score.total) >= float(score.maximum) - 1e-9
+    return float(score.total) <= float(score.maximum) + 1e-9
+
+
+def _team(value) -> float:
+    return float(np.mean(list(value.values()))) if isinstance(value, dict) else float(value)
+
+
+def _done(terminated, truncated) -> bool:
+    if isinstance(terminated, dict):
+        return bool(terminated) and all(terminated.values()) or bool(truncated) and all(truncated.values())
+    return bool(terminated or truncated)
+
+
+def describe(env, action) -> str:
+    """A human-readable action (``env.describe_action`` where the environment has it)."""
+    fn = getattr(env, "describe_action", None)
+    if fn is not None:
+        return str(fn(action))
+    if isinstance(action, np.ndarray):
+        return "[" + ", ".join(f"{v:+.3g}" for v in action.ravel()) + "]"
+    return str(action)
+
+
+def _scaled_plan(env) -> Plan:
+    """The TPS plan with its weights scaled like the dose (D95 normalisation), so plan and dose agree."""
+    from dataclasses import replace
+
+    plan, scale = env.tps.plan(), float(getattr(env, "dose_scale", 1.0))
+    if scale != 1.0:
+        plan = replace(plan, weights=tuple(np.asarray(w) * scale for w in plan.weights), dose=env.last_dose)
+    return plan
+
+
+def _attempt(env, action, safety: SafetyFilter):
+    """Try one action: (verdict, observation or None, reward, done). A rejected plan is rolled back."""
+    verdict = safety.check_parameters(env.preview(action), env.parameters)
+    if not verdict.accepted:
+        return verdict, None, 0.0, False
+    score_before, dose_before = env.last_score, env.last_dose
+    snapshot = env.snapshot()
+    observation, reward, terminated, truncated, _ = env.step(action)
+    verdict = safety.check_plan(env.case, dose_before.gy, env.last_dose.gy, is_better(env.last_score, score_before))
+    if not verdict.accepted:
+        env.restore(snapshot)
+        return verdict, None, 0.0, False
+    return verdict, observation, _team(reward), _done(terminated, truncated)
+
+
+def run_loop(env, policy: Policy, max_steps: int, seed: int = 0, options: dict | None = None,
+             on_step: Callable[[Step], None] | None = None, coverage_floor: float = COVERAGE_FLOOR) -> LoopResult:
+    """Run ``policy`` on ``env`` for at most ``max_steps`` steps (module docstring). The safety
+    filter takes the environment's bounds table (``env.bounds``) and ``coverage_floor`` (fraction
+    of Rx for CTV D98). When it rejects the policy's first choice, the next-ranked alternatives are
+    tried; when all are rejected the loop stops: there is nothing safe left to do."""
+    observation, _ = env.reset(seed=seed, options=options)
+    safety = SafetyFilter(bounds=env.bounds, coverage_floor=coverage_floor)
+    reset_policy(policy)
+    best = initial = (0, _scaled_plan(env), env.last_dose, env.last_score)
+    steps: list[Step] = []
+    for t in range(1, max_steps + 1):
+        if reached_best(env.last_score):
+            break
+        start = time.perf_counter()
+        alternatives = ranked(policy, observation, k=3)
+        labelled = tuple((describe(env, a), float(v)) for a, v in alternatives)
+        done = accepted = False
+        for action, _ in alternatives:
+            verdict, next_observation, reward, done = _attempt(env, action, safety)
+            steps.append(Step(t, describe(env, action), verdict.accepted, float(env.last_score.total), reward,
+                              verdict.reason, labelled, dict(env.parameters), time.perf_counter() - start))
+            if on_step is not None:
+                on_step(steps[-1])
+            if verdict.accepted:
+                observation, accepted = next_observation, True
+                break
+        if accepted and is_better(env.last_score, best[3]):
+            best = (t, _scaled_plan(env), env.last_dose, env.last_score)
+        if done or not accepted:
+            break
+    return LoopResult(tuple(steps), best[0], *best[1:], *initial[1:])

@@ -1,0 +1,108 @@
+"""The product in one function: a case goes in, a tuned, deliverable plan comes out.
+
+``plan_case(case, site, modality)``::
+
+    case ─ env (TPS adapter + planning parameters ↔ objectives + score; apply_rules inside)
+         ─ run_loop(env, policy, safety filter)        the closed loop, best plan kept
+         ─ photons: leaf sequencing → delivered fluence → dose recomputed and re-scored
+         → (planned case, Result)
+
+``write_outputs(case, result, out)`` then writes the DICOM objects, the report and the step log.
+Which environment, adapter and default policy serve a (site, modality) is the ``SETUPS`` table.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Callable
+
+from rtautoplan.adapters import ADAPTERS
+from rtautoplan.case import Case
+from rtautoplan.loop import is_better, run_loop
+from rtautoplan.plan import Modality, Result, Step
+from rtautoplan.policies import POLICIES
+from rtautoplan.policies.env import ENVS
+
+
+@dataclass(frozen=True)
+class Setup:
+    """env: ``ENVS`` key; adapter: ``ADAPTERS`` key and its options; policy: ``POLICIES`` key;
+    max_steps: closed-loop steps; env_options: passed to the environment."""
+
+    env: str
+    adapter: str
+    policy: str
+    max_steps: int
+    adapter_options: dict = field(default_factory=dict)
+    env_options: dict = field(default_factory=dict)
+
+
+# (site, modality) → how it is planned. H&N photon and proton plans share seed 002's multi-level
+# objectives and dose-distribution score; seed 004's single-level 44 Gy environment (``hn_imrt``)
+# is for its SARSA planner (``--policy sarsa``), not for planning a multi-level case.
+SETUPS: dict[tuple[str, str], Setup] = {
+    ("prostate", "photon"): Setup("prostate", "inhouse-photon", "rule-based", 20, env_options={"init": "trivial"}),
+    ("hn", "photon"): Setup("proton_hn", "inhouse-photon", "rule-based", 8),
+    ("hn", "proton"): Setup("proton_hn", "inhouse-proton", "rule-based", 8),
+    ("hn", "carbon"): Setup("carbon_hn", "phoenix", "rule-based", 10),
+}
+
+
+def setup_for(site: str, modality: str) -> Setup:
+    if (site, modality) not in SETUPS:
+        known = ", ".join(f"{s}/{m}" for s, m in SETUPS)
+        raise ValueError(f"no planning setup for site {site!r} with {modality!r}; available: {known}")
+    return SETUPS[(site, modality)]
+
+
+def make_env(setup: Setup, case: Case | None = None, tps=None, adapter: str | None = None,
+             max_steps: int | None = None, **env_options):
+    """The environment of ``setup`` on ``case`` (or on phantom seeds given in env_options)."""
+    if tps is None:
+        name = adapter or setup.adapter
+        if name not in ADAPTERS:
+            raise ValueError(f"unknown adapter {name!r}; available: {sorted(ADAPTERS)}")
+        tps = ADAPTERS[name](**(setup.adapter_options if adapter is None else {}))
+    options = {**setup.env_options, **env_options}
+    if case is not None:
+        options["case"] = case
+    return ENVS[setup.env](tps, max_steps=max_steps or setup.max_steps, **options)
+
+
+def make_policy(name: str, env, seed: int = 0):
+    if name not in POLICIES:
+        raise ValueError(f"unknown policy {name!r}; available: {sorted(POLICIES)}")
+    return POLICIES[name](env, seed)
+
+
+def deliverable(env, plan):
+    """(plan, score, sequenced beams): photon plans are leaf-sequenced and their dose recomputed
+    from the segments' fluence and re-scored (a clinic gets the delivered dose, not the ideal
+    fluence's); ion plans are delivered as optimised."""
+    if plan.modality is not Modality.PHOTON:
+        return plan, env.score(plan.dose.gy), ()
+    from rtautoplan.physics.sequencing import sequence_plan
+
+    sequenced = sequence_plan(plan)
+    weights = tuple(s.delivered for s in sequenced)
+    dose = env.tps.dose_of(weights)
+    return replace(plan, weights=weights, dose=dose), env.score(dose.gy), sequenced
+
+
+def plan_case(case: Case, site: str = "hn", modality: str = "photon", adapter: str | None = None,
+              policy: str | None = None, max_steps: int | None = None, seed: int = 0, tps=None,
+              on_step: Callable[[Step], None] | None = None, env_options: dict | None = None) -> tuple[Case, Result]:
+    """Plan ``case`` (as read, before the structure rules) in the closed loop; returns the case
+    with its planning structures and the Result (module docstring)."""
+    setup = setup_for(site, modality)
+    env = make_env(setup, case, tps=tps, adapter=adapter, max_steps=max_steps, **(env_options or {}))
+    planner = make_policy(policy or setup.policy, env, seed)
+    steps = max_steps or setup.max_steps
+    loop = run_loop(env, planner, steps, seed=seed, on_step=on_step)
+    initial = deliverable(env, loop.initial_plan)
+    best, best_step = deliverable(env, loop.best_plan), loop.best_step
+    if not is_better(best[1], initial[1]) and best_step:  # sequencing can reorder near-equal plans
+        best, best_step = initial, 0
+    plan, score, sequenced = best
+    result = Result(plan, initial[1], score, loop.steps, planner.name, best_step, initial[0].dose, sequenced)
+    return env.case, result
