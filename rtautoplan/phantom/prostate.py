@@ -32,11 +32,16 @@ def anatomy(rng: np.random.Generator, grid: Grid = GRID):
     fat = body & ~elliptic_cylinder(xyz, (0, 0), (155 * scale, 95 * scale), (-200, 200))
     rois = {}
     ctv = ellipsoid(xyz, at(0, 5, -10), tuple(a * scale * rng.uniform(0.85, 1.15) for a in (22, 17, 20)))
+    # Bladder base and anterior rectal wall press on the prostate, as in a real pelvis: the
+    # bladder dips 4–14 mm into the prostate's top, the rectum 1–7 mm into its back, so the PTV
+    # overlaps both and the OAR criteria of SPEC §1.7 are a real trade-off against coverage.
     filling = rng.uniform(0.8, 1.25)
-    rois["Bladder"] = ellipsoid(xyz, at(0, -20, 28), (38 * filling, 30 * filling, 26 * filling))
+    bladder_dip = rng.uniform(4.0, 14.0)
+    rois["Bladder"] = ellipsoid(xyz, at(0, -12, 10 - bladder_dip + 26 * filling),
+                                (38 * filling, 30 * filling, 26 * filling))
     rectum_r = rng.uniform(13.0, 18.0)
-    rectum_y = 23.0 * scale + rectum_r
-    rois["Rectum"] = capsule(xyz, at(0, rectum_y, -48, 1), at(0, rectum_y + 5, 25, 1), rectum_r)
+    rectum_y = (22.0 - rng.uniform(1.0, 7.0)) * scale + rectum_r
+    rois["Rectum"] = capsule(xyz, at(0, rectum_y, -38, 1), at(0, rectum_y + 5, 12, 1), rectum_r)
     for tag, sx in (("L", 1), ("R", -1)):
         rois[f"Femur_Head_{tag}"] = sphere(xyz, at(sx * 95, 5, -15), 24.0 * scale)
     femur_necks = capsule(xyz, at(95, 5, -15), at(130, 12, -60), 14.0) | capsule(xyz, at(-95, 5, -15), at(-130, 12, -60), 14.0)
