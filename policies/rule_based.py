@@ -68,9 +68,10 @@ class RuleBased:
 
 def _prostate(policy: RuleBased) -> list[tuple[int, float]]:
     """Seed 000 TPPs: tighten the failing organ (t down, then λ up, then V up); a PTV hot spot:
-    t_PTV down, λ_PTV up, V_PTV up. Organs losing most points first."""
+    t_PTV down, λ_PTV up, V_PTV up, then relax the OARs that squeeze the PTV (t up, λ down) — the
+    D95 normalisation turns a cold overlap into a hot spot elsewhere. Organs losing most points first."""
     handles = {"bla": ("t_bla-", "lam_bla+", "v_bla+"), "rec": ("t_rec-", "lam_rec+", "v_rec+"),
-               "ptv": ("t_ptv-", "lam_ptv+", "v_ptv+")}
+               "ptv": ("t_ptv-", "lam_ptv+", "v_ptv+", "t_rec+", "t_bla+", "lam_rec-", "lam_bla-")}
     lost = _failing(policy.env.last_score)
     keyed = {("ptv" if organ.startswith("PTV") else _PROSTATE_ORGANS.get(organ)): points
              for organ, points in lost.items()}
@@ -82,7 +83,8 @@ def _prostate(policy: RuleBased) -> list[tuple[int, float]]:
         name = options[policy._handle.get(organ, 0) % len(options)]
         out.append((T.NAMES.index(name[:-1]) * 2 + (0 if name[-1] == "+" else 1), keyed.get(organ, 0.0)))
     policy._last_organ = order[0]
-    second = handles[order[0]][(policy._handle.get(order[0], 0) + 1) % 3]
+    options = handles[order[0]]
+    second = options[(policy._handle.get(order[0], 0) + 1) % len(options)]
     out.insert(1, (T.NAMES.index(second[:-1]) * 2 + (0 if second[-1] == "+" else 1), keyed.get(order[0], 0.0) / 2))
     return out[:3]
 

@@ -15,6 +15,7 @@ from rtautoplan.dicom.rtdose import write_rtdose
 from rtautoplan.dicom.rtionplan import FWHM_PER_SIGMA, read_rtionplan, write_rtionplan
 from rtautoplan.physics.ion_dose import sigma0_mm
 from rtautoplan.plan import Modality
+from dicom_checks import dciodvfy, to_16_bit
 
 FL_RELATIVE = 1e-6  # ScanSpotPositionMap and ScanSpotMetersetWeights are FL (32-bit float)
 STRUCTURE_SET_UID = "1.2.826.0.1.3680043.8.498.2"
@@ -132,12 +133,6 @@ def test_rejects_photon_plans_and_missing_structure_set(written, tmp_path):
         write_rtionplan(case, plan, tmp_path / "b.dcm", structure_set_uid="")
 
 
-def dciodvfy(tool, path) -> tuple[list[str], str]:
-    result = subprocess.run([tool("/usr/bin/dciodvfy"), str(path)], capture_output=True, text=True, timeout=60)
-    output = result.stdout + result.stderr
-    return [line for line in output.splitlines() if line.startswith("Error")], output
-
-
 @pytest.mark.tools
 def test_dciodvfy_finds_no_error_or_warning(written, tool):
     errors, output = dciodvfy(tool, written[-1])
@@ -158,7 +153,6 @@ def test_dcmdump_parses(written, tool):
 def test_rtdose_referencing_the_ion_plan_passes_with_it(written, tool, tmp_path):
     """An EFFECTIVE (RBE-weighted) RTDOSE referencing the RT Ion Plan; both pass dciodvfy (the
     RTDOSE as a 16-bit copy, see test_rtdose)."""
-    from test_rtdose import to_16_bit
 
     case, plan, path = written
     uid = pydicom.dcmread(path).SOPInstanceUID

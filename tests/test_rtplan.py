@@ -15,6 +15,7 @@ from rtautoplan.dicom.rtdose import write_rtdose
 from rtautoplan.dicom.rtplan import read_rtplan, write_rtplan
 from rtautoplan.dicom.rtstruct import write_rtstruct
 from rtautoplan.physics.sequencing import sequence_plan
+from dicom_checks import dciodvfy, to_16_bit
 
 DS_RELATIVE = 1e-8  # DS text keeps ≥ 10 significant digits; format_ds also rounds to 1e-9 absolute,
 # so a segment weight (a difference of two cumulative weights) is exact within 2e-9
@@ -125,12 +126,6 @@ def test_dose_of_the_segments_is_close_to_the_optimised_dose(written):
     assert float(delivered.gy[ctv].mean()) == pytest.approx(float(plan.dose.gy[ctv].mean()), rel=0.01)
 
 
-def dciodvfy(tool, path) -> tuple[list[str], str]:
-    result = subprocess.run([tool("/usr/bin/dciodvfy"), str(path)], capture_output=True, text=True, timeout=60)
-    output = result.stdout + result.stderr
-    return [line for line in output.splitlines() if line.startswith("Error")], output
-
-
 @pytest.mark.tools
 def test_dciodvfy_finds_no_error_or_warning(written, tool):
     errors, output = dciodvfy(tool, written[-1])
@@ -151,7 +146,6 @@ def test_dcmdump_parses(written, tool):
 def test_rtdose_of_the_segments_and_its_rtplan_pass_together(written, tool, tmp_path):
     """The RTDOSE of the delivered (sequenced) weights references the RTPLAN; both pass dciodvfy.
     The RTDOSE is checked as a 16-bit copy (dciodvfy aborts on 32-bit pixels; see test_rtdose)."""
-    from test_rtdose import to_16_bit
 
     case, tps, _, sequenced, _, rtplan = written
     plan_uid = pydicom.dcmread(rtplan).SOPInstanceUID

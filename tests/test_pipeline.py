@@ -1,0 +1,128 @@
+"""The closed loop end to end: DICOM in, a better plan out as valid DICOM, every decision logged."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pydicom
+import pytest
+
+from dicom_checks import dciodvfy, to_16_bit
+from rtautoplan.adapters.inhouse import InHousePhoton
+from rtautoplan.cli import main
+from rtautoplan.dicom.read import read_case
+from rtautoplan.loop import is_better, run_loop
+from rtautoplan.outputs import write_outputs
+from rtautoplan.pipeline import SETUPS, make_env, plan_case
+from rtautoplan.policies import tpp as T
+
+SAMPLES = Path(__file__).resolve().parents[1] / "sample_data"
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("dij")
+
+
+def coarse(cache, factor=(2, 4, 4)):
+    """The in-house engine on a coarse dose grid. H&N needs (2, 2, 2): on 6 × 10 × 10 mm dose voxels
+    the leaf-sequenced plan loses what the loop gained (the small OARs sit in steep gradients)."""
+    return InHousePhoton(n_beams=7, dose_grid_factor=factor, max_iter=60, cache_dir=cache)
+
+
+@pytest.fixture(scope="module")
+def prostate_plan(cache):
+    return plan_case(read_case(SAMPLES / "prostate01"), site="prostate", tps=coarse(cache))
+
+
+@pytest.mark.parametrize("sample, site", [("prostate01", "prostate"), ("hn01", "hn")])
+def test_rule_based_plan_improves_on_the_initial_plan(sample, site, cache, prostate_plan):
+    planned, result = prostate_plan if site == "prostate" else plan_case(
+        read_case(SAMPLES / sample), site=site, tps=coarse(cache, (2, 2, 2)), max_steps=3)
+    assert is_better(result.score, result.initial_score), (result.initial_score.total, result.score.total)
+    assert result.best_step > 0 and result.policy == "rule-based"
+    assert planned.has("zRing_7000" if site == "hn" else "PTV_7800")
+    assert all(s.alternatives and s.parameters for s in result.steps)
+
+
+def test_photon_result_is_the_sequenced_delivered_plan(prostate_plan):
+    _, result = prostate_plan
+    assert result.delivery and len(result.delivery) == len(result.plan.beams)
+    for weights, beam in zip(result.plan.weights, result.delivery):
+        assert (weights == beam.delivered).all()
+
+
+def test_rejected_actions_are_logged_and_never_reach_the_plan(cache):
+    """A planner that only ever raises λ_BLA (×1.65 per step) leaves the safety bound 10³ after
+    14 steps (the rectum still fails, so ψ < 9 and the loop goes on): that step is rejected with
+    its reason and the loop stops, since the planner proposes nothing else."""
+
+    class Reckless:
+        name = "reckless"
+
+        def act(self, observation):
+            return T.NAMES.index("lam_bla") * 2  # lam_bla+
+
+    env = make_env(SETUPS[("prostate", "photon")], read_case(SAMPLES / "prostate01"), tps=coarse(cache), max_steps=20)
+    loop = run_loop(env, Reckless(), max_steps=20)
+    rejected = [s for s in loop.steps if not s.accepted]
+    assert len(rejected) == 1 and "lam_bla" in rejected[0].reason and "outside its bounds" in rejected[0].reason
+    assert env.parameters["lam_bla"] <= 1e3
+    assert not is_better(loop.initial_score, loop.best_score)
+
+
+@pytest.mark.tools
+def test_outputs_are_valid_dicom_with_consistent_references(prostate_plan, tmp_path, tool):
+    planned, result = prostate_plan
+    paths = write_outputs(planned, result, tmp_path, uid_seed="test")
+    rs, rp, rd = (pydicom.dcmread(paths[k]) for k in ("rtstruct", "plan", "rtdose"))
+    assert len({rs.StudyInstanceUID, rp.StudyInstanceUID, rd.StudyInstanceUID}) == 1
+    assert len({rs.SeriesInstanceUID, rp.SeriesInstanceUID, rd.SeriesInstanceUID}) == 3
+    assert rp.ReferencedStructureSetSequence[0].ReferencedSOPInstanceUID == rs.SOPInstanceUID
+    assert rd.ReferencedRTPlanSequence[0].ReferencedSOPInstanceUID == rp.SOPInstanceUID
+    assert rd.FrameOfReferenceUID == rs.ReferencedFrameOfReferenceSequence[0].FrameOfReferenceUID
+    again = write_outputs(planned, result, tmp_path / "again", uid_seed="test")
+    assert pydicom.dcmread(again["plan"]).SOPInstanceUID == rp.SOPInstanceUID  # deterministic option
+    for path in (paths["rtstruct"], paths["plan"], to_16_bit(paths["rtdose"], tmp_path / "RD16.dcm")):
+        errors, output = dciodvfy(tool, path)
+        assert not errors, output
+    log = json.loads(paths["log"].read_text())
+    assert log["input_sha256"] and len(log["steps"]) == len(result.steps)
+    assert log["final score"] == pytest.approx(result.score.total, abs=1e-3)
+    html = paths["report"].read_text()
+    assert "Bladder V94.3%" in html and "rule-based" in html
+
+
+def test_plan_command_writes_everything_and_reports_bad_input_in_one_line(tmp_path, capsys):
+    assert main(["plan", str(SAMPLES / "prostate01"), "-o", str(tmp_path / "out"), "--max-steps", "2"]) == 0
+    names = {p.name for p in (tmp_path / "out").iterdir()}
+    assert {"RS_rtautoplan.dcm", "RP_rtautoplan.dcm", "RD_rtautoplan.dcm", "report.html", "plan_log.json"} <= names
+    assert main(["plan", str(tmp_path / "nowhere"), "-o", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "nowhere" in err[0] and "Traceback" not in err[0]
+
+
+@pytest.mark.tools
+@pytest.mark.parametrize("modality", ["proton", "carbon"])
+def test_ion_plans_go_through_the_same_loop_to_a_valid_rt_ion_plan(modality, cache, tmp_path, tool):
+    """Protons (in-house, seed 002 env) and carbon (PHOENIX simulator, seed 003's 45 agents): the
+    loop never returns a plan worse than its start, and the result is a valid RT Ion Plan."""
+    from rtautoplan.adapters.inhouse_proton import InHouseProton
+    from rtautoplan.adapters.phoenix import PhoenixAdapter
+    from rtautoplan.adapters.phoenix_api import PhoenixServer
+
+    case = read_case(SAMPLES / "hn01")
+    if modality == "proton":
+        tps = InHouseProton(n_beams=2, dose_grid_factor=(2, 4, 4), spot_spacing_mm=8.0, max_iter=20, cache_dir=cache)
+        planned, result = plan_case(case, site="hn", modality=modality, tps=tps, max_steps=2)
+    else:
+        with PhoenixServer(workers=1, dose_grid_mm=8.0, spot_spacing_mm=6.0) as server:
+            tps = PhoenixAdapter(server=server, max_iterations=30)
+            planned, result = plan_case(case, site="hn", modality=modality, tps=tps, max_steps=2)
+    assert not is_better(result.initial_score, result.score)
+    assert result.plan.dose.kind == "EFFECTIVE" and not result.delivery
+    paths = write_outputs(planned, result, tmp_path)
+    errors, output = dciodvfy(tool, paths["plan"])
+    assert not errors, output
+    assert pydicom.dcmread(paths["plan"]).IonBeamSequence[0].RadiationType == ("PROTON" if modality == "proton" else "ION")
