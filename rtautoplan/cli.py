@@ -100,6 +100,42 @@ def _plan(args) -> int:
     return 0
 
 
+def _evaluate(args) -> int:
+    from rich.console import Console
+    from rich.progress import Progress
+    from rich.table import Table
+
+    from rtautoplan import evaluate as ev
+    from rtautoplan.adapters import ADAPTERS
+
+    tps = None
+    if args.dose_grid_factor:
+        name = args.adapter or ev.setup_for(args.site, args.modality).adapter
+        tps = ADAPTERS[name](dose_grid_factor=tuple(args.dose_grid_factor))
+    console = Console(width=140)
+    with Progress(console=console) as progress:
+        task = progress.add_task(f"{args.policy} on {args.cases} {args.site} cases", total=args.cases)
+        results = ev.evaluate(args.policy, args.site, args.cases, args.seed, args.modality, args.init, args.max_steps,
+                              tps=tps, adapter=None if tps else args.adapter,
+                              progress=lambda row: progress.advance(task))
+    s = ev.summary(results)
+    table = Table(title=f"{args.policy}: {args.site}/{args.modality}, {args.cases} held-out cases (seeds "
+                        f"{args.seed}–{args.seed + args.cases - 1}), init {args.init}")
+    for column in ("before", "after", "reached max", "improved", "worse", "s / case"):
+        table.add_column(column, justify="right")
+    table.add_row(f"{s['before_mean']:.3f} ± {s['before_sd']:.3f}", f"{s['after_mean']:.3f} ± {s['after_sd']:.3f}",
+                  f"{s['reached_max_pct']:.1f} %", f"{s['improved_pct']:.1f} %", str(s["worse"]), f"{s['time_s_mean']:.1f}")
+    console.print(table)
+    out = Path(args.output)
+    out.mkdir(parents=True, exist_ok=True)
+    stem = f"{args.policy}_{args.site}_{args.modality}_{args.init}"
+    paths = [ev.write_csv(results, out / f"{stem}.csv"),
+             ev.histogram(results, out / f"{stem}.png", f"{args.policy}, {args.site}: {args.cases} held-out cases")]
+    (out / f"{stem}.json").write_text(json.dumps(s, indent=1))
+    console.print("wrote " + ", ".join(str(p) for p in paths))
+    return 0
+
+
 def _objective_json(o) -> dict:
     return {"structure": o.structure, "kind": o.kind.value, "dose_gy": round(o.dose_gy, 3), "weight": o.weight,
             "volume": o.volume, "adjustable": o.adjustable}
@@ -135,6 +171,20 @@ def parser() -> argparse.ArgumentParser:
     pl.add_argument("--max-steps", type=int, default=None, help="closed-loop steps (default: the setup's)")
     pl.add_argument("--seed", type=int, default=0, help="seed of the initial parameters")
     pl.set_defaults(run=_plan)
+
+    ev = sub.add_parser("evaluate", help="plan held-out phantom variants with a planner; seed-style table, CSV, PNG")
+    ev.add_argument("--policy", default="rule-based", help="planner (see rtautoplan.policies.POLICIES)")
+    ev.add_argument("--site", choices=["hn", "prostate"], default="prostate")
+    ev.add_argument("--modality", choices=["photon", "proton", "carbon"], default="photon")
+    ev.add_argument("--cases", type=int, default=20, help="number of held-out variants")
+    ev.add_argument("--seed", type=int, default=1000, help="first phantom seed (held out: ≥ 1000)")
+    ev.add_argument("--init", default="random", help="initial parameters: random, or trivial/template/midpoint")
+    ev.add_argument("--max-steps", type=int, default=None)
+    ev.add_argument("--adapter", default=None)
+    ev.add_argument("--dose-grid-factor", type=int, nargs=3, default=None, metavar=("K", "J", "I"),
+                    help="dose grid block size (e.g. 2 4 4 for a fast coarse evaluation)")
+    ev.add_argument("-o", "--output", type=Path, default=Path("out/evaluate"))
+    ev.set_defaults(run=_evaluate)
     return p
 
 
