@@ -1,54 +1,59 @@
 """Our objects over the network: dcmtk storescu → storescp and → Orthanc, and pynetdicom → storescp.
 
 The peers run on free loopback ports with their own folders (``dicom_peers``). What arrived is read
-back from the peer itself: the files storescp wrote, or Orthanc's REST API. The RT Ion Plan here is a
-transport stub (patient/study/series/SOP common only) standing in until ``rtautoplan.dicom.rtionplan``
-lands: it proves that the SOP class, which storescu's default proposal leaves out, gets through.
-RTPLAN and the real RT Ion Plan are one more entry each in ``objects``.
+back from the peer itself: the files storescp wrote, or Orthanc's REST API. The objects are the real
+outputs of a plan on ``small_case``: CT, RTSTRUCT, the leaf-sequenced photon RTPLAN with its RTDOSE
+(``write_result``), and a proton RT Ion Plan — the SOP class storescu's default proposal leaves out.
 """
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pydicom
 import pytest
-from pydicom.uid import ExplicitVRLittleEndian, RTIonPlanStorage
+from pydicom.uid import ExplicitVRLittleEndian
 from pynetdicom import AE
 
+from conftest import build_small_case
 from dicom_peers import orthanc_peer, send_with_storescu, storescp_peer
-from rtautoplan.dicom import modules
+from rtautoplan.adapters.inhouse import InHousePhoton
+from rtautoplan.adapters.inhouse_proton import InHouseProton
 from rtautoplan.dicom.read import write_case
-from rtautoplan.dicom.rtdose import write_rtdose
-from rtautoplan.dicom.rtstruct import write_rtstruct
-from rtautoplan.dicom.uid import new_uid
-from rtautoplan.plan import Dose
+from rtautoplan.dicom.rtionplan import write_rtionplan
+from rtautoplan.dicom.write import write_result
+from rtautoplan.physics.sequencing import sequence_plan
+from rtautoplan.plan import Result
+from rtautoplan.structures.objectives import objectives_for
+from rtautoplan.structures.rules import apply_rules
 
 pytestmark = pytest.mark.tools
 
 
-def _ion_plan_stub(case, path: Path) -> Path:
-    """An RT Ion Plan with only the modules every object shares (not a valid plan: transport only)."""
-    ds = modules.new_dataset(RTIonPlanStorage, new_uid("network/rtionplan"))
-    modules.add_patient(ds, case.refs)
-    modules.add_general_study(ds, case.refs)
-    modules.add_rt_series(ds, "RTPLAN", new_uid("network/rtionplan-series"), 4, description="transport stub")
-    modules.add_frame_of_reference(ds, case.refs)
-    modules.add_general_equipment(ds)
-    return modules.save(ds, path)
-
-
-@pytest.fixture
-def objects(tmp_path, small_case) -> dict[str, Path]:
-    """One of each object we send, written from ``small_case``: name → file."""
-    paths = write_case(small_case, tmp_path / "case", uid_seed="network")
-    gy = np.zeros(small_case.grid.shape)
-    gy[small_case.structure("CTV_6000").mask] = 60.0
-    dose = write_rtdose(small_case, Dose(small_case.grid, gy), tmp_path / "RTDOSE.dcm",
-                        plan_sop_instance_uid=new_uid("network/rtplan"), uid_seed="network")
-    return {"CT": paths[0], "RTSTRUCT": write_rtstruct(small_case, tmp_path / "RTSTRUCT.dcm", uid_seed="network"),
-            "RTDOSE": dose, "RT Ion Plan": _ion_plan_stub(small_case, tmp_path / "RTIONPLAN.dcm")}
+@pytest.fixture(scope="module")
+def objects(tmp_path_factory) -> dict[str, Path]:
+    """One of each object we send, from plans on ``small_case``: name → file."""
+    tmp = tmp_path_factory.mktemp("objects")
+    case = apply_rules(build_small_case(), "hn")
+    objectives = objectives_for(case, np.random.default_rng(0))
+    photon = InHousePhoton(n_beams=5, dose_grid_factor=1, cache_dir=tmp / "dij", max_iter=40)
+    photon.prepare(case)
+    photon.optimize(objectives)
+    sequenced = sequence_plan(photon.plan())
+    weights = tuple(s.delivered for s in sequenced)
+    plan = replace(photon.plan(), weights=weights, dose=photon.dose_of(weights))
+    written = write_result(case, Result(plan, None, None, (), "test", delivery=sequenced), tmp, uid_seed="network")
+    proton = InHouseProton(n_beams=2, dose_grid_factor=1, spot_spacing_mm=8.0, max_iter=20, cache_dir=tmp / "dij")
+    proton.prepare(case)
+    proton.optimize(objectives)
+    structure_set = str(pydicom.dcmread(written["rtstruct"], stop_before_pixels=True).SOPInstanceUID)
+    ion = write_rtionplan(case, proton.plan(), tmp / "RTIONPLAN.dcm", structure_set_uid=structure_set,
+                          uid_seed="network/ion")
+    ct = write_case(case, tmp / "case", uid_seed="network")[0]
+    return {"CT": ct, "RTSTRUCT": written["rtstruct"], "RTPLAN": written["plan"], "RTDOSE": written["rtdose"],
+            "RT Ion Plan": ion}
 
 
 def _uids(paths) -> dict[str, str]:
