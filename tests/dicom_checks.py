@@ -28,3 +28,10 @@ def dciodvfy(tool, path) -> tuple[list[str], str]:
     result = subprocess.run([tool("/usr/bin/dciodvfy"), str(path)], capture_output=True, text=True, timeout=60)
     output = result.stdout + result.stderr
     return [line for line in output.splitlines() if line.startswith("Error")], output
+
+
+def dcmdump(tool, path) -> str:
+    """dcmtk's dump of ``path`` (``-E``: errors to stderr); fails the test unless dcmdump parses it."""
+    result = subprocess.run([tool("/usr/bin/dcmdump"), "-E", str(path)], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    return result.stdout

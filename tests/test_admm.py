@@ -12,7 +12,7 @@ from scipy.optimize import minimize
 from rtautoplan.optimize.admm import ADMMWorkspace, prox, solve_admm
 from rtautoplan.optimize.lbfgs import solve_lbfgs
 from rtautoplan.optimize.objectives import PENALTIES, plan_objective, seed000_objectives
-from rtautoplan.plan import Objective, ObjectiveKind
+from rtautoplan.plan import ObjectiveKind
 
 from test_optimize import small_problem
 

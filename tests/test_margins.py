@@ -2,7 +2,6 @@
 
 import numpy as np
 import pytest
-from scipy import ndimage
 
 from rtautoplan.structures.margins import distance_mm, expand, shell, shrink
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import io
-from dataclasses import dataclass
 from html.parser import HTMLParser
 
 import numpy as np
@@ -15,28 +14,9 @@ from conftest import build_small_case
 from rtautoplan.case import Grid, Role, Structure
 from rtautoplan.plan import Dose
 from rtautoplan.report import dose_wash, dvh_curves, metrics_table, write_report
+from rtautoplan.scoring import Criterion, Score
 
 
-@dataclass(frozen=True)
-class Criterion:  # the shape rtautoplan.scoring returns; the report reads attributes only
-    name: str
-    structure: str
-    metric: str
-    value: float
-    unit: str
-    goal: str
-    score: float
-    max_score: float | None
-    passed: bool | None
-
-
-@dataclass(frozen=True)
-class Score:
-    system: str
-    total: float
-    maximum: float | None
-    criteria: tuple
-    higher_is_better: bool
 
 
 SCORES = (

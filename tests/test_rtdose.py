@@ -1,7 +1,6 @@
 """RT Dose writing and reading: round trips on the small case's CT grid, the attributes, dciodvfy."""
 
 import logging
-import subprocess
 
 import numpy as np
 import pydicom
