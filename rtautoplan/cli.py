@@ -69,34 +69,28 @@ def _plan(args) -> int:
     import time
 
     from rich.console import Console
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.markup import escape
+    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-    from rtautoplan.dicom.read import read_case
-    from rtautoplan.outputs import write_outputs
-    from rtautoplan.pipeline import plan_case, setup_for
+    from rtautoplan.folder import plan_folder
 
     start = time.perf_counter()
-    case = read_case(args.case)
-    site = args.site or ("prostate" if case.has("Prostate") or case.has("Bladder") else "hn")
-    setup = setup_for(site, args.modality)
-    steps = args.max_steps or setup.max_steps
     console = Console(width=140)
-    columns = (TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-               TextColumn("{task.fields[status]}"), TimeElapsedColumn())
+    columns = (SpinnerColumn(), TextColumn("[bold]{task.description}"), TextColumn("{task.fields[status]}"),
+               TimeElapsedColumn())
     with Progress(*columns, console=console, transient=False) as progress:
-        task = progress.add_task(f"{case.case_id} {site}/{args.modality}", total=steps, status="dose influence …")
+        task = progress.add_task(f"{args.case.name} {args.modality}", total=None, status="dose influence …")
 
         def on_step(step):
-            mark = "" if step.accepted else f" [red]rejected: {step.reason}[/red]"
-            progress.update(task, completed=step.step, status=f"score {step.score:.4g} after {step.action}{mark}")
+            mark = "" if step.accepted else f" [red]rejected: {escape(step.reason)}[/red]"
+            progress.update(task, status=f"step {step.step}: score {step.score:.4g} after {escape(step.action)}{mark}")
 
-        planned, result = plan_case(case, site=site, modality=args.modality, adapter=args.adapter,
-                                    policy=args.policy, max_steps=steps, seed=args.seed, on_step=on_step)
-    paths = write_outputs(planned, result, args.output, extra={"site": site, "seed": args.seed})
-    s0, s1 = result.initial_score, result.score
-    console.print(f"{result.score.system}: {s0.total:.4g} → {s1.total:.4g} (best at step {result.best_step}, "
-                  f"{len(result.steps)} steps, {time.perf_counter() - start:.1f} s)")
-    console.print("wrote " + ", ".join(str(p) for p in paths.values()))
+        planned = plan_folder(args.case, args.output, _plan_options(args), on_step=on_step)
+    result = planned.result
+    console.print(f"{planned.site}/{args.modality}, {result.score.system}: {result.initial_score.total:.4g} → "
+                  f"{result.score.total:.4g} (best at step {result.best_step}, {len(result.steps)} steps, "
+                  f"{time.perf_counter() - start:.1f} s)")
+    console.print("wrote " + ", ".join(str(p) for p in planned.files.values()))
     return 0
 
 
@@ -136,6 +130,65 @@ def _evaluate(args) -> int:
     return 0
 
 
+def _plan_options(args):
+    """PlanOptions from the shared plan options (``_add_plan_options``)."""
+    from rtautoplan.folder import PlanOptions
+
+    engine = {"dose_grid_factor": tuple(args.dose_grid_factor)} if args.dose_grid_factor else {}
+    return PlanOptions(site=args.site, modality=args.modality, adapter=args.adapter, policy=args.policy,
+                       max_steps=args.max_steps, seed=args.seed, adapter_options=engine)
+
+
+def _service_logging(args, name: str) -> None:
+    """Shells report progress through logging (stderr): INFO for ``name``, DEBUG (tracebacks) with --debug."""
+    logging.getLogger("rtautoplan").setLevel(logging.DEBUG if args.debug else logging.WARNING)
+    logging.getLogger(name).setLevel(logging.DEBUG if args.debug else logging.INFO)
+
+
+def _batch(args) -> int:
+    """Exit 0 when no case failed, 2 when only bad inputs did, 1 when any internal error occurred."""
+    from rich.console import Console
+    from rich.markup import escape
+
+    from rtautoplan.batch import SUMMARY_FILE, replan_folder
+
+    _service_logging(args, "rtautoplan.batch")
+    rows = replan_folder(args.root, args.output, force=args.force, **vars(_plan_options(args)))
+    console = Console(width=160)
+    counts = {status: sum(r.status == status for r in rows) for status in ("ok", "skipped", "error")}
+    for row in rows:
+        if row.status == "error":
+            console.print(f"[red]error[/red] {escape(row.case)}: {escape(row.message)}", highlight=False)
+    console.print(f"{counts['ok']} planned, {counts['skipped']} kept (finished before), {counts['error']} failed "
+                  f"→ {args.output / SUMMARY_FILE}")
+    internal = any(r.status == "error" and r.message.startswith("internal error") for r in rows)
+    return 1 if internal else 2 if counts["error"] else 0
+
+
+def _hook(args) -> int:
+    from rtautoplan.hook import serve_stdio
+
+    _service_logging(args, "rtautoplan.hook")
+    serve_stdio(_plan_options(args))
+    return 0
+
+
+def _node(args) -> int:
+    from rtautoplan.node import Destination, NodeConfig, serve_until_stopped
+
+    _service_logging(args, "rtautoplan.node")
+    dest = None
+    if args.dest:
+        host, port, aet = args.dest
+        if not port.isdigit():
+            raise InputError("--dest", f"port {port!r} is not a number", "Give --dest HOST PORT AET, e.g. "
+                             "--dest pacs.local 104 PACS")
+        dest = Destination(host, int(port), aet)
+    serve_until_stopped(NodeConfig(aet=args.aet, host=args.host, port=args.port, workdir=args.workdir, dest=dest,
+                                   plan=_plan_options(args)))
+    return 0
+
+
 def _objective_json(o) -> dict:
     return {"structure": o.structure, "kind": o.kind.value, "dose_gy": round(o.dose_gy, 3), "weight": o.weight,
             "volume": o.volume, "adjustable": o.adjustable}
@@ -163,13 +216,7 @@ def parser() -> argparse.ArgumentParser:
     pl = sub.add_parser("plan", help="plan a case in the closed loop: DICOM in, RTPLAN + RTDOSE + RTSTRUCT + report out")
     pl.add_argument("case", type=Path, help="folder with the CT series, RTSTRUCT and optional prescription.json")
     pl.add_argument("-o", "--output", type=Path, required=True, help="folder for the plan, dose, structures, report")
-    pl.add_argument("--site", choices=["hn", "prostate"], default=None, help="default: prostate if the case has a "
-                    "Prostate or Bladder, else hn")
-    pl.add_argument("--modality", choices=["photon", "proton", "carbon"], default="photon")
-    pl.add_argument("--adapter", default=None, help="TPS adapter (default: the setup's; see rtautoplan.adapters)")
-    pl.add_argument("--policy", default=None, help="planner (default: the setup's; see rtautoplan.policies)")
-    pl.add_argument("--max-steps", type=int, default=None, help="closed-loop steps (default: the setup's)")
-    pl.add_argument("--seed", type=int, default=0, help="seed of the initial parameters")
+    _add_plan_options(pl, engine=True)
     pl.set_defaults(run=_plan)
 
     ev = sub.add_parser("evaluate", help="plan held-out phantom variants with a planner; seed-style table, CSV, PNG")
@@ -185,7 +232,43 @@ def parser() -> argparse.ArgumentParser:
                     help="dose grid block size (e.g. 2 4 4 for a fast coarse evaluation)")
     ev.add_argument("-o", "--output", type=Path, default=Path("out/evaluate"))
     ev.set_defaults(run=_evaluate)
+
+    ba = sub.add_parser("batch", help="re-plan every case folder below ROOT; one failure never stops the rest")
+    ba.add_argument("root", type=Path, help="folder searched for case folders (CT series + RTSTRUCT, by DICOM header)")
+    ba.add_argument("-o", "--output", type=Path, required=True, help="OUT/<case path>/ per case, OUT/batch_summary.csv")
+    ba.add_argument("--force", action="store_true", help="re-plan cases whose output is already finished")
+    _add_plan_options(ba, engine=True)
+    ba.set_defaults(run=_batch)
+
+    ho = sub.add_parser("hook", help="TPS scripting hook: JSON requests on stdin, one JSON response per line on stdout")
+    _add_plan_options(ho, engine=True)
+    ho.set_defaults(run=_hook)
+
+    no = sub.add_parser("node", help="DICOM node: C-STORE CT + RTSTRUCT in, plan, C-STORE RTPLAN/RTDOSE/RTSTRUCT out")
+    no.add_argument("--port", type=int, default=11112, help="port to listen on (0: any free port)")
+    no.add_argument("--aet", default="RTAUTOPLAN", help="the node's AE title (callers must address it)")
+    no.add_argument("--host", default="0.0.0.0", help="address to listen on")
+    no.add_argument("--dest", nargs=3, metavar=("HOST", "PORT", "AET"), default=None,
+                    help="storage SCP the plans are sent to (default: keep them in WORKDIR/outbox)")
+    no.add_argument("--workdir", type=Path, default=Path("rtautoplan-node"), help="holds incoming/ and outbox/")
+    _add_plan_options(no, engine=True)
+    no.set_defaults(run=_node)
     return p
+
+
+def _add_plan_options(p: argparse.ArgumentParser, engine: bool = False) -> None:
+    """The options every planning command shares (for ``hook``: defaults for what a request leaves out);
+    ``engine`` adds --dose-grid-factor, a coarse and fast dose grid for the shells."""
+    p.add_argument("--site", choices=["hn", "prostate"], default=None, help="default: prostate if the case has a "
+                   "Prostate or Bladder, else hn")
+    p.add_argument("--modality", choices=["photon", "proton", "carbon"], default="photon")
+    p.add_argument("--adapter", default=None, help="TPS adapter (default: the setup's; see rtautoplan.adapters)")
+    p.add_argument("--policy", default=None, help="planner (default: the setup's; see rtautoplan.policies)")
+    p.add_argument("--max-steps", type=int, default=None, help="closed-loop steps (default: the setup's)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the initial parameters")
+    if engine:
+        p.add_argument("--dose-grid-factor", type=int, nargs=3, default=None, metavar=("K", "J", "I"),
+                       help="dose grid block size passed to the adapter (e.g. 2 4 4: coarse and fast)")
 
 
 def main(argv: list[str] | None = None) -> int:

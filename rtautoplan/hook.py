@@ -1,0 +1,150 @@
+"""The TPS scripting hook: plan a case folder from a TPS script, as a Python call or as JSON Lines.
+
+A TPS script exports the case (CT series + RTSTRUCT) to a folder, asks for a plan and imports the
+DICOM that comes back. Two ways in, one behaviour:
+
+* Python: ``run_request(request) -> response``.
+* A process: ``rtautoplan hook`` reads one request per line on stdin and writes one response per
+  line on stdout (JSON Lines), in order, until stdin ends; it exits 0. Blank lines are ignored.
+  A line that is not JSON, not an object, or not a valid request gets an error response and the
+  hook goes on with the next line. stdout carries nothing but responses; progress and logs go to
+  stderr.
+
+Request (a JSON object; paths relative to the hook's working directory)::
+
+    {"case": "export/pat1", "output": "plans/pat1",              required: folders
+     "site": "prostate", "modality": "photon", "adapter": "inhouse-photon",
+     "policy": "rule-based", "max_steps": 20, "seed": 0}          optional: as ``rtautoplan plan``
+
+Responses::
+
+    {"status": "ok", "files": {"rtstruct": path, "plan": path, "rtdose": path, "report": path,
+     "log": path}, "score": {"system": "proknow9", "initial": 5.0, "final": 8.0}, "steps": 20}
+    {"status": "error", "error": "<one line: where, what, the fix>", "kind": "input" | "internal"}
+
+``kind`` is "input" when the request or the case is wrong (the message says what to change) and
+"internal" for a fault of ours (report it; the traceback is logged to stderr with ``--debug``).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import os
+import sys
+from dataclasses import replace
+from pathlib import Path
+from typing import Callable, Iterable
+
+from rtautoplan.folder import PlanOptions, plan_folder
+from rtautoplan.errors import InputError
+from rtautoplan.plan import Step
+
+log = logging.getLogger(__name__)
+
+# request key → (accepted JSON type, required); bool is rejected where a number is asked for
+REQUEST_KEYS: dict[str, tuple[type, bool]] = {
+    "case": (str, True), "output": (str, True), "site": (str, False), "modality": (str, False),
+    "adapter": (str, False), "policy": (str, False), "max_steps": (int, False), "seed": (int, False),
+}
+_TYPE_NAMES = {str: "a non-empty string", int: "an integer"}
+
+
+def _parse(request: object, defaults: PlanOptions) -> tuple[str, str, PlanOptions]:
+    """(case folder, output folder, options) from a request, or an InputError naming the key."""
+    allowed = ", ".join(REQUEST_KEYS)
+    if not isinstance(request, dict):
+        raise InputError("request", f"is {type(request).__name__}, not a JSON object",
+                         f'Send an object such as {{"case": "...", "output": "..."}} (keys: {allowed})')
+    unknown = sorted(set(request) - set(REQUEST_KEYS))
+    if unknown:
+        raise InputError("request", f"unknown key(s) {', '.join(map(repr, unknown))}", f"Use only: {allowed}")
+    for key, (kind, required) in REQUEST_KEYS.items():
+        value = request.get(key)
+        if value is None:
+            if required:
+                raise InputError("request", f"{key!r} is missing", f"Give {key!r} as a folder path")
+            continue
+        if not isinstance(value, kind) or isinstance(value, bool) or value == "":
+            raise InputError(f"request key {key!r}", f"{value!r} is not {_TYPE_NAMES[kind]}",
+                             f"Give {key!r} as {_TYPE_NAMES[kind]}")
+    if Path(request["output"]).resolve().is_relative_to(Path(request["case"]).resolve()):
+        raise InputError("request key 'output'", "is the case folder or inside it (the outputs would become part "
+                         "of the case)", "Give an output folder outside the case folder")
+    given = {k: v for k, v in request.items() if k not in ("case", "output") and v is not None}
+    try:
+        options = replace(defaults, **given)
+    except InputError as error:
+        raise InputError(f"request key {error.where!r}", error.problem, error.fix) from None
+    return request["case"], request["output"], options
+
+
+def _log_step(step: Step) -> None:
+    log.info("step %d: %s → score %.4g%s", step.step, step.action, step.score,
+             "" if step.accepted else f" (rejected: {step.reason})")
+
+
+def _error(message: str, kind: str) -> dict:
+    return {"status": "error", "error": " ".join(message.split()), "kind": kind}
+
+
+def run_request(request: dict, defaults: PlanOptions | None = None) -> dict:
+    """Plan the request's case into its output folder; never raises for a bad request or case.
+    ``defaults``: options (and the TPS factory) for whatever the request leaves out."""
+    try:
+        case, output, options = _parse(request, defaults or PlanOptions())
+        log.info("planning %s → %s", case, output)
+        planned = plan_folder(case, output, options, on_step=_log_step)
+    except InputError as error:
+        return _error(str(error), "input")
+    except Exception as error:  # hook boundary: a fault becomes an error response, never a dead hook
+        log.debug("internal error on request %r", request, exc_info=True)
+        log.error("internal error: %s: %s", type(error).__name__, error)
+        return _error(f"{type(error).__name__}: {error}", "internal")
+    r = planned.result
+    return {"status": "ok", "files": {name: str(path) for name, path in planned.files.items()},
+            "score": {"system": r.score.system, "initial": float(r.initial_score.total), "final": float(r.score.total)},
+            "steps": len(r.steps)}
+
+
+def answer(line: str, defaults: PlanOptions | None = None) -> dict:
+    """The response to one line of the JSON Lines protocol."""
+    try:
+        request = json.loads(line)
+    except ValueError as error:  # JSONDecodeError, and UnicodeDecodeError on bytes
+        return _error(f"request: not JSON ({error}). Send one JSON object per line", "input")
+    return run_request(request, defaults)
+
+
+def serve(lines: Iterable[str], write: Callable[[str], None], defaults: PlanOptions | None = None) -> int:
+    """Answer every non-blank line of ``lines`` with one JSON line passed to ``write``; returns
+    how many requests were answered."""
+    answered = 0
+    for line in lines:
+        if not line.strip():
+            continue
+        write(json.dumps(answer(line, defaults)) + "\n")
+        answered += 1
+    return answered
+
+
+def serve_stdio(defaults: PlanOptions | None = None) -> int:
+    """``serve`` on this process's stdin and stdout until stdin ends. stdout's file descriptor is kept
+    for the responses and fd 1 pointed at stderr meanwhile, so nothing else (a library, a C
+    extension) can write to stdout and break the protocol."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    os.dup2(2, 1)
+    try:
+        with os.fdopen(os.dup(saved), "w", encoding="utf-8") as responses:
+            def write(line: str) -> None:
+                responses.write(line)
+                responses.flush()
+
+            requests = io.TextIOWrapper(sys.stdin.buffer, encoding="utf-8", errors="replace")
+            return serve(requests, write, defaults)
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)

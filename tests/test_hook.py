@@ -1,0 +1,93 @@
+"""The TPS scripting hook: the Python call, and JSON Lines over a real ``rtautoplan hook`` process.
+
+Plans are coarse (dose grid 2 × 4 × 4, 1–2 steps) so the file stays well under 30 s.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from rtautoplan.adapters.inhouse import InHousePhoton
+from rtautoplan.folder import PlanOptions
+from rtautoplan.hook import answer, run_request, serve
+
+SAMPLE = Path(__file__).resolve().parents[1] / "sample_data" / "prostate01"
+
+
+@pytest.fixture(scope="module")
+def fast(tmp_path_factory) -> PlanOptions:
+    cache = tmp_path_factory.mktemp("dij")
+
+    def tps():
+        return InHousePhoton(n_beams=5, dose_grid_factor=(2, 4, 4), max_iter=30, cache_dir=cache)
+
+    return PlanOptions(tps=tps, max_steps=2)
+
+
+def test_python_call_plans_the_case(fast, tmp_path):
+    response = run_request({"case": str(SAMPLE), "output": str(tmp_path / "plan"), "seed": 1}, fast)
+    assert response["status"] == "ok", response
+    assert set(response["files"]) == {"rtstruct", "plan", "rtdose", "report", "log"}
+    assert all(Path(p).is_file() for p in response["files"].values())
+    score = response["score"]
+    assert score["system"] == "proknow9" and score["final"] >= score["initial"]
+    assert response["steps"] == 2
+    json.dumps(response)  # plain JSON types only
+
+
+@pytest.mark.parametrize("request_, where", [
+    ({"case": "x", "output": "y", "colour": "red"}, "unknown key(s) 'colour'"),
+    ({"case": "x"}, "'output' is missing"),
+    ({"case": "x", "output": "y", "max_steps": "3"}, "request key 'max_steps'"),
+    ({"case": "x", "output": "y", "seed": True}, "is not an integer"),
+    ({"case": "x", "output": "y", "site": "liver"}, "request key 'site'"),
+    ({"case": "x", "output": "y", "policy": "oracle"}, "Use one of"),
+    (["case", "x"], "not a JSON object"),
+    ({"case": "", "output": "y"}, "is not a non-empty string"),
+    ({"case": "x", "output": "x/plans"}, "inside it"),
+])
+def test_bad_requests_are_input_errors_naming_the_key(request_, where):
+    response = run_request(request_)
+    assert response["status"] == "error" and response["kind"] == "input"
+    assert where in response["error"] and "\n" not in response["error"]
+
+
+def test_a_bad_case_is_an_input_error(tmp_path):
+    response = run_request({"case": str(tmp_path / "missing"), "output": str(tmp_path / "out")})
+    assert response == {"status": "error", "kind": "input",
+                        "error": f"{tmp_path / 'missing'}: is not a folder. Give the folder that holds the CT "
+                                 "series and the RTSTRUCT"}
+
+
+def test_serve_answers_each_line_and_skips_blank_ones():
+    written = []
+    assert serve(["{oops\n", "\n", '{"case": "x"}\n'], written.append) == 2
+    first, second = (json.loads(line) for line in written)
+    assert first["kind"] == "input" and "not JSON" in first["error"]
+    assert "'output' is missing" in second["error"]
+    assert answer("[]")["kind"] == "input"
+
+
+def test_hook_process_speaks_json_lines(tmp_path):
+    requests = [json.dumps({"case": str(SAMPLE), "output": str(tmp_path / "good"), "max_steps": 1}),
+                '{"case": "unterminated',
+                json.dumps({"case": str(tmp_path / "no-such-case"), "output": str(tmp_path / "bad")})]
+    env = {**os.environ, "RTAUTOPLAN_CACHE": str(tmp_path / "dij")}
+    script = Path(sys.executable).with_name("rtautoplan")  # the installed command, as a TPS script runs it
+    command = [str(script)] if script.is_file() else [sys.executable, "-m", "rtautoplan.cli"]
+    hook = [*command, "hook", "--dose-grid-factor", "2", "4", "4"]
+    done = subprocess.run(hook, input="\n".join(requests) + "\n", capture_output=True, text=True, env=env,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    responses = [json.loads(line) for line in done.stdout.splitlines()]  # stdout is JSON and nothing else
+    assert [r["status"] for r in responses] == ["ok", "error", "error"], done.stderr
+    assert responses[0]["steps"] == 1 and Path(responses[0]["files"]["plan"]).is_file()
+    assert responses[1]["kind"] == "input" and "not JSON" in responses[1]["error"]
+    assert responses[2]["kind"] == "input" and "no-such-case" in responses[2]["error"]
+    assert "step 1" in done.stderr  # progress goes to stderr
