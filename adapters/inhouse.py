@@ -2,7 +2,11 @@
 L-BFGS-B of seed 002 or ADMM of seed 000, both warm-started).
 
 The dose influence matrix is computed once per case and beam set (and cached on disk), so a
-closed loop pays only for re-optimisations.
+closed loop pays only for re-optimisations. A re-optimisation whose objectives name the same
+structures in the same order (new limits, volumes or weights: the closed loop's tuning steps)
+re-uses the plan objective of the previous one (``PlanObjective.with_objectives``: no row
+extraction, no new curvature diagonal when the weights are unchanged) and warm-starts from its
+solution (docs/decisions.md, "Engine speed (issue 3)").
 """
 
 from __future__ import annotations
@@ -43,6 +47,7 @@ class InHousePhoton:
         self._beams: tuple[Beam, ...] = ()
         self._rows: dict[str, np.ndarray] = {}
         self._x: np.ndarray | None = None
+        self._f = None
         self._admm_state = None
         self._plan: Plan | None = None
 
@@ -50,7 +55,7 @@ class InHousePhoton:
         self._case = case
         self._beams = tuple(beams) if beams else beams_for(case, n=self.n_beams)
         self._dij = dij_cached(case, self._beams, cache_dir=self.cache_dir, dose_grid_factor=self.dose_grid_factor)
-        self._rows, self._x, self._admm_state, self._plan = {}, None, None, None
+        self._rows, self._x, self._f, self._admm_state, self._plan = {}, None, None, None, None
 
     def optimize(self, objectives: Sequence[Objective]) -> Dose:
         if self._dij is None:
@@ -59,7 +64,7 @@ class InHousePhoton:
         dropped = sorted({o.structure for o in objectives} - {o.structure for o in usable})
         if dropped:
             log.warning("%s: no dose-grid voxel in %s; their objectives are skipped", self.name, ", ".join(dropped))
-        f = plan_objective(self._dij.matrix, usable, self._rows)
+        f = self._objective(usable)
         x0 = self._x if self._x is not None else self._uniform_start()
         if self.solver == "lbfgs":
             solution = solve_lbfgs(f, x0, max_iter=self.max_iter)
@@ -89,6 +94,15 @@ class InHousePhoton:
         if self._plan is None:
             raise RuntimeError(f"{self.name}: no plan yet; call prepare() and optimize() first")
         return self._plan
+
+    def _objective(self, objectives: tuple[Objective, ...]):
+        """The plan objective: the previous one with new parameters when the structures match."""
+        previous = self._f
+        if previous is not None and [o.structure for o in objectives] == [o.structure for o in previous.objectives]:
+            self._f = previous.with_objectives(objectives)
+        else:
+            self._f = plan_objective(self._dij.matrix, objectives, self._rows)
+        return self._f
 
     def _rows_for(self, name: str) -> np.ndarray:
         if name not in self._rows:

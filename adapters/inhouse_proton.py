@@ -6,7 +6,9 @@ scanning), seed 002's planning problem (SPEC §2.1, §2.9).
 * ``optimize``: L-BFGS-B (``optimize.lbfgs.solve_lbfgs``) on the seed-002 loss
   (``optimize.objectives.plan_objective``) of the **RBE-weighted dose** D_RBE = 1.1 · D (constant
   proton RBE, ``rbe.RBE_PROTON``): the objectives' limits are Gy(RBE). Warm-started from the
-  previous solution (the first solve from uniform spot weights scaled to the highest prescription).
+  previous solution (the first solve from uniform spot weights scaled to the highest prescription);
+  when the objectives name the same structures as last time, the previous plan objective is
+  re-used with the new limits and weights (``PlanObjective.with_objectives``).
 * **Minimum MU per spot** (SPEC §2.1, 3 MU): spots whose MU *per fraction* lies in (0, min_mu) are
   removed and the plan is re-optimised on the remaining spots (warm start), until no spot is
   below the minimum or ``mu_rounds`` re-optimisations were done; spots still below after the last
@@ -109,6 +111,7 @@ class InHouseProton:
         self._beams: tuple[Beam, ...] = ()
         self._rows: dict[str, np.ndarray] = {}
         self._x: np.ndarray | None = None
+        self._f = None
         self._plan: Plan | None = None
         self.last_run: MURun | None = None
 
@@ -128,15 +131,21 @@ class InHouseProton:
         self._dij = ion_dij_cached(case, beams, cache_dir=self.cache_dir, ion="proton",
                                    spot_spacing_mm=self.spot_spacing_mm, layer_spacing_mm=self.layer_spacing_mm,
                                    dose_grid_factor=self.dose_grid_factor, particles_per_mu=self.particles_per_mu)
-        self._rows, self._x, self._plan, self.last_run = {}, None, None, None
+        self._rows, self._x, self._f, self._plan, self.last_run = {}, None, None, None, None
 
     def objective(self, objectives: Sequence[Objective]):
         """The seed-002 loss of the RBE-weighted dose 1.1·D x as a function of course MU x:
         Σ w (1/N) Σ (1.1 d − L)² = 1.21 Σ w (1/N) Σ (d − L/1.1)², i.e. ``plan_objective`` on the
         physical matrix with limits / 1.1 and weights × 1.21 (exact, and no scaled copy of D)."""
         from dataclasses import replace
-        scaled = [replace(o, dose_gy=o.dose_gy / self.rbe) for o in objectives]
-        return plan_objective(self.dij.matrix, scaled, self._rows, weights=[o.weight * self.rbe**2 for o in objectives])
+        scaled = tuple(replace(o, dose_gy=o.dose_gy / self.rbe) for o in objectives)
+        weights = [o.weight * self.rbe**2 for o in objectives]
+        previous = self._f
+        if previous is not None and [o.structure for o in scaled] == [o.structure for o in previous.objectives]:
+            self._f = previous.with_objectives(scaled, weights=weights)  # same rows: nothing re-built
+        else:
+            self._f = plan_objective(self.dij.matrix, scaled, self._rows, weights=weights)
+        return self._f
 
     def optimize(self, objectives: Sequence[Objective]) -> Dose:
         if self._dij is None:

@@ -132,3 +132,79 @@ def test_seed000_objectives_form():
     sol = solve_admm(f, np.full(m.shape[1], 30.0), max_iter=300)
     x = normalise_d95(sol.x, m, rows["PTV"], 79.2)
     assert d95(m @ x, rows["PTV"]) == pytest.approx(79.2, rel=1e-9)
+
+
+def test_active_row_gradient_matches_full_product():
+    """Mᵀ g on the rows with g ≠ 0 (PlanObjective._rmatvec_active) equals the full product."""
+    m, rows, objectives = small_problem(dtype=np.float32)
+    f = plan_objective(m, objectives, rows)
+    rng = np.random.default_rng(5)
+    g = np.zeros(f.matrix.shape[0], np.float32)
+    hot = rng.choice(g.size, 7, replace=False)
+    g[hot] = rng.uniform(-1.0, 1.0, hot.size)
+    assert f.row_nnz[hot].sum() < 0.3 * f.matrix.nnz, "few active rows: the restricted path must be taken"
+    np.testing.assert_allclose(f._rmatvec_active(g), f.matrix.T @ g, rtol=1e-6, atol=1e-9)
+    assert np.all(f._rmatvec_active(np.zeros_like(g)) == 0)
+    # and at a point where only a few voxels violate their limits the gradient is the finite difference's
+    x = np.full(m.shape[1], 60.0 / float(np.mean(m[rows["PTV"]] @ np.ones(m.shape[1], np.float32))))
+    f64 = plan_objective(m.astype(np.float64), objectives, rows)
+    np.testing.assert_allclose(f(x)[1], f64(x)[1], rtol=1e-4, atol=1e-6)
+
+
+def test_with_objectives_matches_a_fresh_objective():
+    m, rows, objectives = small_problem()
+    f = plan_objective(m, objectives, rows)
+    x = np.random.default_rng(6).uniform(0.0, 300.0, m.shape[1])
+    diag = f.curvature_diagonal()
+    tighter = list(objectives)
+    tighter[4] = Objective("OAR1", ObjectiveKind.DMAX, 24.0, 1.0)
+    reused, fresh = f.with_objectives(tighter), plan_objective(m, tighter, rows)
+    assert reused.matrix is f.matrix and reused.local_rows is f.local_rows
+    assert reused(x)[0] == pytest.approx(fresh(x)[0], rel=1e-12)
+    np.testing.assert_allclose(reused(x)[1], fresh(x)[1], rtol=1e-12)
+    np.testing.assert_allclose(reused.curvature_diagonal(), diag)  # same weights: the cached diagonal
+    heavier = reused.with_objectives(tighter, weights=[2.0] * len(tighter))
+    np.testing.assert_allclose(heavier.curvature_diagonal(),
+                               plan_objective(m, tighter, rows, weights=[2.0] * len(tighter)).curvature_diagonal())
+    reused.weights[0] = 5.0  # weights changed in place: the cache must follow
+    np.testing.assert_allclose(reused.curvature_diagonal(),
+                               plan_objective(m, tighter, rows, weights=reused.weights).curvature_diagonal())
+    with pytest.raises(ValueError):
+        f.with_objectives(objectives[:3])
+
+
+def test_lbfgs_restores_blas_threads():
+    from threadpoolctl import threadpool_info
+
+    before = [i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"]
+    m, rows, objectives = small_problem()
+    solve_lbfgs(plan_objective(m, objectives, rows), np.full(m.shape[1], 30.0), max_iter=20)
+    assert [i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"] == before
+
+
+def test_screened_dose_is_exact(monkeypatch):
+    """Screening the provably inactive DMAX rows out of M x changes no value or gradient bit, along
+    small steps (inside the ball) and large jumps (refreshes)."""
+    import rtautoplan.optimize.objectives as objectives_module
+
+    rng = np.random.default_rng(7)
+    m = sparse.random(3000, 60, density=0.2, random_state=rng, dtype=np.float32, format="csr")
+    m.data = (m.data * 0.05).astype(np.float32)
+    rows = {"PTV": np.arange(0, 300), "RING": np.arange(300, 2000), "OAR": np.arange(1500, 3000)}
+    objectives = (Objective("PTV", ObjectiveKind.DMIN, 60.0, 2.0), Objective("PTV", ObjectiveKind.DMAX, 63.0),
+                  Objective("RING", ObjectiveKind.DMAX, 50.0), Objective("OAR", ObjectiveKind.DMAX, 30.0),
+                  Objective("OAR", ObjectiveKind.DMAX, 45.0, 0.5))
+    monkeypatch.setattr(objectives_module, "SCREEN_MIN_NNZ", 0)
+    monkeypatch.setattr(objectives_module, "SCREEN_DMAX_ROWS", False)
+    full = plan_objective(m, objectives, rows)
+    x = np.full(60, 60.0 / float(np.mean(m[:300] @ np.ones(60, np.float32))))
+    full(x)
+    monkeypatch.setattr(objectives_module, "SCREEN_DMAX_ROWS", True)
+    screened = plan_objective(m, objectives, rows)
+    for k in range(60):
+        step = rng.normal(0.0, 0.02 if k % 15 else 2.0, x.size)
+        x = np.maximum(x * (1.0 + step), 0.0)
+        (v1, g1), (v2, g2) = full(x), screened(x)
+        assert v1 == v2 and np.array_equal(g1, g2)
+    assert full._screen is False and screened._screen not in (None, False)
+    assert screened._screen.refreshes >= 2 and screened._screen.inside >= 10, "both paths must be exercised"
