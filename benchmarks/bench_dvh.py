@@ -23,10 +23,6 @@ table and a summary, and replaces the "DVH" section of benchmarks/RESULTS.md (ma
 from __future__ import annotations
 
 import argparse
-import datetime as _dt
-import os
-import platform
-import re
 import sys
 import tempfile
 import time
@@ -58,9 +54,11 @@ from rtautoplan.plan import Dose  # noqa: E402
 from rtautoplan.structures.objectives import estimate_dose  # noqa: E402
 from rtautoplan.structures.rules import apply_rules  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
+if str(Path(__file__).resolve().parent) not in sys.path:  # imported from elsewhere than the script's folder
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import RESULTS, ROOT, best_of, machine, write_results  # noqa: E402  (after the path entry)
+
 CASE = ROOT / "sample_data" / "hn01"
-RESULTS = ROOT / "benchmarks" / "RESULTS.md"
 DMEAN_TOL, D95_TOL = 0.01, 0.02  # relative
 LARGE_CM3 = 5.0  # "large" structures: the agreement the test (tests/test_dvh_dicompyler.py) asserts
 
@@ -103,10 +101,10 @@ def compare(case, dose, rtstruct: Path, rtdose: Path, repeat: int = 1) -> list[d
     t_read = time.perf_counter() - t0
     rows = []
     for number, s in enumerate(case.structures, start=1):
-        t_dc = _best(lambda: dicompyler_dvh(rtstruct, rtdose, number), repeat)
+        t_dc = best_of(lambda: dicompyler_dvh(rtstruct, rtdose, number), max(repeat, 1))[0]
         ref = dicompyler_dvh(rtstruct, rtdose, number)
-        t_ours = _best(lambda: (rdvh.metrics(dose.gy, s.mask, vox), rdvh.dvh(dose.gy, s.mask, voxel_volume_cm3=vox)),
-                       repeat)
+        t_ours = best_of(lambda: (rdvh.metrics(dose.gy, s.mask, vox), rdvh.dvh(dose.gy, s.mask, voxel_volume_cm3=vox)),
+                         max(repeat, 1))[0]
         ours = rdvh.metrics(dose.gy, s.mask, vox)
         t0 = time.perf_counter()
         mask = contours_to_mask(rois[number - 1].contours, back.grid, rois[number - 1].name)
@@ -137,27 +135,11 @@ def _rel(ours: float, ref: float) -> float:
     return abs(ours - ref) / max(abs(ref), 0.01)
 
 
-def _best(fn, repeat: int) -> float:
-    times = []
-    for _ in range(max(repeat, 1)):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return min(times)
-
-
-def machine() -> dict[str, str]:
-    cpu = platform.processor() or "unknown"
-    try:
-        match = re.search(r"^model name\s*:\s*(.+)$", Path("/proc/cpuinfo").read_text(), re.M)
-        cpu = match.group(1).strip() if match else cpu
-    except OSError:
-        pass
+def versions() -> dict[str, str]:
+    """pydicom and dicompyler-core versions, for ``machine``."""
     import dicompylercore
-    return {"nproc": str(os.cpu_count()), "cpu": cpu, "python": platform.python_version(),
-            "numpy": np.__version__, "pydicom": pydicom.__version__,
-            "dicompyler-core": getattr(dicompylercore, "__version__", "?"),
-            "date": _dt.date.today().isoformat()}
+
+    return {"pydicom": pydicom.__version__, "dicompyler-core": getattr(dicompylercore, "__version__", "?")}
 
 
 def table(rows: list[dict]) -> Table:
@@ -243,14 +225,6 @@ re-decodes both files on every `get_dvh` call, which is most of its time: compar
 "ours+files" column for a like-for-like ratio."""
 
 
-def write_results(text: str, path: Path = RESULTS) -> None:
-    """Replace the "## DVH" section of RESULTS.md (up to the next "## "), or append it."""
-    old = path.read_text() if path.exists() else "# Benchmarks\n"
-    pattern = re.compile(r"^## DVH\n.*?(?=^## |\Z)", re.S | re.M)
-    new = pattern.sub(lambda _: text + "\n", old) if pattern.search(old) else old.rstrip("\n") + "\n\n" + text + "\n"
-    path.write_text(new)
-
-
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=3, help="time each call this many times, keep the best")
@@ -266,7 +240,7 @@ def main(argv=None) -> int:
     if s["disagree"]:
         console.print(f"outside 1 %/2 %: {', '.join(s['disagree'])} (see the notes in {RESULTS.name})")
     if not args.no_results:
-        write_results(markdown(rows, s, machine()))
+        write_results(markdown(rows, s, machine(**versions())))
         console.print(f"updated {RESULTS.relative_to(ROOT)}")
     return 0
 

@@ -41,85 +41,37 @@ benchmarks/RESULTS.md (machine, versions, load average, date).
 from __future__ import annotations
 
 import argparse
-import contextlib
-import datetime as _dt
-import multiprocessing as mp
-import os
-import platform
-import re
 import sys
 import tempfile
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
-import scipy
 from rich.console import Console
 from rich.table import Table
-from scipy import sparse
-from scipy.optimize import minimize
 
-import rtautoplan.optimize.lbfgs as lbfgs_module
-import rtautoplan.optimize.objectives as objectives_module
-from rtautoplan.adapters.inhouse import InHousePhoton
-from rtautoplan.case import Role
-from rtautoplan.dvh import d98, dmax
-from rtautoplan.dicom.read import read_case
 from rtautoplan.optimize.lbfgs import solve_lbfgs
 from rtautoplan.optimize.objectives import engine_threads, plan_objective
-from rtautoplan.physics.dij import beams_for, dij_cached, dose_influence, dose_to_grid
-from rtautoplan.plan import ObjectiveKind
-from rtautoplan.structures.objectives import objectives_for
-from rtautoplan.structures.rules import apply_rules
+from rtautoplan.physics.dij import dij_cached, dose_influence
 
-ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "benchmarks" / "RESULTS.md"
-SIZES = {"small": (2, 4, 4), "standard": (1, 2, 2)}
+if str(Path(__file__).resolve().parent) not in sys.path:  # imported from elsewhere than the script's folder
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+from baselines import cvx_versions, run_cvxpy, run_scipy  # noqa: E402  (after the path entry)
+from cases import N_BEAMS, SIZES, problem, start_point, tighter_objectives  # noqa: E402
+from common import RESULTS, ROOT, Trace, best_of, fmt, machine, ratio, write_results  # noqa: E402
+from engine_targets import target_rows, targets_md  # noqa: E402
+
 GAP, GAP_TIGHT = 1e-3, 1e-4
 F_SCALE = 1.0  # Gy²: the gap is absolute below f_scale, relative above (as solve_lbfgs's rule)
 
 
 def target(fstar, gap=GAP):
+    """The objective value that counts as reaching ``gap``: f* + gap · max(f*, F_SCALE)."""
     return fstar + gap * max(fstar, F_SCALE)
-N_BEAMS = 7
-
-
-class Trace:
-    """Wraps f: records (seconds since start, value) of every evaluation; stops at a target."""
-
-    def __init__(self, f, target=None, budget=None):
-        self.f, self.target, self.budget = f, target, budget
-        self.t, self.v = [], []
-        self.start = time.perf_counter()
-
-    def __call__(self, x):
-        value, grad = self.f(x)
-        self.t.append(time.perf_counter() - self.start)
-        self.v.append(float(value))
-        return value, grad
-
-    def done(self):
-        if self.target is not None and self.v and min(self.v) <= self.target:
-            return True
-        return self.budget is not None and self.t and self.t[-1] > self.budget
-
-    def time_to(self, target):
-        hit = np.flatnonzero(np.asarray(self.v) <= target)
-        return (float(self.t[hit[0]]), int(hit[0]) + 1) if hit.size else (None, len(self.v))
-
-
-def problem(name: str, factor):
-    case = apply_rules(read_case(ROOT / "sample_data" / name))
-    objectives = objectives_for(case, np.random.default_rng(0))
-    if name == "hn01":
-        objectives = tuple(replace(o, dose_gy=min(o.dose_gy, 40.0)) if o.structure == "SpinalCord" else o
-                           for o in objectives)
-    beams = beams_for(case, n=N_BEAMS)
-    return case, tuple(objectives), beams
 
 
 def time_dij(case, beams, factor):
+    """The dose-influence matrix, the seconds to compute it cold and to load it back from a cache."""
     start = time.perf_counter()
     dij = dose_influence(case, beams, dose_grid_factor=factor)
     cold = time.perf_counter() - start
@@ -131,26 +83,9 @@ def time_dij(case, beams, factor):
     return dij, cold, load
 
 
-def start_point(case, dij, rows):
-    ptv = max((s for s in case.by_role(Role.PTV) if s.rx_gy), key=lambda s: s.rx_gy)
-    x0 = np.ones(dij.n_beamlets)
-    sub = dij.matrix[dij.rows_of(ptv.voxels)]
-    return x0 * case.prescription.rx_max / float(np.mean(sub @ x0.astype(np.float32)))
-
-
-class _Scaled:  # solve_lbfgs(scale="auto") looks for curvature_diagonal on the callable it is given
-    def __init__(self, trace, f):
-        self.trace, self.curvature_diagonal = trace, f.curvature_diagonal
-
-    def __call__(self, x):
-        return self.trace(x)
-
-
 def ours_to_gap(f, x0, max_iter, stop_at=None):
     """Our L-BFGS-B with the rule off (tol=0) until ``stop_at`` (or max_iter): the trace."""
     trace = Trace(f, target=stop_at)
-    wrapped = _Scaled(trace, f)
-    import rtautoplan.optimize.lbfgs as lb
 
     class Done(Exception):
         pass
@@ -158,121 +93,30 @@ def ours_to_gap(f, x0, max_iter, stop_at=None):
     def guarded(x):
         if trace.done():
             raise Done
-        return wrapped(x)
+        return trace(x)
 
-    guarded.curvature_diagonal = f.curvature_diagonal
+    guarded.curvature_diagonal = f.curvature_diagonal  # solve_lbfgs(scale="auto") looks for it
     try:
-        lb.solve_lbfgs(guarded, x0, max_iter=max_iter, tol=0.0)
+        solve_lbfgs(guarded, x0, max_iter=max_iter, tol=0.0)
     except Done:
         pass
     return trace
 
 
-def plain_objective(matrix, objectives, rows):
-    """The obvious float64 objective: each term multiplies its own row block of D."""
-    blocks = [sparse.csr_matrix(matrix[rows[o.structure]], dtype=np.float64) for o in objectives]
-
-    def f(x):
-        value, grad = 0.0, np.zeros(x.size)
-        for o, block in zip(objectives, blocks):
-            d = block @ x
-            n = d.size
-            if o.kind is ObjectiveKind.DMAX:
-                r = np.maximum(d - o.dose_gy, 0.0)
-                value += o.weight * (r @ r) / n
-                grad += block.T @ (2.0 * o.weight / n * r)
-            elif o.kind is ObjectiveKind.DMIN:
-                r = np.minimum(d - o.dose_gy, 0.0)
-                value += o.weight * (r @ r) / n
-                grad += block.T @ (2.0 * o.weight / n * r)
-            elif o.kind is ObjectiveKind.DMEAN:
-                e = max(float(d.mean()) - o.dose_gy, 0.0)
-                value += o.weight * e * e
-                grad += block.T @ np.full(n, 2.0 * o.weight * e / n)
-            elif o.kind is ObjectiveKind.UNIFORM:
-                r = d - o.dose_gy
-                value += o.weight * (r @ r) / n
-                grad += block.T @ (2.0 * o.weight / n * r)
-            else:
-                raise ValueError(f"{o.kind} is not in the seed-002 convex QP")
-        return value, grad
-
-    return f
-
-
-def run_scipy(matrix, objectives, rows, x0, target, budget):
-    trace = Trace(plain_objective(matrix, objectives, rows), target=target, budget=budget)
-
-    def cb(intermediate_result):
-        if trace.done():
-            raise StopIteration
-
-    minimize(trace, x0, jac=True, method="L-BFGS-B", bounds=[(0.0, None)] * x0.size, callback=cb,
-             options={"maxcor": 10, "maxiter": 100_000, "maxfun": 100_000, "ftol": 0.0, "gtol": 0.0})
-    return trace
-
-
-def _cvxpy_worker(matrix, objectives, rows, queue):
-    import cvxpy as cp
-
-    start = time.perf_counter()
-    x = cp.Variable(matrix.shape[1], nonneg=True)
-    terms = []
-    for o in objectives:
-        block = sparse.csr_matrix(matrix[rows[o.structure]], dtype=np.float64)
-        n = block.shape[0]
-        if o.kind is ObjectiveKind.DMAX:
-            terms.append(o.weight / n * cp.sum_squares(cp.pos(block @ x - o.dose_gy)))
-        elif o.kind is ObjectiveKind.DMIN:
-            terms.append(o.weight / n * cp.sum_squares(cp.pos(o.dose_gy - block @ x)))
-        elif o.kind is ObjectiveKind.DMEAN:
-            mean_row = np.asarray(block.mean(axis=0)).ravel()
-            terms.append(o.weight * cp.square(cp.pos(mean_row @ x - o.dose_gy)))
-        elif o.kind is ObjectiveKind.UNIFORM:
-            terms.append(o.weight / n * cp.sum_squares(block @ x - o.dose_gy))
-        else:
-            raise ValueError(f"{o.kind} is not in the seed-002 convex QP")
-    prob = cp.Problem(cp.Minimize(cp.sum(terms)))
-    prob.solve(solver=cp.CLARABEL)
-    queue.put({"x": np.asarray(x.value, float), "time": time.perf_counter() - start,
-               "solve_time": float(prob.solver_stats.solve_time or np.nan), "status": prob.status,
-               "cvxpy": cp.__version__})
-
-
-def run_cvxpy(matrix, objectives, rows, budget):
-    ctx = mp.get_context("fork")
-    queue = ctx.Queue()
-    proc = ctx.Process(target=_cvxpy_worker, args=(matrix, objectives, rows, queue))
-    proc.start()
-    try:
-        out = queue.get(timeout=budget)
-    except Exception:
-        out = None
-    proc.join(5)
-    if proc.is_alive():
-        proc.kill()
-        proc.join()
-    return out
-
-
 def per_eval_cost(f, x0, repeat=10):
+    """Seconds of one evaluation of f and of one M x + one Mᵀ g (threaded, and scipy.sparse's one thread)."""
     x = np.asarray(x0, np.float32)
     g = np.ones(f.matrix.shape[0], np.float32)
 
     def best(fn):
-        fn()
-        times = []
-        for _ in range(repeat):
-            t = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - t)
-        return min(times)
+        return best_of(fn, repeat, warmup=True)[0]
 
     return {"eval": best(lambda: f(x0)), "matvecs": best(lambda: f._matvec(x)) + best(lambda: f._rmatvec(g)),
             "matvecs_1t": best(lambda: f.matrix @ x) + best(lambda: f.matrix.T @ g)}
 
 
 def bench(name, size, args, console):
+    """Every measurement of one case and size: a row of the results table."""
     factor = SIZES[size]
     case, objectives, beams = problem(name, factor)
     console.print(f"[bold]{name} / {size}[/] (dose grid factor {factor}): Dij …")
@@ -301,11 +145,8 @@ def bench(name, size, args, console):
     r["ours_cold_10"], _ = ref.time_to(target(fstar, GAP_TIGHT))
     default = solve_lbfgs(f, x0)
     r["default_t"], r["default_it"], r["default_ratio"] = default.time_s, default.iterations, default.value - fstar
-    # warm: the first adjustable OAR objective, limit lowered by 20 %
-    oar = next(i for i, o in enumerate(objectives) if o.adjustable and case.structure(o.structure).role is Role.OAR)
-    tighter = list(objectives)
-    tighter[oar] = replace(objectives[oar], dose_gy=0.8 * objectives[oar].dose_gy)
-    r["warm_change"] = f"{objectives[oar].structure} {objectives[oar].kind.name} {objectives[oar].dose_gy:.1f} → {0.8 * objectives[oar].dose_gy:.1f} Gy"
+    tighter, change = tighter_objectives(case, objectives)
+    r["warm_change"] = change + " Gy"
     x_cold = default.x
     t = time.perf_counter()
     f2 = f.with_objectives(tighter)  # what the adapters do when only limits / weights change
@@ -320,7 +161,7 @@ def bench(name, size, args, console):
     r["warm_default_ratio"] = warm_default.value - fstar_warm
     if size in args.target_sizes:
         console.print("  issue 3 targets: cold / warm / coarse-to-fine / adapter, with quality …")
-        r["targets"] = target_rows(name, case, objectives, tuple(tighter), beams, dij, rows, x0, fstar, fstar_warm,
+        r["targets"] = target_rows(name, case, objectives, tighter, beams, dij, rows, x0, fstar, fstar_warm,
                                    args.repeat)
     console.print("  scipy L-BFGS-B, plain float64 …")
     sc = run_scipy(dij.matrix, objectives, rows, x0, target(fstar, GAP_TIGHT), args.budget)
@@ -347,147 +188,6 @@ def bench(name, size, args, console):
     except Exception as exc:  # report whatever state it is in
         r["admm_error"] = f"{type(exc).__name__}: {exc}"
     return r
-
-
-# --- issue 3's targets: time and plan quality of what the adapter runs ------------------------
-
-
-def quality(case, dij, x) -> dict:
-    """D98 (Gy) of every CTV level on its full CT-grid mask and the SpinalCord Dmax (Gy), of the
-    dose of beamlet weights x interpolated onto the CT grid (as tests/test_plan_hn01.py)."""
-    dose = dose_to_grid(dij.dose_array(x), dij.dose_grid, case.grid)
-    out = {lv.target: float(d98(dose, case.structure(lv.target).mask)) for lv in case.prescription.levels}
-    cord = [s for s in case.structures if s.name == "SpinalCord"]
-    if cord:
-        out["cord Dmax"] = float(dmax(dose, cord[0].mask))
-    return out
-
-
-def quality_cell(q: dict) -> str:
-    return ", ".join(f"{k.replace('CTV_', 'D98 ')} {v:.1f}" for k, v in q.items())
-
-
-@contextlib.contextmanager
-def previous_engine():
-    """The engine as it was before issue 3's speed work (same run, for a ratio): M x on every used row
-    and Mᵀ g on all of them, OpenBLAS free to use all its threads inside L-BFGS-B, no cached curvature
-    (the float32 curvature diagonal and the faster ``rows_of`` stay)."""
-    saved = (objectives_module.ACTIVE_NNZ_FRACTION, objectives_module.SCREEN_DMAX_ROWS, lbfgs_module._one_blas_thread)
-    objectives_module.ACTIVE_NNZ_FRACTION, objectives_module.SCREEN_DMAX_ROWS = 0.0, False
-    lbfgs_module._one_blas_thread = contextlib.nullcontext
-    try:
-        yield
-    finally:
-        (objectives_module.ACTIVE_NNZ_FRACTION, objectives_module.SCREEN_DMAX_ROWS,
-         lbfgs_module._one_blas_thread) = saved
-
-
-def _row(label, seconds, sol, fstar, q):
-    return {"label": label, "s": seconds, "it": sol.iterations if sol is not None else None,
-            "gap": (sol.value - fstar) if sol is not None else None, "q": q}
-
-
-def target_rows(name, case, objectives, tighter, beams, dij, rows, x0, fstar, fstar_warm, repeat):
-    """Cold, warm and coarse-to-fine solves with the default stopping rule, each timed ``repeat``
-    times (best shown), with f − f* and the DVH metrics of the solution."""
-    out = []
-
-    def best_of(fn):
-        times, result = [], None
-        for _ in range(repeat):
-            t = time.perf_counter()
-            result = fn()
-            times.append(time.perf_counter() - t)
-        return min(times), result
-
-    def fresh():
-        return plan_objective(dij.matrix, objectives, rows)
-
-    for label, ctx in (("cold, previous engine", previous_engine), ("cold, now", contextlib.nullcontext)):
-        with ctx():
-            t, sol = best_of(lambda: solve_lbfgs(fresh(), x0))
-        out.append(_row(label + " (build + solve)", t, sol, fstar, quality(case, dij, sol.x)))
-    cold = solve_lbfgs(fresh(), x0)
-    with previous_engine():
-        t, sol = best_of(lambda: solve_lbfgs(plan_objective(dij.matrix, tighter, rows), cold.x))
-    out.append(_row("warm, previous engine (rebuild + solve)", t, sol, fstar_warm, quality(case, dij, sol.x)))
-    f = fresh()
-    f.curvature_diagonal()
-    t, sol = best_of(lambda: solve_lbfgs(f.with_objectives(tighter), cold.x))
-    out.append(_row("warm, now (with_objectives + solve)", t, sol, fstar_warm, quality(case, dij, sol.x)))
-    # coarse-to-fine: the (2, 4, 4) matrix of the same beams (same beamlets), its solution as x0
-    coarse = dij_cached(case, beams, dose_grid_factor=SIZES["small"])
-    assert all(np.array_equal(a, b) for a, b in zip(coarse.beamlets, dij.beamlets))
-    c_rows = {o.structure: coarse.rows_of(case.structure(o.structure).voxels) for o in objectives}
-    c_objs = tuple(o for o in objectives if c_rows[o.structure].size)
-
-    def coarse_to_fine():
-        xc = solve_lbfgs(plan_objective(coarse.matrix, c_objs, c_rows), start_point(case, coarse, c_rows)).x
-        return xc, solve_lbfgs(fresh(), xc)
-
-    t, (xc, sol) = best_of(coarse_to_fine)
-    out.append(_row(f"coarse-to-fine (coarse solve + fine solve; f(x_coarse) − f* = "
-                    f"{fresh()(xc)[0] - fstar:.3g})", t, sol, fstar, quality(case, dij, sol.x)))
-    out.append(_row("coarse solution alone (on the fine grid)", float("nan"), None, fstar, quality(case, dij, xc)))
-    # the adapter, end to end (rows, objective, solve, dose onto the CT grid)
-    tps = InHousePhoton()
-    tps.prepare(case, beams)
-    t = time.perf_counter()
-    tps.optimize(objectives)
-    t_cold = time.perf_counter() - t
-    ref = plan_objective(dij.matrix, objectives, rows)
-    x_cold = np.concatenate(tps.plan().weights)
-    out.append({"label": "InHousePhoton.optimize, cold", "s": t_cold, "it": None,
-                "gap": float(ref(x_cold)[0]) - fstar, "q": quality(case, dij, x_cold)})
-    t = time.perf_counter()
-    tps.optimize(tighter)
-    t_warm = time.perf_counter() - t
-    x_warm = np.concatenate(tps.plan().weights)
-    out.append({"label": "InHousePhoton.optimize, warm (one OAR limit −20 %)", "s": t_warm, "it": None,
-                "gap": float(ref.with_objectives(tighter)(x_warm)[0]) - fstar_warm, "q": quality(case, dij, x_warm)})
-    return out
-
-
-def targets_md(name, size, rows_out):
-    lines = [f"**{name} / {size}**: the default stopping rule, best of the repeats; f − f* in Gy²; DVH metrics in Gy "
-             "on the CT grid (full masks).", "",
-             "| run | s | iterations | f − f* | D98 per CTV, cord Dmax |", "| --- | ---: | ---: | ---: | --- |"]
-    for r in rows_out:
-        it = "—" if r["it"] is None else str(r["it"])
-        gap = "—" if r["gap"] is None else f"{r['gap']:.3g}"
-        secs = "—" if not np.isfinite(r["s"]) else f"{r['s']:.2f}"
-        lines.append(f"| {r['label']} | {secs} | {it} | {gap} | {quality_cell(r['q'])} |")
-    return lines
-
-
-def fmt(t):
-    return "—" if t is None else (f"{t:.2f}" if t < 100 else f"{t:.0f}")
-
-
-def ratio(slow, fast, spent=None):
-    if fast is None:
-        return "—"
-    if slow is None:
-        return f"> {spent / fast:.1f}×" if spent else "—"
-    return f"{slow / fast:.1f}×"
-
-
-def machine():
-    cpu = platform.processor() or "unknown"
-    try:
-        match = re.search(r"^model name\s*:\s*(.+)$", Path("/proc/cpuinfo").read_text(), re.M)
-        cpu = match.group(1).strip() if match else cpu
-    except OSError:
-        pass
-    try:
-        import cvxpy
-        import clarabel
-        cv = f"cvxpy {cvxpy.__version__}, clarabel {getattr(clarabel, '__version__', '?')}"
-    except ImportError:
-        cv = "cvxpy absent"
-    return {"nproc": str(os.cpu_count()), "threads": str(engine_threads()), "cpu": cpu,
-            "python": platform.python_version(), "numpy": np.__version__, "scipy": scipy.__version__, "cvx": cv,
-            "load": " / ".join(f"{v:.1f}" for v in os.getloadavg()), "date": _dt.date.today().isoformat()}
 
 
 def rows_md(results):
@@ -572,14 +272,6 @@ jobs were running (load average above), so absolute times are inflated and ratio
 are the more reliable numbers."""
 
 
-def write_results(text: str, path: Path = RESULTS) -> None:
-    """Replace the "## Engine" section of RESULTS.md (up to the next "## "), or append it."""
-    old = path.read_text() if path.exists() else "# Benchmarks\n"
-    pattern = re.compile(r"^## Engine\n.*?(?=^## |\Z)", re.S | re.M)
-    new = pattern.sub(lambda _: text + "\n", old) if pattern.search(old) else old.rstrip("\n") + "\n\n" + text + "\n"
-    path.write_text(new)
-
-
 def table(results) -> Table:
     t = Table(title="Engine: rtautoplan vs scipy L-BFGS-B (plain) vs CVXPY+Clarabel")
     for col in ("case/size", "nnz used M", "Dij s", "load s", "eval ms", "2 mv ms", "f*", "ours gap s",
@@ -622,7 +314,7 @@ def main(argv=None) -> int:
                       f"vs CVXPY+Clarabel {ratio(r.get('cvx_time'), r['ours_cold']) if r.get('cvx_time') else '—'} "
                       f"(times to f ≤ f* + 1e-3·max(f*, 1))")
     if not args.no_results:
-        write_results(markdown(results, machine(), args))
+        write_results(markdown(results, machine(threads=str(engine_threads()), cvx=cvx_versions()), args))
         console.print(f"updated {RESULTS.relative_to(ROOT)}")
     return 0
 

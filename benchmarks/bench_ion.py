@@ -32,62 +32,25 @@ from __future__ import annotations
 import argparse
 import logging
 import multiprocessing
-import re
 import sys
 import tempfile
 import time
-from dataclasses import replace
 from pathlib import Path
-
-from scipy.optimize import minimize
 
 from rtautoplan.adapters.inhouse_proton import InHouseProton
 from rtautoplan.adapters.phoenix import PhoenixAdapter
 from rtautoplan.adapters.phoenix_api import PhoenixServer
-from rtautoplan.case import Role
-from rtautoplan.dvh import d98, dmax
 from rtautoplan.optimize.lbfgs import solve_lbfgs
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_engine import RESULTS, machine, problem  # sibling benchmark module, after the path entry
-
-
-def quality(case, gy, levels=None) -> str:
-    """D98 per CTV level (all, or the first ``levels``) and cord Dmax (Gy(RBE)) of a CT-grid dose."""
-    parts = [f"D98 {lv.target.replace('CTV_', '')} {d98(gy, case.structure(lv.target).mask):.1f}"
-             for lv in case.prescription.levels[:levels]]
-    return ", ".join(parts + [f"cord Dmax {dmax(gy, case.structure('SpinalCord').mask):.1f}"])
-
-
-def tighter_objectives(case, objectives):
-    """The first adjustable OAR objective with its limit lowered by 20 %, and a label."""
-    i = next(i for i, o in enumerate(objectives) if o.adjustable and case.structure(o.structure).role is Role.OAR)
-    out = list(objectives)
-    out[i] = replace(objectives[i], dose_gy=0.8 * objectives[i].dose_gy)
-    return tuple(out), f"{objectives[i].structure} {objectives[i].kind.name} {objectives[i].dose_gy:.1f} → {out[i].dose_gy:.1f}"
-
-
-def plain_scipy_to(f, x0, target, budget):
-    """Plain scipy L-BFGS-B on f from x0 until f ≤ target or ``budget`` s: (seconds or None, evaluations)."""
-    start, count, hit = time.perf_counter(), [0], [None]
-
-    def fun(x):
-        count[0] += 1
-        value, grad = f(x)
-        if hit[0] is None and value <= target:
-            hit[0] = time.perf_counter() - start
-        return value, grad
-
-    def callback(intermediate_result):
-        if hit[0] is not None or time.perf_counter() - start > budget:
-            raise StopIteration
-
-    minimize(fun, x0, jac=True, method="L-BFGS-B", bounds=[(0.0, None)] * x0.size, callback=callback,
-             options={"maxcor": 10, "maxiter": 100_000, "maxfun": 100_000, "ftol": 0.0, "gtol": 0.0})
-    return hit[0], count[0]
+if str(Path(__file__).resolve().parent) not in sys.path:  # imported from elsewhere than the script's folder
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+from baselines import plain_scipy_to  # noqa: E402  (after the path entry)
+from cases import problem, quality, quality_cell, tighter_objectives  # noqa: E402
+from common import machine, ratio, write_results  # noqa: E402
 
 
 def bench_proton(case, objectives, tighter, budget) -> list[dict]:
+    """InHouseProton: spot-influence matrix, cold and warm ``optimize``, first solve against plain scipy."""
     out = []
     with tempfile.TemporaryDirectory() as tmp:
         tps = InHouseProton(cache_dir=tmp)
@@ -110,26 +73,26 @@ def bench_proton(case, objectives, tighter, budget) -> list[dict]:
     out.append({"run": "optimize, cold (uniform start + minimum-MU rounds)", "s": f"{t_cold:.2f}",
                 "detail": f"{run.iterations} it, {run.rounds} MU rounds, {run.removed} spots removed, "
                           f"f {run.value_unconstrained:.4g} → {run.value_final:.4g}",
-                "quality": quality(case, dose.gy)})
+                "quality": quality_cell(quality(case, dose.gy))})
     t = time.perf_counter()
     dose = tps.optimize(tighter)
     t_warm = time.perf_counter() - t
     run = tps.last_run
     out.append({"run": "optimize, warm (one OAR limit −20 %)", "s": f"{t_warm:.2f}",
                 "detail": f"{run.iterations} it, {run.rounds} MU rounds, f {run.value_final:.4g}",
-                "quality": quality(case, dose.gy)})
+                "quality": quality_cell(quality(case, dose.gy))})
     usable = tuple(o for o in objectives if tps._rows_for(o.structure).size)
     f = tps.objective(usable)
     ours = solve_lbfgs(f, x0)
     f_plain = tps.objective(usable)
     f_plain.curvature_diagonal = None  # not used by scipy; keeps the comparison plain
     t_plain, evals = plain_scipy_to(f_plain, x0, ours.value, budget)
-    ratio = f"{t_plain / ours.time_s:.1f}×" if t_plain else f"> {budget / ours.time_s:.1f}× (not in {budget:g} s)"
+    speedup = ratio(t_plain, ours.time_s) if t_plain else ratio(None, ours.time_s, budget) + f" (not in {budget:g} s)"
     out.append({"run": "first solve only: ours (Jacobi, active and screened rows, 1 BLAS thread) vs plain scipy L-BFGS-B "
                        "to the same f", "s": f"{ours.time_s:.2f} vs {t_plain:.2f}" if t_plain else f"{ours.time_s:.2f} vs —",
                 "detail": f"ours {ours.iterations} it, {ours.evaluations} evals ({1e3 * ours.time_s / ours.evaluations:.0f} "
                           f"ms each), f {ours.value:.4g}; scipy {evals} evals"
-                          + (f" ({1e3 * t_plain / evals:.0f} ms each)" if t_plain else "") + f"; ratio {ratio}",
+                          + (f" ({1e3 * t_plain / evals:.0f} ms each)" if t_plain else "") + f"; ratio {speedup}",
                 "quality": ""})
     return out
 
@@ -142,6 +105,7 @@ def first_level_only(case, objectives):
 
 
 def bench_carbon(case, objectives, tighter, parallel_iterations) -> list[dict]:
+    """PHOENIX carbon: ``prepare`` cold and warm, cold and warm ``optimize``, the parallel speed-up."""
     out = []
     objectives, tighter = first_level_only(case, objectives), first_level_only(case, tighter)
     with tempfile.TemporaryDirectory() as store, PhoenixServer(workers=4, store_dir=store) as server:
@@ -162,7 +126,7 @@ def bench_carbon(case, objectives, tighter, parallel_iterations) -> list[dict]:
             seconds = time.perf_counter() - t
             status = [o for o in tps.session.list_objectives(tps.plan_id)]
             out.append({"run": label, "s": f"{seconds:.2f}", "detail": f"{len(status)} catalogue objectives",
-                        "quality": quality(case, dose.gy, levels=1)})
+                        "quality": quality_cell(quality(case, dose.gy, levels=1))})
         out.append(parallel_speedup(server, case, objectives, parallel_iterations))
     return out
 
@@ -267,14 +231,6 @@ objectives used here (Ring limit 0.93·Rx next to the PTV, Table A1 normalisatio
 carbon plan: quality is as measured, not a target. The parallel speed-up is bounded by the 2 cores (4 workers
 share them; the control column says how much of that the other load left free at the time). Open peers (matRad's Python port, OpenTPS) are not installed here; the review compares them on
 the same machine. Timings are wall-clock on a shared machine (load average above)."""
-
-
-def write_results(text: str, path: Path = RESULTS) -> None:
-    """Replace the "## Ion engines" section of RESULTS.md (up to the next "## "), or append it."""
-    old = path.read_text() if path.exists() else "# Benchmarks\n"
-    pattern = re.compile(r"^## Ion engines\n.*?(?=^## |\Z)", re.S | re.M)
-    new = pattern.sub(lambda _: text + "\n", old) if pattern.search(old) else old.rstrip("\n") + "\n\n" + text + "\n"
-    path.write_text(new)
 
 
 def main(argv=None) -> int:
