@@ -56,7 +56,7 @@ class ProstateEnv(PlanningEnv, gym.Env):
         return apply_rules(case, self.site)
 
     def _structures(self) -> tuple[str, str, str]:
-        return (self.case.prescription.levels[0].target,) + tuple(organ for _, organ in T.OARS)
+        return (T.ptv_of(self.case)[0],) + tuple(organ for _, organ in T.OARS)
 
     def _init_parameters(self, init: str) -> None:
         if init not in T.INITS:
@@ -81,8 +81,8 @@ class ProstateEnv(PlanningEnv, gym.Env):
     def _scale(self):
         if not self.normalise:
             return None
-        level = self.case.prescription.levels[0]
-        return d95_scale(self._planner.voxels[level.target], level.dose_gy)
+        ptv, d_p = T.ptv_of(self.case)
+        return d95_scale(self._planner.voxels[ptv], d_p)
 
     def _observe(self) -> np.ndarray:
         rx = self.case.prescription.levels[0].dose_gy

@@ -16,9 +16,10 @@ from dataclasses import dataclass, fields, replace
 
 import numpy as np
 
-from rtautoplan.case import Case
+from rtautoplan.case import Case, Role
 from rtautoplan.optimize.objectives import seed000_objectives
 from rtautoplan.plan import Objective
+from rtautoplan.structures.names import target_name
 
 OARS = (("bla", "Bladder"), ("rec", "Rectum"))  # SPEC §1.2: the two OARs, in §1.4 order
 
@@ -124,8 +125,16 @@ def random_tpp(rng: np.random.Generator) -> Tpp:
 INITS = {"trivial": lambda rng: trivial(), "random": random_tpp}
 
 
-def objectives(tpp: Tpp, case: Case) -> tuple[Objective, ...]:
-    """Eq. 1 of SPEC §1.3 for ``case``: its highest-dose target is the PTV, d_p its prescription (Gy)."""
+def ptv_of(case: Case) -> tuple[str, float]:
+    """(PTV name, d_p Gy) of the highest prescription level: its PTV (drawn, or made by
+    ``apply_rules`` from the CTV), else the prescribed target itself."""
     level = case.prescription.levels[0]
+    ptv = target_name(Role.PTV, level.dose_gy)
+    return (ptv if case.has(ptv) else level.target), level.dose_gy
+
+
+def objectives(tpp: Tpp, case: Case) -> tuple[Objective, ...]:
+    """Eq. 1 of SPEC §1.3 for ``case``: the PTV of its highest level (``ptv_of``), d_p its prescription (Gy)."""
+    ptv, d_p = ptv_of(case)
     oars = [(organ, getattr(tpp, f"lam_{o}"), getattr(tpp, f"t_{o}"), getattr(tpp, f"v_{o}")) for o, organ in OARS]
-    return seed000_objectives(level.target, level.dose_gy, tpp.lam_ptv, tpp.t_ptv, tpp.v_ptv, oars)
+    return seed000_objectives(ptv, d_p, tpp.lam_ptv, tpp.t_ptv, tpp.v_ptv, oars)
