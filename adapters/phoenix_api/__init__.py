@@ -12,8 +12,9 @@
 """
 
 from rtautoplan.adapters.phoenix_api.errors import CODES, PhoenixError
-from rtautoplan.adapters.phoenix_api.server import (DEFAULT_FIELDS, FieldSpec, JobStatus, ObjectiveInfo, PhoenixServer,
-                                                    PlanInfo, RoiInfo)
+from rtautoplan.adapters.phoenix_api.records import (DEFAULT_FIELDS, FieldSpec, JobStatus, ObjectiveInfo, PlanInfo,
+                                                     RoiInfo)
+from rtautoplan.adapters.phoenix_api.server import PhoenixServer
 from rtautoplan.adapters.phoenix_api.session import Session
 
 __all__ = ["CODES", "DEFAULT_FIELDS", "FieldSpec", "JobStatus", "ObjectiveInfo", "PhoenixError", "PhoenixServer",
