@@ -2,9 +2,12 @@
 
 * Q̂(x, a) = θᵀ φ(x, a) with selector features φ(x, a) = vec(x ⊗ 1_a) (eq. 7–8), i.e.
   Q̂(x, a) = 1_aᵀ W x with W ∈ R^{|A|×14} (eq. 12). **No bias feature** (SPEC §4.4 [CONVENTION]).
-* On-policy SARSA (eq. 9): W_a ← W_a + α (r + γ Q̂(x', a') − Q̂(x, a)) x, with a' the ε-greedy
+* On-policy SARSA (eq. 9): W_a ← W_a + α_t (r + γ Q̂(x', a') − Q̂(x, a)) x̃, with a' the ε-greedy
   action actually taken next; δ = r − Q̂(x, a) at a terminal state (all goals met). A time-limit
   truncation (35 actions) is not a terminal: it bootstraps on the ε-greedy a' of the last state.
+* Step size [SPEC §4.4 α_t NOT SPECIFIED; ours]: α_t = α / ‖x̃_t‖² (normalised LMS). A constant
+  α = 0.03 diverged on the H&N environment (W ≈ 1e15 within 3 000 steps): the PTV D1% component
+  reaches 80–150 Gy on the coarse grid, so ‖x̃‖² varies by ×5 and α‖x̃‖² left the stable range.
 * ε-greedy (eq. 10) with ε_t = (ε_∞^{2t²/N²} + ε_∞) / (1 + ε_∞) (eq. 11), N = total training
   iterations (environment steps): ε_0 = 1, ε_N = ε_∞.
 * Feature scaling [SPEC §4.4 NOT SPECIFIED; ours]: x̃ = x / SCALE with SCALE = 44 Gy (the Rx) for
@@ -12,7 +15,11 @@
   the scaled space; W_raw = W / SCALE (per column) acts on x in Gy / %. Every LP/RP dose column
   has the same scale, so the eq. 14 slope is identical in both spaces (``policies/sarsa_analysis.py``).
 * Episodes: one plan per episode, reset to the static template (SPEC §4.6); one epoch = one pass
-  over the training seeds in a shuffled order.
+  over the training seeds in a shuffled order. Iterations: the committed runs are shorter than the
+  paper's (> 10 000 / > 24 000, §4.6) because of the shared CPU (the records say how long; README
+  of the weights: ``policies/weights/sarsa_model*.json``).
+* Selection: the committed W is the one with the lowest validation cost (mean over the validation
+  seeds of min_t L_t / L_0 of a greedy 35-action episode); the last W is stored too (W_final).
 
 ``train(Args) -> TrainRecord`` (a rich progress bar: episode return, validation score);
 ``SarsaPolicy`` (Policy protocol: greedy ``act``, ``rank`` with Q values); ``load(env, seed, model)``.
@@ -51,8 +58,9 @@ class Args:
     """seeds the ε-greedy draws, the epoch order and the environment: same seed, same W."""
     total_steps: int = 24_000
     """N of eq. 11: training iterations (environment steps); paper: > 10 000 (model 1), > 24 000 (model 2)."""
-    alpha: float = 0.01
-    """α, constant learning rate in the scaled feature space (SPEC §4.4 NOT SPECIFIED; ours)."""
+    alpha: float = 0.1
+    """α of the normalised step α_t = α / ‖x̃_t‖² (SPEC §4.4 NOT SPECIFIED; ours): each update moves
+    Q̂(x_t, a_t) the fraction α of the way to its target, whatever the state's size."""
     gamma: float = 0.9
     """γ, discount (SPEC §4.4 NOT SPECIFIED; ours: horizon ≈ 10 actions of the 35)."""
     eps_inf: float = 0.05
@@ -125,11 +133,13 @@ def epsilon_greedy(W: np.ndarray, x: np.ndarray, eps: float, rng: np.random.Gene
 
 def sarsa_update(W: np.ndarray, x: np.ndarray, a: int, r: float, x_next: np.ndarray | None, a_next: int | None,
                  alpha: float, gamma: float) -> float:
-    """Eq. 9 in matrix form, in place: W_a += α δ x̃ with δ = r + γ Q̂(x', a') − Q̂(x, a)
-    (x_next None: terminal, no bootstrap). Returns δ."""
+    """Eq. 9 in matrix form, in place: W_a += α_t δ x̃ with δ = r + γ Q̂(x', a') − Q̂(x, a)
+    (x_next None: terminal, no bootstrap) and the normalised step α_t = α / ‖x̃‖² (module
+    docstring). Returns δ."""
+    xs = features(x)
     bootstrap = 0.0 if x_next is None else gamma * float(W[a_next] @ features(x_next))
-    delta = r + bootstrap - float(W[a] @ features(x))
-    W[a] += alpha * delta * features(x)
+    delta = r + bootstrap - float(W[a] @ xs)
+    W[a] += alpha / float(xs @ xs) * delta * xs
     return delta
 
 
@@ -176,6 +186,27 @@ def validate(env: HNImrtEnv, W: np.ndarray, seeds: Sequence[int], max_steps: int
     return {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}
 
 
+def sarsa_episode(env, W: np.ndarray, t: int, args: Args, rng: np.random.Generator, options: dict | None = None,
+                  on_step=None) -> tuple[int, float]:
+    """One training episode of on-policy SARSA (eq. 9–11) on any gymnasium env with a Box state the
+    size of W's rows, from global step ``t`` until the episode ends or t = args.total_steps;
+    ``on_step(t, return so far)`` after each update. Returns (t, episode return)."""
+    x, _ = env.reset(seed=int(rng.integers(2**31)), options=options)
+    a = epsilon_greedy(W, x, epsilon(t, args.total_steps, args.eps_inf), rng)
+    ret, done = 0.0, False
+    while not done and t < args.total_steps:
+        x_next, r, terminated, truncated, _ = env.step(a)
+        t += 1
+        ret += float(r)
+        done = terminated or truncated
+        a_next = None if terminated else epsilon_greedy(W, x_next, epsilon(t, args.total_steps, args.eps_inf), rng)
+        sarsa_update(W, x, a, float(r), None if terminated else x_next, a_next, args.alpha, args.gamma)
+        x, a = x_next, a_next
+        if on_step is not None:
+            on_step(t, ret)
+    return t, ret
+
+
 def train(args: Args) -> TrainRecord:
     """Train W by SARSA (module docstring); validation selects the committed W (lowest cost)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -192,28 +223,21 @@ def train(args: Args) -> TrainRecord:
                TimeRemainingColumn())
     with Progress(*columns, disable=not args.progress, refresh_per_second=1) as bar:
         task = bar.add_task("train", total=args.total_steps, model=args.model, eps=1.0, ret=0.0, val="–")
+
+        def on_step(t: int, ret: float) -> None:
+            bar.update(task, completed=t, eps=epsilon(t, args.total_steps, args.eps_inf), ret=ret)
+            if t % args.val_every == 0 or t == args.total_steps:
+                _validation_point(record, val_env, W, t, args)
+                bar.update(task, val=f"{record.validation[-1]['cost']:.3f}")
+                if args.out:
+                    _finish(record, W, t, start)
+                    save(record, args.out)
+
         while t < args.total_steps:
             if not order:
                 order = list(rng.permutation(args.train_seeds))
             case_seed = int(order.pop())
-            x, _ = env.reset(seed=int(rng.integers(2**31)), options={"case_seed": case_seed})
-            a = epsilon_greedy(W, x, epsilon(t, args.total_steps, args.eps_inf), rng)
-            ret, done = 0.0, False
-            while not done and t < args.total_steps:
-                x_next, r, terminated, truncated, _ = env.step(a)
-                t += 1
-                ret += r
-                done = terminated or truncated
-                a_next = None if terminated else epsilon_greedy(W, x_next, epsilon(t, args.total_steps, args.eps_inf), rng)
-                sarsa_update(W, x, a, r, None if terminated else x_next, a_next, args.alpha, args.gamma)
-                x, a = x_next, a_next
-                bar.update(task, advance=1, eps=epsilon(t, args.total_steps, args.eps_inf), ret=ret)
-                if t % args.val_every == 0 or t == args.total_steps:
-                    _validation_point(record, val_env, W, t, args)
-                    bar.update(task, val=f"{record.validation[-1]['cost']:.3f}")
-                    if args.out:
-                        _finish(record, W, t, start)
-                        save(record, args.out)
+            t, ret = sarsa_episode(env, W, t, args, rng, {"case_seed": case_seed}, on_step)
             record.episodes += 1
             record.episode_returns.append(float(ret))
     _finish(record, W, t, start)

@@ -18,8 +18,8 @@ import numpy as np
 
 from rtautoplan.case import Case, Role
 from rtautoplan.optimize.objectives import seed000_objectives
-from rtautoplan.plan import Objective
-from rtautoplan.structures.names import target_name
+from rtautoplan.plan import Objective, ObjectiveKind
+from rtautoplan.structures.names import planning_name, target_name
 
 OARS = (("bla", "Bladder"), ("rec", "Rectum"))  # SPEC §1.2: the two OARs, in §1.4 order
 
@@ -133,8 +133,18 @@ def ptv_of(case: Case) -> tuple[str, float]:
     return (ptv if case.has(ptv) else level.target), level.dose_gy
 
 
+NTO_FACTOR = 0.93  # normal-tissue objective: Ring Dmax 0.93·d_p, weight 1 (seed 002's rule 10, SPEC §2.6)
+
+
 def objectives(tpp: Tpp, case: Case) -> tuple[Objective, ...]:
-    """Eq. 1 of SPEC §1.3 for ``case``: the PTV of its highest level (``ptv_of``), d_p its prescription (Gy)."""
+    """Eq. 1 of SPEC §1.3 for ``case`` (the PTV of its highest level, ``ptv_of``; d_p its
+    prescription, Gy), plus a fixed normal-tissue objective on the level's Ring when the case has
+    one: eq. 1 leaves the tissue around the PTV unconstrained, and the optimiser parks fluence
+    there (up to 6 × d_p on the phantoms from random TPPs), as no clinical TPS would (Eclipse's NTO)."""
     ptv, d_p = ptv_of(case)
     oars = [(organ, getattr(tpp, f"lam_{o}"), getattr(tpp, f"t_{o}"), getattr(tpp, f"v_{o}")) for o, organ in OARS]
-    return seed000_objectives(ptv, d_p, tpp.lam_ptv, tpp.t_ptv, tpp.v_ptv, oars)
+    terms = seed000_objectives(ptv, d_p, tpp.lam_ptv, tpp.t_ptv, tpp.v_ptv, oars)
+    ring = planning_name(Role.RING, d_p)
+    if case.has(ring):
+        terms += (Objective(ring, ObjectiveKind.DMAX, NTO_FACTOR * d_p, 1.0, adjustable=False),)
+    return terms

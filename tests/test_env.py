@@ -84,7 +84,9 @@ def test_prostate_env_checker_and_reward(cache):
     assert obs.shape == (3, 100) and info["parameters"] == T.trivial().as_dict() and info["case_id"] == "prostate01"
     objectives = env.objectives
     assert [(o.structure, o.kind) for o in objectives] == [("PTV_7800", K.DMIN), ("PTV_7800", K.DV_MAX),
-                                                          ("Bladder", K.DV_MAX), ("Rectum", K.DV_MAX)]
+                                                          ("Bladder", K.DV_MAX), ("Rectum", K.DV_MAX),
+                                                          ("zRing_7800", K.DMAX)]  # the fixed NTO
+    assert objectives[-1].dose_gy == pytest.approx(0.93 * 78.0) and not objectives[-1].adjustable
     assert objectives[1].dose_gy == pytest.approx(78.0) and objectives[1].volume == pytest.approx(0.1)
     from rtautoplan import dvh
 

@@ -1,0 +1,399 @@
+"""ACER virtual treatment planner of seed 000 (SPEC §1.9–§1.12), CleanRL style: one file, ``train(Args)``.
+
+* **Network** (§1.9): DVH (300) → Linear 32 → ReLU → LSTM 32 → policy head (softmax, 18) and Q head
+  (18): 19 268 parameters. The LSTM state is reset at the start of every episode (§1.6 preferred).
+* **Retrace** (§1.10 eq. 5): Q_ret(t) = r_t + γ ρ̄_{t+1} [Q_ret(t+1) − Q(a_{t+1}, s_{t+1})] + γ V(s_{t+1}),
+  Q_ret = r_t at a terminal step, bootstrap V(s_T) at a truncated one. ρ̄ = min(1, ρ) (reference
+  ACER, Wang et al. 2016; default) or min(c, ρ) (the paper's text, ``retrace_c=True``); ρ̄ = 1 on-policy.
+* **Policy gradient** (§1.10 eq. 6): truncated importance sampling min(c, ρ_t) ∇log π(a_t)[Q_ret − V]
+  plus the bias correction E_{a∼π}[1 − c/ρ(a)]₊ ∇log π(a)[Q(a) − V], c = 10; entropy bonus β = 0.001;
+  critic loss ½(Q_ret − Q(a_t))². Trust region (eq. 7) off (the paper's setting), not implemented.
+* **Schedule** (§1.11): an actor plays one whole episode with the current weights (random TPPs on the
+  training case), stores it in replay (t_rep = 100 k steps), makes one on-policy update on it, then
+  n ∼ Poisson(p = 4) off-policy updates, each on ≥ t_B = 16 replayed steps (whole episodes), once
+  replay holds t_s = 2 000 steps. RMSprop (lr 7e-4, α 0.99, ε 1e-5, Atari-57 ACER values §1.10).
+* **Actors**: ``n_actors`` environments (own TPS, own episode stream) played in turn in this process:
+  same seed → same weights on CPU. No worker processes: the 2 cores are held by other jobs, and
+  they would make the update order nondeterministic (docs/results.md, "ACER, prostate (seed 000)").
+* **Environment**: ``ProstateEnv`` over ``ColdStart(InHousePhoton)``, partial-credit Δψ reward.
+* **Checkpoint selection** (§1.11): every t_eval steps the greedy policy plans the validation cases
+  (binary ψ); the best weights are kept (ties: the later), not the last ones.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+WEIGHTS = Path(__file__).resolve().parent / "weights" / "acer_prostate.pt"
+
+
+@dataclass
+class Args:
+    """Training arguments (SPEC §1.11 Table 3 unless noted). ``partial_band`` shapes the training
+    reward only: validation and evaluation score with the binary ψ (SPEC §1.7 reference)."""
+
+    seed: int = 0  # torch / numpy / episode seed; same seed → same weights (CPU, one thread)
+    T_max: int = 10_000  # total environment steps (the paper: 250 000; our budget, docs/results.md)
+    t_epi: int = 20  # maximum episode length
+    t_rep: int = 100_000  # replay memory capacity (steps)
+    t_s: int = 2_000  # steps stored before off-policy updates start
+    t_B: int = 16  # off-policy batch size (steps; whole episodes are replayed until it is reached)
+    c: float = 10.0  # importance-weight truncation of the policy gradient
+    retrace_c: bool = False  # ρ̄ = min(c, ρ) inside Q_ret (the paper's text), not min(1, ρ) (SPEC §1.10 preferred)
+    p: float = 4.0  # mean of the Poisson number of off-policy updates per on-policy update
+    t_eval: int = 1_000  # steps between validation evaluations (the paper: 500; halved frequency for our budget)
+    gamma: float = 0.99  # discount γ
+    beta: float = 0.001  # entropy weight β
+    lr: float = 7e-4  # RMSprop learning rate ([NOT SPECIFIED] §1.10: Atari-57 ACER)
+    rms_alpha: float = 0.99  # RMSprop decay
+    rms_eps: float = 1e-5  # RMSprop ε
+    max_grad_norm: float = 10.0  # gradient-norm clip (Atari-57 ACER)
+    q_coef: float = 0.5  # weight of the critic loss ½(Q_ret − Q)²
+    n_actors: int = 2  # actor environments played in turn (N_a; the paper: 3 asynchronous processes)
+    train_seeds: tuple[int, ...] = (0,)  # prostate phantom seeds trained on (the paper: one patient)
+    val_seeds: tuple[int, ...] = (1, 2)  # prostate phantom seeds of the validation curve
+    val_inits: int = 2  # random-TPP initial plans per validation case (plus the trivial one)
+    dose_grid_factor: tuple[int, int, int] = (2, 4, 4)  # TPS dose-grid coarsening (standard grid: (1, 2, 2))
+    max_iter: int = 60  # TPS optimiser iteration cap
+    cold_start: bool = True  # optimise every plan from scratch (``ColdStart``; False: the adapter's warm start)
+    partial_band: float | None = 1.0  # training reward: Δψ with proknow9 partial credit, this band (None: binary)
+    out: str = str(WEIGHTS)  # selected weights; the .json record and _validation.png go beside them
+    progress: bool = True  # rich progress bar (episode return, validation ψ)
+
+
+class AcerNet(nn.Module):
+    """SPEC §1.9: Linear(300→32) → ReLU → LSTM(32) → (policy logits, Q) heads."""
+
+    def __init__(self, obs_dim: int = 300, n_actions: int = 18, hidden: int = 32):
+        super().__init__()
+        self.fc = nn.Linear(obs_dim, hidden)
+        self.lstm = nn.LSTM(hidden, hidden, batch_first=True)
+        self.pi = nn.Linear(hidden, n_actions)
+        self.q = nn.Linear(hidden, n_actions)
+
+    def forward(self, s: torch.Tensor, state=None):
+        """s: (B, T, obs_dim) → logits (B, T, A), Q (B, T, A), LSTM state."""
+        z, state = self.lstm(torch.relu(self.fc(s)), state)
+        return self.pi(z), self.q(z), state
+
+
+def retrace(r, Q_a, V, rho_bar, V_T, gamma: float, terminal: bool) -> torch.Tensor:
+    """Q_ret of one trajectory (eq. 5), all 1-D over t = 0..T−1 (detached inputs); V_T = V(s_T),
+    ignored when ``terminal``."""
+    Q_ret = torch.zeros(()) if terminal else torch.as_tensor(V_T, dtype=torch.float32)
+    out = torch.empty(len(r))
+    for t in reversed(range(len(r))):
+        Q_ret = r[t] + gamma * Q_ret
+        out[t] = Q_ret
+        Q_ret = rho_bar[t] * (Q_ret - Q_a[t]) + V[t]
+    return out
+
+
+def acer_policy_loss(logits, a, rho, Q, Q_ret, c: float) -> torch.Tensor:
+    """−(g^ACER) summed over t (eq. 6): logits (T, A) carry the gradient; a (T,), ρ = π/μ (T, A),
+    Q (T, A) and Q_ret (T,) are treated as constants."""
+    log_pi = torch.log_softmax(logits, -1)
+    pi = log_pi.exp().detach()
+    V = (pi * Q).sum(-1)
+    idx = torch.arange(len(a))
+    rho_a = rho[idx, a]
+    truncated = torch.clamp(rho_a, max=c) * log_pi[idx, a] * (Q_ret - V)
+    correction = (torch.clamp(1.0 - c / rho, min=0.0) * pi * log_pi * (Q - V[:, None])).sum(-1)
+    return -(truncated + correction).sum()
+
+
+@dataclass
+class Episode:
+    """One stored trajectory: observations s_0..s_T (T + 1, obs_dim), actions, rewards, the
+    behaviour policy μ(·|s_t) (T, A), and whether s_T is terminal."""
+
+    s: np.ndarray
+    a: np.ndarray
+    r: np.ndarray
+    mu: np.ndarray
+    terminal: bool
+
+    def __len__(self) -> int:
+        return len(self.a)
+
+
+def acer_loss(net: AcerNet, ep: Episode, args: Args, on_policy: bool) -> torch.Tensor:
+    """Policy (eq. 6) + entropy (β) + critic (eq. 5) loss of one trajectory."""
+    logits, Q, _ = net(torch.as_tensor(ep.s)[None])
+    logits, Q = logits[0], Q[0]
+    log_pi = torch.log_softmax(logits, -1)
+    pi = log_pi.exp()
+    T = len(ep)
+    a = torch.as_tensor(ep.a)
+    rho = torch.ones(T, logits.shape[-1]) if on_policy else pi[:T].detach() / torch.as_tensor(ep.mu).clamp_min(1e-8)
+    Qd, pid = Q.detach(), pi.detach()
+    V = (pid * Qd).sum(-1)
+    idx = torch.arange(T)
+    rho_bar = torch.clamp(rho[idx, a], max=args.c if args.retrace_c else 1.0)
+    Q_ret = retrace(torch.as_tensor(ep.r), Qd[idx, a], V[:T], rho_bar, V[T], args.gamma, ep.terminal)
+    policy = acer_policy_loss(logits[:T], a, rho, Qd[:T], Q_ret, args.c)
+    entropy = -(pi[:T] * log_pi[:T]).sum()
+    critic = 0.5 * ((Q_ret - Q[idx, a]) ** 2).sum()
+    return (policy - args.beta * entropy + args.q_coef * critic) / T
+
+
+class Replay:
+    """Episodes, oldest dropped beyond ``capacity`` steps (t_rep)."""
+
+    def __init__(self, capacity: int):
+        self.capacity, self.episodes, self.steps = capacity, [], 0
+
+    def add(self, ep: Episode) -> None:
+        self.episodes.append(ep)
+        self.steps += len(ep)
+        while self.steps > self.capacity:
+            self.steps -= len(self.episodes.pop(0))
+
+    def sample(self, rng: np.random.Generator, t_B: int) -> list[Episode]:
+        batch, n = [], 0
+        while n < t_B:
+            batch.append(self.episodes[int(rng.integers(len(self.episodes)))])
+            n += len(batch[-1])
+        return batch
+
+
+def play(env, net: AcerNet, rng: np.random.Generator, seed: int, options=None) -> tuple[Episode, float]:
+    """One episode sampled from π (μ = π recorded): the Episode and its (undiscounted) return."""
+    obs, _ = env.reset(seed=seed, options=options)
+    s, a, r, mu, state, terminal = [obs.ravel()], [], [], [], None, False
+    with torch.no_grad():
+        for _ in range(env.max_steps):
+            logits, _, state = net(torch.as_tensor(s[-1])[None, None], state)
+            probs = torch.softmax(logits[0, 0], -1).double().numpy()
+            probs /= probs.sum()
+            action = int(rng.choice(len(probs), p=probs))
+            obs, reward, terminal, truncated, _ = env.step(action)
+            s.append(obs.ravel())
+            a.append(action)
+            r.append(reward)
+            mu.append(probs)
+            if terminal or truncated:
+                break
+    ep = Episode(np.stack(s).astype(np.float32), np.array(a), np.array(r, np.float32),
+                 np.stack(mu).astype(np.float32), bool(terminal))
+    return ep, float(sum(r))
+
+
+class AcerPolicy:
+    """The trained planner (Policy protocol): greedy argmax π with the LSTM state carried across the
+    steps of an episode (as in training) and cleared by ``reset()``; ``rank`` gives (action,
+    probability) best first. One ``rank`` or ``act`` call per step: each advances the LSTM, also
+    when the observation repeats (an action that changed nothing), as ``play`` does in training."""
+
+    name = "acer"
+
+    def __init__(self, net: AcerNet):
+        self.net = net.eval()
+        self.reset()
+
+    def reset(self) -> None:
+        self._state = None
+
+    def probabilities(self, observation: np.ndarray) -> np.ndarray:
+        obs = torch.as_tensor(np.asarray(observation, np.float32).ravel())
+        with torch.no_grad():
+            logits, _, self._state = self.net(obs[None, None], self._state)
+        return torch.softmax(logits[0, 0].double(), -1).numpy()
+
+    def rank(self, observation: np.ndarray) -> list[tuple[int, float]]:
+        probs = self.probabilities(observation)
+        return [(int(a), float(probs[a])) for a in np.argsort(-probs, kind="stable")]
+
+    def act(self, observation: np.ndarray) -> int:
+        return self.rank(observation)[0][0]
+
+
+class ColdStart:
+    """A TPS adapter that optimises every plan from the adapter's own start (``prepare`` before each
+    ``optimize``) instead of warm-starting from the previous solution, so that a plan is a function
+    of its TPPs only. With warm starts a plan meeting all its objectives (f = 0) never changes when
+    a limit is loosened, and the hot spots of random-TPP plans cannot be undone (docs/results.md)."""
+
+    def __init__(self, inner):
+        self.inner, self.name = inner, f"{inner.name}-cold"
+        self._case, self._beams = None, None
+
+    def prepare(self, case, beams=None) -> None:
+        self._case, self._beams = case, beams
+        self.inner.prepare(case, beams)
+
+    def optimize(self, objectives):
+        self.inner.prepare(self._case, self._beams)
+        return self.inner.optimize(objectives)
+
+    def plan(self):
+        return self.inner.plan()
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+
+def make_env(seeds, dose_grid_factor=(2, 4, 4), max_iter: int = 60, init: str = "random", t_epi: int = 20,
+             cold_start: bool = True, partial_band: float | None = None):
+    """A ProstateEnv over its own InHousePhoton (7 beams) on ``seeds``: ``cold_start`` wraps it in
+    ``ColdStart``; ``partial_band`` scores with proknow9's partial credit of that band (binary: None)."""
+    from rtautoplan.adapters.inhouse import InHousePhoton
+    from rtautoplan.policies.env_prostate import ProstateEnv
+
+    tps = InHousePhoton(n_beams=7, dose_grid_factor=tuple(dose_grid_factor), max_iter=max_iter)
+    options = None if partial_band is None else {"partial": True, "band": partial_band}
+    return ProstateEnv(ColdStart(tps) if cold_start else tps, case_seeds=tuple(seeds), max_steps=t_epi, init=init,
+                       score_options=options)
+
+
+def validate(env, net: AcerNet, seeds, n_random: int, max_steps: int = 20) -> float:
+    """Mean best ψ of the greedy policy (closed loop, SPEC §1.1) on each validation case, from the
+    trivial TPPs and from ``n_random`` random ones (fixed reset seeds)."""
+    from rtautoplan.loop import run_loop
+
+    policy, scores = AcerPolicy(net), []
+    for case_seed in seeds:
+        for k in range(n_random + 1):
+            init = "trivial" if k == 0 else "random"
+            loop = run_loop(env, policy, max_steps, seed=10_000 + 100 * int(case_seed) + k,
+                            options={"case_seed": int(case_seed), "init": init})
+            scores.append(float(loop.best_score.total))
+    net.train()
+    return float(np.mean(scores))
+
+
+@dataclass
+class TrainRecord:
+    """What ``train`` did: where the selected weights are, with what, and the validation curve."""
+
+    weights: str
+    args: dict
+    seed: int
+    steps: int
+    episodes: int
+    wall_s: float
+    best_step: int
+    best_validation: float
+    validation: list = field(default_factory=list)
+    """[(step, validation ψ, mean training return of the last 20 episodes)]"""
+    torch_version: str = torch.__version__
+
+
+def train(args: Args, envs=None, val_env=None, validate_fn=validate) -> TrainRecord:
+    """Train ACER (module docstring); write the selected weights, the JSON record and the curve.
+    ``envs`` (one per actor) and ``val_env`` default to prostate environments of ``args``."""
+    torch.manual_seed(args.seed)
+    torch.set_num_threads(1)
+    torch.use_deterministic_algorithms(True)
+    rng = np.random.default_rng(args.seed)
+    envs = envs or [make_env(args.train_seeds, args.dose_grid_factor, args.max_iter, t_epi=args.t_epi,
+                             cold_start=args.cold_start, partial_band=args.partial_band) for _ in range(args.n_actors)]
+    val_env = val_env if val_env is not None or validate_fn is None else make_env(
+        args.val_seeds, args.dose_grid_factor, args.max_iter, t_epi=args.t_epi, cold_start=args.cold_start)
+    obs_dim = int(np.prod(envs[0].observation_space.shape))
+    net = AcerNet(obs_dim, int(envs[0].action_space.n))
+    opt = torch.optim.RMSprop(net.parameters(), lr=args.lr, alpha=args.rms_alpha, eps=args.rms_eps)
+    replay, returns, curve = Replay(args.t_rep), [], []
+    best = (-np.inf, 0, copy.deepcopy(net.state_dict()))
+    steps = episodes = 0
+    next_eval = args.t_eval
+    start = time.perf_counter()
+
+    def update(ep_batch, on_policy):
+        opt.zero_grad()
+        sum(acer_loss(net, ep, args, on_policy) for ep in ep_batch).backward()
+        nn.utils.clip_grad_norm_(net.parameters(), args.max_grad_norm)
+        opt.step()
+
+    with TrainProgress(args) as bar:
+        while steps < args.T_max:
+            env = envs[episodes % len(envs)]
+            ep, ret = play(env, net, rng, seed=int(rng.integers(2 ** 31)))
+            replay.add(ep)
+            returns.append(ret)
+            steps, episodes = steps + len(ep), episodes + 1
+            update([ep], True)
+            if replay.steps >= args.t_s:
+                for _ in range(rng.poisson(args.p)):
+                    update(replay.sample(rng, args.t_B), False)
+            if validate_fn is not None and steps >= next_eval:
+                next_eval += args.t_eval
+                score = validate_fn(val_env, net, args.val_seeds, args.val_inits, args.t_epi)
+                curve.append((steps, score, float(np.mean(returns[-20:]))))
+                if score >= best[0]:
+                    best = (score, steps, copy.deepcopy(net.state_dict()))
+            bar.show(steps, float(np.mean(returns[-20:])), curve[-1][1] if curve else float("nan"))
+    if validate_fn is None:
+        best = (float("nan"), steps, net.state_dict())
+    record = TrainRecord(_jsonable({"out": args.out})["out"], _jsonable(asdict(args)), args.seed, steps, episodes,
+                         time.perf_counter() - start, best[1], float(best[0]), curve)
+    _save(args, best[2], record)
+    return record
+
+
+def _jsonable(d: dict) -> dict:
+    """Tuples as lists, paths inside the repository relative to it (a committed record names no machine)."""
+    root = str(WEIGHTS.parents[2]) + "/"
+    return {k: list(v) if isinstance(v, tuple) else v.removeprefix(root) if isinstance(v, str) else v
+            for k, v in d.items()}
+
+
+def _save(args: Args, state_dict, record: TrainRecord) -> None:
+    """Weights (.pt, with the network shape), record (.json), validation curve (.png)."""
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    shape = {"obs_dim": state_dict["fc.weight"].shape[1], "n_actions": state_dict["pi.weight"].shape[0]}
+    torch.save({"state_dict": state_dict, "shape": shape}, out)
+    out.with_suffix(".json").write_text(json.dumps(asdict(record), indent=2) + "\n")
+    if record.validation:
+        from rtautoplan.policies.acer_eval import plot_validation
+
+        plot_validation(record, out.with_name(out.stem + "_validation.png"))
+
+
+class TrainProgress:
+    """A rich progress bar over T_max steps showing episode return and validation ψ (or nothing)."""
+
+    def __init__(self, args: Args):
+        self.args, self.bar = args, None
+
+    def __enter__(self):
+        if self.args.progress:
+            from rich import progress as rp
+
+            self.bar = rp.Progress(rp.TextColumn("ACER"), rp.BarColumn(), rp.TextColumn("{task.completed}/{task.total}"),
+                                   rp.TextColumn("return {task.fields[ret]:.2f}  val ψ {task.fields[val]:.2f}"),
+                                   rp.TimeRemainingColumn())
+            self.bar.__enter__()
+            self.task = self.bar.add_task("train", total=self.args.T_max, ret=0.0, val=float("nan"))
+        return self
+
+    def show(self, steps: int, ret: float, val: float) -> None:
+        if self.bar is not None:
+            self.bar.update(self.task, completed=min(steps, self.args.T_max), ret=ret, val=val)
+
+    def __exit__(self, *exc):
+        if self.bar is not None:
+            self.bar.__exit__(*exc)
+        return False
+
+
+def load_net(path: str | Path = WEIGHTS) -> AcerNet:
+    blob = torch.load(path, map_location="cpu", weights_only=True)
+    net = AcerNet(int(blob["shape"]["obs_dim"]), int(blob["shape"]["n_actions"]))
+    net.load_state_dict(blob["state_dict"])
+    return net
+
+
+def load(env=None, seed: int = 0, path: str | Path = WEIGHTS) -> AcerPolicy:
+    """The committed ACER planner (``policies/weights/acer_prostate.pt``). ``env`` and ``seed`` are
+    accepted for the ``POLICIES`` factory signature; the greedy policy needs neither."""
+    return AcerPolicy(load_net(path))

@@ -1,0 +1,144 @@
+"""ACER (policies/acer.py, SPEC §1.9–§1.11): network size, Retrace, the ACER gradient, learning on a toy task,
+and the committed weights."""
+
+from __future__ import annotations
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+from rtautoplan.policies import acer
+
+
+def test_parameter_count_is_spec_19268():
+    """SPEC §1.9 [DERIVED]: 9 632 + 8 448 + 1 188."""
+    assert sum(p.numel() for p in acer.AcerNet().parameters()) == 19_268
+
+
+def test_retrace_matches_hand_computation():
+    """Eq. 5 on a 3-step trajectory, γ = 0.9, worked by hand (truncated and terminal)."""
+    r = torch.tensor([1.0, 0.0, 2.0])
+    Q_a = torch.tensor([0.5, 0.2, 1.0])
+    V = torch.tensor([0.4, 0.3, 0.8])
+    rho_bar = torch.tensor([1.0, 0.5, 1.0])
+    # t=2: 2 + .9·1.5 = 3.35; t=1: .9·(1·(3.35 − 1) + .8) = 2.835; t=0: 1 + .9·(.5·(2.835 − .2) + .3) = 2.45575
+    Q_ret = acer.retrace(r, Q_a, V, rho_bar, 1.5, 0.9, terminal=False)
+    assert torch.allclose(Q_ret, torch.tensor([2.45575, 2.835, 3.35]), atol=1e-6)
+    # terminal: Q_ret(2) = r_2 = 2; t=1: .9·(2 − 1 + .8) = 1.62; t=0: 1 + .9·(.5·(1.62 − .2) + .3) = 1.909
+    Q_ret = acer.retrace(r, Q_a, V, rho_bar, 1.5, 0.9, terminal=True)
+    assert torch.allclose(Q_ret, torch.tensor([1.909, 1.62, 2.0]), atol=1e-6)
+
+
+def test_truncated_importance_sampling_with_bias_correction_gradient():
+    """Eq. 6 w.r.t. the logits φ: ∇_φ log π(b) = e_b − π, so
+    g = min(c, ρ_a)(Q_ret − V)(e_a − π) + Σ_b [1 − c/ρ_b]₊ π_b (Q_b − V)(e_b − π); the loss is −g."""
+    z = np.array([0.3, -0.2, 0.5])
+    pi = np.exp(z) / np.exp(z).sum()
+    rho, Q, Q_ret, c, a = np.array([12.0, 0.5, 20.0]), np.array([1.0, 2.0, 3.0]), 2.5, 10.0, 0
+    V = float(pi @ Q)
+    e = np.eye(3)
+    g = min(c, rho[a]) * (Q_ret - V) * (e[a] - pi)
+    g += sum(max(1 - c / rho[b], 0.0) * pi[b] * (Q[b] - V) * (e[b] - pi) for b in range(3))
+    logits = torch.tensor(z[None], requires_grad=True)
+    loss = acer.acer_policy_loss(logits, torch.tensor([a]), torch.tensor(rho[None]), torch.tensor(Q[None]),
+                                 torch.tensor([Q_ret]), c)
+    loss.backward()
+    np.testing.assert_allclose(logits.grad.numpy()[0], -g, rtol=1e-10, atol=1e-12)
+
+
+class CueEnv(gym.Env):
+    """Toy task: the observation shows which of 6 actions is right; reward 1 and the episode ends
+    when it is taken, else 0; at most 3 steps. A random policy succeeds 42 % of the time."""
+
+    def __init__(self):
+        self.observation_space = gym.spaces.Box(0.0, 1.0, (6,), np.float32)
+        self.action_space = gym.spaces.Discrete(6)
+        self.max_steps = 3
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.k, self.t = int(self.np_random.integers(6)), 0
+        return np.eye(6, dtype=np.float32)[self.k], {}
+
+    def step(self, action):
+        self.t += 1
+        hit = int(action) == self.k
+        return np.eye(6, dtype=np.float32)[self.k], float(hit), hit, self.t >= self.max_steps, {}
+
+
+def _train_toy(tmp_path, T_max=1_500):
+    args = acer.Args(T_max=T_max, t_s=100, t_eval=10 ** 9, lr=3e-3, beta=0.01, n_actors=1, progress=False,
+                     out=str(tmp_path / "toy.pt"))
+    record = acer.train(args, envs=[CueEnv()], validate_fn=None)
+    return record, acer.load_net(tmp_path / "toy.pt")
+
+
+def test_acer_learns_toy_task_above_threshold(tmp_path):
+    """stable-baselines3 habit: after a short training the greedy policy must beat a threshold."""
+    record, net = _train_toy(tmp_path)
+    assert record.steps >= 1_500
+    policy, env, hits = acer.AcerPolicy(net), CueEnv(), 0
+    for seed in range(100):
+        obs, _ = env.reset(seed=seed)
+        policy.reset()
+        hits += int(policy.act(obs) == env.k)
+    assert hits >= 80  # random: about 17 of 100
+
+
+def test_training_is_reproducible(tmp_path):
+    """Same seed → same weights (one process, one thread, deterministic algorithms)."""
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    _, net_a = _train_toy(tmp_path / "a", T_max=300)
+    _, net_b = _train_toy(tmp_path / "b", T_max=300)
+    for p, q in zip(net_a.parameters(), net_b.parameters()):
+        assert torch.equal(p, q)
+
+
+def test_policy_carries_lstm_state_and_reset_clears_it():
+    """SPEC §1.6: memory across an episode's steps (a repeated observation still advances it), none across episodes."""
+    policy = acer.AcerPolicy(acer.AcerNet())
+    obs = np.random.default_rng(0).random((3, 100)).astype(np.float32)
+    first = policy.rank(obs)
+    assert abs(sum(p for _, p in first) - 1.0) < 1e-9 and first[0][1] >= first[-1][1]
+    assert policy.rank(obs) != first  # second step, same DVHs: the LSTM has moved on
+    policy.reset()
+    assert policy.rank(obs) == first
+
+
+@pytest.mark.skipif(not acer.WEIGHTS.exists(), reason="weights not trained yet")
+def test_committed_weights_load_and_act_on_prostate_observation():
+    env = acer.make_env((1,))
+    obs, _ = env.reset(seed=0)
+    policy = acer.load(env, seed=0)
+    action = policy.act(obs)
+    assert env.action_space.contains(action)
+    policy.reset()
+    ranked = policy.rank(obs)  # the same first step again
+    assert len(ranked) == 18 and ranked[0][0] == action
+
+
+def test_fgsm_lowers_the_top_probability_and_is_inert_at_zero():
+    """Eq. 9–10 on the untrained network: ε = 0 changes nothing; a small ε moves against the top action."""
+    from rtautoplan.policies import acer_eval
+
+    torch.manual_seed(0)
+    out = acer_eval.fgsm_outputs(acer.AcerNet(), None)["ACER"]
+    s = np.random.default_rng(1).random(300).astype(np.float32)
+    assert acer_eval.fgsm(out, s, 0.0)[:2] == (False, 0.0)
+    _, dp1, gap = acer_eval.fgsm(out, s, 0.01)
+    assert dp1 < 0 and gap > 0
+
+
+@pytest.mark.slow
+def test_dqn_learns_toy_task(tmp_path):
+    from rtautoplan.policies import dqn
+
+    args = dqn.Args(T_max=2_000, learning_starts=100, target_every=50, lr=3e-3, progress=False,
+                    out=str(tmp_path / "dqn.pt"))
+    dqn.train(args, env=CueEnv())
+    policy, env, hits = dqn.load(path=tmp_path / "dqn.pt"), CueEnv(), 0
+    for seed in range(100):
+        obs, _ = env.reset(seed=seed)
+        hits += int(policy.act(obs) == env.k)
+    assert hits >= 80
