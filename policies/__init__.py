@@ -4,12 +4,29 @@
 registered, and what ``rtautoplan plan --policy NAME`` looks up.
 """
 
+import importlib
+
 from rtautoplan.policies.base import Policy, RandomPolicy
 from rtautoplan.policies.rule_based import RuleBased
+
+
+def _trained(module: str):
+    """A factory loading the committed weights of ``policies/<module>.py`` (imported on first use:
+    torch is slow to import and the rule-based planner does not need it)."""
+    def load(env, seed: int = 0):
+        return importlib.import_module(f"rtautoplan.policies.{module}").load(env, seed)
+
+    return load
+
 
 POLICIES = {
     "rule-based": RuleBased,
     "random": RandomPolicy,
+    "acer": _trained("acer"),  # seed 000 prostate (policies/weights/acer_prostate.pt)
+    "sarsa": _trained("sarsa"),  # seed 004 H&N IMRT, model 2 (policies/weights/sarsa_model2.npz)
 }
 
-__all__ = ["POLICIES", "Policy", "RandomPolicy", "RuleBased"]
+# ``rtautoplan train NAME``: the module whose ``Args`` dataclass and ``train(args)`` reproduce the weights.
+TRAINERS = {"acer": "rtautoplan.policies.acer", "sarsa": "rtautoplan.policies.sarsa"}
+
+__all__ = ["POLICIES", "TRAINERS", "Policy", "RandomPolicy", "RuleBased"]

@@ -104,7 +104,7 @@ def _evaluate(args) -> int:
 
     tps = None
     if args.dose_grid_factor:
-        name = args.adapter or ev.setup_for(args.site, args.modality).adapter
+        name = args.adapter or ev.setup_for(args.site, args.modality, args.policy).adapter
         tps = ADAPTERS[name](dose_grid_factor=tuple(args.dose_grid_factor))
     console = Console(width=140)
     with Progress(console=console) as progress:
@@ -127,6 +127,17 @@ def _evaluate(args) -> int:
              ev.histogram(results, out / f"{stem}.png", f"{args.policy}, {args.site}: {args.cases} held-out cases")]
     (out / f"{stem}.json").write_text(json.dumps(s, indent=1))
     console.print("wrote " + ", ".join(str(p) for p in paths))
+    return 0
+
+
+def _train(args) -> int:
+    from rtautoplan.training import run
+
+    record = run(args.algorithm, args.options)
+    summary = {k: getattr(record, k) for k in ("iterations", "episodes", "steps", "wall_s", "best_step")
+               if hasattr(record, k)}
+    print(f"trained {args.algorithm}: " + ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
+                                                   for k, v in summary.items()))
     return 0
 
 
@@ -232,6 +243,13 @@ def parser() -> argparse.ArgumentParser:
                     help="dose grid block size (e.g. 2 4 4 for a fast coarse evaluation)")
     ev.add_argument("-o", "--output", type=Path, default=Path("out/evaluate"))
     ev.set_defaults(run=_evaluate)
+
+    tr = sub.add_parser("train", help="train a planner; its defaults reproduce the committed weights",
+                        description="rtautoplan train acer|sarsa [--field value …]: every field of the trainer's "
+                                    "Args is an option (rtautoplan train NAME --help lists them)")
+    tr.add_argument("algorithm", choices=["acer", "sarsa"])
+    tr.add_argument("options", nargs=argparse.REMAINDER, help="--field value … of the trainer's Args")
+    tr.set_defaults(run=_train)
 
     ba = sub.add_parser("batch", help="re-plan every case folder below ROOT; one failure never stops the rest")
     ba.add_argument("root", type=Path, help="folder searched for case folders (CT series + RTSTRUCT, by DICOM header)")

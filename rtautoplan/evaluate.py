@@ -38,7 +38,7 @@ def evaluate(policy: str, site: str, cases: int, seed: int = 1000, modality: str
              max_steps: int | None = None, tps=None, adapter: str | None = None,
              progress: Callable[[CaseResult], None] | None = None) -> list[CaseResult]:
     """Plan ``cases`` held-out variants (seeds ``seed`` …) with ``policy``; one CaseResult each."""
-    setup = setup_for(site, modality)
+    setup = setup_for(site, modality, policy)
     seeds = list(range(seed, seed + cases))
     env = make_env(setup, tps=tps, adapter=adapter, max_steps=max_steps, case_seeds=seeds)
     planner = make_policy(policy, env, seed)

@@ -79,7 +79,7 @@ def plan_folder(case_dir: str | Path, out: str | Path, options: PlanOptions,
     case = read_case(case_dir)
     site = options.site or infer_site(case)
     try:
-        setup = setup_for(site, options.modality)
+        setup = setup_for(site, options.modality, options.policy)
     except ValueError as error:
         raise InputError("site/modality", str(error), "Choose a site and modality from that list") from None
     if options.tps is not None:

@@ -48,7 +48,17 @@ SETUPS: dict[tuple[str, str], Setup] = {
 }
 
 
-def setup_for(site: str, modality: str) -> Setup:
+# A trained planner runs in the environment it was trained in: seed 004's SARSA reads the 14-value
+# state of ``hn_imrt`` (model 2: dose and volume moves), not seed 002's.
+POLICY_SETUPS: dict[tuple[str, str, str], Setup] = {
+    ("hn", "photon", "sarsa"): Setup("hn_imrt", "inhouse-photon", "sarsa", 35, env_options={"model": 2}),
+}
+
+
+def setup_for(site: str, modality: str, policy: str | None = None) -> Setup:
+    """The setup of (site, modality), or of the planner ``policy`` there if it has its own."""
+    if (site, modality, policy) in POLICY_SETUPS:
+        return POLICY_SETUPS[(site, modality, policy)]
     if (site, modality) not in SETUPS:
         known = ", ".join(f"{s}/{m}" for s, m in SETUPS)
         raise ValueError(f"no planning setup for site {site!r} with {modality!r}; available: {known}")
@@ -94,7 +104,7 @@ def plan_case(case: Case, site: str = "hn", modality: str = "photon", adapter: s
               on_step: Callable[[Step], None] | None = None, env_options: dict | None = None) -> tuple[Case, Result]:
     """Plan ``case`` (as read, before the structure rules) in the closed loop; returns the case
     with its planning structures and the Result (module docstring)."""
-    setup = setup_for(site, modality)
+    setup = setup_for(site, modality, policy)
     env = make_env(setup, case, tps=tps, adapter=adapter, max_steps=max_steps, **(env_options or {}))
     planner = make_policy(policy or setup.policy, env, seed)
     steps = max_steps or setup.max_steps

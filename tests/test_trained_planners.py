@@ -1,0 +1,51 @@
+"""The trained planners as the product uses them: `rtautoplan train` options read off each trainer's
+Args, and `--policy acer|sarsa` planning a case through the same closed loop."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from rtautoplan.adapters.inhouse import InHousePhoton
+from rtautoplan.dicom.read import read_case
+from rtautoplan.loop import is_better
+from rtautoplan.pipeline import plan_case
+from rtautoplan.policies import TRAINERS
+from rtautoplan.training import parse
+
+SAMPLES = Path(__file__).resolve().parents[1] / "sample_data"
+
+
+@dataclass(frozen=True)
+class Toy:
+    seed: int = 0
+    seeds: tuple[int, ...] = (0,)
+    band: float | None = 1.0
+    fast: bool = True
+
+
+def test_options_follow_the_args_dataclass():
+    assert parse(Toy, [], "t") == Toy()
+    assert parse(Toy, ["--seed", "3", "--seeds", "4", "5", "--band", "none", "--no-fast"], "t") == \
+        Toy(3, (4, 5), None, False)
+
+
+@pytest.mark.parametrize("name", sorted(TRAINERS))
+def test_trainer_defaults_round_trip(name):
+    import importlib
+
+    module = importlib.import_module(TRAINERS[name])
+    assert parse(module.Args, [], name) == module.Args()
+
+
+@pytest.mark.parametrize("policy, sample, site", [("acer", "prostate01", "prostate"), ("sarsa", "hn01", "hn")])
+def test_trained_planner_plans_a_case_never_worse_than_its_start(policy, sample, site, tmp_path):
+    tps = InHousePhoton(n_beams=7, dose_grid_factor=(2, 4, 4), max_iter=60, cache_dir=tmp_path)
+    planned, result = plan_case(read_case(SAMPLES / sample), site=site, policy=policy, tps=tps, max_steps=3)
+    assert result.policy.startswith(policy) and result.steps
+    assert all(len(s.alternatives) >= 2 for s in result.steps)  # probabilities (ACER) or Q values (SARSA)
+    assert not is_better(result.initial_score, result.score)
+    if policy == "sarsa":
+        assert result.score.system == "relative_loss" and planned.has("CTV_4400")  # seed 004's primary plan
