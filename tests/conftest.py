@@ -81,3 +81,21 @@ def require_tool(path: str) -> str:
 def tool():
     """``tool("/usr/bin/dciodvfy")`` → its path, or skip the test when it is absent."""
     return require_tool
+
+
+@pytest.fixture
+def storescp(tmp_path, tool):
+    """dcmtk's storescp on a free loopback port, storing into tmp_path/storescp (``dicom_peers``)."""
+    from dicom_peers import storescp_peer
+
+    with storescp_peer(tmp_path / "storescp", tool("/usr/bin/storescp")) as peer:
+        yield peer
+
+
+@pytest.fixture
+def orthanc(tmp_path, tool):
+    """An Orthanc server of our own (free ports, folders in tmp_path/orthanc)."""
+    from dicom_peers import orthanc_peer
+
+    with orthanc_peer(tmp_path / "orthanc", tool("/usr/sbin/Orthanc")) as peer:
+        yield peer

@@ -18,7 +18,7 @@ from pydicom.uid import ExplicitVRLittleEndian
 from pynetdicom import AE
 
 from conftest import build_small_case
-from dicom_peers import orthanc_peer, send_with_storescu, storescp_peer
+from dicom_peers import send_with_storescu
 from rtautoplan.adapters.inhouse import InHousePhoton
 from rtautoplan.adapters.inhouse_proton import InHouseProton
 from rtautoplan.dicom.read import write_case
@@ -63,18 +63,6 @@ def _uids(paths) -> dict[str, str]:
         ds = pydicom.dcmread(p, stop_before_pixels=True)
         out[str(ds.SOPInstanceUID)] = str(ds.SOPClassUID)
     return out
-
-
-@pytest.fixture
-def storescp(tmp_path, tool):
-    with storescp_peer(tmp_path / "storescp", tool("/usr/bin/storescp")) as peer:
-        yield peer
-
-
-@pytest.fixture
-def orthanc(tmp_path, tool):
-    with orthanc_peer(tmp_path / "orthanc", tool("/usr/sbin/Orthanc")) as peer:
-        yield peer
 
 
 def test_storescu_to_storescp(objects, storescp, tool):

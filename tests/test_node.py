@@ -18,7 +18,7 @@ from pynetdicom import AE
 from pynetdicom.sop_class import CTImageStorage
 
 import rtautoplan.node as node_module
-from dicom_peers import HOST, echo, send_with_storescu, storescp_peer
+from dicom_peers import HOST, echo, send_with_storescu
 from rtautoplan.adapters.inhouse import InHousePhoton
 from rtautoplan.folder import PlanOptions
 from rtautoplan.node import ERROR_FILE, Destination, Node, NodeConfig
@@ -52,12 +52,6 @@ def _fast_options(cache: Path) -> PlanOptions:
         return InHousePhoton(n_beams=5, dose_grid_factor=(2, 4, 4), max_iter=30, cache_dir=cache)
 
     return PlanOptions(site="prostate", max_steps=2, tps=tps)
-
-
-@pytest.fixture
-def storescp(tmp_path, tool):
-    with storescp_peer(tmp_path / "storescp", tool("/usr/bin/storescp")) as peer:
-        yield peer
 
 
 @pytest.fixture
