@@ -1,14 +1,14 @@
 """The closed loop over one planning environment: policy → safety filter → TPS → score, step by step.
 
-``run_loop(env, policy, safety, max_steps)`` is what ``pipeline.plan_case``, ``evaluate`` and the
-report share. It works on the single-agent gymnasium environments and on the PettingZoo
+``run_loop(env, policy, max_steps)`` is what ``pipeline.plan_case`` and ``evaluate`` share. It works on the single-agent gymnasium environments and on the PettingZoo
 multi-agent one (observations, actions and rewards are then dicts per agent; the team reward is
 the same for every agent, SPEC §3.4).
 
 Each step:
 1. the policy ranks its actions (top-3 kept for the report, SPEC §5.3) and proposes the first;
-2. the safety filter checks the parameters the action would set (``env.preview``) — a rejected
-   action is logged and the TPS is not called;
+2. the safety filter checks the parameters the action would change (``env.preview``) against the
+   environment's bounds table (``env.bounds``) — a rejected action is logged, the TPS is not called
+   and the policy's next-ranked alternative is tried;
 3. the environment re-optimises; the filter checks the new plan's target coverage against the
    hard floor unless the score improved — a rejected plan is rolled back (``env.restore``);
 4. the best plan by the active score is kept (the initial plan counts), so the result is never
@@ -18,7 +18,7 @@ Each step:
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Callable
 
 import numpy as np
@@ -71,19 +71,13 @@ def _done(terminated, truncated) -> bool:
 
 
 def describe(env, action) -> str:
-    """A human-readable action (``env.describe_action`` where the environment has it)."""
+    """A human-readable action (``env.describe_action``, every environment's ``LoopHooks``)."""
     fn = getattr(env, "describe_action", None)
-    if fn is not None:
-        return str(fn(action))
-    if isinstance(action, np.ndarray):
-        return "[" + ", ".join(f"{v:+.3g}" for v in action.ravel()) + "]"
-    return str(action)
+    return str(fn(action)) if fn is not None else str(action)
 
 
 def _scaled_plan(env) -> Plan:
     """The TPS plan with its weights scaled like the dose (D95 normalisation), so plan and dose agree."""
-    from dataclasses import replace
-
     plan, scale = env.tps.plan(), float(getattr(env, "dose_scale", 1.0))
     if scale != 1.0:
         plan = replace(plan, weights=tuple(np.asarray(w) * scale for w in plan.weights), dose=env.last_dose)
