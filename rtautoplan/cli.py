@@ -147,7 +147,8 @@ def _plan_options(args):
 
     engine = {"dose_grid_factor": tuple(args.dose_grid_factor)} if args.dose_grid_factor else {}
     return PlanOptions(site=args.site, modality=args.modality, adapter=args.adapter, policy=args.policy,
-                       max_steps=args.max_steps, seed=args.seed, adapter_options=engine)
+                       max_steps=args.max_steps, seed=args.seed, adapter_options=engine,
+                       unknown_rois=args.unknown_rois)
 
 
 def _service_logging(args, name: str) -> None:
@@ -284,6 +285,8 @@ def _add_plan_options(p: argparse.ArgumentParser, engine: bool = False) -> None:
     p.add_argument("--policy", default=None, help="planner (default: the setup's; see rtautoplan.policies)")
     p.add_argument("--max-steps", type=int, default=None, help="closed-loop steps (default: the setup's)")
     p.add_argument("--seed", type=int, default=0, help="seed of the initial parameters")
+    p.add_argument("--unknown-rois", choices=["error", "keep"], default="error",
+                   help="a ROI name with no TG-263 match: stop with the fix (default), or keep it unplanned")
     if engine:
         p.add_argument("--dose-grid-factor", type=int, nargs=3, default=None, metavar=("K", "J", "I"),
                        help="dose grid block size passed to the adapter (e.g. 2 4 4: coarse and fast)")

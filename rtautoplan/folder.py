@@ -44,12 +44,14 @@ class PlanOptions:
     seed: int = 0
     tps: Callable[[], object] | None = None
     adapter_options: dict = field(default_factory=dict)
+    unknown_rois: str = "error"  # read_case: "error" stops on a ROI name with no TG-263 match, "keep" keeps it unplanned
 
     def __post_init__(self):
         checks = (("site", self.site is None or self.site in SITES, ", ".join(SITES)),
                   ("modality", self.modality in MODALITIES, ", ".join(MODALITIES)),
                   ("adapter", self.adapter is None or self.adapter in ADAPTERS, ", ".join(sorted(ADAPTERS))),
-                  ("policy", self.policy is None or self.policy in POLICIES, ", ".join(sorted(POLICIES))))
+                  ("policy", self.policy is None or self.policy in POLICIES, ", ".join(sorted(POLICIES))),
+                  ("unknown_rois", self.unknown_rois in ("error", "keep"), "error, keep"))
         for name, ok, known in checks:
             if not ok:
                 raise InputError(name, f"{getattr(self, name)!r} is not known", f"Use one of: {known}")
@@ -76,7 +78,7 @@ def plan_folder(case_dir: str | Path, out: str | Path, options: PlanOptions,
                 on_step: Callable[[Step], None] | None = None) -> Planned:
     """read_case → plan_case → write_outputs for one folder; outputs land in ``out`` complete or not at all."""
     start = time.perf_counter()
-    case = read_case(case_dir)
+    case = read_case(case_dir, unknown_rois=options.unknown_rois)
     site = options.site or infer_site(case)
     try:
         setup = setup_for(site, options.modality, options.policy)

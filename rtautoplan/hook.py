@@ -47,6 +47,7 @@ log = logging.getLogger(__name__)
 REQUEST_KEYS: dict[str, tuple[type, bool]] = {
     "case": (str, True), "output": (str, True), "site": (str, False), "modality": (str, False),
     "adapter": (str, False), "policy": (str, False), "max_steps": (int, False), "seed": (int, False),
+    "unknown_rois": (str, False),
 }
 _TYPE_NAMES = {str: "a non-empty string", int: "an integer"}
 

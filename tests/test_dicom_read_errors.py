@@ -190,6 +190,16 @@ def test_unknown_roi_name_suggests_the_fix(folder):
            "Rename the ROI", '"structure_names": {"Rueckenmark":', '"ignore": ["Rueckenmark"]', "prescription.json")
 
 
+def test_unknown_roi_kept_but_not_planned_when_asked(folder, caplog):
+    rename(folder, "SpinalCord", "Rueckenmark")
+    case = read_case(folder, unknown_rois="keep")
+    kept = case.structure("Rueckenmark")
+    assert kept.role is Role.OTHER and kept.level is None and kept.mask.any()
+    assert "Rueckenmark" in caplog.text and "never planned on" in caplog.text
+    with pytest.raises(ValueError, match="unknown_rois"):
+        read_case(folder, unknown_rois="guess")
+
+
 def test_structure_names_and_ignore_from_prescription_json(folder):
     rename(folder, "SpinalCord", "Rueckenmark")
     rename(folder, "Lens_L", "Kissen")

@@ -126,3 +126,21 @@ def test_ion_plans_go_through_the_same_loop_to_a_valid_rt_ion_plan(modality, cac
     errors, output = dciodvfy(tool, paths["plan"])
     assert not errors, output
     assert pydicom.dcmread(paths["plan"]).IonBeamSequence[0].RadiationType == ("PROTON" if modality == "proton" else "ION")
+
+
+def test_unknown_roi_names_stop_the_plan_unless_kept(tmp_path, capsys):
+    """A case from elsewhere with a ROI name that matches no TG-263 name: by default the plan stops
+    naming the ROI and the fix; with --unknown-rois keep it is planned and the ROI written back."""
+    import shutil
+
+    case = tmp_path / "case"
+    shutil.copytree(SAMPLES / "prostate01", case)
+    rs = pydicom.dcmread(case / "RTSTRUCT.dcm")
+    next(r for r in rs.StructureSetROISequence if r.ROIName == "Femur_Head_L").ROIName = "Hueftkopf links"
+    rs.save_as(case / "RTSTRUCT.dcm")
+    fast = ["--max-steps", "1", "--dose-grid-factor", "2", "4", "4"]
+    assert main(["plan", str(case), "-o", str(tmp_path / "a"), *fast]) == 2
+    assert "Hueftkopf links" in capsys.readouterr().err
+    assert main(["plan", str(case), "-o", str(tmp_path / "b"), "--unknown-rois", "keep", *fast]) == 0
+    written = pydicom.dcmread(tmp_path / "b" / "RS_rtautoplan.dcm")
+    assert "Hueftkopf links" in [r.ROIName for r in written.StructureSetROISequence]

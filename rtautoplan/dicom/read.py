@@ -38,8 +38,15 @@ _PARSE_ERRORS = (InvalidDicomError, EOFError, OSError, ValueError, TypeError, Ke
                  NotImplementedError, struct.error)
 
 
-def read_case(folder: str | Path, case_id: str | None = None) -> Case:
-    """Read the case in ``folder``; ``case_id`` defaults to the folder name."""
+def read_case(folder: str | Path, case_id: str | None = None, unknown_rois: str = "error") -> Case:
+    """Read the case in ``folder``; ``case_id`` defaults to the folder name.
+
+    unknown_rois: what a ROI name that maps to no TG-263 structure does — "error" (default: stop
+    with the closest TG-263 name and the fix, since an OAR silently left out of the optimisation
+    is an unsafe plan) or "keep" (keep it, written back but never planned on, with a warning; for
+    a batch over cases whose naming is not under your control)."""
+    if unknown_rois not in ("error", "keep"):
+        raise ValueError(f"unknown_rois must be 'error' or 'keep', not {unknown_rois!r}")
     folder = Path(folder)
     if not folder.is_dir():
         raise InputError(str(folder), "is not a folder", "Give the folder that holds the CT series and the RTSTRUCT")
@@ -55,7 +62,7 @@ def read_case(folder: str | Path, case_id: str | None = None) -> Case:
                          "Export the RTSTRUCT drawn on this CT, or register and re-contour in the TPS")
     rx_path = folder / PRESCRIPTION_FILE
     rx_file = read_prescription_file(rx_path) if rx_path.is_file() else PrescriptionFile()
-    structures, prescription = _structures(structure_set, grid, rx_file, rtstruct_path)
+    structures, prescription = _structures(structure_set, grid, rx_file, rtstruct_path, unknown_rois)
     return Case(case_id=case_id or folder.resolve().name, grid=grid, hu=read_hu(slices, where),
                 structures=structures, prescription=prescription, refs=refs)
 
@@ -147,9 +154,10 @@ def _choose_series(structure_set: StructureSet, series: dict[str, list[Slice]], 
     return chosen
 
 
-def _interpret(structure_set: StructureSet, rx_file: PrescriptionFile) -> list[tuple[RoiContours, str, ParsedName]]:
+def _interpret(structure_set: StructureSet, rx_file: PrescriptionFile,
+               unknown_rois: str = "error") -> list[tuple[RoiContours, str, ParsedName]]:
     """(ROI, the name it maps to, what that name means) for every ROI not ignored; InputError for
-    repeated or unknown names, suggesting the fix."""
+    repeated names, and for unknown ones (suggesting the fix) unless ``unknown_rois`` is "keep"."""
     counts = Counter(roi.name for roi in structure_set.rois)
     repeated = [name for name, n in counts.items() if n > 1]
     if repeated:
@@ -167,6 +175,9 @@ def _interpret(structure_set: StructureSet, rx_file: PrescriptionFile) -> list[t
         interpreted.append((roi, mapped or roi.name, meaning))
     for key in sorted((set(rx_file.structure_names) | rx_file.ignore) - set(counts)):
         log.warning("%s names ROI '%s', which is not in the RTSTRUCT", rx_file.path, key)
+    if unknown and unknown_rois == "keep":
+        log.warning("RTSTRUCT ROIs %s match no TG-263 name: kept, never planned on", ", ".join(map(repr, unknown)))
+        return [(roi, name, meaning or names.ParsedName(name, Role.OTHER)) for roi, name, meaning in interpreted]
     if unknown:
         hints = ", ".join(f"'{n}' (closest TG-263 name: {names.suggest(n)})" for n in unknown)
         first, guess = unknown[0], names.suggest(unknown[0]) or "<TG-263 name>"
@@ -192,9 +203,9 @@ def _masks(interpreted: list[tuple[RoiContours, str, ParsedName]], grid: Grid) -
 
 
 def _structures(structure_set: StructureSet, grid: Grid, rx_file: PrescriptionFile,
-                rtstruct_path: Path) -> tuple[tuple[Structure, ...], Prescription]:
+                rtstruct_path: Path, unknown_rois: str = "error") -> tuple[tuple[Structure, ...], Prescription]:
     """Structures (in RTSTRUCT order) and the prescription from the ROIs, prescription.json applied."""
-    interpreted = _interpret(structure_set, rx_file)
+    interpreted = _interpret(structure_set, rx_file, unknown_rois)
     masks = _masks(interpreted, grid)
     kept = [(roi, mapped, meaning) for roi, mapped, meaning in interpreted if roi.name in masks]
     prescription, resolved = prescribe([Target(roi.name, mapped, meaning) for roi, mapped, meaning in kept
