@@ -36,9 +36,11 @@ def _improved(now, before) -> bool:
 
 
 class RuleBased:
-    """The rule-based planner bound to ``env`` (one of ``policies.env.ENVS``)."""
+    """The rule-based planner bound to ``env`` (one of ``policies.env.ENVS``). Greedy: the closed
+    loop undoes any of its steps that does not improve the score (``rtautoplan.loop``)."""
 
     name = "rule-based"
+    greedy = True
 
     def __init__(self, env, seed: int = 0):
         self.env = env
@@ -113,26 +115,45 @@ def _hn_imrt(policy: RuleBased) -> list[tuple[int, float]]:
 
 
 def _seed002(policy: RuleBased) -> list[tuple[np.ndarray, float]]:
-    """Seed 002: for the selected OARs (worst score first), raise the weight and lower the limit in
-    proportion to how far each is from the best-scoring one; halve the gain after a step that did
-    not improve the plan. Alternatives: half the step, and no change."""
+    """Seed 002: for the selected OARs (worst score first), lower each dose limit in proportion to
+    how far its score is from the best-scoring one (by up to 25 %), and at least to just below what
+    the organ now gets — 0.95 × its current Dmax or Dmean (rule 11 starts limits 10–30 % above an
+    estimate, where they do nothing) — and raise its weight likewise (by up to 50 %). After a step that did not improve the plan, only
+    the worst OAR moves, at half the gain. Alternatives: half and a quarter of the step."""
+    from rtautoplan.dvh import dmax, dmean
+    from rtautoplan.plan import ObjectiveKind
+
     env = policy.env
     scores = np.array([env.structure_scores.get(name, 0.0) for name in env.selected])
     worst = float(scores.min()) if scores.size else 0.0
     share = scores / worst if worst < 0 else np.zeros_like(scores)
-    action = np.zeros(env.action_space.shape, np.float32)
-    pairs = action.reshape(-1, 2)
-    pairs[:share.size, 0] = 0.5 * policy.gain * share
-    pairs[:share.size, 1] = -0.25 * policy.gain * share
-    policy._last_organ = env.selected[0] if env.selected else None
-    return [(action, policy.gain), (action / 2, policy.gain / 2), (np.zeros_like(action), 0.0)]
+    if policy._handle.get("seed002", 0) % 2:
+        share = np.where(np.arange(share.size) == 0, share, 0.0)
+    policy._handle.setdefault("seed002", 0)
+    kinds = {o.structure: o.kind for o in env.objectives if o.adjustable}
+    actions = []
+    for gain in (policy.gain, policy.gain / 2, policy.gain / 4):
+        action = np.zeros(env.action_space.shape, np.float32)
+        pairs = action.reshape(-1, 2)
+        for i, name in enumerate(env.selected):
+            if share[i] <= 0:
+                continue
+            mask = env.case.structure(name).voxels
+            now = (dmean if kinds.get(name) is ObjectiveKind.DMEAN else dmax)(env.last_dose.gy, mask)
+            goal = 0.95 * now * (1.0 - 0.2 * gain * share[i])
+            limit = env.params[name][1]
+            below_now = goal / limit - 1.0 if limit > 0 else 0.0
+            pairs[i] = (0.5 * gain * share[i], max(-0.5, min(-0.25 * gain * share[i], below_now)))
+        actions.append((action, gain))
+    policy._last_organ = "seed002"
+    return actions
 
 
 def _carbon(policy: RuleBased) -> list[tuple[dict, float]]:
     """Seed 003 (all 45 agents move at once): for every OAR short of its Table A2 goal, lower its
     Max limit and raise its weight; a cold CTV (V95 short) raises its Min and DVHmin dose and
     weights; a hot one (V105 or HI short) lowers its Max dose. Everything else stays. The
-    alternatives move only the worst OAR, and nothing."""
+    alternative moves only the worst OAR."""
     from rtautoplan.policies.env_carbon import CTV_ROLE, MOVE, PARAMETERS
 
     env, up, down, stay = policy.env, MOVE.index(1), MOVE.index(-1), MOVE.index(0)
@@ -154,7 +175,7 @@ def _carbon(policy: RuleBased) -> list[tuple[dict, float]]:
                 key=lambda c: (c.score or 0.0) - (c.max_score or 0.0), default=None)
     only_worst = {n: (m if worst is not None and n.startswith(worst.structure + ".") else stay) for n, m in moves.items()}
     policy._last_organ = None if worst is None else worst.structure
-    return [(moves, float(len(organs))), (only_worst, 1.0), ({n: stay for n in moves}, 0.0)]
+    return [(moves, float(len(organs))), (only_worst, 1.0)]
 
 
 HEURISTICS: dict[str, Callable[[RuleBased], list[tuple[Any, float]]]] = {

@@ -88,7 +88,7 @@ def _plan(args) -> int:
         planned = plan_folder(args.case, args.output, _plan_options(args), on_step=on_step)
     result = planned.result
     console.print(f"{planned.site}/{args.modality}, {result.score.system}: {result.initial_score.total:.4g} → "
-                  f"{result.score.total:.4g} (best at step {result.best_step}, {len(result.steps)} steps, "
+                  f"{result.score.total:.4g} (best at step {result.best_step}, {result.n_steps} steps, "
                   f"{time.perf_counter() - start:.1f} s)")
     console.print("wrote " + ", ".join(str(p) for p in planned.files.values()))
     return 0

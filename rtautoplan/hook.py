@@ -106,7 +106,7 @@ def run_request(request: dict, defaults: PlanOptions | None = None) -> dict:
     r = planned.result
     return {"status": "ok", "files": {name: str(path) for name, path in planned.files.items()},
             "score": {"system": r.score.system, "initial": float(r.initial_score.total), "final": float(r.score.total)},
-            "steps": len(r.steps)}
+            "steps": r.n_steps}
 
 
 def answer(line: str, defaults: PlanOptions | None = None) -> dict:

@@ -13,6 +13,11 @@ Each step:
    hard floor unless the score improved — a rejected plan is rolled back (``env.restore``);
 4. the best plan by the active score is kept (the initial plan counts), so the result is never
    worse than where the loop started.
+
+A policy with ``greedy = True`` (the rule-based planner) works as a dosimetrist does: a step that
+does not improve the score is undone (rolled back, logged "no improvement: undone") and the
+policy, seeing the unchanged plan, proposes something else at the next step. Learned policies are
+not greedy: their value estimates may pass through a worse plan to a better one.
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ import numpy as np
 
 from rtautoplan.plan import Dose, Plan, Step
 from rtautoplan.policies.base import Policy, ranked, reset as reset_policy
-from rtautoplan.safety import COVERAGE_FLOOR, SafetyFilter
+from rtautoplan.safety import COVERAGE_FLOOR, SafetyFilter, Verdict
 
 
 @dataclass(frozen=True, eq=False)
@@ -84,15 +89,22 @@ def _scaled_plan(env) -> Plan:
     return plan
 
 
-def _attempt(env, action, safety: SafetyFilter):
-    """Try one action: (verdict, observation or None, reward, done). A rejected plan is rolled back."""
+UNDONE = "no improvement: undone (greedy planner)"
+
+
+def _attempt(env, action, safety: SafetyFilter, greedy: bool = False):
+    """Try one action: (verdict, observation or None, reward, done). A rejected plan is rolled back;
+    for a greedy planner so is a plan that does not improve the score."""
     verdict = safety.check_parameters(env.preview(action), env.parameters)
     if not verdict.accepted:
         return verdict, None, 0.0, False
     score_before, dose_before = env.last_score, env.last_dose
     snapshot = env.snapshot()
     observation, reward, terminated, truncated, _ = env.step(action)
-    verdict = safety.check_plan(env.case, dose_before.gy, env.last_dose.gy, is_better(env.last_score, score_before))
+    improved = is_better(env.last_score, score_before)
+    verdict = safety.check_plan(env.case, dose_before.gy, env.last_dose.gy, improved)
+    if verdict.accepted and greedy and not improved:
+        verdict = Verdict(False, UNDONE)
     if not verdict.accepted:
         env.restore(snapshot)
         return verdict, None, 0.0, False
@@ -104,7 +116,8 @@ def run_loop(env, policy: Policy, max_steps: int, seed: int = 0, options: dict |
     """Run ``policy`` on ``env`` for at most ``max_steps`` steps (module docstring). The safety
     filter takes the environment's bounds table (``env.bounds``) and ``coverage_floor`` (fraction
     of Rx for CTV D98). When it rejects the policy's first choice, the next-ranked alternatives are
-    tried; when all are rejected the loop stops: there is nothing safe left to do."""
+    tried; when all are rejected by the filter the loop stops: there is nothing safe left to do (a
+    greedy planner whose ideas were merely undone goes on to its next ones)."""
     observation, _ = env.reset(seed=seed, options=options)
     safety = SafetyFilter(bounds=env.bounds, coverage_floor=coverage_floor)
     reset_policy(policy)
@@ -117,8 +130,10 @@ def run_loop(env, policy: Policy, max_steps: int, seed: int = 0, options: dict |
         alternatives = ranked(policy, observation, k=3)
         labelled = tuple((describe(env, a), float(v)) for a, v in alternatives)
         done = accepted = False
+        greedy, undone = bool(getattr(policy, "greedy", False)), 0
         for action, _ in alternatives:
-            verdict, next_observation, reward, done = _attempt(env, action, safety)
+            verdict, next_observation, reward, done = _attempt(env, action, safety, greedy)
+            undone += verdict.reason == UNDONE
             steps.append(Step(t, describe(env, action), verdict.accepted, float(env.last_score.total), reward,
                               verdict.reason, labelled, dict(env.parameters), time.perf_counter() - start))
             if on_step is not None:
@@ -128,6 +143,6 @@ def run_loop(env, policy: Policy, max_steps: int, seed: int = 0, options: dict |
                 break
         if accepted and is_better(env.last_score, best[3]):
             best = (t, _scaled_plan(env), env.last_dose, env.last_score)
-        if done or not accepted:
+        if done or not (accepted or undone == len(alternatives)):
             break
     return LoopResult(tuple(steps), best[0], *best[1:], *initial[1:])

@@ -127,3 +127,8 @@ class Result:
     best_step: int = 0
     initial_dose: Dose | None = None
     delivery: tuple = ()  # photons: the sequenced beams (physics.sequencing.SequencedBeam) behind plan.dose
+
+    @property
+    def n_steps(self) -> int:
+        """Closed-loop steps taken (``steps`` also records each rejected or undone attempt)."""
+        return len({s.step for s in self.steps})
