@@ -12,7 +12,7 @@ from dicom_checks import dciodvfy, to_16_bit
 from rtautoplan.adapters.inhouse import InHousePhoton
 from rtautoplan.cli import main
 from rtautoplan.dicom.read import read_case
-from rtautoplan.loop import is_better, run_loop
+from rtautoplan.loop import UNDONE, is_better, run_loop
 from rtautoplan.outputs import write_outputs
 from rtautoplan.pipeline import SETUPS, make_env, plan_case
 from rtautoplan.policies import tpp as T
@@ -44,6 +44,9 @@ def test_rule_based_plan_improves_on_the_initial_plan(sample, site, cache, prost
     assert result.best_step > 0 and result.policy == "rule-based"
     assert planned.has("zRing_7000" if site == "hn" else "PTV_7800")
     assert all(s.alternatives and s.parameters for s in result.steps)
+    accepted = [s.score for s in result.steps if s.accepted]  # greedy: every kept step is a better plan
+    assert all(b > a for a, b in zip(accepted, accepted[1:]))
+    assert all(s.reason in ("", UNDONE) for s in result.steps)
 
 
 def test_photon_result_is_the_sequenced_delivered_plan(prostate_plan):
