@@ -32,6 +32,7 @@ class CaseResult:
     rejected: int
     reached_max: bool
     time_s: float
+    higher_is_better: bool = True  # False for a loss (relative_loss): lower after is better
 
 
 def evaluate(policy: str, site: str, cases: int, seed: int = 1000, modality: str = "photon", init: str = "random",
@@ -49,7 +50,8 @@ def evaluate(policy: str, site: str, cases: int, seed: int = 1000, modality: str
                         options={"case_seed": case_seed, "init": init})
         row = CaseResult(case_seed, float(loop.initial_score.total), float(loop.best_score.total), loop.best_step,
                          len({s.step for s in loop.steps}), sum(not s.accepted for s in loop.steps),
-                         reached_best(loop.best_score), time.perf_counter() - start)
+                         reached_best(loop.best_score), time.perf_counter() - start,
+                         bool(getattr(loop.best_score, "higher_is_better", True)))
         results.append(row)
         if progress is not None:
             progress(row)
@@ -59,12 +61,13 @@ def evaluate(policy: str, site: str, cases: int, seed: int = 1000, modality: str
 def summary(results: Sequence[CaseResult]) -> dict[str, float]:
     before = np.array([r.before for r in results])
     after = np.array([r.after for r in results])
+    gain = (after - before) * np.array([1.0 if r.higher_is_better else -1.0 for r in results])
     return {"cases": len(results), "before_mean": float(before.mean()), "before_sd": float(before.std(ddof=1))
             if len(results) > 1 else 0.0, "after_mean": float(after.mean()),
             "after_sd": float(after.std(ddof=1)) if len(results) > 1 else 0.0,
             "reached_max_pct": 100.0 * float(np.mean([r.reached_max for r in results])),
-            "improved_pct": 100.0 * float(np.mean(after > before + 1e-9)),
-            "worse": int(np.sum(after < before - 1e-9)), "time_s_mean": float(np.mean([r.time_s for r in results]))}
+            "improved_pct": 100.0 * float(np.mean(gain > 1e-9)),
+            "worse": int(np.sum(gain < -1e-9)), "time_s_mean": float(np.mean([r.time_s for r in results]))}
 
 
 def write_csv(results: Sequence[CaseResult], path: Path) -> Path:

@@ -12,6 +12,9 @@ def test_summary_statistics():
     s = summary(rows)
     assert s["before_mean"] == 7.0 and s["after_mean"] == 8.5 and s["reached_max_pct"] == 50.0
     assert s["improved_pct"] == 50.0 and s["worse"] == 0 and abs(s["after_sd"] - 0.7071) < 1e-3
+    losses = [CaseResult(1000, 3.0, 2.0, 3, 3, 0, False, 1.0, higher_is_better=False),
+              CaseResult(1001, 1.0, 1.5, 2, 2, 0, False, 1.0, higher_is_better=False)]
+    assert summary(losses)["improved_pct"] == 50.0 and summary(losses)["worse"] == 1  # a loss: lower is better
 
 
 def test_evaluate_command_plans_held_out_cases(tmp_path):
