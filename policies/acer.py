@@ -12,10 +12,8 @@
   training case), stores it in replay (t_rep = 100 k steps), makes one on-policy update on it, then
   n ∼ Poisson(p = 4) off-policy updates, each on ≥ t_B = 16 replayed steps (whole episodes), once
   replay holds t_s = 2 000 steps. RMSprop (lr 7e-4, α 0.99, ε 1e-5, Atari-57 ACER values §1.10).
-* **Actors**: ``n_actors`` environments (own TPS, own episode stream) played in turn in this process:
-  same seed → same weights on CPU. No worker processes: the 2 cores are held by other jobs, and
-  they would make the update order nondeterministic (docs/results.md, "ACER, prostate (seed 000)").
-* **Environment**: ``ProstateEnv`` over ``ColdStart(InHousePhoton)``, partial-credit Δψ reward.
+* **Actors**: ``n_actors`` environments (own TPS and episode stream) played in turn in one process (same
+  seed → same weights on CPU). **Environment**: ``ProstateEnv(ColdStart(InHousePhoton))``, shaped Δψ.
 * **Checkpoint selection** (§1.11): every t_eval steps the greedy policy plans the validation cases
   (binary ψ); the best weights are kept (ties: the later), not the last ones.
 """
@@ -25,7 +23,7 @@ from __future__ import annotations
 import copy
 import json
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -37,8 +35,9 @@ WEIGHTS = Path(__file__).resolve().parent / "weights" / "acer_prostate.pt"
 
 @dataclass
 class Args:
-    """Training arguments (SPEC §1.11 Table 3 unless noted). ``partial_band`` shapes the training
-    reward only: validation and evaluation score with the binary ψ (SPEC §1.7 reference)."""
+    """SPEC §1.11 Table 3 unless noted; defaults = the committed run. ``partial_band`` shapes the training reward
+    only (validation, evaluation: binary ψ, §1.7). Entropy schedule (``beta_start`` 0.01) and episode mix
+    (``p_trivial`` 0.3, ``train_seeds`` (0, 3–7)) did not learn either (docs/results.md, "Retraining …")."""
 
     seed: int = 0  # torch / numpy / episode seed; same seed → same weights (CPU, one thread)
     T_max: int = 10_000  # total environment steps (the paper: 250 000; our budget, docs/results.md)
@@ -51,7 +50,9 @@ class Args:
     p: float = 4.0  # mean of the Poisson number of off-policy updates per on-policy update
     t_eval: int = 1_000  # steps between validation evaluations (the paper: 500; halved frequency for our budget)
     gamma: float = 0.99  # discount γ
-    beta: float = 0.001  # entropy weight β
+    beta: float = 0.001  # entropy weight β (SPEC §1.10); with ``beta_start``, the value reached at ``beta_steps``
+    beta_start: float | None = None  # entropy weight at step 0, linear to β over ``beta_steps`` (None: β throughout)
+    beta_steps: int = 5_000  # steps of the β schedule
     lr: float = 7e-4  # RMSprop learning rate ([NOT SPECIFIED] §1.10: Atari-57 ACER)
     rms_alpha: float = 0.99  # RMSprop decay
     rms_eps: float = 1e-5  # RMSprop ε
@@ -59,6 +60,7 @@ class Args:
     q_coef: float = 0.5  # weight of the critic loss ½(Q_ret − Q)²
     n_actors: int = 2  # actor environments played in turn (N_a; the paper: 3 asynchronous processes)
     train_seeds: tuple[int, ...] = (0,)  # prostate phantom seeds trained on (the paper: one patient)
+    p_trivial: float = 0.0  # share of training episodes from trivial TPPs (others random, §1.12); 0: no draw
     val_seeds: tuple[int, ...] = (1, 2)  # prostate phantom seeds of the validation curve
     val_inits: int = 2  # random-TPP initial plans per validation case (plus the trivial one)
     dose_grid_factor: tuple[int, int, int] = (2, 4, 4)  # TPS dose-grid coarsening (standard grid: (1, 2, 2))
@@ -176,10 +178,7 @@ def play(env, net: AcerNet, rng: np.random.Generator, seed: int, options=None) -
             probs /= probs.sum()
             action = int(rng.choice(len(probs), p=probs))
             obs, reward, terminal, truncated, _ = env.step(action)
-            s.append(obs.ravel())
-            a.append(action)
-            r.append(reward)
-            mu.append(probs)
+            s.append(obs.ravel()), a.append(action), r.append(reward), mu.append(probs)
             if terminal or truncated:
                 break
     ep = Episode(np.stack(s).astype(np.float32), np.array(a), np.array(r, np.float32),
@@ -218,9 +217,8 @@ class AcerPolicy:
 
 class ColdStart:
     """A TPS adapter that optimises every plan from the adapter's own start (``prepare`` before each
-    ``optimize``) instead of warm-starting from the previous solution, so that a plan is a function
-    of its TPPs only. With warm starts a plan meeting all its objectives (f = 0) never changes when
-    a limit is loosened, and the hot spots of random-TPP plans cannot be undone (docs/results.md)."""
+    ``optimize``), so a plan is a function of its TPPs only. Still needed with the Ring objective: warm
+    started, a one-step-lookahead oracle stays at ψ = 8 from random TPPs, cold it reaches 9 (docs/results.md)."""
 
     def __init__(self, inner):
         self.inner, self.name = inner, f"{inner.name}-cold"
@@ -308,17 +306,20 @@ def train(args: Args, envs=None, val_env=None, validate_fn=validate) -> TrainRec
     start = time.perf_counter()
 
     def update(ep_batch, on_policy):
+        beta0 = args.beta if args.beta_start is None else args.beta_start
+        frac = min(1.0, steps / args.beta_steps) if args.beta_steps > 0 else 1.0
+        step_args = replace(args, beta=beta0 + frac * (args.beta - beta0))
         opt.zero_grad()
-        sum(acer_loss(net, ep, args, on_policy) for ep in ep_batch).backward()
+        sum(acer_loss(net, ep, step_args, on_policy) for ep in ep_batch).backward()
         nn.utils.clip_grad_norm_(net.parameters(), args.max_grad_norm)
         opt.step()
 
     with TrainProgress(args) as bar:
         while steps < args.T_max:
             env = envs[episodes % len(envs)]
-            ep, ret = play(env, net, rng, seed=int(rng.integers(2 ** 31)))
-            replay.add(ep)
-            returns.append(ret)
+            options = {"init": "trivial"} if args.p_trivial > 0 and rng.random() < args.p_trivial else None
+            ep, ret = play(env, net, rng, seed=int(rng.integers(2 ** 31)), options=options)
+            replay.add(ep), returns.append(ret)
             steps, episodes = steps + len(ep), episodes + 1
             update([ep], True)
             if replay.steps >= args.t_s:
