@@ -87,7 +87,12 @@ def plan_folder(case_dir: str | Path, out: str | Path, options: PlanOptions,
     if options.tps is not None:
         tps = options.tps()
     elif options.adapter_options:
-        tps = ADAPTERS[options.adapter or setup.adapter](**{**setup.adapter_options, **options.adapter_options})
+        name = options.adapter or setup.adapter
+        try:
+            tps = ADAPTERS[name](**{**setup.adapter_options, **options.adapter_options})
+        except TypeError:
+            raise InputError(f"adapter {name!r}", f"takes none of the options {sorted(options.adapter_options)}",
+                             "Leave them out for this adapter (e.g. PHOENIX sets its own dose grid)") from None
     else:
         tps = None
     planned, result = plan_case(case, site=site, modality=options.modality, adapter=options.adapter,
