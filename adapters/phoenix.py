@@ -22,6 +22,7 @@ Vendor errors become ValueError (bad request: PHX-11xx/20xx/21xx, unknown job) o
 
 from __future__ import annotations
 
+import inspect
 import logging
 from typing import Sequence
 
@@ -65,6 +66,9 @@ class PhoenixAdapter:
                  **server_options):
         if unsupported not in ("error", "skip", "max"):
             raise ValueError(f"unsupported must be 'error', 'skip' or 'max', not {unsupported!r}")
+        unknown = sorted(set(server_options) - set(inspect.signature(PhoenixServer).parameters))
+        if unknown:  # the server starts later, in prepare(): refuse its bad options now
+            raise TypeError(f"PhoenixServer takes no option {', '.join(unknown)}")
         self._server, self._own = server, server is None
         self._workers, self._server_options = workers, server_options
         self.user, self.max_iterations, self.timeout_s, self.unsupported = user, max_iterations, timeout_s, unsupported
