@@ -18,6 +18,7 @@ from typing import Callable
 
 from rtautoplan.adapters import ADAPTERS
 from rtautoplan.case import Case
+from rtautoplan.errors import InputError
 from rtautoplan.loop import is_better, run_loop
 from rtautoplan.plan import Modality, Result, Step
 from rtautoplan.policies import POLICIES
@@ -92,6 +93,11 @@ def deliverable(env, plan):
     if plan.modality is not Modality.PHOTON:
         return plan, env.score(plan.dose.gy), ()
     from rtautoplan.physics.sequencing import sequence_plan
+
+    if not plan.positions or not hasattr(env.tps, "dose_of"):
+        raise InputError(f"adapter {env.tps.name!r}", "gives no beamlet geometry or dose of given weights, so its "
+                         "photon plans cannot be leaf-sequenced and recomputed here",
+                         "Use a photon adapter of rtautoplan (inhouse-photon), or the external TPS's own RTPLAN")
 
     sequenced = sequence_plan(plan)
     weights = tuple(s.delivered for s in sequenced)

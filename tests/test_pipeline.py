@@ -147,3 +147,18 @@ def test_unknown_roi_names_stop_the_plan_unless_kept(tmp_path, capsys):
     assert main(["plan", str(case), "-o", str(tmp_path / "b"), "--unknown-rois", "keep", *fast]) == 0
     written = pydicom.dcmread(tmp_path / "b" / "RS_rtautoplan.dcm")
     assert "Hueftkopf links" in [r.ROIName for r in written.StructureSetROISequence]
+
+
+def test_a_photon_tps_without_beamlet_geometry_is_refused_clearly(cache):
+    from dataclasses import replace
+
+    from rtautoplan.errors import InputError
+
+    class NoGeometry(InHousePhoton):
+        def plan(self):
+            return replace(super().plan(), positions=())
+
+    tps = NoGeometry(n_beams=7, dose_grid_factor=(2, 4, 4), max_iter=60, cache_dir=cache)
+    tps.name = "no-geometry"
+    with pytest.raises(InputError, match="'no-geometry'.*cannot be leaf-sequenced"):
+        plan_case(read_case(SAMPLES / "prostate01"), site="prostate", tps=tps, max_steps=1)
