@@ -47,6 +47,7 @@ def test_python_call_plans_the_case(fast, tmp_path):
     ({"case": "x", "output": "y", "max_steps": "3"}, "request key 'max_steps'"),
     ({"case": "x", "output": "y", "seed": True}, "is not an integer"),
     ({"case": "x", "output": "y", "site": "liver"}, "request key 'site'"),
+    ({"case": "x", "output": "y", "unknown_rois": "guess"}, "request key 'unknown_rois'"),
     ({"case": "x", "output": "y", "policy": "oracle"}, "Use one of"),
     (["case", "x"], "not a JSON object"),
     ({"case": "", "output": "y"}, "is not a non-empty string"),
