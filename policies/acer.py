@@ -3,8 +3,10 @@
 * **Network** (§1.9): DVH (300) → Linear 32 → ReLU → LSTM 32 → policy head (softmax, 18) and Q head
   (18): 19 268 parameters. The LSTM state is reset at the start of every episode (§1.6 preferred).
 * **Retrace** (§1.10 eq. 5): Q_ret(t) = r_t + γ ρ̄_{t+1} [Q_ret(t+1) − Q(a_{t+1}, s_{t+1})] + γ V(s_{t+1}),
-  Q_ret = r_t at a terminal step, bootstrap V(s_T) at a truncated one. ρ̄ = min(1, ρ) (reference
-  ACER, Wang et al. 2016; default) or min(c, ρ) (the paper's text, ``retrace_c=True``); ρ̄ = 1 on-policy.
+  Q_ret = r_t at a terminal step; at a truncated one bootstrap V(s_T) (``bootstrap_truncated=True``) or Q_ret = r_t
+  (False: s_T of a truncated episode is never a critic target, and bootstrapping from it let Q diverge on the toy
+  task). ρ̄ = min(1, ρ) (reference ACER, Wang et al. 2016; default) or min(c, ρ) (the paper's text,
+  ``retrace_c=True``); ρ̄ = 1 on-policy.
 * **Policy gradient** (§1.10 eq. 6): truncated importance sampling min(c, ρ_t) ∇log π(a_t)[Q_ret − V]
   plus the bias correction E_{a∼π}[1 − c/ρ(a)]₊ ∇log π(a)[Q(a) − V], c = 10; entropy bonus β = 0.001;
   critic loss ½(Q_ret − Q(a_t))². Trust region (eq. 7) off (the paper's setting), not implemented.
@@ -28,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from rtautoplan.policies.acer_parts import TrainProgress
 from torch import nn
 
 WEIGHTS = Path(__file__).resolve().parent / "weights" / "acer_prostate.pt"
@@ -57,6 +60,8 @@ class Args:
     rms_alpha: float = 0.99  # RMSprop decay
     rms_eps: float = 1e-5  # RMSprop ε
     max_grad_norm: float = 10.0  # gradient-norm clip (Atari-57 ACER)
+    bootstrap_truncated: bool = True  # Q_ret(T−1) = r + γV(s_T) at a time limit; False: = r (s_T is never a critic target)
+    batch_mean: bool = False  # replay batch: loss averaged over all its steps (False: per-episode means summed)
     q_coef: float = 0.5  # weight of the critic loss ½(Q_ret − Q)²
     n_actors: int = 2  # actor environments played in turn (N_a; the paper: 3 asynchronous processes)
     train_seeds: tuple[int, ...] = (0,)  # prostate phantom seeds trained on (the paper: one patient)
@@ -140,7 +145,8 @@ def acer_loss(net: AcerNet, ep: Episode, args: Args, on_policy: bool) -> torch.T
     V = (pid * Qd).sum(-1)
     idx = torch.arange(T)
     rho_bar = torch.clamp(rho[idx, a], max=args.c if args.retrace_c else 1.0)
-    Q_ret = retrace(torch.as_tensor(ep.r), Qd[idx, a], V[:T], rho_bar, V[T], args.gamma, ep.terminal)
+    terminal = ep.terminal or not args.bootstrap_truncated
+    Q_ret = retrace(torch.as_tensor(ep.r), Qd[idx, a], V[:T], rho_bar, V[T], args.gamma, terminal)
     policy = acer_policy_loss(logits[:T], a, rho, Qd[:T], Q_ret, args.c)
     entropy = -(pi[:T] * log_pi[:T]).sum()
     critic = 0.5 * ((Q_ret - Q[idx, a]) ** 2).sum()
@@ -310,7 +316,12 @@ def train(args: Args, envs=None, val_env=None, validate_fn=validate) -> TrainRec
         frac = min(1.0, steps / args.beta_steps) if args.beta_steps > 0 else 1.0
         step_args = replace(args, beta=beta0 + frac * (args.beta - beta0))
         opt.zero_grad()
-        sum(acer_loss(net, ep, step_args, on_policy) for ep in ep_batch).backward()
+        losses = [acer_loss(net, ep, step_args, on_policy) for ep in ep_batch]
+        if args.batch_mean:  # acer_loss is a per-step mean: weight by length, divide by the batch's steps
+            loss = sum(l * len(ep) for l, ep in zip(losses, ep_batch)) / sum(len(ep) for ep in ep_batch)
+        else:
+            loss = sum(losses)
+        loss.backward()
         nn.utils.clip_grad_norm_(net.parameters(), args.max_grad_norm)
         opt.step()
 
@@ -358,33 +369,6 @@ def _save(args: Args, state_dict, record: TrainRecord) -> None:
         from rtautoplan.policies.acer_eval import plot_validation
 
         plot_validation(record, out.with_name(out.stem + "_validation.png"))
-
-
-class TrainProgress:
-    """A rich progress bar over T_max steps showing episode return and validation ψ (or nothing)."""
-
-    def __init__(self, args: Args):
-        self.args, self.bar = args, None
-
-    def __enter__(self):
-        if self.args.progress:
-            from rich import progress as rp
-
-            self.bar = rp.Progress(rp.TextColumn("ACER"), rp.BarColumn(), rp.TextColumn("{task.completed}/{task.total}"),
-                                   rp.TextColumn("return {task.fields[ret]:.2f}  val ψ {task.fields[val]:.2f}"),
-                                   rp.TimeRemainingColumn())
-            self.bar.__enter__()
-            self.task = self.bar.add_task("train", total=self.args.T_max, ret=0.0, val=float("nan"))
-        return self
-
-    def show(self, steps: int, ret: float, val: float) -> None:
-        if self.bar is not None:
-            self.bar.update(self.task, completed=min(steps, self.args.T_max), ret=ret, val=val)
-
-    def __exit__(self, *exc):
-        if self.bar is not None:
-            self.bar.__exit__(*exc)
-        return False
 
 
 def load_net(path: str | Path = WEIGHTS) -> AcerNet:

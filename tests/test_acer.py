@@ -66,23 +66,31 @@ class CueEnv(gym.Env):
         return np.eye(6, dtype=np.float32)[self.k], float(hit), hit, self.t >= self.max_steps, {}
 
 
-def _train_toy(tmp_path, T_max=1_500):
+def _train_toy(tmp_path, T_max=1_500, seed=0, **fix):
     args = acer.Args(T_max=T_max, t_s=100, t_eval=10 ** 9, lr=3e-3, beta=0.01, n_actors=1, progress=False,
-                     out=str(tmp_path / "toy.pt"))
+                     seed=seed, out=str(tmp_path / "toy.pt"), **fix)
     record = acer.train(args, envs=[CueEnv()], validate_fn=None)
     return record, acer.load_net(tmp_path / "toy.pt")
 
 
-def test_acer_learns_toy_task_above_threshold(tmp_path):
-    """stable-baselines3 habit: after a short training the greedy policy must beat a threshold."""
-    record, net = _train_toy(tmp_path)
-    assert record.steps >= 1_500
+def _greedy_hits(net) -> int:
     policy, env, hits = acer.AcerPolicy(net), CueEnv(), 0
     for seed in range(100):
         obs, _ = env.reset(seed=seed)
         policy.reset()
         hits += int(policy.act(obs) == env.k)
-    assert hits >= 80  # random: about 17 of 100
+    return hits
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_acer_learns_toy_task_above_threshold(tmp_path, seed):
+    """stable-baselines3 habit: after a short training the greedy policy must beat a threshold, at every seed.
+    With the time-limit bootstrap (``bootstrap_truncated=True``, the committed run) the never-trained V(s_T)
+    let Q diverge (≈ 40–50 for rewards ≤ 1) and π collapse: 0, 81, 0 hits at seeds 0, 1, 2 in this set-up
+    (86, 14, 23, 19 at seeds 0–3 in the former one: 1 500 steps, p = 4). Fixed: 100 at seeds 0–4, 86 at seed 5."""
+    record, net = _train_toy(tmp_path, T_max=800, seed=seed, p=2.0, bootstrap_truncated=False)
+    assert record.steps >= 800
+    assert _greedy_hits(net) >= 80  # random: about 17 of 100
 
 
 def test_training_is_reproducible(tmp_path):
