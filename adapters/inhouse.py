@@ -1,5 +1,5 @@
 """Our own engine behind the TPS protocol: photon IMRT (pencil-beam dose influence matrix,
-L-BFGS-B of seed 002 or ADMM of seed 000, both warm-started).
+L-BFGS-B of seed 002 or ADMM of seed 000, both warm-started unless ``warm_start=False``).
 
 The dose influence matrix is computed once per case and beam set (and cached on disk), so a
 closed loop pays only for re-optimisations. A re-optimisation whose objectives name the same
@@ -7,6 +7,11 @@ structures in the same order (new limits, volumes or weights: the closed loop's 
 re-uses the plan objective of the previous one (``PlanObjective.with_objectives``: no row
 extraction, no new curvature diagonal when the weights are unchanged) and warm-starts from its
 solution (docs/decisions.md, "Engine speed (issue 3)").
+
+``warm_start=False`` optimises every plan from the uniform start with a fresh plan objective, so a
+plan is a function of its objectives alone: what an RL planner needs when an action that loosens
+an objective the warm-started solution already meets must still change the plan (docs/results.md,
+ACER). It is the setting the ACER planner was trained with.
 """
 
 from __future__ import annotations
@@ -30,17 +35,19 @@ class InHousePhoton:
     """Photon IMRT with the in-house engine.
 
     solver: "lbfgs" (SPEC §2.9) or "admm" (SPEC §1.3). n_beams: equispaced coplanar beams when
-    ``prepare`` gets none. dose_grid_factor: dose grid / CT grid block size (k, j, i).
+    ``prepare`` gets none. dose_grid_factor: dose grid / CT grid block size (k, j, i). max_iter:
+    the optimiser's iteration cap. warm_start: start each re-optimisation from the previous
+    solution (module docstring).
     """
 
     modality = Modality.PHOTON
 
     def __init__(self, solver: str = "lbfgs", n_beams: int = 7, dose_grid_factor=(1, 2, 2), cache_dir=None,
-                 max_iter: int = 200):
+                 max_iter: int = 200, warm_start: bool = True):
         if solver not in ("lbfgs", "admm"):
             raise ValueError(f"solver must be 'lbfgs' or 'admm', not {solver!r}")
         self.name = f"inhouse-photon-{solver}"
-        self.solver, self.n_beams, self.max_iter = solver, n_beams, max_iter
+        self.solver, self.n_beams, self.max_iter, self.warm_start = solver, n_beams, max_iter, bool(warm_start)
         self.dose_grid_factor, self.cache_dir = dose_grid_factor, cache_dir
         self._case: Case | None = None
         self._dij: Dij | None = None
@@ -64,6 +71,8 @@ class InHousePhoton:
         dropped = sorted({o.structure for o in objectives} - {o.structure for o in usable})
         if dropped:
             log.warning("%s: no dose-grid voxel in %s; their objectives are skipped", self.name, ", ".join(dropped))
+        if not self.warm_start:
+            self._x, self._f, self._admm_state = None, None, None
         f = self._objective(usable)
         x0 = self._x if self._x is not None else self._uniform_start()
         if self.solver == "lbfgs":

@@ -15,7 +15,7 @@
   n ∼ Poisson(p = 4) off-policy updates, each on ≥ t_B = 16 replayed steps (whole episodes), once
   replay holds t_s = 2 000 steps. RMSprop (lr 7e-4, α 0.99, ε 1e-5, Atari-57 ACER values §1.10).
 * **Actors**: ``n_actors`` environments (own TPS and episode stream) played in turn in one process (same
-  seed → same weights on CPU). **Environment**: ``ProstateEnv(ColdStart(InHousePhoton))``, shaped Δψ.
+  seed → same weights on CPU). **Environment**: ``ProstateEnv(InHousePhoton(warm_start=False))``, shaped Δψ.
 * **Checkpoint selection** (§1.11): every t_eval steps the greedy policy plans the validation cases
   (binary ψ); the best weights are kept (ties: the later), not the last ones.
 """
@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -70,10 +71,13 @@ class Args:
     val_inits: int = 2  # random-TPP initial plans per validation case (plus the trivial one)
     dose_grid_factor: tuple[int, int, int] = (2, 4, 4)  # TPS dose-grid coarsening (standard grid: (1, 2, 2))
     max_iter: int = 60  # TPS optimiser iteration cap
-    cold_start: bool = True  # optimise every plan from scratch (``ColdStart``; False: the adapter's warm start)
+    cold_start: bool = True  # optimise every plan from scratch (``InHousePhoton(warm_start=False)``)
     partial_band: float | None = 1.0  # training reward: Δψ with proknow9 partial credit, this band (None: binary)
     out: str = str(WEIGHTS)  # selected weights; the .json record and _validation.png go beside them
-    progress: bool = True  # rich progress bar (episode return, validation ψ)
+    progress: bool = True  # rich progress bar (episode return, validation ψ); False: one printed line per validation
+    mask_no_ops: bool = False  # π over the actions that move (``env.action_mask``): a TPP at its clamp is not drawn
+    engine_threads: int = 1  # $RTAUTOPLAN_THREADS of the TPS: its sparse sums depend on it (same value, same weights)
+    wall_budget_s: float | None = None  # stop after this wall time (s), T_max or not (the selected weights are kept)
 
 
 class AcerNet(nn.Module):
@@ -120,22 +124,31 @@ def acer_policy_loss(logits, a, rho, Q, Q_ret, c: float) -> torch.Tensor:
 @dataclass
 class Episode:
     """One stored trajectory: observations s_0..s_T (T + 1, obs_dim), actions, rewards, the
-    behaviour policy μ(·|s_t) (T, A), and whether s_T is terminal."""
+    behaviour policy μ(·|s_t) (T, A), whether s_T is terminal, and the actions allowed in each
+    state (T + 1, A; None: all)."""
 
     s: np.ndarray
     a: np.ndarray
     r: np.ndarray
     mu: np.ndarray
     terminal: bool
+    mask: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.a)
 
 
+def masked(logits: torch.Tensor, mask: np.ndarray | None) -> torch.Tensor:
+    """Logits with the disallowed actions at −10⁹ (π = 0 there, finite log π; None: unchanged)."""
+    if mask is None:
+        return logits
+    return logits.masked_fill(~torch.as_tensor(mask, dtype=torch.bool), -1e9)
+
+
 def acer_loss(net: AcerNet, ep: Episode, args: Args, on_policy: bool) -> torch.Tensor:
     """Policy (eq. 6) + entropy (β) + critic (eq. 5) loss of one trajectory."""
     logits, Q, _ = net(torch.as_tensor(ep.s)[None])
-    logits, Q = logits[0], Q[0]
+    logits, Q = masked(logits[0], ep.mask), Q[0]
     log_pi = torch.log_softmax(logits, -1)
     pi = log_pi.exp()
     T = len(ep)
@@ -173,22 +186,27 @@ class Replay:
         return batch
 
 
-def play(env, net: AcerNet, rng: np.random.Generator, seed: int, options=None) -> tuple[Episode, float]:
-    """One episode sampled from π (μ = π recorded): the Episode and its (undiscounted) return."""
+def play(env, net: AcerNet, rng: np.random.Generator, seed: int, options=None,
+         mask_no_ops: bool = False) -> tuple[Episode, float]:
+    """One episode sampled from π (μ = π recorded): the Episode and its (undiscounted) return; with
+    ``mask_no_ops``, π over ``env.action_mask()`` only."""
     obs, _ = env.reset(seed=seed, options=options)
     s, a, r, mu, state, terminal = [obs.ravel()], [], [], [], None, False
+    masks = [env.action_mask()] if mask_no_ops else None
     with torch.no_grad():
         for _ in range(env.max_steps):
             logits, _, state = net(torch.as_tensor(s[-1])[None, None], state)
-            probs = torch.softmax(logits[0, 0], -1).double().numpy()
+            probs = torch.softmax(masked(logits[0, 0], masks[-1] if masks else None), -1).double().numpy()
             probs /= probs.sum()
             action = int(rng.choice(len(probs), p=probs))
             obs, reward, terminal, truncated, _ = env.step(action)
             s.append(obs.ravel()), a.append(action), r.append(reward), mu.append(probs)
+            if masks is not None:
+                masks.append(env.action_mask())
             if terminal or truncated:
                 break
     ep = Episode(np.stack(s).astype(np.float32), np.array(a), np.array(r, np.float32),
-                 np.stack(mu).astype(np.float32), bool(terminal))
+                 np.stack(mu).astype(np.float32), bool(terminal), None if masks is None else np.stack(masks))
     return ep, float(sum(r))
 
 
@@ -221,40 +239,19 @@ class AcerPolicy:
         return self.rank(observation)[0][0]
 
 
-class ColdStart:
-    """A TPS adapter that optimises every plan from the adapter's own start (``prepare`` before each
-    ``optimize``), so a plan is a function of its TPPs only. Still needed with the Ring objective: warm
-    started, a one-step-lookahead oracle stays at ψ = 8 from random TPPs, cold it reaches 9 (docs/results.md)."""
-
-    def __init__(self, inner):
-        self.inner, self.name = inner, f"{inner.name}-cold"
-        self._case, self._beams = None, None
-
-    def prepare(self, case, beams=None) -> None:
-        self._case, self._beams = case, beams
-        self.inner.prepare(case, beams)
-
-    def optimize(self, objectives):
-        self.inner.prepare(self._case, self._beams)
-        return self.inner.optimize(objectives)
-
-    def plan(self):
-        return self.inner.plan()
-
-    def __getattr__(self, name):
-        return getattr(self.inner, name)
-
-
 def make_env(seeds, dose_grid_factor=(2, 4, 4), max_iter: int = 60, init: str = "random", t_epi: int = 20,
              cold_start: bool = True, partial_band: float | None = None):
-    """A ProstateEnv over its own InHousePhoton (7 beams) on ``seeds``: ``cold_start`` wraps it in
-    ``ColdStart``; ``partial_band`` scores with proknow9's partial credit of that band (binary: None)."""
+    """A ProstateEnv over its own InHousePhoton (7 beams) on ``seeds``: ``cold_start`` optimises every
+    plan from scratch (``warm_start=False``: warm-started, a one-step-lookahead oracle stays at ψ = 8 from
+    random TPPs, cold it reaches 9; docs/results.md); ``partial_band`` scores with proknow9's partial
+    credit of that band (binary: None)."""
     from rtautoplan.adapters.inhouse import InHousePhoton
-    from rtautoplan.policies.env_prostate import ProstateEnv
+    from rtautoplan.policies.env_prostate import ENGINE, ProstateEnv
 
-    tps = InHousePhoton(n_beams=7, dose_grid_factor=tuple(dose_grid_factor), max_iter=max_iter)
+    engine = {**ENGINE, "max_iter": max_iter, "warm_start": not cold_start}
+    tps = InHousePhoton(dose_grid_factor=tuple(dose_grid_factor), **engine)
     options = None if partial_band is None else {"partial": True, "band": partial_band}
-    return ProstateEnv(ColdStart(tps) if cold_start else tps, case_seeds=tuple(seeds), max_steps=t_epi, init=init,
+    return ProstateEnv(tps, case_seeds=tuple(seeds), max_steps=t_epi, init=init,
                        score_options=options)
 
 
@@ -294,6 +291,7 @@ class TrainRecord:
 def train(args: Args, envs=None, val_env=None, validate_fn=validate) -> TrainRecord:
     """Train ACER (module docstring); write the selected weights, the JSON record and the curve.
     ``envs`` (one per actor) and ``val_env`` default to prostate environments of ``args``."""
+    os.environ["RTAUTOPLAN_THREADS"] = str(args.engine_threads)
     torch.manual_seed(args.seed)
     torch.set_num_threads(1)
     torch.use_deterministic_algorithms(True)
@@ -326,10 +324,10 @@ def train(args: Args, envs=None, val_env=None, validate_fn=validate) -> TrainRec
         opt.step()
 
     with TrainProgress(args) as bar:
-        while steps < args.T_max:
+        while steps < args.T_max and (args.wall_budget_s is None or time.perf_counter() - start < args.wall_budget_s):
             env = envs[episodes % len(envs)]
             options = {"init": "trivial"} if args.p_trivial > 0 and rng.random() < args.p_trivial else None
-            ep, ret = play(env, net, rng, seed=int(rng.integers(2 ** 31)), options=options)
+            ep, ret = play(env, net, rng, int(rng.integers(2 ** 31)), options, args.mask_no_ops)
             replay.add(ep), returns.append(ret)
             steps, episodes = steps + len(ep), episodes + 1
             update([ep], True)
@@ -342,13 +340,21 @@ def train(args: Args, envs=None, val_env=None, validate_fn=validate) -> TrainRec
                 curve.append((steps, score, float(np.mean(returns[-20:]))))
                 if score >= best[0]:
                     best = (score, steps, copy.deepcopy(net.state_dict()))
+                    _save(args, best[2], _record(args, steps, episodes, start, best, curve))
+                if not args.progress:
+                    print(f"step {steps} episodes {episodes} wall {time.perf_counter() - start:.0f} s  validation ψ "
+                          f"{score:.3f}  return {curve[-1][2]:.3f}  best {best[0]:.3f} at {best[1]}", flush=True)
             bar.show(steps, float(np.mean(returns[-20:])), curve[-1][1] if curve else float("nan"))
     if validate_fn is None:
         best = (float("nan"), steps, net.state_dict())
-    record = TrainRecord(_jsonable({"out": args.out})["out"], _jsonable(asdict(args)), args.seed, steps, episodes,
-                         time.perf_counter() - start, best[1], float(best[0]), curve)
+    record = _record(args, steps, episodes, start, best, curve)
     _save(args, best[2], record)
     return record
+
+
+def _record(args: Args, steps: int, episodes: int, start: float, best: tuple, curve: list) -> TrainRecord:
+    return TrainRecord(_jsonable({"out": args.out})["out"], _jsonable(asdict(args)), args.seed, steps, episodes,
+                       time.perf_counter() - start, best[1], float(best[0]), list(curve))
 
 
 def _jsonable(d: dict) -> dict:

@@ -22,9 +22,9 @@ class Policy(Protocol):
         """The action to take in ``observation`` (an element of the environment's action space)."""
 
 
-def ranked(policy: Policy, observation: np.ndarray, k: int = 3) -> list[tuple[Any, float]]:
-    """The policy's top-``k`` actions with their probability or value, best first; a policy that
-    cannot rank gives its one action with value NaN."""
+def ranked(policy: Policy, observation: np.ndarray, k: int | None = 3) -> list[tuple[Any, float]]:
+    """The policy's top-``k`` actions (None: all it ranks) with their probability or value, best
+    first; a policy that cannot rank gives its one action with value NaN."""
     rank = getattr(policy, "rank", None)
     if rank is None:
         return [(policy.act(observation), float("nan"))]

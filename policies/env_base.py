@@ -193,7 +193,8 @@ class LoopHooks:
     ``STATE`` names the attributes that hold an environment's planning parameters (and whatever
     its next observation depends on); ``snapshot``/``restore`` save and roll back those plus the
     planner's last dose and score, so a step the safety filter rejects leaves no trace.
-    ``preview(action)`` is the parameters the action would set, without running the TPS.
+    ``preview(action)`` is the parameters the action would set, without running the TPS, and
+    ``moves(action)`` whether it changes any.
     ``bounds`` is the documented range of every parameter (SPEC §5.2); ``score(gy)`` scores any
     dose of the current case with the environment's system and options.
     """
@@ -216,6 +217,15 @@ class LoopHooks:
             return dict(self.parameters)
         finally:
             self.restore(saved)
+
+    def moves(self, action) -> bool:
+        """The action changes at least one planning parameter (a Table-1 move of a TPP at its clamp does not)."""
+        return dict(self.preview(action)) != dict(self.parameters)
+
+    def action_mask(self) -> np.ndarray:
+        """(n,) bool over a Discrete action space: the actions that move (``moves``); the rest would
+        re-optimise the same plan (ACER's masked policy, ``policies/acer.py``)."""
+        return np.array([self.moves(a) for a in range(int(self.action_space.n))])
 
     def score(self, gy: np.ndarray):
         return self._planner.score_fn(gy, self.case, **self._planner.score_options)

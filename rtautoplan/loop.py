@@ -5,7 +5,10 @@ multi-agent one (observations, actions and rewards are then dicts per agent; the
 the same for every agent, SPEC §3.4).
 
 Each step:
-1. the policy ranks its actions (top-3 kept for the report, SPEC §5.3) and proposes the first;
+1. the policy ranks its actions and proposes the first that changes a planning parameter: an
+   action whose parameters stay as they are (a Table-1 move of a TPP already at its clamp) would
+   re-run the TPS on the same plan, so it is passed over for the next-ranked one (``env.moves``; the
+   top 3 of the rest are kept for the report, SPEC §5.3);
 2. the safety filter checks the parameters the action would change (``env.preview``) against the
    environment's bounds table (``env.bounds``) — a rejected action is logged, the TPS is not called
    and the policy's next-ranked alternative is tried;
@@ -75,6 +78,11 @@ def _done(terminated, truncated) -> bool:
     return bool(terminated or truncated)
 
 
+def _moves(env, action) -> bool:
+    fn = getattr(env, "moves", None)
+    return True if fn is None else bool(fn(action))
+
+
 def describe(env, action) -> str:
     """A human-readable action (``env.describe_action``, every environment's ``LoopHooks``)."""
     fn = getattr(env, "describe_action", None)
@@ -127,7 +135,9 @@ def run_loop(env, policy: Policy, max_steps: int, seed: int = 0, options: dict |
         if reached_best(env.last_score):
             break
         start = time.perf_counter()
-        alternatives = ranked(policy, observation, k=3)
+        alternatives = [(a, v) for a, v in ranked(policy, observation, k=None) if _moves(env, a)][:3]
+        if not alternatives:  # the policy's only proposal changes nothing (a random draw): ask again
+            continue
         labelled = tuple((describe(env, a), float(v)) for a, v in alternatives)
         done = accepted = False
         greedy, undone = bool(getattr(policy, "greedy", False)), 0

@@ -23,6 +23,7 @@ from rtautoplan.loop import is_better, run_loop
 from rtautoplan.plan import Modality, Result, Step
 from rtautoplan.policies import POLICIES
 from rtautoplan.policies.env import ENVS
+from rtautoplan.policies.env_prostate import ENGINE as PROSTATE_ENGINE
 
 
 @dataclass(frozen=True)
@@ -41,8 +42,10 @@ class Setup:
 # (site, modality) → how it is planned. H&N photon and proton plans share seed 002's multi-level
 # objectives and dose-distribution score; seed 004's single-level 44 Gy environment (``hn_imrt``)
 # is for its SARSA planner (``--policy sarsa``), not for planning a multi-level case.
+# Prostate plans run on seed 000's engine (``env_prostate.ENGINE``), the one its ACER planner was trained on.
 SETUPS: dict[tuple[str, str], Setup] = {
-    ("prostate", "photon"): Setup("prostate", "inhouse-photon", "rule-based", 20, env_options={"init": "trivial"}),
+    ("prostate", "photon"): Setup("prostate", "inhouse-photon", "rule-based", 20, adapter_options=PROSTATE_ENGINE,
+                                  env_options={"init": "trivial"}),
     ("hn", "photon"): Setup("proton_hn", "inhouse-photon", "rule-based", 8),
     ("hn", "proton"): Setup("proton_hn", "inhouse-proton", "rule-based", 8),
     ("hn", "carbon"): Setup("carbon_hn", "phoenix", "rule-based", 10),

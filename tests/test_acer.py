@@ -73,8 +73,8 @@ def _train_toy(tmp_path, T_max=1_500, seed=0, **fix):
     return record, acer.load_net(tmp_path / "toy.pt")
 
 
-def _greedy_hits(net) -> int:
-    policy, env, hits = acer.AcerPolicy(net), CueEnv(), 0
+def _greedy_hits(net, env_cls=None) -> int:
+    policy, env, hits = acer.AcerPolicy(net), (env_cls or CueEnv)(), 0
     for seed in range(100):
         obs, _ = env.reset(seed=seed)
         policy.reset()
@@ -91,6 +91,34 @@ def test_acer_learns_toy_task_above_threshold(tmp_path, seed):
     record, net = _train_toy(tmp_path, T_max=800, seed=seed, p=2.0, bootstrap_truncated=False)
     assert record.steps >= 800
     assert _greedy_hits(net) >= 80  # random: about 17 of 100
+
+
+class MaskedCueEnv(CueEnv):
+    """CueEnv where actions 4 and 5 change nothing (a TPP at its clamp) and the cue is one of 0–3."""
+
+    def reset(self, *, seed=None, options=None):
+        _, info = super().reset(seed=seed)
+        self.k = self.k % 4
+        return np.eye(6, dtype=np.float32)[self.k], info
+
+    def action_mask(self):
+        return np.array([True] * 4 + [False] * 2)
+
+
+def test_masked_policy_never_draws_an_action_that_changes_nothing(tmp_path):
+    """``mask_no_ops``: π is 0 on the masked actions while playing and in the loss (finite gradients),
+    and the masked training still learns the cue."""
+    net, rng = acer.AcerNet(6, 6), np.random.default_rng(0)
+    episodes = [acer.play(MaskedCueEnv(), net, rng, seed=k, mask_no_ops=True)[0] for k in range(30)]
+    assert all(a < 4 for ep in episodes for a in ep.a)
+    assert all((ep.mu[:, 4:] == 0).all() and ep.mask.shape == (len(ep) + 1, 6) for ep in episodes)
+    loss = acer.acer_loss(net, episodes[0], acer.Args(), on_policy=False)
+    loss.backward()
+    assert torch.isfinite(loss) and all(torch.isfinite(p.grad).all() for p in net.parameters())
+    args = acer.Args(T_max=800, t_s=100, t_eval=10 ** 9, lr=3e-3, beta=0.01, n_actors=1, progress=False, p=2.0,
+                     bootstrap_truncated=False, mask_no_ops=True, out=str(tmp_path / "toy.pt"))
+    acer.train(args, envs=[MaskedCueEnv()], validate_fn=None)
+    assert _greedy_hits(acer.load_net(tmp_path / "toy.pt"), MaskedCueEnv) >= 80  # random over 4 actions: ≈ 25
 
 
 def test_training_is_reproducible(tmp_path):

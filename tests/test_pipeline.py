@@ -75,6 +75,24 @@ def test_rejected_actions_are_logged_and_never_reach_the_plan(cache):
     assert not is_better(loop.initial_score, loop.best_score)
 
 
+def test_an_action_that_changes_no_parameter_is_passed_over_for_the_next_ranked(cache):
+    """From the trivial TPPs t_PTV is at its lower clamp (1.0), so "t_ptv−" would re-optimise the
+    same plan: the loop skips it without calling the TPS and takes the planner's second choice."""
+
+    class Stuck:
+        name = "stuck"
+
+        def rank(self, observation):
+            return [(T.NAMES.index("t_ptv") * 2 + 1, 0.9), (T.NAMES.index("lam_ptv") * 2, 0.1)]
+
+    env = make_env(SETUPS[("prostate", "photon")], read_case(SAMPLES / "prostate01"), tps=coarse(cache), max_steps=2)
+    assert not env.moves(T.NAMES.index("t_ptv") * 2 + 1) and env.moves(T.NAMES.index("lam_ptv") * 2)
+    loop = run_loop(env, Stuck(), max_steps=2)
+    assert [s.action for s in loop.steps] == ["lam_ptv+"] * len(loop.steps) and loop.steps
+    assert env.parameters["t_ptv"] == 1.0 and env.parameters["lam_ptv"] > 1.0
+    assert [label for label, _ in loop.steps[0].alternatives] == ["lam_ptv+"]
+
+
 @pytest.mark.tools
 def test_outputs_are_valid_dicom_with_consistent_references(prostate_plan, tmp_path, tool):
     planned, result = prostate_plan
