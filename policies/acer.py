@@ -39,12 +39,12 @@ WEIGHTS = Path(__file__).resolve().parent / "weights" / "acer_prostate.pt"
 
 @dataclass
 class Args:
-    """SPEC §1.11 Table 3 unless noted; defaults = the committed run. ``partial_band`` shapes the training reward
-    only (validation, evaluation: binary ψ, §1.7). Entropy schedule (``beta_start`` 0.01) and episode mix
-    (``p_trivial`` 0.3, ``train_seeds`` (0, 3–7)) did not learn either (docs/results.md, "Retraining …")."""
+    """SPEC §1.11 Table 3 unless noted; defaults = the committed run (docs/results.md, ACER): binary Δψ reward,
+    masked policy, no time-limit bootstrap, β 0.01 → 0.001 over 5 000 steps, standard dose grid.
+    ``partial_band`` would shape the training reward only (validation, evaluation: binary ψ, §1.7)."""
 
     seed: int = 0  # torch / numpy / episode seed; same seed → same weights (CPU, one thread)
-    T_max: int = 10_000  # total environment steps (the paper: 250 000; our budget, docs/results.md)
+    T_max: int = 5_004  # total environment steps (the paper: 250 000; the committed run's, docs/results.md)
     t_epi: int = 20  # maximum episode length
     t_rep: int = 100_000  # replay memory capacity (steps)
     t_s: int = 2_000  # steps stored before off-policy updates start
@@ -55,13 +55,13 @@ class Args:
     t_eval: int = 1_000  # steps between validation evaluations (the paper: 500; halved frequency for our budget)
     gamma: float = 0.99  # discount γ
     beta: float = 0.001  # entropy weight β (SPEC §1.10); with ``beta_start``, the value reached at ``beta_steps``
-    beta_start: float | None = None  # entropy weight at step 0, linear to β over ``beta_steps`` (None: β throughout)
+    beta_start: float | None = 0.01  # entropy weight at step 0, linear to β over ``beta_steps`` (None: β throughout)
     beta_steps: int = 5_000  # steps of the β schedule
     lr: float = 7e-4  # RMSprop learning rate ([NOT SPECIFIED] §1.10: Atari-57 ACER)
     rms_alpha: float = 0.99  # RMSprop decay
     rms_eps: float = 1e-5  # RMSprop ε
     max_grad_norm: float = 10.0  # gradient-norm clip (Atari-57 ACER)
-    bootstrap_truncated: bool = True  # Q_ret(T−1) = r + γV(s_T) at a time limit; False: = r (s_T is never a critic target)
+    bootstrap_truncated: bool = False  # Q_ret(T−1) = r + γV(s_T) at a time limit; False: = r (s_T is never a critic target)
     batch_mean: bool = False  # replay batch: loss averaged over all its steps (False: per-episode means summed)
     q_coef: float = 0.5  # weight of the critic loss ½(Q_ret − Q)²
     n_actors: int = 2  # actor environments played in turn (N_a; the paper: 3 asynchronous processes)
@@ -69,13 +69,13 @@ class Args:
     p_trivial: float = 0.0  # share of training episodes from trivial TPPs (others random, §1.12); 0: no draw
     val_seeds: tuple[int, ...] = (1, 2)  # prostate phantom seeds of the validation curve
     val_inits: int = 2  # random-TPP initial plans per validation case (plus the trivial one)
-    dose_grid_factor: tuple[int, int, int] = (2, 4, 4)  # TPS dose-grid coarsening (standard grid: (1, 2, 2))
+    dose_grid_factor: tuple[int, int, int] = (1, 2, 2)  # TPS dose grid (the standard one; coarse: (2, 4, 4))
     max_iter: int = 60  # TPS optimiser iteration cap
     cold_start: bool = True  # optimise every plan from scratch (``InHousePhoton(warm_start=False)``)
-    partial_band: float | None = 1.0  # training reward: Δψ with proknow9 partial credit, this band (None: binary)
+    partial_band: float | None = None  # training reward: Δψ with proknow9 partial credit, this band (None: binary)
     out: str = str(WEIGHTS)  # selected weights; the .json record and _validation.png go beside them
     progress: bool = True  # rich progress bar (episode return, validation ψ); False: one printed line per validation
-    mask_no_ops: bool = False  # π over the actions that move (``env.action_mask``): a TPP at its clamp is not drawn
+    mask_no_ops: bool = True  # π over the actions that move (``env.action_mask``): a TPP at its clamp is not drawn
     engine_threads: int = 1  # $RTAUTOPLAN_THREADS of the TPS: its sparse sums depend on it (same value, same weights)
     wall_budget_s: float | None = None  # stop after this wall time (s), T_max or not (the selected weights are kept)
 
@@ -189,10 +189,10 @@ class Replay:
 def play(env, net: AcerNet, rng: np.random.Generator, seed: int, options=None,
          mask_no_ops: bool = False) -> tuple[Episode, float]:
     """One episode sampled from π (μ = π recorded): the Episode and its (undiscounted) return; with
-    ``mask_no_ops``, π over ``env.action_mask()`` only."""
+    ``mask_no_ops``, π over ``env.action_mask()`` only (when the environment has one)."""
     obs, _ = env.reset(seed=seed, options=options)
     s, a, r, mu, state, terminal = [obs.ravel()], [], [], [], None, False
-    masks = [env.action_mask()] if mask_no_ops else None
+    masks = [env.action_mask()] if mask_no_ops and hasattr(env, "action_mask") else None
     with torch.no_grad():
         for _ in range(env.max_steps):
             logits, _, state = net(torch.as_tensor(s[-1])[None, None], state)
@@ -214,12 +214,14 @@ class AcerPolicy:
     """The trained planner (Policy protocol): greedy argmax π with the LSTM state carried across the
     steps of an episode (as in training) and cleared by ``reset()``; ``rank`` gives (action,
     probability) best first. One ``rank`` or ``act`` call per step: each advances the LSTM, also
-    when the observation repeats (an action that changed nothing), as ``play`` does in training."""
+    when the observation repeats (an action that changed nothing), as ``play`` does in training.
+    ``mask_env``: π over that environment's ``action_mask()`` at each call (a net trained with
+    ``mask_no_ops``); the order of the moving actions, hence the loop's choice, is the same either way."""
 
     name = "acer"
 
-    def __init__(self, net: AcerNet):
-        self.net = net.eval()
+    def __init__(self, net: AcerNet, mask_env=None):
+        self.net, self.mask_env = net.eval(), mask_env
         self.reset()
 
     def reset(self) -> None:
@@ -227,9 +229,10 @@ class AcerPolicy:
 
     def probabilities(self, observation: np.ndarray) -> np.ndarray:
         obs = torch.as_tensor(np.asarray(observation, np.float32).ravel())
+        mask = None if self.mask_env is None else self.mask_env.action_mask()
         with torch.no_grad():
             logits, _, self._state = self.net(obs[None, None], self._state)
-        return torch.softmax(logits[0, 0].double(), -1).numpy()
+        return torch.softmax(masked(logits[0, 0], mask).double(), -1).numpy()
 
     def rank(self, observation: np.ndarray) -> list[tuple[int, float]]:
         probs = self.probabilities(observation)
@@ -385,6 +388,10 @@ def load_net(path: str | Path = WEIGHTS) -> AcerNet:
 
 
 def load(env=None, seed: int = 0, path: str | Path = WEIGHTS) -> AcerPolicy:
-    """The committed ACER planner (``policies/weights/acer_prostate.pt``). ``env`` and ``seed`` are
-    accepted for the ``POLICIES`` factory signature; the greedy policy needs neither."""
-    return AcerPolicy(load_net(path))
+    """The committed ACER planner (``policies/weights/acer_prostate.pt``) on ``env``: masked by its
+    ``action_mask`` when the training record says ``mask_no_ops``. ``seed`` is accepted for the
+    ``POLICIES`` factory signature; the greedy policy needs none."""
+    record = Path(path).with_suffix(".json")
+    trained = json.loads(record.read_text()).get("args", {}) if record.exists() else {}
+    masked_env = env if trained.get("mask_no_ops") and hasattr(env, "action_mask") else None
+    return AcerPolicy(load_net(path), masked_env)

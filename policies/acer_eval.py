@@ -36,7 +36,7 @@ def _policy(name: str, env, seed: int):
     return acer.load(env, seed) if name == "acer" else POLICIES[name](env, seed)
 
 
-def plan_cases(policy_name: str, seeds, inits=("trivial", "random"), dose_grid_factor=(2, 4, 4),
+def plan_cases(policy_name: str, seeds, inits=("trivial", "random"), dose_grid_factor=(1, 2, 2),
                max_steps: int = 20, cold_start: bool = True, draws: int = 1) -> list[dict]:
     """One row per (init, case seed, draw): ψ before and after the closed loop of ``policy_name``;
     draw k > 0 of random TPPs resets with seed 1000·s + k (draw 0: the case seed s)."""
@@ -58,7 +58,7 @@ def plan_cases(policy_name: str, seeds, inits=("trivial", "random"), dose_grid_f
 
 
 def evaluate_acer(policies=("acer", "rule-based", "random"), seeds=TEST_SEEDS, inits=("trivial", "random"),
-                  dose_grid_factor=(2, 4, 4), max_steps: int = 20, cold_start: bool = True,
+                  dose_grid_factor=(1, 2, 2), max_steps: int = 20, cold_start: bool = True,
                   csv_path: Path = CSV, write: bool = True, draws: int = 1) -> list[dict]:
     """Plan ``seeds`` with each of ``policies`` (module docstring); rows into ``csv_path`` (rows of
     other policies or grids are kept); with ``write``, refresh ``docs/results.md``."""
@@ -93,7 +93,7 @@ def summarise(rows: list[dict]) -> dict:
             "below8": int(np.sum(after < 8.0)), "steps": float(np.mean([r["steps"] for r in rows]))}
 
 
-def table(rows: list[dict], grid: str = "2x4x4") -> str:
+def table(rows: list[dict], grid: str = "1x2x2") -> str:
     """The seed-style table (SPEC §1.14) of one dose grid, one line per init × policy."""
     header = "| init | policy | n | ψ before (mean ± sd) | ψ after (mean ± sd) | % at 9 | n in [8, 9) | n < 8 | mean steps |"
     lines = [header, "|---|---|---|---|---|---|---|---|---|"]
@@ -108,7 +108,7 @@ def table(rows: list[dict], grid: str = "2x4x4") -> str:
     return "\n".join(lines)
 
 
-def histogram(rows: list[dict], png: Path, grid: str = "2x4x4") -> None:
+def histogram(rows: list[dict], png: Path, grid: str = "1x2x2") -> None:
     """ψ after planning, per policy, one panel per init (seed Figs. 4–5)."""
     import matplotlib
 
@@ -163,18 +163,26 @@ def fgsm_loss(p):
     return torch.nn.functional.binary_cross_entropy(p.clamp(1e-12, 1 - 1e-12), onehot), j
 
 
-def fgsm(output, s, eps: float):
+def fgsm(output, s, eps: float, mask=None):
     """One FGSM attack (eq. 9) on observation ``s`` (numpy): ``output(s_tensor) -> (p, value)`` with
     p the attacked distribution (π for ACER, softmax Q for DQN) and value the per-action number
-    whose top entry ΔP1 reads (π, or Q). Returns (success, ΔP1 %, top-two gap %)."""
+    whose top entry ΔP1 reads (π, or Q). ``mask``: the actions that move in that state (the loop's
+    choices, ``env.action_mask``; None: all). Returns (success, ΔP1 %, top-two gap %)."""
     import torch
 
+    def among_moving(p, value):
+        if mask is None:
+            return p, value
+        allowed = torch.as_tensor(np.asarray(mask, bool))
+        p = torch.where(allowed, p, torch.zeros_like(p))
+        return p / p.sum(), torch.where(allowed, value, torch.full_like(value, -torch.inf))
+
     s0 = torch.as_tensor(np.asarray(s, np.float32).ravel()).requires_grad_(True)
-    p, value = output(s0)
+    p, value = among_moving(*output(s0))
     J, j = fgsm_loss(p)
     J.backward()
     with torch.no_grad():
-        p_adv, value_adv = output(s0 + eps * s0.grad.sign())
+        p_adv, value_adv = among_moving(*output(s0 + eps * s0.grad.sign()))
         top2 = torch.topk(value, 2).values
         gap = float((top2[0] - top2[1]) / top2[0].abs()) * 100.0
         return int(p_adv.argmax()) != j, float((value_adv[j] - value[j]) / value[j].abs()) * 100.0, gap
@@ -195,11 +203,14 @@ def fgsm_outputs(acer_net, dqn_net) -> dict:
     return {"ACER": acer_out, "DQN": dqn_out}
 
 
-def fgsm_table(observations, outputs: dict, epsilons=(0.001, 0.01, 0.1)) -> str:
+def fgsm_table(observations, outputs: dict, epsilons=(0.001, 0.01, 0.1), masks=None) -> str:
     """Seed Table 4 (SPEC §1.16): success rate (top action changes) and ΔP1 (relative change of the
-    top action's probability, ACER, or Q value, DQN) per ε, and the unattacked top-two gap ΔP12."""
+    top action's probability, ACER, or Q value, DQN) per ε, and the unattacked top-two gap ΔP12;
+    ``masks`` (one per observation): the attacked choice is among the actions that move."""
     lines = ["| ε | metric | " + " | ".join(outputs) + " |", "|---|---|" + "---|" * len(outputs)]
-    results = {name: {eps: [fgsm(fn, s, eps) for s in observations] for eps in epsilons} for name, fn in outputs.items()}
+    masks = masks if masks is not None else [None] * len(observations)
+    results = {name: {eps: [fgsm(fn, s, eps, m) for s, m in zip(observations, masks)] for eps in epsilons}
+               for name, fn in outputs.items()}
     for eps in epsilons:
         rate = [f"{100 * np.mean([r[0] for r in results[n][eps]]):.1f} %" for n in outputs]
         dp1 = [f"{np.mean([r[1] for r in results[n][eps]]):+.2f} % ± {np.std([r[1] for r in results[n][eps]]):.2f} %"
@@ -211,12 +222,15 @@ def fgsm_table(observations, outputs: dict, epsilons=(0.001, 0.01, 0.1)) -> str:
     return "\n".join(lines)
 
 
-def fgsm_observations(seeds=TEST_SEEDS[:30], dose_grid_factor=(2, 4, 4)) -> list[np.ndarray]:
-    """The initial DVH state of 30 held-out random-TPP plans (the attacked plans)."""
+def fgsm_observations(seeds=TEST_SEEDS[:30], dose_grid_factor=(1, 2, 2)) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """The initial DVH states of 30 held-out random-TPP plans (the attacked plans) and their action masks."""
     from rtautoplan.policies.acer import make_env
 
-    env = make_env(seeds, dose_grid_factor)
-    return [env.reset(seed=int(s), options={"case_seed": int(s), "init": "random"})[0] for s in seeds]
+    env, observations, masks = make_env(seeds, dose_grid_factor), [], []
+    for s in seeds:
+        observations.append(env.reset(seed=int(s), options={"case_seed": int(s), "init": "random"})[0])
+        masks.append(env.action_mask())
+    return observations, masks
 
 
 def plot_validation(record, png: Path) -> None:

@@ -4,7 +4,8 @@
 Q network DVH (300) → Linear 32 → ReLU → Linear 32 → ReLU → Linear 18 (no memory: the DQN baseline
 sees the DVHs only). ε-greedy (1 → ε_end linearly over ``explore_fraction`` of the steps), replay,
 a target network copied every ``target_every`` steps, Huber loss on the one-step target, Adam.
-Same environment as ACER (``acer.make_env``: training seed 0, random TPPs, cold starts, shaped reward).
+Same environment as ACER (``acer.make_env``: training seed 0, random TPPs, no warm start, binary Δψ,
+standard dose grid); no action mask (Sprouts et al.'s DQN had none).
 The DQN serves the robustness comparison only; it is not selected on validation cases.
 """
 
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -30,7 +32,7 @@ class Args:
 
     seed: int = 0
     """torch / numpy / episode seed"""
-    T_max: int = 3_000
+    T_max: int = 2_000
     """total environment steps"""
     t_epi: int = 20
     """maximum episode length (SPEC §1.11)"""
@@ -50,10 +52,12 @@ class Args:
     """fraction of T_max over which ε falls from 1 to eps_end"""
     target_every: int = 250
     """steps between target-network copies"""
-    partial_band: float | None = 1.0
-    """training reward: Δψ with partial credit of this band (as ACER's ``Args.partial_band``)"""
-    dose_grid_factor: tuple[int, int, int] = (2, 4, 4)
-    """TPS dose-grid coarsening"""
+    partial_band: float | None = None
+    """training reward: Δψ with partial credit of this band (None: binary ψ, as the committed ACER)"""
+    dose_grid_factor: tuple[int, int, int] = (1, 2, 2)
+    """TPS dose grid (the standard one, as the committed ACER)"""
+    engine_threads: int = 1
+    """$RTAUTOPLAN_THREADS of the TPS (as ACER's ``Args.engine_threads``)"""
     out: str = str(WEIGHTS)
     """weights path (a .json record beside it)"""
     progress: bool = True
@@ -92,6 +96,7 @@ class DqnPolicy:
 
 def train(args: Args, env=None) -> dict:
     """Train the DQN; save the last weights and a JSON record; return the record."""
+    os.environ["RTAUTOPLAN_THREADS"] = str(args.engine_threads)
     torch.manual_seed(args.seed)
     torch.set_num_threads(1)
     torch.use_deterministic_algorithms(True)

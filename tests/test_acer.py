@@ -85,7 +85,7 @@ def _greedy_hits(net, env_cls=None) -> int:
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_acer_learns_toy_task_above_threshold(tmp_path, seed):
     """stable-baselines3 habit: after a short training the greedy policy must beat a threshold, at every seed.
-    With the time-limit bootstrap (``bootstrap_truncated=True``, the committed run) the never-trained V(s_T)
+    With the time-limit bootstrap (``bootstrap_truncated=True``, the first committed run) the never-trained V(s_T)
     let Q diverge (≈ 40–50 for rewards ≤ 1) and π collapse: 0, 81, 0 hits at seeds 0, 1, 2 in this set-up
     (86, 14, 23, 19 at seeds 0–3 in the former one: 1 500 steps, p = 4). Fixed: 100 at seeds 0–4, 86 at seed 5."""
     record, net = _train_toy(tmp_path, T_max=800, seed=seed, p=2.0, bootstrap_truncated=False)
