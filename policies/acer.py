@@ -76,6 +76,7 @@ class Args:
     out: str = str(WEIGHTS)  # selected weights; the .json record and _validation.png go beside them
     progress: bool = True  # rich progress bar (episode return, validation ψ); False: one printed line per validation
     mask_no_ops: bool = True  # π over the actions that move (``env.action_mask``): a TPP at its clamp is not drawn
+    init_from: str | None = None  # start from these weights (.pt of ``train``), e.g. to fine-tune on another case
     engine_threads: int = 1  # $RTAUTOPLAN_THREADS of the TPS: its sparse sums depend on it (same value, same weights)
     wall_budget_s: float | None = None  # stop after this wall time (s), T_max or not (the selected weights are kept)
 
@@ -305,6 +306,8 @@ def train(args: Args, envs=None, val_env=None, validate_fn=validate) -> TrainRec
         args.val_seeds, args.dose_grid_factor, args.max_iter, t_epi=args.t_epi, cold_start=args.cold_start)
     obs_dim = int(np.prod(envs[0].observation_space.shape))
     net = AcerNet(obs_dim, int(envs[0].action_space.n))
+    if args.init_from:
+        net.load_state_dict(load_net(args.init_from).state_dict())
     opt = torch.optim.RMSprop(net.parameters(), lr=args.lr, alpha=args.rms_alpha, eps=args.rms_eps)
     replay, returns, curve = Replay(args.t_rep), [], []
     best = (-np.inf, 0, copy.deepcopy(net.state_dict()))

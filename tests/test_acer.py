@@ -178,3 +178,14 @@ def test_dqn_learns_toy_task(tmp_path):
         obs, _ = env.reset(seed=seed)
         hits += int(policy.act(obs) == env.k)
     assert hits >= 80
+
+
+def test_init_from_starts_training_from_given_weights(tmp_path):
+    """``Args.init_from``: a fine-tuning run starts from the given net (0 steps: the same weights back)."""
+    (tmp_path / "a").mkdir()
+    _, net_a = _train_toy(tmp_path / "a", T_max=60)
+    args = acer.Args(T_max=0, n_actors=1, progress=False, init_from=str(tmp_path / "a" / "toy.pt"),
+                     out=str(tmp_path / "b.pt"))
+    acer.train(args, envs=[CueEnv()], validate_fn=None)
+    for p, q in zip(net_a.parameters(), acer.load_net(tmp_path / "b.pt").parameters()):
+        assert torch.equal(p, q)
