@@ -27,6 +27,8 @@ RESULTS = ROOT / "docs" / "results.md"
 SECTION = "## ACER, prostate (seed 000)"
 TEST_SEEDS = tuple(range(1000, 1100))
 FIELDS = ("policy", "init", "case_seed", "before", "after", "steps", "grid")
+# Table rows: the committed ACER, its first stage (seed 0 only, the paper's set-up), the baselines.
+POLICY_ROWS = ("acer", "acer-seed0", "rule-based", "random")
 
 
 def _policy(name: str, env, seed: int):
@@ -98,7 +100,7 @@ def table(rows: list[dict], grid: str = "1x2x2") -> str:
     header = "| init | policy | n | ψ before (mean ± sd) | ψ after (mean ± sd) | % at 9 | n in [8, 9) | n < 8 | mean steps |"
     lines = [header, "|---|---|---|---|---|---|---|---|---|"]
     for init in ("trivial", "random"):
-        for policy in ("acer", "rule-based", "random"):
+        for policy in POLICY_ROWS:
             sel = [r for r in rows if r["init"] == init and r["policy"] == policy and r["grid"] == grid]
             if sel:
                 s = summarise(sel)
@@ -118,7 +120,7 @@ def histogram(rows: list[dict], png: Path, grid: str = "1x2x2") -> None:
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.2), sharey=True)
     bins = np.arange(0, 9.51, 0.5)
     for ax, init in zip(axes, ("trivial", "random")):
-        for policy in ("acer", "rule-based", "random"):
+        for policy in POLICY_ROWS:
             after = [r["after"] for r in rows if r["init"] == init and r["policy"] == policy and r["grid"] == grid]
             if after:
                 ax.hist(after, bins=bins, alpha=0.5, label=policy)
@@ -242,12 +244,15 @@ def plot_validation(record, png: Path) -> None:
 
     step, score, ret = zip(*record.validation)
     fig, ax = plt.subplots(figsize=(6, 3.5))
-    ax.plot(step, score, "o-", label="validation ψ (seeds 1, 2; best of loop)")
+    args = record.args if isinstance(record.args, dict) else {}
+    val = ", ".join(str(v) for v in args.get("val_seeds", ()))
+    ax.plot(step, score, "o-", label=f"validation ψ (seeds {val}; best of loop)")
     ax.plot(step, ret, label="training return (last 20 episodes)")
     ax.axvline(record.best_step, ls="--", c="grey", label=f"selected: step {record.best_step}")
     ax.set_xlabel("environment steps")
     ax.set_ylabel("ψ / return")
-    ax.set_title("ACER, prostate phantom seed 0")
+    start = " from " + Path(args["init_from"]).name if args.get("init_from") else ""
+    ax.set_title(f"ACER, prostate phantom seed {', '.join(str(t) for t in args.get('train_seeds', ()))}{start}")
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(png, dpi=100)

@@ -44,7 +44,7 @@ class Setup:
 # is for its SARSA planner (``--policy sarsa``), not for planning a multi-level case.
 # Prostate plans run on seed 000's engine (``env_prostate.ENGINE``), the one its ACER planner was trained on.
 SETUPS: dict[tuple[str, str], Setup] = {
-    ("prostate", "photon"): Setup("prostate", "inhouse-photon", "rule-based", 20, adapter_options=PROSTATE_ENGINE,
+    ("prostate", "photon"): Setup("prostate", "inhouse-photon", "acer", 20, adapter_options=PROSTATE_ENGINE,
                                   env_options={"init": "trivial"}),
     ("hn", "photon"): Setup("proton_hn", "inhouse-photon", "rule-based", 8),
     ("hn", "proton"): Setup("proton_hn", "inhouse-proton", "rule-based", 8),

@@ -33,7 +33,13 @@ def coarse(cache, factor=(2, 4, 4)):
 
 @pytest.fixture(scope="module")
 def prostate_plan(cache):
-    return plan_case(read_case(SAMPLES / "prostate01"), site="prostate", tps=coarse(cache))
+    return plan_case(read_case(SAMPLES / "prostate01"), site="prostate", tps=coarse(cache), policy="rule-based")
+
+
+def test_prostate_cases_are_planned_by_acer_by_default(cache):
+    """Issue 7 item 6: the trained ACER planner is the prostate default (docs/results.md, ACER)."""
+    _, result = plan_case(read_case(SAMPLES / "prostate01"), site="prostate", tps=coarse(cache), max_steps=2)
+    assert result.policy.startswith("acer")
 
 
 @pytest.mark.parametrize("sample, site", [("prostate01", "prostate"), ("hn01", "hn")])
