@@ -15,7 +15,8 @@
   n ∼ Poisson(p = 4) off-policy updates, each on ≥ t_B = 16 replayed steps (whole episodes), once
   replay holds t_s = 2 000 steps. RMSprop (lr 7e-4, α 0.99, ε 1e-5, Atari-57 ACER values §1.10).
 * **Actors**: ``n_actors`` environments (own TPS and episode stream) played in turn in one process (same
-  seed → same weights on CPU). **Environment**: ``ProstateEnv(InHousePhoton(warm_start=False))``, shaped Δψ.
+  seed → same weights on CPU). **Environment**: ``ProstateEnv(InHousePhoton(warm_start=False))``,
+  binary Δψ, masked π.
 * **Checkpoint selection** (§1.11): every t_eval steps the greedy policy plans the validation cases
   (binary ψ); the best weights are kept (ties: the later), not the last ones.
 """

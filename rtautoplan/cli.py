@@ -100,13 +100,12 @@ def _evaluate(args) -> int:
     from rich.table import Table
 
     from rtautoplan import evaluate as ev
-    from rtautoplan.adapters import ADAPTERS
+    from rtautoplan.pipeline import tps_with_options
 
     tps = None
     if args.dose_grid_factor:  # the setup's adapter options (e.g. the trained planner's engine) plus the grid
-        setup = ev.setup_for(args.site, args.modality, args.policy)
-        options = {} if args.adapter else dict(setup.adapter_options)
-        tps = ADAPTERS[args.adapter or setup.adapter](**{**options, "dose_grid_factor": tuple(args.dose_grid_factor)})
+        tps = tps_with_options(ev.setup_for(args.site, args.modality, args.policy), args.adapter,
+                               {"dose_grid_factor": tuple(args.dose_grid_factor)})
     console = Console(width=140)
     with Progress(console=console) as progress:
         task = progress.add_task(f"{args.policy} on {args.cases} {args.site} cases", total=args.cases)

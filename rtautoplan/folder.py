@@ -19,7 +19,7 @@ from rtautoplan.adapters import ADAPTERS
 from rtautoplan.dicom.read import read_case
 from rtautoplan.errors import InputError
 from rtautoplan.outputs import LOG_FILE, write_outputs
-from rtautoplan.pipeline import SETUPS, plan_case, setup_for
+from rtautoplan.pipeline import SETUPS, plan_case, setup_for, tps_with_options
 from rtautoplan.plan import Result, Step
 from rtautoplan.policies import POLICIES
 
@@ -87,12 +87,7 @@ def plan_folder(case_dir: str | Path, out: str | Path, options: PlanOptions,
     if options.tps is not None:
         tps = options.tps()
     elif options.adapter_options:
-        name = options.adapter or setup.adapter
-        try:
-            tps = ADAPTERS[name](**{**setup.adapter_options, **options.adapter_options})
-        except TypeError:
-            raise InputError(f"adapter {name!r}", f"takes none of the options {sorted(options.adapter_options)}",
-                             "Leave them out for this adapter (e.g. PHOENIX sets its own dose grid)") from None
+        tps = tps_with_options(setup, options.adapter, options.adapter_options)
     else:
         tps = None
     planned, result = plan_case(case, site=site, modality=options.modality, adapter=options.adapter,

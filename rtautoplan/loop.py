@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, replace
+from itertools import islice
 from typing import Any, Callable
 
 import numpy as np
@@ -135,7 +136,7 @@ def run_loop(env, policy: Policy, max_steps: int, seed: int = 0, options: dict |
         if reached_best(env.last_score):
             break
         start = time.perf_counter()
-        alternatives = [(a, v) for a, v in ranked(policy, observation, k=None) if _moves(env, a)][:3]
+        alternatives = list(islice(((a, v) for a, v in ranked(policy, observation, k=None) if _moves(env, a)), 3))
         if not alternatives:  # the policy's only proposal changes nothing (a random draw): ask again
             continue
         labelled = tuple((describe(env, a), float(v)) for a, v in alternatives)

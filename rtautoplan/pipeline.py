@@ -69,6 +69,20 @@ def setup_for(site: str, modality: str, policy: str | None = None) -> Setup:
     return SETUPS[(site, modality)]
 
 
+def tps_with_options(setup: Setup, adapter: str | None, options: dict):
+    """An adapter instance with ``options`` (e.g. a dose grid) on top of the setup's own adapter options
+    (those only when ``adapter`` is the setup's); an option the adapter does not take is an input error."""
+    name = adapter or setup.adapter
+    if name not in ADAPTERS:
+        raise InputError(f"adapter {name!r}", "is not an adapter of rtautoplan", f"Use one of {sorted(ADAPTERS)}")
+    base = setup.adapter_options if name == setup.adapter else {}
+    try:
+        return ADAPTERS[name](**{**base, **options})
+    except TypeError:
+        raise InputError(f"adapter {name!r}", f"takes none of the options {sorted(options)}",
+                         "Leave them out for this adapter (e.g. PHOENIX sets its own dose grid)") from None
+
+
 def make_env(setup: Setup, case: Case | None = None, tps=None, adapter: str | None = None,
              max_steps: int | None = None, **env_options):
     """The environment of ``setup`` on ``case`` (or on phantom seeds given in env_options)."""

@@ -186,3 +186,16 @@ def test_a_photon_tps_without_beamlet_geometry_is_refused_clearly(cache):
     tps.name = "no-geometry"
     with pytest.raises(InputError, match="'no-geometry'.*cannot be leaf-sequenced"):
         plan_case(read_case(SAMPLES / "prostate01"), site="prostate", tps=tps, max_steps=1)
+
+
+def test_adapter_options_add_to_the_setups_and_a_foreign_option_is_an_input_error():
+    """``tps_with_options``: the shells' engine options (a dose grid) on top of the setup's (seed 000's
+    engine for prostate); an option the adapter does not take names the adapter and the option."""
+    from rtautoplan.errors import InputError
+    from rtautoplan.pipeline import tps_with_options
+
+    tps = tps_with_options(SETUPS[("prostate", "photon")], None, {"dose_grid_factor": (2, 4, 4)})
+    assert tps.dose_grid_factor == (2, 4, 4) and not tps.warm_start and tps.max_iter == 60
+    assert tps_with_options(SETUPS[("prostate", "photon")], "inhouse-proton", {}).name != tps.name
+    with pytest.raises(InputError, match="inhouse-photon.*no_such_option"):
+        tps_with_options(SETUPS[("prostate", "photon")], None, {"no_such_option": 1})
