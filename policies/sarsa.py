@@ -67,13 +67,18 @@ class Args:
     """ε_∞ of eq. 11 (SPEC §4.4 NOT SPECIFIED; ours)."""
     max_steps: int = 35
     """N_iterations: actions per training episode (SPEC §4.7's planning limit)."""
+    mask_no_ops: bool = False
+    """draw a_t (ε-greedy, and greedy in validation) only among the actions that change an objective
+    position (``env.action_mask()``): a move clamped at its bound re-optimises the same plan, and the
+    product's closed loop passes over it (docs/decisions.md, "Actions that change nothing")."""
     train_seeds: tuple[int, ...] = TRAIN_SEEDS
     val_seeds: tuple[int, ...] = VAL_SEEDS
     val_every: int = 2_000
     """validation (greedy, all val_seeds) every this many steps, and at the end."""
     n_beams: int = 7
-    dose_grid_factor: tuple[int, int, int] = (2, 4, 4)
-    """coarse dose grid (k, j, i blocks of the CT grid) of the training TPS."""
+    dose_grid_factor: tuple[int, int, int] = (2, 2, 2)
+    """dose grid (k, j, i blocks of the CT grid) of the training TPS. (2, 4, 4) is too coarse: the
+    parotid-sparing headroom vanishes and isolated hot voxels appear (docs/decisions.md)."""
     max_iter: int = 60
     """L-BFGS iterations per re-optimisation."""
     out: str | None = None
@@ -124,11 +129,21 @@ def epsilon(t: int, N: int, eps_inf: float) -> float:
     return float((eps_inf ** (2.0 * t * t / (N * N)) + eps_inf) / (1.0 + eps_inf))
 
 
-def epsilon_greedy(W: np.ndarray, x: np.ndarray, eps: float, rng: np.random.Generator) -> int:
-    """π_t(x) of eq. 10: uniform action when p < ε, else argmax_a Q̂(x, a) (first on ties)."""
+def greedy(W: np.ndarray, x: np.ndarray, mask: np.ndarray | None = None) -> int:
+    """argmax_a Q̂(x, a) over the actions of ``mask`` (None: all; first on ties)."""
+    q = q_values(W, x)
+    return int(np.argmax(q if mask is None else np.where(mask, q, -np.inf)))
+
+
+def epsilon_greedy(W: np.ndarray, x: np.ndarray, eps: float, rng: np.random.Generator,
+                   mask: np.ndarray | None = None) -> int:
+    """π_t(x) of eq. 10: uniform action when p < ε, else argmax_a Q̂(x, a) (first on ties); both
+    over the actions of ``mask`` when given (None: all)."""
     if rng.random() < eps:
-        return int(rng.integers(W.shape[0]))
-    return int(np.argmax(q_values(W, x)))
+        if mask is None:
+            return int(rng.integers(W.shape[0]))
+        return int(rng.choice(np.flatnonzero(mask)))
+    return greedy(W, x, mask)
 
 
 def sarsa_update(W: np.ndarray, x: np.ndarray, a: int, r: float, x_next: np.ndarray | None, a_next: int | None,
@@ -143,9 +158,9 @@ def sarsa_update(W: np.ndarray, x: np.ndarray, a: int, r: float, x_next: np.ndar
     return delta
 
 
-def make_env(model: int, seeds: Sequence[int], n_beams: int = 7, dose_grid_factor=(2, 4, 4), max_iter: int = 60,
+def make_env(model: int, seeds: Sequence[int], n_beams: int = 7, dose_grid_factor=(2, 2, 2), max_iter: int = 60,
              max_steps: int = 35) -> HNImrtEnv:
-    """The seed-004 environment over the in-house photon TPS (coarse grid), template init."""
+    """The seed-004 environment over the in-house photon TPS (the training grid of ``Args``), template init."""
     from rtautoplan.adapters.inhouse import InHousePhoton
 
     tps = InHousePhoton(n_beams=n_beams, dose_grid_factor=tuple(dose_grid_factor), max_iter=max_iter)
@@ -165,13 +180,13 @@ def balance(seeds: Sequence[int]) -> dict[str, int]:
     return {"left": sides.count("left"), "right": sides.count("right")}
 
 
-def greedy_episode(env: HNImrtEnv, W: np.ndarray, case_seed: int, max_steps: int) -> dict:
+def greedy_episode(env: HNImrtEnv, W: np.ndarray, case_seed: int, max_steps: int, mask_no_ops: bool = False) -> dict:
     """One greedy episode from the template: min_t L_t / L_0 and the best plan's OAR mean doses (Gy)."""
     x, info = env.reset(seed=0, options={"case_seed": case_seed})
     L0 = best = float(info["score"])
     best_x = x
     for _ in range(max_steps):
-        x, _, terminated, truncated, info = env.step(int(np.argmax(q_values(W, x))))
+        x, _, terminated, truncated, info = env.step(greedy(W, x, env.action_mask() if mask_no_ops else None))
         if float(info["score"]) < best:
             best, best_x = float(info["score"]), x
         if terminated or truncated:
@@ -180,9 +195,9 @@ def greedy_episode(env: HNImrtEnv, W: np.ndarray, case_seed: int, max_steps: int
             "oc_dmean_gy": float(best_x[9])}
 
 
-def validate(env: HNImrtEnv, W: np.ndarray, seeds: Sequence[int], max_steps: int) -> dict:
+def validate(env: HNImrtEnv, W: np.ndarray, seeds: Sequence[int], max_steps: int, mask_no_ops: bool = False) -> dict:
     """Mean of ``greedy_episode`` over ``seeds``."""
-    rows = [greedy_episode(env, W, s, max_steps) for s in seeds]
+    rows = [greedy_episode(env, W, s, max_steps, mask_no_ops) for s in seeds]
     return {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}
 
 
@@ -192,14 +207,19 @@ def sarsa_episode(env, W: np.ndarray, t: int, args: Args, rng: np.random.Generat
     size of W's rows, from global step ``t`` until the episode ends or t = args.total_steps;
     ``on_step(t, return so far)`` after each update. Returns (t, episode return)."""
     x, _ = env.reset(seed=int(rng.integers(2**31)), options=options)
-    a = epsilon_greedy(W, x, epsilon(t, args.total_steps, args.eps_inf), rng)
+
+    def mask() -> np.ndarray | None:
+        return env.action_mask() if args.mask_no_ops else None
+
+    a = epsilon_greedy(W, x, epsilon(t, args.total_steps, args.eps_inf), rng, mask())
     ret, done = 0.0, False
     while not done and t < args.total_steps:
         x_next, r, terminated, truncated, _ = env.step(a)
         t += 1
         ret += float(r)
         done = terminated or truncated
-        a_next = None if terminated else epsilon_greedy(W, x_next, epsilon(t, args.total_steps, args.eps_inf), rng)
+        a_next = None if terminated else epsilon_greedy(W, x_next, epsilon(t, args.total_steps, args.eps_inf), rng,
+                                                        mask())
         sarsa_update(W, x, a, float(r), None if terminated else x_next, a_next, args.alpha, args.gamma)
         x, a = x_next, a_next
         if on_step is not None:
@@ -248,7 +268,7 @@ def train(args: Args) -> TrainRecord:
 
 def _validation_point(record: TrainRecord, env: HNImrtEnv, W: np.ndarray, t: int, args: Args) -> None:
     point = {"step": t, "epsilon": epsilon(t, args.total_steps, args.eps_inf),
-             **validate(env, W, args.val_seeds, args.max_steps)}
+             **validate(env, W, args.val_seeds, args.max_steps, args.mask_no_ops)}
     record.validation.append(point)
     record.W_history.append(W.copy())
     if point["cost"] < record.best_cost:

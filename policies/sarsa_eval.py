@@ -6,6 +6,9 @@ SPEC §4.7 step 1) from the static template (init="template", SPEC §4.6) by SAR
 the rule-based baseline (model-2 actions) and a uniformly random policy (model-2 actions).
 
 * The template plan is the environment's initial plan; each planner's plan is the loop's best plan.
+* Reference row "parotid-limit": one plan with both parotid objectives at the far end of the action
+  space (0 Gy, 100 %; ``env_hn_imrt.parotid_limit_positions``): about the most parotid sparing the
+  objective positions can buy on this engine, so the planners' Δ can be read against it.
 * For the comparison both are **normalised to PTV D95% = 44 Gy** (SPEC §4.7 step 3): dose is linear
   in the fluence, so every mean dose is scaled by 44 Gy / D95%. Unnormalised values go to the CSV too.
 * Δμ = mean over cases of (planner − template) mean dose (Gy) of LP, RP, OC; p from the
@@ -32,14 +35,15 @@ SECTION = "## SARSA, H&N IMRT (seed 004)"
 SHORT = {"Parotid_L": "LP", "Parotid_R": "RP", "Cavity_Oral": "OC"}
 
 
-def _planners() -> dict[str, tuple[int, Callable]]:
-    """name → (model of the environment, factory(env, case seed) -> Policy); random draws per case."""
+def _planners() -> dict[str, tuple[int, Callable | str]]:
+    """name → (model of the environment, factory(env, case seed) -> Policy, or the name of the
+    initial positions whose plan is the row: no loop); random draws per case."""
     from rtautoplan.policies.base import RandomPolicy
     from rtautoplan.policies.rule_based import RuleBased
 
-    return {"template": (2, None), "sarsa-model1": (1, lambda env, seed: load(env, model=1)),
-            "sarsa-model2": (2, lambda env, seed: load(env, model=2)), "rule-based": (2, RuleBased),
-            "random": (2, RandomPolicy)}
+    return {"template": (2, "template"), "parotid-limit": (2, "parotid-limit"),
+            "sarsa-model1": (1, lambda env, seed: load(env, model=1)),
+            "sarsa-model2": (2, lambda env, seed: load(env, model=2)), "rule-based": (2, RuleBased), "random": (2, RandomPolicy)}
 
 
 def plan_metrics(env, gy: np.ndarray) -> dict[str, float]:
@@ -57,10 +61,13 @@ def plan_metrics(env, gy: np.ndarray) -> dict[str, float]:
 
 def evaluate_sarsa(seeds: Sequence[int] = TEST_SEEDS, planners: Sequence[str] | None = None, max_steps: int = 35,
                    csv_path: Path | None = CSV_PATH, results_md: Path | None = RESULTS_MD,
-                   progress: bool = True, previous: Sequence[dict] = ()) -> list[dict]:
+                   progress: bool = True, previous: Sequence[dict] = (),
+                   dose_grid_factor: tuple[int, int, int] = (2, 2, 2), records: bool = True) -> list[dict]:
     """Plan ``seeds`` with every planner (default: template, both SARSA models, rule-based,
     random; module docstring); write the per-case CSV and the Table-1 section of ``results_md``.
-    ``previous``: rows of an earlier run (``read_csv``) of other planners, merged in. Returns the rows."""
+    ``previous``: rows of an earlier run (``read_csv``) of other planners, merged in.
+    dose_grid_factor: the TPS dose grid (the training grid by default). records: append the training
+    records and the §4.5 analysis (whose figures go to docs/results) to the section. Returns the rows."""
     from rich.progress import Progress
 
     from rtautoplan.loop import run_loop
@@ -68,15 +75,15 @@ def evaluate_sarsa(seeds: Sequence[int] = TEST_SEEDS, planners: Sequence[str] | 
     table = _planners()
     names = list(planners or table)
     rows: list[dict] = [r for r in previous if r["planner"] not in names]
-    envs = {m: make_env(m, seeds, max_steps=max_steps) for m in (1, 2)}
+    envs = {m: make_env(m, seeds, dose_grid_factor=dose_grid_factor, max_steps=max_steps) for m in (1, 2)}
     with Progress(disable=not progress) as bar:
         task = bar.add_task("SARSA evaluation", total=len(names) * len(seeds))
         for name in names:
             model, factory = table[name]
             env = envs[model]
             for seed in seeds:
-                if factory is None:
-                    env.reset(seed=0, options={"case_seed": seed})
+                if isinstance(factory, str):
+                    env.reset(seed=0, options={"case_seed": seed, "init": factory})
                     rows.append({"planner": name, "case_seed": seed, "steps": 0, **plan_metrics(env, env.last_dose.gy)})
                 else:
                     policy = factory(env, seed)
@@ -89,7 +96,7 @@ def evaluate_sarsa(seeds: Sequence[int] = TEST_SEEDS, planners: Sequence[str] | 
     if results_md is not None:
         from rtautoplan.policies.sarsa_analysis import write_analysis
 
-        write_section(rows, results_md, [*training_lines(), "", *write_analysis()])
+        write_section(rows, results_md, [*training_lines(), "", *write_analysis()] if records else [], dose_grid_factor)
     return rows
 
 
@@ -148,7 +155,8 @@ def paired(rows: list[dict], first: str, second: str, key: str) -> tuple[np.ndar
 
 
 COMPARISONS = (("sarsa-model1", "template"), ("sarsa-model2", "template"), ("sarsa-model2", "sarsa-model1"),
-               ("rule-based", "template"), ("random", "template"), ("sarsa-model2", "rule-based"))
+               ("rule-based", "template"), ("random", "template"), ("sarsa-model2", "rule-based"),
+               ("parotid-limit", "template"))
 
 
 def table1(rows: list[dict], normalised: bool = True) -> list[str]:
@@ -191,12 +199,12 @@ def summary(rows: list[dict]) -> list[str]:
     return lines
 
 
-def write_section(rows: list[dict], path: Path, extra: Sequence[str] = ()) -> None:
+def write_section(rows: list[dict], path: Path, extra: Sequence[str] = (), dose_grid_factor=(2, 2, 2)) -> None:
     """Replace (or append) this module's section of ``path``; every other section is left as it is."""
     seeds = sorted({r["case_seed"] for r in rows})
     body = [SECTION, "", f"Held-out H&N phantoms: seeds {seeds[0]}–{seeds[-1]} (n = {len(seeds)}), never used for "
             "training or selection; planned from the static template by the closed loop (≤ 35 actions, best plan "
-            "kept), coarse dose grid (2, 4, 4). Doses normalised to PTV D95% = 44 Gy (SPEC §4.7 step 3). "
+            f"kept), dose grid {tuple(dose_grid_factor)} (CT voxels per dose voxel, k j i). Doses normalised to PTV D95% = 44 Gy (SPEC §4.7 step 3). "
             "Δμ = planner − template (negative = lower), mean ± SD over cases; p: Wilcoxon signed-rank, two-sided, "
             "paired by case; total plan: the same test on the per-case sum of the three differences. "
             "Generated by `policies/sarsa_eval.py`; per-case values in `docs/results/sarsa_hn_test.csv`.", "",

@@ -102,6 +102,8 @@ def _evaluate(args) -> int:
     from rtautoplan import evaluate as ev
     from rtautoplan.pipeline import tps_with_options
 
+    if args.table1:
+        return _table1(args)
     tps = None
     if args.dose_grid_factor:  # the setup's adapter options (e.g. the trained planner's engine) plus the grid
         tps = tps_with_options(ev.setup_for(args.site, args.modality, args.policy), args.adapter,
@@ -127,6 +129,25 @@ def _evaluate(args) -> int:
              ev.histogram(results, out / f"{stem}.png", f"{args.policy}, {args.site}: {args.cases} held-out cases")]
     (out / f"{stem}.json").write_text(json.dumps(s, indent=1))
     console.print("wrote " + ", ".join(str(p) for p in paths))
+    return 0
+
+
+def _table1(args) -> int:
+    """Seed 004's Table 1 on held-out H&N variants: every SARSA comparison planner against the template."""
+    from rich.console import Console
+
+    from rtautoplan.policies import sarsa_eval
+
+    out = Path(args.output)
+    out.mkdir(parents=True, exist_ok=True)
+    grid = tuple(args.dose_grid_factor) if args.dose_grid_factor else (2, 2, 2)
+    md = out / "sarsa_table1.md"
+    md.unlink(missing_ok=True)
+    sarsa_eval.evaluate_sarsa(range(args.seed, args.seed + args.cases), max_steps=args.max_steps or 35,
+                              csv_path=out / "sarsa_table1.csv", results_md=md, dose_grid_factor=grid,
+                              records=False)
+    Console(width=160).print(md.read_text())
+    print(f"wrote {out / 'sarsa_table1.csv'}, {md}")
     return 0
 
 
@@ -242,6 +263,9 @@ def parser() -> argparse.ArgumentParser:
     ev.add_argument("--adapter", default=None)
     ev.add_argument("--dose-grid-factor", type=int, nargs=3, default=None, metavar=("K", "J", "I"),
                     help="dose grid block size (e.g. 2 4 4 for a fast coarse evaluation)")
+    ev.add_argument("--table1", action="store_true",
+                    help="seed 004 Table 1 instead: template, SARSA models 1 and 2, rule-based and random on H&N "
+                         "(normalised to PTV D95 = 44 Gy; --site, --policy and --init are not used)")
     ev.add_argument("-o", "--output", type=Path, default=Path("out/evaluate"))
     ev.set_defaults(run=_evaluate)
 

@@ -114,6 +114,14 @@ def test_hn_imrt_actions_and_template():
     assert H.action_name(11, 2) == "Cavity_Oral V-5 %"
 
 
+def test_hn_imrt_parotid_limit_is_the_far_end_of_the_action_space():
+    limit = H.parotid_limit_positions()
+    assert limit["Parotid_L"] == limit["Parotid_R"] == H.Position(H.D_BOUNDS_GY[0], H.V_BOUNDS_PCT[1])
+    assert limit["Cavity_Oral"] == H.template_positions()["Cavity_Oral"]
+    assert all(H.apply_action(limit, a, 2) == limit for a in (1, 2, 5, 6))  # parotid D −2 Gy, V +5 %: clamped
+    assert all(H.apply_action(limit, a, 2) != limit for a in (0, 3, 4, 7))
+
+
 def test_hn_imrt_env_checker(cache):
     env = HNImrtEnv(photon(cache), model=2, case_seeds=(1,))
     check_env(env, skip_render_check=True)

@@ -26,3 +26,20 @@ def test_evaluate_command_plans_held_out_cases(tmp_path):
     assert all(float(r["after"]) >= float(r["before"]) for r in rows)  # the loop keeps the best plan
     assert json.loads((out / "random_prostate_photon_random.json").read_text())["cases"] == 2
     assert (out / "random_prostate_photon_random.png").stat().st_size > 5000
+
+
+def test_table1_command_compares_every_planner_with_the_template(tmp_path):
+    out = tmp_path / "t1"
+    assert main(["evaluate", "--table1", "--cases", "2", "--seed", "1000", "--max-steps", "2",
+                 "--dose-grid-factor", "2", "4", "4", "-o", str(out)]) == 0
+    with open(out / "sarsa_table1.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    planners = {"template", "parotid-limit", "sarsa-model1", "sarsa-model2", "rule-based", "random"}
+    assert sorted((r["planner"], r["case_seed"]) for r in rows) == sorted((p, s) for p in planners for s in ("1000", "1001"))
+    by = {(r["planner"], r["case_seed"]): r for r in rows}
+    for seed in ("1000", "1001"):
+        parotids = {p: float(by[p, seed]["LP_mean_norm_gy"]) + float(by[p, seed]["RP_mean_norm_gy"]) for p in planners}
+        assert parotids["parotid-limit"] < parotids["template"]  # the strongest push the objectives can make
+        assert float(by["template", seed]["steps"]) == 0 and float(by["sarsa-model2", seed]["steps"]) <= 2
+    text = (out / "sarsa_table1.md").read_text()
+    assert "| sarsa-model2 vs template |" in text and "dose grid (2, 4, 4)" in text

@@ -129,6 +129,15 @@ def test_epsilon_greedy_is_greedy_at_zero_and_uniform_at_one():
     assert set(draws) == set(range(6)) and min(np.bincount(draws)) > 60
 
 
+def test_masked_epsilon_greedy_draws_only_moving_actions():
+    W, x, rng = np.zeros((6, 14)), np.ones(14), np.random.default_rng(0)
+    W[4, 0], W[2, 0] = 1.0, 0.5
+    mask = np.array([True, False, True, False, False, True])  # the best action, 4, is clamped
+    assert S.greedy(W, x, mask) == 2 and S.greedy(W, x) == 4
+    assert all(S.epsilon_greedy(W, x, 0.0, rng, mask) == 2 for _ in range(20))
+    assert set(S.epsilon_greedy(W, x, 1.0, rng, mask) for _ in range(300)) == {0, 2, 5}
+
+
 def test_sarsa_learns_toy_parotid_mdp():
     W = toy_train(seed=0)
     env = ToyParotids()
