@@ -87,8 +87,14 @@ def parotid_limit_positions() -> dict[str, Position]:
     return {**template_positions(), **{name: Position(D_BOUNDS_GY[0], V_BOUNDS_PCT[1]) for name in ("Parotid_L", "Parotid_R")}}
 
 
+def oar_limit_positions() -> dict[str, Position]:
+    """All three OAR objectives at (0 Gy, 100 %): the parotid limit with the oral cavity pushed as
+    hard, to show what sparing is left when the oral cavity must not pay for it (docs/results.md)."""
+    return {name: Position(D_BOUNDS_GY[0], V_BOUNDS_PCT[1]) for name in OARS}
+
+
 INITS = {"template": lambda rng: template_positions(), "random": random_positions,
-         "parotid-limit": lambda rng: parotid_limit_positions()}
+         "parotid-limit": lambda rng: parotid_limit_positions(), "oar-limit": lambda rng: oar_limit_positions()}
 
 
 def n_actions(model: int) -> int:
@@ -126,7 +132,7 @@ class HNImrtEnv(PlanningEnv, gym.Env):
 
     tps: adapter instance or factory. model: 1 (6 actions) or 2 (12 actions). case_seeds: H&N
     phantom seeds; case: a fixed Case (made single-level at 44 Gy too). init: "template"
-    (SPEC §4.6, default), "random" or "parotid-limit" (a reference plan). normalise: scale the dose to PTV D95 = 44 Gy (§4.7 step 3;
+    (SPEC §4.6, default), "random", or "parotid-limit" / "oar-limit" (reference plans). normalise: scale the dose to PTV D95 = 44 Gy (§4.7 step 3;
     off by default: the loss then carries the coverage term). scorer/reward/score_options:
     override ``relative_loss``. cold_start: see ``env_base``.
     """

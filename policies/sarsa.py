@@ -28,6 +28,7 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -81,6 +82,8 @@ class Args:
     parotid-sparing headroom vanishes and isolated hot voxels appear (docs/decisions.md)."""
     max_iter: int = 60
     """L-BFGS iterations per re-optimisation."""
+    engine_threads: int = 1
+    """$RTAUTOPLAN_THREADS of the TPS: its sparse sums depend on it (same value, same weights)."""
     out: str | None = None
     """path stem of the weights to write (``…/sarsa_model2`` → .npz, .json, _validation.png); None: don't."""
     progress: bool = True
@@ -231,6 +234,7 @@ def train(args: Args) -> TrainRecord:
     """Train W by SARSA (module docstring); validation selects the committed W (lowest cost)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+    os.environ["RTAUTOPLAN_THREADS"] = str(args.engine_threads)
     rng = np.random.default_rng(args.seed)
     n_a = n_actions(args.model)
     W = np.zeros((n_a, DIM_X))

@@ -8,7 +8,8 @@ the rule-based baseline (model-2 actions) and a uniformly random policy (model-2
 * The template plan is the environment's initial plan; each planner's plan is the loop's best plan.
 * Reference row "parotid-limit": one plan with both parotid objectives at the far end of the action
   space (0 Gy, 100 %; ``env_hn_imrt.parotid_limit_positions``): about the most parotid sparing the
-  objective positions can buy on this engine, so the planners' Δ can be read against it.
+  objective positions can buy on this engine, so the planners' Δ can be read against it; "oar-limit":
+  the oral cavity's objective there too (what is left when the oral cavity must not pay).
 * For the comparison both are **normalised to PTV D95% = 44 Gy** (SPEC §4.7 step 3): dose is linear
   in the fluence, so every mean dose is scaled by 44 Gy / D95%. Unnormalised values go to the CSV too.
 * Δμ = mean over cases of (planner − template) mean dose (Gy) of LP, RP, OC; p from the
@@ -41,7 +42,7 @@ def _planners() -> dict[str, tuple[int, Callable | str]]:
     from rtautoplan.policies.base import RandomPolicy
     from rtautoplan.policies.rule_based import RuleBased
 
-    return {"template": (2, "template"), "parotid-limit": (2, "parotid-limit"),
+    return {"template": (2, "template"), "parotid-limit": (2, "parotid-limit"), "oar-limit": (2, "oar-limit"),
             "sarsa-model1": (1, lambda env, seed: load(env, model=1)),
             "sarsa-model2": (2, lambda env, seed: load(env, model=2)), "rule-based": (2, RuleBased), "random": (2, RandomPolicy)}
 
@@ -106,8 +107,9 @@ def training_lines() -> list[str]:
 
     from rtautoplan.policies.sarsa import balance, weights_path
 
-    lines = ["### Training records", "", "| Model | iterations | episodes | wall (min) | s/step | α | γ | ε_∞ | "
-             "selected at step | val cost (selected) | val cost (final) |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["### Training records", "", "| Model | iterations | episodes | wall (min) | s/step | α | γ | ε_∞ | dose grid | "
+             "clamped moves masked | selected at step | val cost (selected) | val cost (final) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for model in (1, 2):
         path = weights_path(model).with_suffix(".json")
         if not path.exists():
@@ -115,7 +117,8 @@ def training_lines() -> list[str]:
         r = json.loads(path.read_text())
         a = r["args"]
         lines.append(f"| {model} | {r['iterations']} | {r['episodes']} | {r['wall_s'] / 60:.1f} | {r['s_per_step']:.3f} | "
-                     f"{a['alpha']} | {a['gamma']} | {a['eps_inf']} | {r['best_step']} | {r['best_cost']:.3f} | "
+                     f"{a['alpha']} | {a['gamma']} | {a['eps_inf']} | {tuple(a['dose_grid_factor'])} | "
+                     f"{'yes' if a.get('mask_no_ops') else 'no'} | {r['best_step']} | {r['best_cost']:.3f} | "
                      f"{r['validation'][-1]['cost']:.3f} |")
     b = balance(TRAIN_SPLIT)
     lines += ["", f"Split: training seeds 0–39 (tumour left {b['left']}, right {b['right']}: the generator draws "
@@ -156,7 +159,7 @@ def paired(rows: list[dict], first: str, second: str, key: str) -> tuple[np.ndar
 
 COMPARISONS = (("sarsa-model1", "template"), ("sarsa-model2", "template"), ("sarsa-model2", "sarsa-model1"),
                ("rule-based", "template"), ("random", "template"), ("sarsa-model2", "rule-based"),
-               ("parotid-limit", "template"))
+               ("sarsa-model2-unmasked", "template"), ("parotid-limit", "template"), ("oar-limit", "template"))
 
 
 def table1(rows: list[dict], normalised: bool = True) -> list[str]:

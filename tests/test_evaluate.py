@@ -34,7 +34,7 @@ def test_table1_command_compares_every_planner_with_the_template(tmp_path):
                  "--dose-grid-factor", "2", "4", "4", "-o", str(out)]) == 0
     with open(out / "sarsa_table1.csv") as fh:
         rows = list(csv.DictReader(fh))
-    planners = {"template", "parotid-limit", "sarsa-model1", "sarsa-model2", "rule-based", "random"}
+    planners = {"template", "parotid-limit", "oar-limit", "sarsa-model1", "sarsa-model2", "rule-based", "random"}
     assert sorted((r["planner"], r["case_seed"]) for r in rows) == sorted((p, s) for p in planners for s in ("1000", "1001"))
     by = {(r["planner"], r["case_seed"]): r for r in rows}
     for seed in ("1000", "1001"):
