@@ -84,7 +84,8 @@ def parotid_limit_positions() -> dict[str, Position]:
     """The template with both parotid objectives at the far end of the action space (D_obj 0 Gy,
     V_obj 100 %: every parotid voxel pushed towards 0 Gy): the most sparing these objectives can ask
     for, a reference for what the planners could reach (docs/results.md), not a plan to deliver."""
-    return {**template_positions(), **{name: Position(D_BOUNDS_GY[0], V_BOUNDS_PCT[1]) for name in ("Parotid_L", "Parotid_R")}}
+    far = Position(D_BOUNDS_GY[0], V_BOUNDS_PCT[1])
+    return {**template_positions(), "Parotid_L": far, "Parotid_R": far}
 
 
 def oar_limit_positions() -> dict[str, Position]:
@@ -132,8 +133,9 @@ class HNImrtEnv(PlanningEnv, gym.Env):
 
     tps: adapter instance or factory. model: 1 (6 actions) or 2 (12 actions). case_seeds: H&N
     phantom seeds; case: a fixed Case (made single-level at 44 Gy too). init: "template"
-    (SPEC §4.6, default), "random", or "parotid-limit" / "oar-limit" (reference plans). normalise: scale the dose to PTV D95 = 44 Gy (§4.7 step 3;
-    off by default: the loss then carries the coverage term). scorer/reward/score_options:
+    (SPEC §4.6, default), "random", or "parotid-limit" / "oar-limit" (reference plans).
+    normalise: scale the dose to PTV D95 = 44 Gy (§4.7 step 3; off by default: the loss then
+    carries the coverage term). scorer/reward/score_options:
     override ``relative_loss``. cold_start: see ``env_base``.
     """
 

@@ -47,6 +47,7 @@ SCALE = np.array([RX_GY, RX_GY, RX_GY, 100.0] * len(OARS) + [RX_GY, RX_GY], np.f
 TRAIN_SEEDS = tuple(range(0, 40))  # H&N phantom seeds (issue 7 split, docs/results.md)
 VAL_SEEDS = tuple(range(40, 60))
 TEST_SEEDS = tuple(range(1000, 1020))
+TRAIN_GRID = (2, 2, 2)  # dose grid of the committed runs (Args.dose_grid_factor; docs/decisions.md)
 
 
 @dataclass
@@ -77,7 +78,7 @@ class Args:
     val_every: int = 2_000
     """validation (greedy, all val_seeds) every this many steps, and at the end."""
     n_beams: int = 7
-    dose_grid_factor: tuple[int, int, int] = (2, 2, 2)
+    dose_grid_factor: tuple[int, int, int] = TRAIN_GRID
     """dose grid (k, j, i blocks of the CT grid) of the training TPS. (2, 4, 4) is too coarse: the
     parotid-sparing headroom vanishes and isolated hot voxels appear (docs/decisions.md)."""
     max_iter: int = 60
@@ -161,7 +162,7 @@ def sarsa_update(W: np.ndarray, x: np.ndarray, a: int, r: float, x_next: np.ndar
     return delta
 
 
-def make_env(model: int, seeds: Sequence[int], n_beams: int = 7, dose_grid_factor=(2, 2, 2), max_iter: int = 60,
+def make_env(model: int, seeds: Sequence[int], n_beams: int = 7, dose_grid_factor=TRAIN_GRID, max_iter: int = 60,
              max_steps: int = 35) -> HNImrtEnv:
     """The seed-004 environment over the in-house photon TPS (the training grid of ``Args``), template init."""
     from rtautoplan.adapters.inhouse import InHousePhoton

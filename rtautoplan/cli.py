@@ -140,7 +140,7 @@ def _table1(args) -> int:
 
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
-    grid = tuple(args.dose_grid_factor) if args.dose_grid_factor else (2, 2, 2)
+    grid = tuple(args.dose_grid_factor) if args.dose_grid_factor else sarsa_eval.TRAIN_GRID
     md = out / "sarsa_table1.md"
     md.unlink(missing_ok=True)
     sarsa_eval.evaluate_sarsa(range(args.seed, args.seed + args.cases), max_steps=args.max_steps or 35,

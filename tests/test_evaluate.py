@@ -35,7 +35,8 @@ def test_table1_command_compares_every_planner_with_the_template(tmp_path):
     with open(out / "sarsa_table1.csv") as fh:
         rows = list(csv.DictReader(fh))
     planners = {"template", "parotid-limit", "oar-limit", "sarsa-model1", "sarsa-model2", "rule-based", "random"}
-    assert sorted((r["planner"], r["case_seed"]) for r in rows) == sorted((p, s) for p in planners for s in ("1000", "1001"))
+    expected = sorted((p, s) for p in planners for s in ("1000", "1001"))
+    assert sorted((r["planner"], r["case_seed"]) for r in rows) == expected
     by = {(r["planner"], r["case_seed"]): r for r in rows}
     for seed in ("1000", "1001"):
         parotids = {p: float(by[p, seed]["LP_mean_norm_gy"]) + float(by[p, seed]["RP_mean_norm_gy"]) for p in planners}
