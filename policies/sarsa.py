@@ -345,7 +345,7 @@ class SarsaPolicy:
         return [(int(a), float(q[a])) for a in np.argsort(-q, kind="stable")]
 
     def act(self, observation: np.ndarray) -> int:
-        return int(np.argmax(q_values(self.W, observation)))
+        return greedy(self.W, observation)
 
 
 def weights_path(model: int) -> Path:
