@@ -133,11 +133,68 @@ class DoseLevel:
 
 
 @dataclass(frozen=True)
+class Goal:
+    """One clinical goal as clinics and benchmarks state it: ``{"roi": "Core", "metric": "D10%", "max_gy": 25}``.
+
+    roi: the structure's name in the case (its TG-263 name, or its ROIName as exported).
+    metric: ``D95%``, ``D0.03cc``, ``Dmax``, ``Dmin``, ``Dmean`` (Gy), or ``V20Gy`` (volume receiving ≥ 20 Gy).
+    unit: of the metric's value: "Gy" for the D metrics, "%" (of the ROI) or "cc" (cm³) for V metrics.
+    lower / upper: the bound on the metric, in ``unit``; one or both.
+    priority: 1 must be met (the clinical gate fails without it); 2 is desired (reported, a warning).
+    source: where the goal comes from (``prescription.json``, a protocol and its citation).
+    """
+
+    roi: str
+    metric: str
+    unit: str = "Gy"
+    lower: float | None = None
+    upper: float | None = None
+    priority: int = 1
+    source: str = "prescription.json"
+
+    def __str__(self) -> str:
+        unit = {"Gy": " Gy", "%": " %", "cc": " cm³"}[self.unit]
+        bounds = [f"≥ {self.lower:g}{unit}" if self.lower is not None else "",
+                  f"≤ {self.upper:g}{unit}" if self.upper is not None else ""]
+        return f"{self.roi} {self.metric} " + " and ".join(b for b in bounds if b)
+
+
+@dataclass(frozen=True)
+class Phase:
+    """One phase of a sequential course (seed 004: primary 44 Gy / 22 fx, then boost 26 Gy / 13 fx)."""
+
+    name: str
+    levels: tuple[DoseLevel, ...]
+    fractions: int
+
+
+@dataclass(frozen=True)
+class Normalisation:
+    """How the final dose is scaled, as a TPS does: ``metric`` of ``roi`` equals ``dose_gy``
+    (default: D95% of the highest level's PTV, or of its CTV where no PTV exists, = its Rx).
+    roi "" means that default; metric "none" leaves the optimised dose unscaled."""
+
+    roi: str = ""
+    metric: str = "D95%"
+    dose_gy: float | None = None
+
+
+@dataclass(frozen=True)
 class Prescription:
-    """Prescription levels, highest dose first, and the number of fractions."""
+    """Prescription levels, highest dose first, the number of fractions, and what the plan must meet.
+
+    goals: clinical goals (``prescription.json`` ``goals``, else the site's default protocol).
+    normalisation: the final-dose scaling rule. phases: a sequential course, when the prescription
+    states one (empty: one simultaneous plan of every level). site: the protocol named in
+    ``prescription.json`` (None: chosen from the ROIs).
+    """
 
     levels: tuple[DoseLevel, ...]
     fractions: int
+    goals: tuple[Goal, ...] = ()
+    normalisation: Normalisation = Normalisation()
+    phases: tuple[Phase, ...] = ()
+    site: str | None = None
 
     def __post_init__(self):
         object.__setattr__(self, "levels", tuple(sorted(self.levels, key=lambda lv: -lv.dose_gy)))

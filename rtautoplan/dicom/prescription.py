@@ -12,6 +12,13 @@
   renamed ``CTV_<cGy>`` (``names.target_name``); a dose in both the name and here must agree.
 - ``structure_names``: input ROIName → TG-263 name, for names rtautoplan does not recognise.
 - ``ignore``: ROINames to drop.
+- ``goals``: clinical goals (``rtautoplan.goals``), e.g. ``{"roi": "Core", "metric": "D10%", "max_gy": 25}``;
+  without them the site's default protocol applies (``rtautoplan.protocols``).
+- ``normalisation``: ``{"roi": "PTV_7000", "metric": "D95%", "dose_gy": 70}`` or ``"none"``; default:
+  D95% of the highest level's PTV (its CTV where there is no PTV) = its Rx.
+- ``phases``: a sequential course, ``[{"name": "primary", "fractions": 22, "levels": [{"target":
+  "CTV_5400", "dose_gy": 44}]}, {"name": "boost", ...}]``; only seed 004's planner plans phases.
+- ``site``: the protocol to plan with (``hn``, ``prostate``, ``generic`` …); default: chosen from the ROIs.
 
 The prescription levels are the ``levels`` given here plus every CTV whose name carries a dose
 (``CTV_7000``, ``CTV 54Gy``); with neither, every target whose name carries a dose. ``fractions``
@@ -26,13 +33,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
-from rtautoplan.case import DoseLevel, Prescription, Role
+from rtautoplan.case import DoseLevel, Goal, Normalisation, Phase, Prescription, Role
 from rtautoplan.errors import InputError
 from rtautoplan.structures.names import ParsedName, target_name
 
 PRESCRIPTION_FILE = "prescription.json"
 CONVENTIONAL_FRACTION_GY = 2.0  # dose per fraction assumed when prescription.json gives no "fractions"
-_KEYS = ("fractions", "levels", "structure_names", "ignore")
+_KEYS = ("fractions", "levels", "structure_names", "ignore", "goals", "normalisation", "phases", "site")
+_PHASE_KEYS = ("name", "fractions", "levels")
 _LEVEL_KEYS = ("target", "dose_gy")
 
 
@@ -44,6 +52,10 @@ class PrescriptionFile:
     levels: tuple[tuple[str, float], ...] = ()  # (target ROI name, dose Gy)
     structure_names: dict[str, str] = field(default_factory=dict)
     ignore: frozenset[str] = frozenset()
+    goals: tuple[Goal, ...] = ()
+    normalisation: Normalisation = Normalisation()
+    phases: tuple[Phase, ...] = ()
+    site: str | None = None
     path: str = PRESCRIPTION_FILE
 
 
@@ -73,9 +85,55 @@ def read_prescription_file(path: str | Path) -> PrescriptionFile:
     fractions = data.get("fractions")
     if fractions is not None and (not _is_int(fractions) or fractions <= 0):
         raise InputError(where, f'"fractions" is {fractions!r}', "Give the number of fractions as a positive integer")
+    from rtautoplan.goals import parse_goals
+
+    site = data.get("site")
+    if site is not None and (not isinstance(site, str) or not site.strip()):
+        raise InputError(where, f'"site" is {site!r}', 'Name the protocol, e.g. "site": "generic"')
     return PrescriptionFile(fractions=fractions, levels=_levels(data.get("levels", []), where),
                             structure_names=_names(data.get("structure_names", {}), where),
-                            ignore=frozenset(_strings(data.get("ignore", []), "ignore", where)), path=where)
+                            ignore=frozenset(_strings(data.get("ignore", []), "ignore", where)),
+                            goals=parse_goals(data.get("goals", []), where),
+                            normalisation=_normalisation(data.get("normalisation"), where),
+                            phases=_phases(data.get("phases", []), where), site=site, path=where)
+
+
+def _normalisation(value, where: str) -> Normalisation:
+    if value is None:
+        return Normalisation()
+    if value == "none":
+        return Normalisation(metric="none")
+    example = '"normalisation": {"roi": "PTV_7000", "metric": "D95%", "dose_gy": 70} or "none"'
+    if not isinstance(value, dict) or set(value) - {"roi", "metric", "dose_gy"}:
+        raise InputError(where, f'"normalisation" is {value!r}', f"Write {example}")
+    from rtautoplan.goals import canonical_metric
+
+    roi, metric, dose = value.get("roi", ""), value.get("metric", "D95%"), value.get("dose_gy")
+    if not isinstance(roi, str):
+        raise InputError(where, f'"normalisation"."roi" is {roi!r}', f"Write {example}")
+    if not isinstance(metric, str) or canonical_metric(metric) is None or canonical_metric(metric).startswith("V"):
+        raise InputError(where, f'"normalisation"."metric" is {metric!r}', "Use a dose metric: D95%, Dmean, D50% …")
+    if dose is not None and (isinstance(dose, bool) or not isinstance(dose, (int, float)) or not dose > 0):
+        raise InputError(where, f'"normalisation"."dose_gy" is {dose!r}', "Give a positive dose in Gy, or leave it "
+                                                                           "out (the ROI's Rx)")
+    return Normalisation(roi, canonical_metric(metric), None if dose is None else float(dose))
+
+
+def _phases(phases, where: str) -> tuple[Phase, ...]:
+    example = '"phases": [{"name": "primary", "fractions": 22, "levels": [{"target": "CTV_5400", "dose_gy": 44}]}]'
+    if not isinstance(phases, list):
+        raise InputError(where, '"phases" must be a list', f"Write {example}")
+    out = []
+    for n, phase in enumerate(phases):
+        key = f'"phases"[{n}]'
+        if not isinstance(phase, dict) or set(phase) - set(_PHASE_KEYS) or "levels" not in phase:
+            raise InputError(where, f"{key} is not a phase", f"Write {example}")
+        name, fractions = phase.get("name", f"phase {n + 1}"), phase.get("fractions")
+        if not _is_int(fractions) or fractions <= 0:
+            raise InputError(where, f'{key}."fractions" is {fractions!r}', "Give the phase's number of fractions")
+        levels = tuple(DoseLevel(t, d) for t, d in _levels(phase["levels"], where))
+        out.append(Phase(str(name), levels, fractions))
+    return tuple(out)
 
 
 def _is_int(value) -> bool:
@@ -161,7 +219,8 @@ def prescribe(targets: Sequence[Target],
                          f'Name the CTV with its dose (e.g. CTV_7000) or write "levels" in {PRESCRIPTION_FILE}')
     rx_max = max(level.dose_gy for level in levels)
     fractions = rx_file.fractions or max(1, round(rx_max / CONVENTIONAL_FRACTION_GY))
-    return Prescription(tuple(levels), fractions), resolved
+    return Prescription(tuple(levels), fractions, goals=rx_file.goals, normalisation=rx_file.normalisation,
+                        phases=rx_file.phases, site=rx_file.site), resolved
 
 
 def write_prescription(prescription: Prescription, path: str | Path, structure_names: dict[str, str] | None = None,
@@ -173,6 +232,25 @@ def write_prescription(prescription: Prescription, path: str | Path, structure_n
         data["structure_names"] = dict(structure_names)
     if ignore:
         data["ignore"] = list(ignore)
+    if prescription.goals:
+        data["goals"] = [goal_json(g) for g in prescription.goals]
+    if prescription.site:
+        data["site"] = prescription.site
     path = Path(path)
     path.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
     return path
+
+
+def goal_json(goal: Goal) -> dict:
+    """A goal as prescription.json writes it."""
+    key = {"Gy": "gy", "%": "pct", "cc": "cc"}[goal.unit]
+    data: dict = {"roi": goal.roi, "metric": goal.metric}
+    if goal.lower is not None:
+        data[f"min_{key}"] = goal.lower
+    if goal.upper is not None:
+        data[f"max_{key}"] = goal.upper
+    if goal.priority != 1:
+        data["priority"] = goal.priority
+    if goal.source != "prescription.json":
+        data["source"] = goal.source
+    return data
