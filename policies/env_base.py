@@ -230,6 +230,10 @@ class LoopHooks:
     def score(self, gy: np.ndarray):
         return self._planner.score_fn(gy, self.case, **self._planner.score_options)
 
+    def case_for(self, seed: int | None) -> Case:
+        """The prepared case of phantom seed ``seed`` (None: the fixed case)."""
+        return self._cases.get(seed)
+
     @property
     def bounds(self) -> dict[str, tuple[float, float]]:
         return {}
@@ -286,10 +290,6 @@ class PlanningEnv(LoopHooks):
     def last_step_s(self) -> float:
         """Wall time (s) of the last optimisation + scoring."""
         return self._planner.last_step_s
-
-    def case_for(self, seed: int | None) -> Case:
-        """The prepared case of phantom seed ``seed`` (None: the fixed case)."""
-        return self._cases.get(seed)
 
     # -- the loop
     def reset(self, *, seed: int | None = None, options: Mapping | None = None):

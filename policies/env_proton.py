@@ -27,7 +27,8 @@ import numpy as np
 from rtautoplan.case import Case, Role, Structure
 from rtautoplan.plan import Objective
 from rtautoplan.policies.env_base import PlanningEnv, Reward, Scorer, dvh_rows
-from rtautoplan.structures.objectives import estimate_dose, objectives_for
+from rtautoplan.structures.objectives import (estimate_dose, goal_objectives, hotspot_objectives, hotspot_regions,
+                                              objectives_for)
 from rtautoplan.structures.rules import apply_rules, priority
 
 M_MAX = 50  # planning structures, SPEC §2.7 capacity
@@ -95,6 +96,8 @@ class ProtonHNEnv(PlanningEnv, gym.Env):
     tps: adapter instance or factory. case_seeds: H&N phantom seeds; case: a fixed Case.
     max_steps: truncation (4). k_selected: OARs adjusted per step (8). scorer/reward/score_options:
     override ``dose_distribution`` (e.g. ``{"ring_rx": "rx_min"}``). cold_start: see ``env_base``.
+    site: the margin set (``structures.rules.SITES``) and protocol (``rtautoplan.protocols``); the case's
+    goals (``protocols.goals_for``) join rule 10's fixed objectives (``structures.objectives.goal_objectives``).
     """
 
     system = "dose_distribution"
@@ -103,8 +106,8 @@ class ProtonHNEnv(PlanningEnv, gym.Env):
 
     def __init__(self, tps, case_seeds: Sequence[int] = (0,), case: Case | None = None, max_steps: int = MAX_STEPS,
                  k_selected: int = K_SELECTED, scorer: Scorer | None = None, reward: Reward | None = None,
-                 score_options: Mapping | None = None, cold_start: bool = True):
-        self.k = int(k_selected)
+                 score_options: Mapping | None = None, cold_start: bool = True, site: str = "hn"):
+        self.k, self.site = int(k_selected), site
         self._setup(tps, case_seeds, case, max_steps, "rule11", scorer, reward, score_options, cold_start)
         low = np.concatenate([[0.0] * (DVH_POINTS + 2), [-np.inf], [0.0]]).astype(np.float32)
         high = np.concatenate([[1.0] * (DVH_POINTS + 2), [0.0], [np.inf]]).astype(np.float32)
@@ -119,13 +122,16 @@ class ProtonHNEnv(PlanningEnv, gym.Env):
         self.structure_scores: dict[str, float] = {}
 
     def _prepare_case(self, case: Case) -> Case:
-        return apply_rules(case, self.site)
+        return hotspot_regions(apply_rules(case, self.site))
 
     def _init_parameters(self, init: str) -> None:
         case = self.case
         if case.case_id not in self._estimates:
             self._estimates[case.case_id] = estimate_dose(case)
+        from rtautoplan.protocols import goals_for
+
         self._base = objectives_for(case, self.np_random, reference_dose=self._estimates[case.case_id])
+        self._base += hotspot_objectives(case) + goal_objectives(case, goals_for(case, self.site))
         self.params = {o.structure: (o.weight, o.dose_gy) for o in self._base if o.adjustable}
 
     def _apply(self, action) -> dict:

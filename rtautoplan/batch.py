@@ -37,14 +37,16 @@ from rtautoplan.plan import Step
 log = logging.getLogger(__name__)
 
 SUMMARY_FILE = "batch_summary.csv"
-SUMMARY_COLUMNS = ("case", "status", "scoring", "initial_score", "final_score", "seconds", "message")
+SUMMARY_COLUMNS = ("case", "status", "acceptable", "scoring", "initial_score", "final_score", "seconds", "message")
 _HEADER_TAGS = ["SOPClassUID", "Modality", "ImagePositionPatient", "SeriesInstanceUID"]
 _RTSTRUCT_CLASS = "1.2.840.10008.5.1.4.1.1.481.3"
 
 
 @dataclass(frozen=True)
 class BatchRow:
-    """One line of the summary. status: ok, error or skipped (finished before, kept)."""
+    """One line of the summary. status: ok, unacceptable (planned, written, but fails the clinical
+    gate; message: its reasons), error or skipped (finished before, kept). acceptable: the gate's
+    verdict ("yes"/"no"; "" when nothing was planned)."""
 
     case: str
     status: str
@@ -54,6 +56,7 @@ class BatchRow:
     final: float | None = None
     seconds: float = 0.0
     message: str = ""
+    acceptable: str = ""
 
 
 def _kind(path: Path) -> str | None:
@@ -131,8 +134,10 @@ def _run_case(case_dir: Path, target: Path, name: str, options: PlanOptions, for
             done = json.loads(finished.read_text())
         except (OSError, ValueError):
             done = {}
+        verdict = {True: "yes", False: "no"}.get(done.get("acceptable"), "")
         return BatchRow(name, "skipped", target, done.get("scoring", ""), done.get("initial score"),
-                        done.get("final score"), 0.0, f"already planned ({finished} exists); --force re-plans it")
+                        done.get("final score"), 0.0, f"already planned ({finished} exists); --force re-plans it",
+                        verdict)
     start = time.perf_counter()
     try:
         planned = plan_folder(case_dir, target, options, on_step=on_step)
@@ -144,8 +149,9 @@ def _run_case(case_dir: Path, target: Path, name: str, options: PlanOptions, for
         return BatchRow(name, "error", target, seconds=round(time.perf_counter() - start, 2),
                         message=_one_line(f"internal error: {type(error).__name__}: {error}"))
     r = planned.result
-    return BatchRow(name, "ok", target, r.score.system, round(float(r.initial_score.total), 4),
-                    round(float(r.score.total), 4), round(planned.seconds, 2), "")
+    return BatchRow(name, "ok" if r.acceptable else "unacceptable", target, r.score.system,
+                    round(float(r.initial_score.total), 4), round(float(r.score.total), 4), round(planned.seconds, 2),
+                    _one_line("; ".join(r.gate.reasons)), "yes" if r.acceptable else "no")
 
 
 def _one_line(text: str) -> str:
@@ -178,7 +184,8 @@ def replan_folder(root: str | Path, out: str | Path, *, force: bool = False, con
 
         def record(row: BatchRow) -> None:
             rows.append(row)
-            writer.writerow([row.case, row.status, row.scoring, row.initial, row.final, row.seconds, row.message])
+            writer.writerow([row.case, row.status, row.acceptable, row.scoring, row.initial, row.final, row.seconds,
+                             row.message])
             summary.flush()
             progress.update(task, advance=1, status=f"{row.case}: {row.status}")
             log.debug("%s: %s %s", row.case, row.status, row.message)

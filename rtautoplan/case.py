@@ -68,6 +68,7 @@ class Role(str, enum.Enum):
     PTV = "PTV"
     GAP = "GAP"  # buffer around a PTV: no objective (SPEC §2.3)
     RING = "RING"  # dose fall-off shell around a Gap (SPEC §2.3)
+    CONTROL = "CONTROL"  # planning-only region an objective acts on (a lower level's target away from the boost)
     OAR = "OAR"
     OTHER = "OTHER"  # kept and written back, never planned on (couch, markers, z-structures)
 
@@ -85,6 +86,7 @@ class Role(str, enum.Enum):
             Role.PTV: "PTV",
             Role.GAP: "CONTROL",
             Role.RING: "AVOIDANCE",
+            Role.CONTROL: "CONTROL",
             Role.OAR: "ORGAN",
             Role.OTHER: "CONTROL",
         }[self]

@@ -1,7 +1,9 @@
 """The ``rtautoplan`` command. ``main(argv) -> exit code``; one subcommand per job.
 
-Exit codes: 0 success, 2 bad input (one line naming the file/ROI/tag and the fix),
-1 an internal error (one line; ``--debug`` shows the traceback).
+Exit codes: 0 success, 3 a plan was written but fails the clinical gate (a required goal or a
+hot-spot rule is missed: ``rtautoplan.gate``; the goal table and the reasons are printed), 2 bad
+input (one line naming the file/ROI/tag and the fix), 1 an internal error (one line; ``--debug``
+shows the traceback).
 """
 
 from __future__ import annotations
@@ -13,8 +15,11 @@ import sys
 from pathlib import Path
 
 from rtautoplan.errors import InputError
+from rtautoplan.gate import EXIT_UNACCEPTABLE
 
 log = logging.getLogger("rtautoplan")
+SITES = ("hn", "prostate", "liver", "generic")  # rtautoplan.pipeline.SITES, without importing the engine
+MODALITIES = ("photon", "proton", "carbon")
 
 
 def _phantom(args) -> int:
@@ -37,9 +42,17 @@ def _structures(args) -> int:
     from rtautoplan.structures.objectives import objectives_for
     from rtautoplan.structures.rules import apply_rules
 
+    from rtautoplan.pipeline import choose_site
+
     case = read_case(args.case)
+    args.site, reason = choose_site(case, args.site)
+    print(f"site {args.site} ({reason})")
     planned = apply_rules(case, site=args.site, ctv_oar_crop_mm=args.ctv_crop_mm)
+    from rtautoplan.protocols import goals_for
+    from rtautoplan.structures.objectives import goal_objectives
+
     objectives = objectives_for(planned, np.random.default_rng(args.seed))
+    objectives += goal_objectives(planned, goals_for(planned, args.site))
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
     rtstruct = write_rtstruct(planned, out / "RS_rtautoplan.dcm", label="rtautoplan aux")
@@ -87,11 +100,40 @@ def _plan(args) -> int:
 
         planned = plan_folder(args.case, args.output, _plan_options(args), on_step=on_step)
     result = planned.result
-    console.print(f"{planned.site}/{args.modality}, {result.score.system}: {result.initial_score.total:.4g} → "
-                  f"{result.score.total:.4g} (best at step {result.best_step}, {result.n_steps} steps, "
-                  f"{time.perf_counter() - start:.1f} s)")
+    console.print(f"site {planned.site} ({planned.site_reason}); {result.score.system}: "
+                  f"{result.initial_score.total:.4g} → {result.score.total:.4g} (best at step {result.best_step}, "
+                  f"{result.n_steps} steps, {time.perf_counter() - start:.1f} s)")
+    if result.normalisation is not None:
+        console.print(f"normalised: {result.normalisation}")
+    print_gate(console, result.gate)
     console.print("wrote " + ", ".join(str(p) for p in planned.files.values()))
-    return 0
+    return 0 if result.acceptable else EXIT_UNACCEPTABLE
+
+
+def print_gate(console, gate) -> None:
+    """The clinical gate on stdout: the goal table, then ACCEPTABLE or NOT ACCEPTABLE with the reasons."""
+    from rich.markup import escape
+    from rich.table import Table
+
+    table = Table(title="clinical goals (final dose)")
+    for column, justify in (("ROI", "left"), ("metric", "left"), ("goal", "left"), ("achieved", "right"),
+                            ("met", "left"), ("priority", "left")):
+        table.add_column(column, justify=justify)
+    for r in gate.goals:
+        g = r.goal
+        bound = str(g)[len(g.roi) + len(g.metric) + 2:]
+        table.add_row(escape(g.roi), g.metric, bound, f"{r.value:.2f}", "yes" if r.met else "[red]NO[/red]",
+                      "must" if g.priority == 1 else "desired")
+    for h in gate.hotspots:
+        table.add_row(escape(h.rule), "", f"≤ {h.limit_gy:.2f} Gy", f"{h.value_gy:.2f}",
+                      "yes" if h.met else "[red]NO[/red]", "must")
+    console.print(table)
+    for warning in gate.all_warnings():
+        console.print(f"[yellow]warning:[/yellow] {escape(warning)}")
+    if gate.acceptable:
+        console.print("[green]clinical gate: ACCEPTABLE[/green] (RTPLAN UNAPPROVED until a clinician reviews it)")
+    else:
+        console.print("[bold red]clinical gate: NOT ACCEPTABLE[/bold red] — " + escape("; ".join(gate.reasons)))
 
 
 def _evaluate(args) -> int:
@@ -179,7 +221,8 @@ def _service_logging(args, name: str) -> None:
 
 
 def _batch(args) -> int:
-    """Exit 0 when no case failed, 2 when only bad inputs did, 1 when any internal error occurred."""
+    """Exit 0 when every case was planned acceptably, 3 when some plan fails the clinical gate (and
+    nothing failed), 2 when a case had bad input, 1 when any internal error occurred."""
     from rich.console import Console
     from rich.markup import escape
 
@@ -188,14 +231,16 @@ def _batch(args) -> int:
     _service_logging(args, "rtautoplan.batch")
     rows = replan_folder(args.root, args.output, force=args.force, **vars(_plan_options(args)))
     console = Console(width=160)
-    counts = {status: sum(r.status == status for r in rows) for status in ("ok", "skipped", "error")}
+    counts = {status: sum(r.status == status for r in rows) for status in ("ok", "unacceptable", "skipped", "error")}
     for row in rows:
-        if row.status == "error":
-            console.print(f"[red]error[/red] {escape(row.case)}: {escape(row.message)}", highlight=False)
-    console.print(f"{counts['ok']} planned, {counts['skipped']} kept (finished before), {counts['error']} failed "
-                  f"→ {args.output / SUMMARY_FILE}")
+        if row.status in ("error", "unacceptable"):
+            label = "error" if row.status == "error" else "NOT ACCEPTABLE"
+            console.print(f"[red]{label}[/red] {escape(row.case)}: {escape(row.message)}", highlight=False)
+    console.print(f"{counts['ok']} planned, {counts['unacceptable']} planned but NOT ACCEPTABLE, {counts['skipped']} "
+                  f"kept (finished before), {counts['error']} failed → {args.output / SUMMARY_FILE}")
     internal = any(r.status == "error" and r.message.startswith("internal error") for r in rows)
-    return 1 if internal else 2 if counts["error"] else 0
+    unacceptable = counts["unacceptable"] or any(r.status == "skipped" and r.acceptable == "no" for r in rows)
+    return 1 if internal else 2 if counts["error"] else EXIT_UNACCEPTABLE if unacceptable else 0
 
 
 def _hook(args) -> int:
@@ -218,7 +263,7 @@ def _node(args) -> int:
                              "--dest pacs.local 104 PACS")
         dest = Destination(host, int(port), aet)
     serve_until_stopped(NodeConfig(aet=args.aet, host=args.host, port=args.port, workdir=args.workdir, dest=dest,
-                                   plan=_plan_options(args)))
+                                   plan=_plan_options(args), send_unacceptable=args.send_unacceptable))
     return 0
 
 
@@ -241,7 +286,8 @@ def parser() -> argparse.ArgumentParser:
     st = sub.add_parser("structures", help="build PTV/Gap/Ring, resolve overlaps, assign objectives")
     st.add_argument("case", type=Path, help="folder with the CT series, RTSTRUCT and optional prescription.json")
     st.add_argument("-o", "--output", type=Path, required=True, help="folder for the auxiliary RTSTRUCT and PNG")
-    st.add_argument("--site", default="hn", choices=["hn", "liver", "prostate"], help="margin set (SPEC §2.3)")
+    st.add_argument("--site", default=None, choices=SITES, help="margins and protocol (default: prescription.json's "
+                    "site, else from the ROIs)")
     st.add_argument("--ctv-crop-mm", type=float, default=None, help="crop CTVs this far from OARs (seed 003: 1 mm)")
     st.add_argument("--seed", type=int, default=0, help="seed of the OAR limit initialisation (rule 11)")
     st.set_defaults(run=_structures)
@@ -254,7 +300,7 @@ def parser() -> argparse.ArgumentParser:
 
     ev = sub.add_parser("evaluate", help="plan held-out phantom variants with a planner; seed-style table, CSV, PNG")
     ev.add_argument("--policy", default="rule-based", help="planner (see rtautoplan.policies.POLICIES)")
-    ev.add_argument("--site", choices=["hn", "prostate"], default="prostate")
+    ev.add_argument("--site", choices=SITES, default="prostate", help="phantom populations exist for hn and prostate")
     ev.add_argument("--modality", choices=["photon", "proton", "carbon"], default="photon")
     ev.add_argument("--cases", type=int, default=20, help="number of held-out variants")
     ev.add_argument("--seed", type=int, default=1000, help="first phantom seed (held out: ≥ 1000)")
@@ -294,6 +340,8 @@ def parser() -> argparse.ArgumentParser:
     no.add_argument("--dest", nargs=3, metavar=("HOST", "PORT", "AET"), default=None,
                     help="storage SCP the plans are sent to (default: keep them in WORKDIR/outbox)")
     no.add_argument("--workdir", type=Path, default=Path("rtautoplan-node"), help="holds incoming/ and outbox/")
+    no.add_argument("--send-unacceptable", action="store_true",
+                    help="also send plans that fail the clinical gate (default: hold them in the outbox, held.json)")
     _add_plan_options(no, engine=True)
     no.set_defaults(run=_node)
     return p
@@ -302,12 +350,13 @@ def parser() -> argparse.ArgumentParser:
 def _add_plan_options(p: argparse.ArgumentParser, engine: bool = False) -> None:
     """The options every planning command shares (for ``hook``: defaults for what a request leaves out);
     ``engine`` adds --dose-grid-factor, a coarse and fast dose grid for the shells."""
-    p.add_argument("--site", choices=["hn", "prostate"], default=None, help="default: prostate if the case has a "
-                   "Prostate or Bladder, else hn")
-    p.add_argument("--modality", choices=["photon", "proton", "carbon"], default="photon")
+    p.add_argument("--site", choices=SITES, default=None, help="default: prescription.json's site, else from the "
+                   "ROIs (prostate, hn, liver, else generic); the choice is printed")
+    p.add_argument("--modality", choices=MODALITIES, default="photon")
     p.add_argument("--adapter", default=None, help="TPS adapter (default: the setup's; see rtautoplan.adapters)")
     p.add_argument("--policy", default=None, help="planner (default: the setup's; see rtautoplan.policies)")
-    p.add_argument("--max-steps", type=int, default=None, help="closed-loop steps (default: the setup's)")
+    p.add_argument("--max-steps", type=int, default=None, help="closed-loop steps (default: the setup's; 0: the "
+                   "initial plan)")
     p.add_argument("--seed", type=int, default=0, help="seed of the initial parameters")
     p.add_argument("--unknown-rois", choices=["error", "keep"], default="error",
                    help="a ROI name with no TG-263 match: stop with the fix (default), or keep it unplanned")

@@ -7,6 +7,7 @@ so a crash never leaves a half-written output that looks finished.
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import tempfile
@@ -19,12 +20,11 @@ from rtautoplan.adapters import ADAPTERS
 from rtautoplan.dicom.read import read_case
 from rtautoplan.errors import InputError
 from rtautoplan.outputs import LOG_FILE, write_outputs
-from rtautoplan.pipeline import SETUPS, plan_case, setup_for, tps_with_options
+from rtautoplan.pipeline import MODALITIES, SITES, choose_site, plan_case, setup_for, tps_with_options
 from rtautoplan.plan import Result, Step
 from rtautoplan.policies import POLICIES
 
-SITES = tuple(sorted({site for site, _ in SETUPS}))
-MODALITIES = tuple(sorted({modality for _, modality in SETUPS}))
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -36,7 +36,7 @@ class PlanOptions:
     ``adapter_options`` (e.g. ``{"dose_grid_factor": (2, 4, 4)}``) are passed to the adapter.
     """
 
-    site: str | None = None  # None: prostate if the case has a Prostate or Bladder, else hn
+    site: str | None = None  # None: prescription.json's, else from the ROIs (pipeline.choose_site)
     modality: str = "photon"
     adapter: str | None = None
     policy: str | None = None
@@ -55,23 +55,26 @@ class PlanOptions:
         for name, ok, known in checks:
             if not ok:
                 raise InputError(name, f"{getattr(self, name)!r} is not known", f"Use one of: {known}")
-        if self.max_steps is not None and self.max_steps < 1:
-            raise InputError("max_steps", f"{self.max_steps} is not a positive number of steps", "Give 1 or more")
+        if self.max_steps is not None and self.max_steps < 0:
+            raise InputError("max_steps", f"{self.max_steps} is not a number of steps",
+                             "Give 0 (the initial plan) or more")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Planned:
-    """One planned folder: the site used, the Result, the files written (name → path), wall time (s)."""
+    """One planned folder: the site used and why, the Result, the files written (name → path), wall
+    time (s), and the planned case (with its planning structures)."""
 
     site: str
     result: Result
     files: dict[str, Path]
     seconds: float
+    site_reason: str = ""
+    case: object = None
 
-
-def infer_site(case) -> str:
-    """The ``plan`` command's default site: prostate if the case has a Prostate or Bladder, else hn."""
-    return "prostate" if case.has("Prostate") or case.has("Bladder") else "hn"
+    @property
+    def acceptable(self) -> bool:
+        return self.result.acceptable
 
 
 def plan_folder(case_dir: str | Path, out: str | Path, options: PlanOptions,
@@ -79,7 +82,8 @@ def plan_folder(case_dir: str | Path, out: str | Path, options: PlanOptions,
     """read_case → plan_case → write_outputs for one folder; outputs land in ``out`` complete or not at all."""
     start = time.perf_counter()
     case = read_case(case_dir, unknown_rois=options.unknown_rois)
-    site = options.site or infer_site(case)
+    site, reason = choose_site(case, options.site)
+    log.info("%s: site %s (%s)", case.case_id, site, reason)
     try:
         setup = setup_for(site, options.modality, options.policy)
     except ValueError as error:
@@ -87,14 +91,15 @@ def plan_folder(case_dir: str | Path, out: str | Path, options: PlanOptions,
     if options.tps is not None:
         tps = options.tps()
     elif options.adapter_options:
-        tps = tps_with_options(setup, options.adapter, options.adapter_options)
+        tps = tps_with_options(setup, options.adapter, options.adapter_options, options.modality)
     else:
         tps = None
     planned, result = plan_case(case, site=site, modality=options.modality, adapter=options.adapter,
                                 policy=options.policy, max_steps=options.max_steps, seed=options.seed, tps=tps,
                                 on_step=on_step)
-    files = _write_into_place(planned, result, Path(out), {"site": site, "seed": options.seed})
-    return Planned(site, result, files, time.perf_counter() - start)
+    files = _write_into_place(planned, result, Path(out), {"site": site, "site chosen by": reason,
+                                                           "seed": options.seed})
+    return Planned(site, result, files, time.perf_counter() - start, reason, planned)
 
 
 def _write_into_place(case, result: Result, out: Path, extra: dict) -> dict[str, Path]:

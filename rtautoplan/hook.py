@@ -19,7 +19,10 @@ Request (a JSON object; paths relative to the hook's working directory)::
 Responses::
 
     {"status": "ok", "files": {"rtstruct": path, "plan": path, "rtdose": path, "report": path,
-     "log": path}, "score": {"system": "proknow9", "initial": 5.0, "final": 8.0}, "steps": 20}
+     "log": path}, "score": {"system": "proknow9", "initial": 5.0, "final": 8.0}, "steps": 20,
+     "acceptable": true, "reasons": [], "warnings": [...], "goals": [{"roi": …, "metric": …, "value": …, "met": …}]}
+    {"status": "unacceptable", ...the same keys, "acceptable": false, "reasons": ["goal SpinalCord D0.03cc ≤ 50 Gy
+     not met: 51.20", ...]}   the plan was written but fails the clinical gate (``rtautoplan.gate``)
     {"status": "error", "error": "<one line: where, what, the fix>", "kind": "input" | "internal"}
 
 ``kind`` is "input" when the request or the case is wrong (the message says what to change) and
@@ -104,9 +107,12 @@ def run_request(request: dict, defaults: PlanOptions | None = None) -> dict:
         log.error("internal error: %s: %s", type(error).__name__, error)
         return _error(f"{type(error).__name__}: {error}", "internal")
     r = planned.result
-    return {"status": "ok", "files": {name: str(path) for name, path in planned.files.items()},
+    gate = r.gate.as_json()
+    return {"status": "ok" if r.acceptable else "unacceptable",
+            "files": {name: str(path) for name, path in planned.files.items()},
             "score": {"system": r.score.system, "initial": float(r.initial_score.total), "final": float(r.score.total)},
-            "steps": r.n_steps}
+            "steps": r.n_steps, "acceptable": gate["acceptable"], "reasons": gate["reasons"],
+            "warnings": gate["warnings"], "goals": gate["goals"]}
 
 
 def answer(line: str, defaults: PlanOptions | None = None) -> dict:

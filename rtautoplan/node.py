@@ -10,6 +10,12 @@ C-STOREs the DICOM outputs to ``config.dest`` if set. An aborted association's o
 Failures never stop the node: every handler is wrapped (an exception becomes a failure status and
 a log line); a study that cannot be planned gets ``incoming/<study>/error.json`` (the one-line
 message); a failed send leaves ``outbox/<study>/send_error.json``.
+
+A plan that fails the clinical gate (``rtautoplan.gate``) is written to the outbox with its report
+and log (``"acceptable": false``) and logged as an error; ``NodeConfig.send_unacceptable`` (CLI
+``--send-unacceptable``, default off) decides whether it is C-STOREd on: by default it is held in
+the outbox with ``outbox/<study>/held.json`` naming the reasons, so nothing that fails its goals
+reaches the TPS unannounced.
 """
 
 from __future__ import annotations
@@ -37,6 +43,7 @@ log = logging.getLogger(__name__)
 
 ERROR_FILE = "error.json"
 SEND_ERROR_FILE = "send_error.json"
+HELD_FILE = "held.json"  # outbox/<study>/: a plan that fails the clinical gate, not sent
 _UID = re.compile(r"[0-9]+(\.[0-9]+)*")  # also what makes a UID safe as a file name
 _SENT = ("rtstruct", "plan", "rtdose")  # the DICOM outputs; report and log stay in the outbox
 
@@ -66,7 +73,8 @@ class Destination:
 class NodeConfig:
     """aet/host/port: how the node is called (port 0: any free port, see ``Node.port``); workdir
     holds incoming/ and outbox/; dest: where plans go (None: outbox only); plan: PlanOptions;
-    require_called_aet: reject associations not addressed to ``aet``."""
+    require_called_aet: reject associations not addressed to ``aet``. send_unacceptable: also send plans
+    that fail the clinical gate (default: hold them in the outbox)."""
 
     aet: str = "RTAUTOPLAN"
     host: str = "0.0.0.0"
@@ -76,11 +84,13 @@ class NodeConfig:
     plan: PlanOptions = field(default_factory=PlanOptions)
     require_called_aet: bool = True
     stop_timeout_s: float = 30.0
+    send_unacceptable: bool = False
 
 
 @dataclass(frozen=True)
 class Outcome:
-    """What became of a study: status "ok" or "error", the one-line message, outputs, sent or not."""
+    """What became of a study: status "ok", "unacceptable" (planned, fails the clinical gate) or "error",
+    the one-line message, outputs, sent or not."""
 
     study: str
     status: str
@@ -245,7 +255,19 @@ class Node:
             return Outcome(study, "error", message)
         s0, s1 = planned.result.initial_score, planned.result.score
         log.info("study %s planned: %s %.4g → %.4g in %.1f s", study, s1.system, s0.total, s1.total, planned.seconds)
-        return Outcome(study, "ok", files=planned.files, sent=self._send(study, planned.files))
+        held = out / HELD_FILE
+        held.unlink(missing_ok=True)
+        if planned.acceptable:
+            return Outcome(study, "ok", files=planned.files, sent=self._send(study, planned.files))
+        reasons = list(planned.result.gate.reasons)
+        message = "plan NOT ACCEPTABLE: " + "; ".join(reasons)
+        log.error("study %s: %s", study, message)
+        if self.config.send_unacceptable:
+            return Outcome(study, "unacceptable", message, planned.files, self._send(study, planned.files))
+        held.write_text(json.dumps({"study": study, "acceptable": False, "reasons": reasons,
+                                    "held": "not sent: the plan fails the clinical gate (--send-unacceptable sends "
+                                            "such plans)"}, indent=1))
+        return Outcome(study, "unacceptable", message, planned.files, False)
 
     def _send(self, study: str, files: dict[str, Path]) -> bool:
         """C-STORE the DICOM outputs to the destination; a failure is logged and left as send_error.json."""

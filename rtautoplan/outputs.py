@@ -64,11 +64,15 @@ def write_outputs(case: Case, result: Result, out: str | Path, extra: dict | Non
     plan = result.plan
     info = {"case": case.case_id, "modality": plan.modality.value, "adapter": plan.adapter, "policy": result.policy,
             "scoring": result.score.system, "initial score": round(float(result.initial_score.total), 4),
-            "final score": round(float(result.score.total), 4), "best step": result.best_step, **(extra or {})}
+            "final score": round(float(result.score.total), 4), "best step": result.best_step,
+            "normalisation": str(result.normalisation) if result.normalisation else "none", **(extra or {})}
     steps = [step_record(s) for s in result.steps]
+    gate = result.gate.as_json() if result.gate is not None else None
     paths["report"] = write_report(out, case, plan.dose, applicable_scores(case, plan.dose.gy), steps,
-                                   title=f"rtautoplan plan: {case.case_id}", extra=info)
-    log = {"software": software_version(), "input_sha256": case_hash(case), **info,
+                                   title=f"rtautoplan plan: {case.case_id}", extra=info, gate=gate)
+    log = {"software": software_version(), "input_sha256": case_hash(case),
+           "acceptable": bool(result.acceptable), **(gate or {"reasons": ["the plan was not checked by the gate"]}),
+           **info,
            "delivery": [{"beam": b.name, "segments": s.n_segments, "fluence_rms_error": round(s.rms_error, 4)}
                         for b, s in zip(plan.beams, result.delivery)],
            "objectives": [{"structure": o.structure, "kind": o.kind.value, "dose_gy": o.dose_gy, "weight": o.weight,

@@ -16,8 +16,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Callable
 
+from rtautoplan import gate, protocols
 from rtautoplan.adapters import ADAPTERS
 from rtautoplan.case import Case
+from rtautoplan.normalisation import normalise
 from rtautoplan.errors import InputError
 from rtautoplan.loop import is_better, run_loop
 from rtautoplan.plan import Modality, Result, Step
@@ -49,7 +51,15 @@ SETUPS: dict[tuple[str, str], Setup] = {
     ("hn", "photon"): Setup("proton_hn", "inhouse-photon", "rule-based", 8),
     ("hn", "proton"): Setup("proton_hn", "inhouse-proton", "rule-based", 8),
     ("hn", "carbon"): Setup("carbon_hn", "phoenix", "rule-based", 10),
+    # Sites without a seed's template: seed 002's objectives (rule 10 targets, rules 9–11 OARs) plus
+    # the case's goals, with the site's margins (SPEC §2.15 liver: 5 / 15 mm; generic: 5 / 20 mm).
+    ("liver", "photon"): Setup("proton_hn", "inhouse-photon", "rule-based", 8, env_options={"site": "liver"}),
+    ("liver", "proton"): Setup("proton_hn", "inhouse-proton", "rule-based", 8, env_options={"site": "liver"}),
+    ("generic", "photon"): Setup("proton_hn", "inhouse-photon", "rule-based", 8, env_options={"site": "generic"}),
+    ("generic", "proton"): Setup("proton_hn", "inhouse-proton", "rule-based", 8, env_options={"site": "generic"}),
 }
+SITES = ("hn", "prostate", "liver", "generic")
+MODALITIES = ("photon", "proton", "carbon")
 
 
 # A trained planner runs in the environment it was trained in: seed 004's SARSA reads the 14-value
@@ -69,28 +79,75 @@ def setup_for(site: str, modality: str, policy: str | None = None) -> Setup:
     return SETUPS[(site, modality)]
 
 
-def tps_with_options(setup: Setup, adapter: str | None, options: dict):
-    """An adapter instance with ``options`` (e.g. a dose grid) on top of the setup's own adapter options
-    (those only when ``adapter`` is the setup's); an option the adapter does not take is an input error."""
-    name = adapter or setup.adapter
+# Organs that make a case head-and-neck or prostate for the site's template (any two for H&N).
+_HN_ORGANS = ("Parotid_L", "Parotid_R", "Cavity_Oral", "Bone_Mandible", "Larynx", "Brainstem", "Glnd_Submand_L",
+              "Glnd_Submand_R", "Musc_Constrict", "OpticChiasm", "Cochlea_L", "Cochlea_R")
+
+
+def choose_site(case: Case, requested: str | None = None) -> tuple[str, str]:
+    """(site, how it was chosen): the option, else prescription.json's ``site``, else the ROIs: prostate
+    with a Prostate target or Bladder and Rectum, head and neck with two of its organs, liver with a
+    Liver and no H&N organs, else generic (targets from the prescription, OARs from goals and the
+    protocol table). Never the H&N template for a case that does not look like one."""
+    if requested:
+        return requested, "--site option"
+    if case.prescription.site:
+        if case.prescription.site not in SITES:
+            raise InputError("prescription.json \"site\"", f"{case.prescription.site!r} is not a site",
+                             f"Use one of {', '.join(SITES)}")
+        return case.prescription.site, "prescription.json"
+    names = {s.name for s in case.structures}
+    hn = sorted(names & set(_HN_ORGANS))
+    if "Prostate" in names or {"Bladder", "Rectum"} <= names:
+        return "prostate", "the case has " + ("Prostate" if "Prostate" in names else "Bladder and Rectum")
+    if len(hn) >= 2:
+        return "hn", f"the case has head-and-neck organs ({', '.join(hn[:3])})"
+    if "Liver" in names:
+        return "liver", "the case has a Liver and no head-and-neck organs"
+    return "generic", "no site template matches the ROIs"
+
+
+def adapter_for(name: str, options: dict, modality: str | None = None):
+    """An instance of adapter ``name`` with ``options``; an InputError (one line) for an unknown
+    adapter, an option it does not take, a required argument the shells cannot give (the
+    dicom-export adapter's exchange folder) or a modality it does not plan."""
+    import inspect
+
     if name not in ADAPTERS:
         raise InputError(f"adapter {name!r}", "is not an adapter of rtautoplan", f"Use one of {sorted(ADAPTERS)}")
+    cls = ADAPTERS[name]
+    own = getattr(cls, "modality", None)
+    if modality is not None and isinstance(own, Modality) and own.value != modality:
+        raise InputError(f"adapter {name!r}", f"plans {own.value} beams, not {modality}",
+                         f"Use --modality {own.value}, or leave --adapter out (the setup's adapter)")
+    parameters = inspect.signature(cls).parameters
+    required = [p for p, v in parameters.items() if v.default is inspect.Parameter.empty
+                and v.kind not in (v.VAR_POSITIONAL, v.VAR_KEYWORD) and p not in options]
+    if required:
+        raise InputError(f"adapter {name!r}", f"needs {', '.join(required)}, which the command line does not give",
+                         f"Use it from the Python API ({cls.__name__}({', '.join(required)}=…) as plan_case(tps=…)), "
+                         "or choose another adapter")
+    unknown = sorted(set(options) - set(parameters)) if not any(
+        v.kind is v.VAR_KEYWORD for v in parameters.values()) else []
+    if unknown:
+        raise InputError(f"adapter {name!r}", f"takes none of the options {unknown}",
+                         "Leave them out for this adapter (e.g. PHOENIX sets its own dose grid)")
+    return cls(**options)
+
+
+def tps_with_options(setup: Setup, adapter: str | None, options: dict, modality: str | None = None):
+    """An adapter instance with ``options`` (e.g. a dose grid) on top of the setup's own adapter options
+    (those only when ``adapter`` is the setup's); see ``adapter_for`` for what is refused."""
+    name = adapter or setup.adapter
     base = setup.adapter_options if name == setup.adapter else {}
-    try:
-        return ADAPTERS[name](**{**base, **options})
-    except TypeError:
-        raise InputError(f"adapter {name!r}", f"takes none of the options {sorted(options)}",
-                         "Leave them out for this adapter (e.g. PHOENIX sets its own dose grid)") from None
+    return adapter_for(name, {**base, **options}, modality)
 
 
 def make_env(setup: Setup, case: Case | None = None, tps=None, adapter: str | None = None,
              max_steps: int | None = None, **env_options):
     """The environment of ``setup`` on ``case`` (or on phantom seeds given in env_options)."""
     if tps is None:
-        name = adapter or setup.adapter
-        if name not in ADAPTERS:
-            raise ValueError(f"unknown adapter {name!r}; available: {sorted(ADAPTERS)}")
-        tps = ADAPTERS[name](**(setup.adapter_options if adapter is None else {}))
+        tps = tps_with_options(setup, adapter, {})
     options = {**setup.env_options, **env_options}
     if case is not None:
         options["case"] = case
@@ -126,16 +183,33 @@ def plan_case(case: Case, site: str = "hn", modality: str = "photon", adapter: s
               policy: str | None = None, max_steps: int | None = None, seed: int = 0, tps=None,
               on_step: Callable[[Step], None] | None = None, env_options: dict | None = None) -> tuple[Case, Result]:
     """Plan ``case`` (as read, before the structure rules) in the closed loop; returns the case
-    with its planning structures and the Result (module docstring)."""
+    with its planning structures and the Result: the best plan, leaf-sequenced (photons),
+    normalised (``rtautoplan.normalisation``) and checked by the clinical gate (``rtautoplan.gate``).
+    ``max_steps`` 0 gives the initial plan without policy steps."""
     setup = setup_for(site, modality, policy)
-    env = make_env(setup, case, tps=tps, adapter=adapter, max_steps=max_steps, **(env_options or {}))
+    steps = setup.max_steps if max_steps is None else int(max_steps)
+    if tps is None:
+        tps = tps_with_options(setup, adapter, {}, modality)
+    env = make_env(setup, case, tps=tps, adapter=adapter, max_steps=max(1, steps), **(env_options or {}))
+    goals = protocols.goals_for(env.case_for(None), site)  # before the loop: a goal naming no ROI stops here
+    from rtautoplan.goals import check_rois
+
+    check_rois(goals, env.case_for(None))
     planner = make_policy(policy or setup.policy, env, seed)
-    steps = max_steps or setup.max_steps
     loop = run_loop(env, planner, steps, seed=seed, on_step=on_step)
     initial = deliverable(env, loop.initial_plan)
     best, best_step = deliverable(env, loop.best_plan), loop.best_step
     if not is_better(best[1], initial[1]) and best_step:  # sequencing can reorder near-equal plans
         best, best_step = initial, 0
-    plan, score, sequenced = best
-    result = Result(plan, initial[1], score, loop.steps, planner.name, best_step, initial[0].dose, sequenced)
-    return env.case, result
+    planned = env.case
+    plan, sequenced = best[0], best[2]
+    plan, normalised = normalise(planned, plan)
+    if normalised is not None:
+        sequenced = tuple(replace(b, segment_fluence=b.segment_fluence * normalised.factor,
+                                  delivered=b.delivered * normalised.factor) for b in sequenced)
+    initial_plan, _ = normalise(planned, initial[0])
+    score, initial_score = env.score(plan.dose.gy), env.score(initial_plan.dose.gy)
+    verdict = gate.check(planned, plan.dose.gy, goals, notes=(protocols.fractionation_note(planned),))
+    result = Result(plan, initial_score, score, loop.steps, planner.name, best_step, initial_plan.dose, sequenced,
+                    gate=verdict, normalisation=normalised, site=site)
+    return planned, result

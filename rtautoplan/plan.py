@@ -34,6 +34,7 @@ class ObjectiveKind(str, enum.Enum):
     DMAX, DMIN, DMEAN: seed 002 eq. 1 (SPEC §2.9); also seed 003's Max and Min (SPEC §3.2).
     UNIFORM, DVH_MIN: seed 003 (SPEC §3.2).
     DV_MAX: seed 000 over-dose on the hottest fraction ``volume`` of the structure (SPEC §1.3).
+    DVH_MAX: at most the fraction ``volume`` above the dose (a clinical Vx / Dx% maximum goal).
     """
 
     DMAX = "Dmax"
@@ -42,6 +43,7 @@ class ObjectiveKind(str, enum.Enum):
     UNIFORM = "Uniform"
     DVH_MIN = "DVHmin"
     DV_MAX = "DVmax"
+    DVH_MAX = "DVHmax"
 
 
 @dataclass(frozen=True)
@@ -127,6 +129,14 @@ class Result:
     best_step: int = 0
     initial_dose: Dose | None = None
     delivery: tuple = ()  # photons: the sequenced beams (physics.sequencing.SequencedBeam) behind plan.dose
+    gate: object = None  # rtautoplan.gate.GateResult: goals and hot spots of the final dose
+    normalisation: object = None  # rtautoplan.normalisation.Normalised, None when not normalised
+    site: str = ""
+
+    @property
+    def acceptable(self) -> bool:
+        """The clinical gate passed (``rtautoplan.gate``); a plan never checked is not acceptable."""
+        return self.gate is not None and self.gate.acceptable
 
     @property
     def n_steps(self) -> int:

@@ -92,3 +92,99 @@ def objectives_for(case: Case, rng: np.random.Generator,
         limit = float(_METRIC[kind](dose[s.voxels])) * rng.uniform(*LIMIT_FACTOR)  # rule 11
         adjustable.append(Objective(s.name, kind, limit, OAR_WEIGHT, adjustable=True))
     return tuple(fixed + adjustable)
+
+
+# Goals → objectives (issue 12). A goal's bound is aimed at with a margin (GOAL_MARGIN), so that
+# normalisation and leaf sequencing do not push a met objective over its goal; must-goals
+# (priority 1) weigh GOAL_WEIGHT[1], desired ones GOAL_WEIGHT[2] (an OAR's rule-11 objective weighs 1).
+GOAL_MARGIN = 0.95
+GOAL_WEIGHT = {1: 5.0, 2: 1.0}
+NEAR_MAX_PERCENT = 2.0  # Dx% with x ≤ 2 (and D0.03cc-like volumes) is aimed at as a maximum
+
+
+def goal_objectives(case: Case, goals) -> tuple[Objective, ...]:
+    """Fixed objectives that pursue ``goals`` (``rtautoplan.case.Goal``) on a case after ``apply_rules``.
+
+    OAR upper bounds: near-maximum (Dmax, D≤2%, D≤0.1cc) → DMAX; Dmean → DMEAN; Dx% / Dx cc →
+    DVH_MAX (at most x above the limit); Vx Gy ≤ y → DVH_MAX at x Gy, volume y. Target lower bounds Dx% ≥ L
+    → DVH_MIN (aimed at L / GOAL_MARGIN up to the target's Rx: the coverage the normalisation then
+    needs no scaling for); target upper bounds Dx% ≤ U → DVH_MAX. Goals on the External,
+    on ROIs never planned on, or lower bounds on OARs are measured by the gate but not optimised.
+    """
+    from rtautoplan.goals import find_structure
+
+    out = []
+    for goal in goals:
+        s = find_structure(case, goal.roi)
+        if s is None or s.role not in (Role.OAR, Role.CTV, Role.PTV, Role.GTV) or not s.voxels.any():
+            continue
+        weight = GOAL_WEIGHT.get(goal.priority, 1.0)
+        volume_cm3 = float(np.count_nonzero(s.mask)) * case.grid.voxel_volume_cm3
+        fraction = _goal_fraction(goal, volume_cm3)
+        if goal.upper is not None:
+            limit = goal.upper * GOAL_MARGIN
+            if goal.metric == "Dmean":
+                out.append(Objective(s.name, ObjectiveKind.DMEAN, limit, weight, adjustable=False))
+            elif goal.metric.startswith("V"):
+                dose = float(goal.metric[1:-2]) * GOAL_MARGIN
+                kind = ObjectiveKind.DVH_MAX if fraction > 0 else ObjectiveKind.DMAX
+                out.append(Objective(s.name, kind, dose, weight, volume=fraction or None, adjustable=False))
+            elif goal.metric in ("Dmax",) or fraction * 100.0 <= NEAR_MAX_PERCENT:
+                out.append(Objective(s.name, ObjectiveKind.DMAX, limit, weight, adjustable=False))
+            elif goal.metric != "Dmin":
+                out.append(Objective(s.name, ObjectiveKind.DVH_MAX, limit, weight, volume=fraction, adjustable=False))
+        if goal.lower is not None and s.role.is_target and goal.metric.startswith("D") and goal.metric != "Dmean":
+            volume = 1.0 if goal.metric == "Dmin" else fraction
+            aim = max(goal.lower, min(goal.lower / GOAL_MARGIN, s.rx_gy)) if s.rx_gy else goal.lower
+            out.append(Objective(s.name, ObjectiveKind.DVH_MIN, aim, weight, volume=volume, adjustable=False))
+    return tuple(out)
+
+
+def _goal_fraction(goal, volume_cm3: float) -> float:
+    """The volume (fraction 0–1 of the structure) a Dx% / Dx cc / Vx goal is about."""
+    metric = goal.metric
+    if metric.startswith("V"):
+        return min(1.0, goal.upper / 100.0 if goal.unit == "%" else goal.upper / max(volume_cm3, 1e-9)) \
+            if goal.upper is not None else 1.0
+    if metric.endswith("%"):
+        return float(metric[1:-1]) / 100.0
+    if metric.endswith("cc"):
+        return min(1.0, float(metric[1:-2]) / max(volume_cm3, 1e-9))
+    return 0.0
+
+
+HOTSPOT_AIM = 1.04  # × Rx: where the hot-spot objectives aim, below the gate's 1.07 (normalisation headroom)
+HOTSPOT_WEIGHT = 5.0
+EVAL_SUFFIX = "_Eval"
+
+
+def hotspot_regions(case: Case) -> Case:
+    """``case`` with, for every CTV/PTV of a lower level of a simultaneous integrated boost, a
+    planning-only region ``z<target>_Eval`` (Role.CONTROL): the target outside the higher levels'
+    targets expanded by the gate's fall-off distance, where the gate holds it to its own Rx
+    (``rtautoplan.gate.hotspots``). A previous run's region of the same name (read back as a
+    z-structure) is replaced."""
+    from rtautoplan.gate import lower_level_region
+
+    regions = []
+    for s in case.by_role(Role.CTV, Role.PTV):
+        region = lower_level_region(case, s)
+        if region is not None and region.any():
+            regions.append(Structure(f"z{s.name}{EVAL_SUFFIX}", region, Role.CONTROL, level=None, rx_gy=s.rx_gy,
+                                     color=(255, 160, 160), planning_mask=region))
+    names = {r.name for r in regions}
+    kept = tuple(s for s in case.structures if s.name not in names)
+    return case.with_structures(kept + tuple(regions))
+
+
+def hotspot_objectives(case: Case) -> tuple[Objective, ...]:
+    """Fixed objectives for the clinical gate's hot-spot rules (``rtautoplan.gate``): each highest-level
+    CTV/PTV and each lower level's ``_Eval`` region at most 2 % above HOTSPOT_AIM × its Rx, and the
+    Rings (the dose just outside the targets) nowhere above HOTSPOT_AIM × Rx_max."""
+    rx_max = case.prescription.rx_max
+    top = [s for s in _planned(case, Role.CTV, Role.PTV) if s.rx_gy is not None and s.rx_gy >= rx_max - 1e-6]
+    out = [Objective(s.name, ObjectiveKind.DVH_MAX, HOTSPOT_AIM * s.rx_gy, HOTSPOT_WEIGHT, volume=0.02,
+                     adjustable=False) for s in top + _planned(case, Role.CONTROL) if s.rx_gy is not None]
+    out += [Objective(s.name, ObjectiveKind.DMAX, HOTSPOT_AIM * rx_max, HOTSPOT_WEIGHT, adjustable=False)
+            for s in _planned(case, Role.RING)]
+    return tuple(out)

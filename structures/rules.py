@@ -64,6 +64,9 @@ SITES: dict[str, SiteRules] = {
     # Our choice, not from a paper: 5 mm CTV→PTV (a common prostate IMRT margin with daily
     # image guidance), the 2 mm Gap and 20 mm Ring of the H&N rules.
     "prostate": SiteRules(5.0, 2.0, 20.0),
+    # Our choice for a site without a template: 5 mm CTV→PTV (a common margin with daily image
+    # guidance; a drawn PTV is used as drawn), the 2 mm Gap and 20 mm Ring of the H&N rules.
+    "generic": SiteRules(5.0, 2.0, 20.0),
 }
 
 _PLANNED = (Role.GTV, Role.CTV, Role.PTV, Role.GAP, Role.RING, Role.OAR)

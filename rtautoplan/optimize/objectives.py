@@ -14,6 +14,7 @@ DMEAN      (mean(d) − D)₊²                                         seed 002
 UNIFORM    (1/N) Σ_v (d_v − D)²                                    seed 003 Uniform [CONVENTION §3.2]
 DVH_MIN    (1/N) Σ_{v ∈ H_n} (d_v − D)₋²                           seed 003 DVHmin [CONVENTION §3.2]
 DV_MAX     (1/N) Σ_{v ∈ H_n} (d_v − D)₊²                           seed 000 over-dose term (SPEC §1.3)
+DVH_MAX    (1/N) Σ_{v ∉ H_n} (d_v − D)₊²                           "at most V above D" (Wu & Mohan 2000)
 =========  ======================================================  ===============================
 
 H_n is the set of the n hottest voxels of the structure at the current dose (ties broken by
@@ -97,6 +98,15 @@ def dv_max(d, dose_gy, volume):
     return _on_hottest(d, dose_gy, volume, np.maximum)
 
 
+def dvh_max(d, dose_gy, volume):
+    """At most ``volume`` of the structure above D: the hottest ⌊V·N⌋ voxels are allowed over D,
+    every other voxel over D is penalised (a clinical Vx ≤ y or Dx% ≤ U goal)."""
+    allowed = _hottest(d, math.floor(volume * d.size + 1e-9) / d.size if d.size else 0.0)
+    r = np.maximum(d - dose_gy, 0.0)
+    r[allowed] = 0.0
+    return float(r @ r) / d.size, (2.0 / d.size) * r
+
+
 PENALTIES: dict[ObjectiveKind, Penalty] = {
     ObjectiveKind.DMAX: dmax,
     ObjectiveKind.DMIN: dmin,
@@ -104,6 +114,7 @@ PENALTIES: dict[ObjectiveKind, Penalty] = {
     ObjectiveKind.UNIFORM: uniform,
     ObjectiveKind.DVH_MIN: dvh_min,
     ObjectiveKind.DV_MAX: dv_max,
+    ObjectiveKind.DVH_MAX: dvh_max,
 }
 
 

@@ -23,7 +23,7 @@ from rtautoplan.plan import Dose  # noqa: E402
 
 # How each role is drawn in a DVH; roles not listed (OTHER: couch, markers, z-structures) are left out.
 LINESTYLES = {Role.GTV: "-", Role.CTV: "-", Role.PTV: "-", Role.OAR: "--",
-              Role.EXTERNAL: ":", Role.GAP: ":", Role.RING: ":"}
+              Role.EXTERNAL: ":", Role.GAP: ":", Role.RING: ":", Role.CONTROL: ":"}
 WASH_THRESHOLD = 0.10  # the colour wash starts at this fraction of Rx_max
 WASH_ALPHA = 0.5
 DPI = 110

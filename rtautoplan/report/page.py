@@ -27,7 +27,10 @@ CSS = """body{font-family:system-ui,sans-serif;margin:1.5em;color:#222}
 table{border-collapse:collapse;margin:.5em 0 1.5em}th,td{border:1px solid #ccc;padding:.25em .6em;
 text-align:left;vertical-align:top;font-size:.9em}th{background:#f0f0f0}td.num{text-align:right}
 .pass{color:#17702a}.fail{color:#b00020;font-weight:bold}tr.rejected{background:#fff3f3}
-img{max-width:100%;height:auto;display:block;margin:.5em 0}.note{color:#666;font-size:.85em}"""
+img{max-width:100%;height:auto;display:block;margin:.5em 0}.note{color:#666;font-size:.85em}
+.banner{padding:.8em 1em;margin:.5em 0 1em;border:2px solid;font-size:1.05em}
+.banner.fail{background:#fde8ea;border-color:#b00020}.banner.pass{background:#eaf6ec;border-color:#17702a}
+.banner.warn{background:#fff8e1;border-color:#b07000;color:#6b4500}"""
 
 
 def _e(value: Any) -> str:
@@ -137,11 +140,41 @@ def _header(case: Case, dose: Dose, extra: Mapping[str, Any]) -> str:
         f"<tr><th>{_e(k)}</th><td>{_e(v)}</td></tr>" for k, v in items) + "</tbody></table>"
 
 
+def gate_html(gate: Mapping[str, Any]) -> str:
+    """The clinical gate (``rtautoplan.gate.GateResult.as_json()``): a banner, then every goal and hot-spot rule."""
+    if gate["acceptable"]:
+        banner = ('<div class="banner pass" id="gate">Clinical gate passed: every required goal and hot-spot rule '
+                  "is met. The plan is UNAPPROVED until a clinician reviews it.</div>")
+    else:
+        reasons = "".join(f"<li>{_e(r)}</li>" for r in gate["reasons"])
+        banner = (f'<div class="banner fail" id="gate"><strong>NOT ACCEPTABLE</strong>: this plan misses '
+                  f"{len(gate['reasons'])} required goal(s) or hot-spot rule(s). Do not treat with it as it is."
+                  f"<ul>{reasons}</ul></div>")
+    if gate["warnings"]:
+        banner += '<div class="banner warn">' + "".join(f"<div>{_e(w)}</div>" for w in gate["warnings"]) + "</div>"
+    units = {"Gy": "Gy", "%": "%", "cc": "cm³"}
+    rows = []
+    for g in gate["goals"]:
+        bound = " and ".join(b for b in (f"≥ {g['lower']:g}" if g["lower"] is not None else "",
+                                         f"≤ {g['upper']:g}" if g["upper"] is not None else "") if b)
+        rows.append(f"<tr><td>{_e(g['roi'])}</td><td>{_e(g['metric'])}</td><td>{_e(bound)} {units[g['unit']]}</td>"
+                    f'<td class="num">{_num(g["value"])}</td>{_verdict(g["met"])}'
+                    f"<td>{'must' if g['priority'] == 1 else 'desired'}</td><td>{_e(g['source'])}</td></tr>")
+    for h in gate["hotspots"]:
+        rows.append(f"<tr><td colspan=\"2\">{_e(h['rule'])}</td><td>≤ {_num(h['limit_gy'])} Gy</td>"
+                    f'<td class="num">{_num(h["value_gy"])}</td>{_verdict(h["met"])}<td>must</td>'
+                    "<td>hot-spot rule (rtautoplan.gate)</td></tr>")
+    table = _table(("ROI", "metric", "goal", "achieved", "met", "priority", "source"), rows, "goals")
+    return banner + "<h2>Clinical goals</h2>" + table
+
+
 def write_report(out_dir: str | Path, case: Case, dose: Dose, scores: Sequence[Any], steps: Sequence[Mapping] = (),
-                 title: str = "rtautoplan plan report", extra: Mapping[str, Any] | None = None) -> Path:
+                 title: str = "rtautoplan plan report", extra: Mapping[str, Any] | None = None,
+                 gate: Mapping[str, Any] | None = None) -> Path:
     """Write ``report.html`` (self-contained) with ``dvh.png``, ``dose.png`` and, with steps, ``score.png``
     next to it in ``out_dir``; returns the HTML path.
 
+    gate: the clinical gate's verdict (``GateResult.as_json()``), shown first as a banner and a goal table.
     extra: header lines (modality, adapter, policy first, then any other key → value); its "scoring"
     entry, if any, names the system the step scores are in (the score plot's axis label).
     steps: mappings with step, action, score, accepted, reason, alternatives [(action, value)],
@@ -150,8 +183,8 @@ def write_report(out_dir: str | Path, case: Case, dose: Dose, scores: Sequence[A
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     extra = dict(extra or {})
-    sections = [f"<h1>{_e(title)}</h1>", _header(case, dose, extra),
-                "<h2>Dose-volume histograms</h2>", _image(dvh_plot(case, dose, out / "dvh.png"), "DVH"),
+    sections = [f"<h1>{_e(title)}</h1>", *([gate_html(gate)] if gate is not None else []),
+                _header(case, dose, extra), "<h2>Dose-volume histograms</h2>", _image(dvh_plot(case, dose, out / "dvh.png"), "DVH"),
                 '<p class="note">Targets solid, organs at risk dashed, External / Gap / Ring dotted; computed on '
                 "the contours as drawn.</p>",
                 "<h2>Dose</h2>", _image(dose_wash(case, dose, out / "dose.png"), "dose colour wash"),

@@ -103,7 +103,7 @@ def check_dose(dose_gy: np.ndarray, case: Case) -> np.ndarray:
 
 def evaluation_mask(s: Structure) -> np.ndarray:
     """The voxels a score reads: Gaps and Rings their planning voxels, every other structure as drawn."""
-    return s.voxels if s.role in (Role.GAP, Role.RING) else s.mask
+    return s.voxels if s.role in (Role.GAP, Role.RING, Role.CONTROL) else s.mask
 
 
 def find(case: Case, name: str) -> Structure | None:
