@@ -57,7 +57,7 @@ def _fast_options(cache: Path) -> PlanOptions:
 @pytest.fixture
 def node(tmp_path, storescp):
     config = NodeConfig(aet=AET, host=HOST, port=0, workdir=tmp_path / "node", plan=_fast_options(tmp_path / "dij"),
-                        dest=Destination(storescp.host, storescp.port, storescp.aet))
+                        dest=Destination(storescp.host, storescp.port, storescp.aet), send_unacceptable=True)
     running = Node(config)
     running.start()
     yield running
@@ -72,7 +72,7 @@ def test_node_plans_sends_and_survives_a_broken_study(node, storescp, tool, tmp_
     assert sorted(p.name for p in (node.incoming / first).iterdir()) == sorted(
         f"{pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID}.dcm" for p in paths)
     outcome = node.wait_for(first, PLAN_TIMEOUT_S)
-    assert outcome.status == "ok" and outcome.sent, outcome
+    assert outcome.status in ("ok", "unacceptable") and outcome.sent, outcome  # send_unacceptable: sent either way
     assert _modalities(storescp.folder) == ["RTDOSE", "RTPLAN", "RTSTRUCT"]
     assert (node.outbox / first / "report.html").is_file()
 
@@ -124,3 +124,25 @@ def test_handler_failures_are_statuses_and_the_node_keeps_serving(node, monkeypa
     assert echo(HOST, node.port, AET)
     monkeypatch.undo()
     assert _store(node.port, ds) == 0x0000
+
+
+@pytest.mark.tools
+def test_a_plan_failing_the_gate_is_held_unsent_by_default(tmp_path, storescp, tool):
+    """The node's default: a plan that fails the clinical gate stays in the outbox with held.json."""
+    storescu = tool("/usr/bin/storescu")
+    config = NodeConfig(aet=AET, host=HOST, port=0, workdir=tmp_path / "node", plan=_fast_options(tmp_path / "dij"),
+                        dest=Destination(storescp.host, storescp.port, storescp.aet))
+    running = Node(config)
+    running.start()
+    try:
+        study, paths = _study_copy(tmp_path / "study")
+        send_with_storescu(paths, HOST, running.port, called_aet=AET, binary=storescu)
+        outcome = running.wait_for(study, PLAN_TIMEOUT_S)
+    finally:
+        running.stop()
+    held = running.outbox / study / "held.json"
+    log = json.loads((running.outbox / study / "plan_log.json").read_text())
+    assert outcome.status == ("ok" if log["acceptable"] else "unacceptable")
+    assert outcome.sent is log["acceptable"] and held.is_file() is (not log["acceptable"])
+    if held.is_file():
+        assert json.loads(held.read_text())["reasons"] == log["reasons"]
