@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Callable
 
 from rtautoplan.adapters import ADAPTERS
+from rtautoplan.case import Case
 from rtautoplan.dicom.read import read_case
 from rtautoplan.errors import InputError
 from rtautoplan.outputs import LOG_FILE, write_outputs
@@ -61,12 +62,14 @@ class PlanOptions:
 
 @dataclass(frozen=True)
 class Planned:
-    """One planned folder: the site used, the Result, the files written (name → path), wall time (s)."""
+    """One planned folder: the site used, the Result, the files written (name → path), wall time (s),
+    and the planned case (the case as read, with the planning structures; the dose is on its grid)."""
 
     site: str
     result: Result
     files: dict[str, Path]
     seconds: float
+    case: Case | None = None
 
 
 def infer_site(case) -> str:
@@ -94,7 +97,7 @@ def plan_folder(case_dir: str | Path, out: str | Path, options: PlanOptions,
                                 policy=options.policy, max_steps=options.max_steps, seed=options.seed, tps=tps,
                                 on_step=on_step)
     files = _write_into_place(planned, result, Path(out), {"site": site, "seed": options.seed})
-    return Planned(site, result, files, time.perf_counter() - start)
+    return Planned(site, result, files, time.perf_counter() - start, planned)
 
 
 def _write_into_place(case, result: Result, out: Path, extra: dict) -> dict[str, Path]:
