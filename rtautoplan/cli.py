@@ -25,10 +25,33 @@ MODALITIES = ("photon", "proton", "carbon")
 def _phantom(args) -> int:
     from rtautoplan.phantom import write_phantom
 
+    if args.site == "tg119":
+        from rtautoplan.phantom.tg119 import write_tg119
+
+        folders = write_tg119(args.output)
+        print(f"wrote the AAPM TG-119 cases {', '.join(folders)} → {args.output}")
+        return 0
     case = write_phantom(args.site, args.seed, args.output)
     print(f"wrote {case.case_id} ({args.site}, seed {args.seed}): CT {case.grid.shape[0]} slices "
           f"{case.grid.shape[1]}×{case.grid.shape[2]}, {len(case.structures)} ROIs → {args.output}")
     return 0
+
+
+def _benchmark(args) -> int:
+    """Exit 0 when every goal of every case is met, 3 (plan unacceptable) otherwise."""
+    from rich.console import Console
+
+    from rtautoplan import benchmark
+
+    console = Console(width=140)
+    out = Path(args.output)
+    out.mkdir(parents=True, exist_ok=True)
+    rows = benchmark.run(out, _plan_options(args), names=args.cases, data=args.data,
+                         on_case=lambda name, case_rows: console.print(benchmark.table(name, case_rows)))
+    paths = [benchmark.write_csv(rows, out / benchmark.CSV_FILE), benchmark.chart(rows, out / benchmark.PNG_FILE)]
+    met = sum(r.met for r in rows)
+    console.print(f"{met} of {len(rows)} TG-119 goals met → " + ", ".join(str(p) for p in paths))
+    return benchmark.exit_code(rows)
 
 
 def _structures(args) -> int:
@@ -278,8 +301,9 @@ def parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     ph = sub.add_parser("phantom", help="write a synthetic patient (CT + RTSTRUCT + prescription) as DICOM")
-    ph.add_argument("site", choices=["hn", "prostate"])
-    ph.add_argument("--seed", type=int, default=1, help="anatomy variant (sample_data uses seed 1)")
+    ph.add_argument("site", choices=["hn", "prostate", "tg119"], help="tg119: the five AAPM TG-119 test cases, "
+                    "one folder each (sample_data/tg119)")
+    ph.add_argument("--seed", type=int, default=1, help="anatomy variant (sample_data uses seed 1; not for tg119)")
     ph.add_argument("-o", "--output", type=Path, required=True, help="folder to write")
     ph.set_defaults(run=_phantom)
 
@@ -328,6 +352,20 @@ def parser() -> argparse.ArgumentParser:
     ba.add_argument("--force", action="store_true", help="re-plan cases whose output is already finished")
     _add_plan_options(ba, engine=True)
     ba.set_defaults(run=_batch)
+
+    from rtautoplan.phantom.tg119 import CASES as TG119_CASES
+
+    bm = sub.add_parser("benchmark", help="plan a test suite's cases and measure its published goals (exit 3 when "
+                        "a goal is missed)")
+    bm.add_argument("suite", choices=["tg119"], help="tg119: the AAPM TG-119 IMRT test suite (sample_data/tg119)")
+    bm.add_argument("-o", "--output", type=Path, default=Path("out/tg119"), help="OUT/<case>/ plans, OUT/tg119.csv, "
+                    "OUT/tg119.png")
+    bm.add_argument("--cases", nargs="+", default=list(TG119_CASES), choices=TG119_CASES, metavar="CASE",
+                    help=f"cases to plan (default all: {', '.join(TG119_CASES)})")
+    bm.add_argument("--data", type=Path, default=None, help="folder holding the case folders (default: the bundled "
+                    "sample_data/tg119)")
+    _add_plan_options(bm, engine=True)
+    bm.set_defaults(run=_benchmark)
 
     ho = sub.add_parser("hook", help="TPS scripting hook: JSON requests on stdin, one JSON response per line on stdout")
     _add_plan_options(ho, engine=True)

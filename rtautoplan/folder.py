@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Callable
 
 from rtautoplan.adapters import ADAPTERS
+from rtautoplan.case import Case
 from rtautoplan.dicom.read import read_case
 from rtautoplan.errors import InputError
 from rtautoplan.outputs import LOG_FILE, write_outputs
@@ -70,7 +71,7 @@ class Planned:
     files: dict[str, Path]
     seconds: float
     site_reason: str = ""
-    case: object = None
+    case: Case | None = None
 
     @property
     def acceptable(self) -> bool:

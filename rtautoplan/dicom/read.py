@@ -227,14 +227,16 @@ def _structures(structure_set: StructureSet, grid: Grid, rx_file: PrescriptionFi
     return tuple(structures), prescription
 
 
-def write_case(case: Case, folder: str | Path, uid_seed: str | None = None) -> list[Path]:
+def write_case(case: Case, folder: str | Path, uid_seed: str | None = None,
+               structure_names: dict[str, str] | None = None) -> list[Path]:
     """Write ``case`` as a case folder ``read_case`` reads: CT_<k>.dcm, RTSTRUCT.dcm (the input
-    structures, those with a roi_name) and prescription.json. Missing UIDs in ``case.refs`` are
+    structures, those with a roi_name) and prescription.json (with ``structure_names``: ROIName →
+    TG-263 name, for ROI names rtautoplan does not recognise). Missing UIDs in ``case.refs`` are
     filled in (reproducibly with ``uid_seed``)."""
     folder = Path(folder)
     case = replace(case, refs=complete_refs(case.refs, case.grid.shape[0], uid_seed))
     paths = write_ct(case, folder)
     inputs = [s for s in case.structures if s.roi_name]
     paths.append(write_rtstruct(case, folder / "RTSTRUCT.dcm", inputs, uid_seed=uid_seed))
-    paths.append(write_prescription(case.prescription, folder / PRESCRIPTION_FILE))
+    paths.append(write_prescription(case.prescription, folder / PRESCRIPTION_FILE, structure_names=structure_names))
     return paths
