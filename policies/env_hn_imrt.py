@@ -1,7 +1,9 @@
 """Seed 004's head-and-neck IMRT environment (SPEC §4.2–§4.3, §4.6–§4.7).
 
 The case is the **primary plan**: every CTV of the phantom merged into one CTV_4400, 44 Gy in 22
-fractions (SPEC §4.1: IMRT-SEQ primary 44 Gy; ``single_level``), then ``apply_rules``.
+fractions (SPEC §4.1: IMRT-SEQ primary 44 Gy; ``single_level``), then ``apply_rules``. That is for
+training and evaluation on phantoms; a user's case is planned ``as_prescribed``: the primary phase
+of its own sequential course (``rtautoplan.phases``), one 44 Gy level, never re-prescribed.
 
 * parameters: per OAR of interest (Parotid_L, Parotid_R, Cavity_Oral) the objective position
   (D_obj Gy, V_obj %) of its one dose-volume objective, initially (goal, 50 %) (§4.6);
@@ -132,7 +134,8 @@ class HNImrtEnv(PlanningEnv, gym.Env):
     """Seed 004 environment over any photon TPS.
 
     tps: adapter instance or factory. model: 1 (6 actions) or 2 (12 actions). case_seeds: H&N
-    phantom seeds; case: a fixed Case (made single-level at 44 Gy too). init: "template"
+    phantom seeds; case: a fixed Case (made single-level at 44 Gy too, unless as_prescribed: then
+    its prescription must already be one 44 Gy level, a primary phase, and is kept). init: "template"
     (SPEC §4.6, default), "random", or "parotid-limit" / "oar-limit" (reference plans).
     normalise: scale the dose to PTV D95 = 44 Gy (§4.7 step 3; off by default: the loss then
     carries the coverage term). scorer/reward/score_options:
@@ -146,19 +149,25 @@ class HNImrtEnv(PlanningEnv, gym.Env):
     def __init__(self, tps, model: int = 1, case_seeds: Sequence[int] = (0,), case: Case | None = None,
                  max_steps: int = MAX_STEPS, init: str = "template", scorer: Scorer | None = None,
                  reward: Reward | None = None, score_options: Mapping | None = None, normalise: bool = False,
-                 cold_start: bool = True):
+                 cold_start: bool = True, as_prescribed: bool = False):
         if model not in MOVES:
             raise ValueError(f"model must be 1 or 2, not {model!r}")
         if init not in INITS:
             raise ValueError(f"init must be one of {sorted(INITS)}, not {init!r}")
-        self.model, self.normalise = model, normalise
+        self.model, self.normalise, self.as_prescribed = model, normalise, as_prescribed
         self._setup(tps, case_seeds, case, max_steps, init, scorer, reward, score_options, cold_start)
         self.observation_space = gym.spaces.Box(0.0, np.inf, (4 * len(OARS) + 2,), np.float32)
         self.action_space = gym.spaces.Discrete(n_actions(model))
         self.positions = template_positions()
 
     def _prepare_case(self, case: Case) -> Case:
-        return apply_rules(single_level(case, RX_GY, FRACTIONS), self.site)
+        if not self.as_prescribed:
+            return apply_rules(single_level(case, RX_GY, FRACTIONS), self.site)
+        levels = case.prescription.levels
+        if len(levels) != 1 or abs(levels[0].dose_gy - RX_GY) > 1e-6:
+            raise ValueError(f"seed 004's environment plans one {RX_GY:g} Gy level as prescribed; case "
+                             f"{case.case_id!r} prescribes {', '.join(f'{lv.dose_gy:g} Gy' for lv in levels)}")
+        return apply_rules(case, self.site)
 
     def _ptv(self) -> str:
         return target_name(Role.PTV, self.case.prescription.levels[0].dose_gy)

@@ -4,7 +4,8 @@
 report (``report.write_report``: DVHs, dose, every scoring system that applies to the case, the
 decisions step by step) and ``plan_log.json``: input hash, software version, policy, seed, the
 initial and final score, and every step with its action, alternatives, safety verdict,
-parameters, score and time.
+parameters, score and time; for a sequential course also each phase (name, fractions, levels,
+planner, score) and each target's course dose (``phases.phase_records``).
 """
 
 from __future__ import annotations
@@ -78,6 +79,10 @@ def write_outputs(case: Case, result: Result, out: str | Path, extra: dict | Non
            "objectives": [{"structure": o.structure, "kind": o.kind.value, "dose_gy": o.dose_gy, "weight": o.weight,
                            "volume": o.volume, "adjustable": o.adjustable} for o in plan.objectives],
            "steps": steps, "files": {k: str(v.name) for k, v in paths.items()}}
+    if result.phases:
+        from rtautoplan.phases import phase_records
+
+        log.update(phase_records(case, result))
     paths["log"] = out / LOG_FILE
     paths["log"].write_text(json.dumps(log, indent=1))
     return paths

@@ -179,6 +179,25 @@ def deliverable(env, plan):
     return replace(plan, weights=weights, dose=dose), env.score(dose.gy), sequenced
 
 
+def sequential_course(case: Case, setup: Setup, env_options: dict | None = None) -> bool:
+    """Whether ``case`` is planned phase by phase (``rtautoplan.phases.plan_phases``): seed 004's
+    environment plans one 44 Gy primary phase as prescribed (``as_prescribed``), so a case sent to it
+    must state its sequential course; InputError when its prescription states none."""
+    if setup.env != "hn_imrt" or (env_options or {}).get("as_prescribed"):
+        return False
+    rx = case.prescription
+    if not rx.phases:
+        from rtautoplan.phases import example_phases
+
+        levels = ", ".join(f"{lv.target} {lv.dose_gy:g} Gy" for lv in rx.levels)
+        raise InputError(f"prescription of case {case.case_id!r}", "seed 004's SARSA planner plans a sequential "
+                         "course (a 44 Gy primary phase, then a boost), and this prescription "
+                         f"({len(rx.levels)} levels, simultaneous: {levels} in {rx.fractions} fractions) states no "
+                         f"phases", f"Add them to prescription.json, e.g. {example_phases(rx)}, or choose another "
+                         "planner (--policy rule-based)")
+    return True
+
+
 def plan_case(case: Case, site: str = "hn", modality: str = "photon", adapter: str | None = None,
               policy: str | None = None, max_steps: int | None = None, seed: int = 0, tps=None,
               on_step: Callable[[Step], None] | None = None, env_options: dict | None = None) -> tuple[Case, Result]:
@@ -187,6 +206,14 @@ def plan_case(case: Case, site: str = "hn", modality: str = "photon", adapter: s
     normalised (``rtautoplan.normalisation``) and checked by the clinical gate (``rtautoplan.gate``).
     ``max_steps`` 0 gives the initial plan without policy steps."""
     setup = setup_for(site, modality, policy)
+    if sequential_course(case, setup, env_options):
+        from rtautoplan.phases import plan_phases
+
+        planned, course = plan_phases(case, site, modality, adapter, policy or setup.policy, max_steps, seed, tps,
+                                      on_step)
+        goals = protocols.goals_for(planned, site)
+        verdict = gate.check(planned, course.plan.dose.gy, goals, notes=(protocols.fractionation_note(planned),))
+        return planned, replace(course, gate=verdict, site=site)
     steps = setup.max_steps if max_steps is None else int(max_steps)
     if tps is None:
         tps = tps_with_options(setup, adapter, {}, modality)

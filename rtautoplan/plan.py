@@ -119,7 +119,9 @@ class Step:
 @dataclass(frozen=True, eq=False)
 class Result:
     """What the closed loop hands to the DICOM writer and the report: the best plan found, its
-    score against the initial plan's, and every step."""
+    score against the initial plan's, and every step. A sequential course (``rtautoplan.phases``)
+    holds one Result per phase of ``Prescription.phases`` in ``phases``, in order; its own plan then
+    carries the course dose (Gy, the sum of the phases'), its steps those of every phase."""
 
     plan: Plan
     initial_score: object  # rtautoplan.scoring.Score
@@ -129,6 +131,7 @@ class Result:
     best_step: int = 0
     initial_dose: Dose | None = None
     delivery: tuple = ()  # photons: the sequenced beams (physics.sequencing.SequencedBeam) behind plan.dose
+    phases: tuple["Result", ...] = ()
     gate: object = None  # rtautoplan.gate.GateResult: goals and hot spots of the final dose
     normalisation: object = None  # rtautoplan.normalisation.Normalised, None when not normalised
     site: str = ""

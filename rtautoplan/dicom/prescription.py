@@ -236,6 +236,10 @@ def write_prescription(prescription: Prescription, path: str | Path, structure_n
         data["goals"] = [goal_json(g) for g in prescription.goals]
     if prescription.site:
         data["site"] = prescription.site
+    if prescription.phases:
+        data["phases"] = [{"name": p.name, "fractions": p.fractions,
+                           "levels": [{"target": lv.target, "dose_gy": lv.dose_gy} for lv in p.levels]}
+                          for p in prescription.phases]
     path = Path(path)
     path.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
     return path

@@ -11,7 +11,8 @@ is then at most DoseGridScaling/2 ≈ Dmax · 1.2e-10, far below any clinical me
 rounded *up* to the 16 characters a DS holds before the values are quantised with the scaling as
 written, so the file's DoseGridScaling is exactly the one used and no value overflows.
 
-DoseSummationType is PLAN, and PS3.3 C.8.8.3 then requires ReferencedRTPlanSequence (type 1C, required
+DoseSummationType is PLAN (MULTI_PLAN for the course dose of sequential phases, referencing every
+phase's plan), and PS3.3 C.8.8.3 then requires ReferencedRTPlanSequence (type 1C, required
 when the summation type is PLAN, MULTI_PLAN, FRACTION, BEAM, BRACHY …). A dose written before its
 RTPLAN exists (``plan_sop_instance_uid=None``) has nothing to reference, and no summation type avoids
 the reference: each one requires a plan (or, for RECORD, a treatment record), which dciodvfy confirms.
@@ -26,6 +27,7 @@ from __future__ import annotations
 import datetime as _dt
 import logging
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import pydicom
@@ -67,12 +69,16 @@ def quantise(gy: np.ndarray, scaling: float, dtype=np.uint32) -> np.ndarray:
 
 
 def write_rtdose(case: Case, dose: Dose, path: str | Path, plan_sop_instance_uid: str | None = None,
-                 uid_seed: str | None = None, plan_sop_class_uid: str = RTPlanStorage) -> Path:
+                 uid_seed: str | None = None, plan_sop_class_uid: str = RTPlanStorage,
+                 summed_plan_uids: Sequence[str] = ()) -> Path:
     """Write ``dose`` as an RTDOSE at ``path`` on the study and frame of reference of ``case.refs``.
 
     dose.grid may differ from the CT grid (a coarser dose grid) but must be in the same patient
     coordinates. plan_sop_instance_uid: the RTPLAN this dose belongs to (see the module doc for what
-    omitting it means); plan_sop_class_uid: its SOP class (RT Plan or RT Ion Plan Storage). uid_seed makes the SOP instance and series UIDs reproducible.
+    omitting it means); plan_sop_class_uid: its SOP class (RT Plan or RT Ion Plan Storage). uid_seed
+    makes the SOP instance and series UIDs reproducible.
+    summed_plan_uids: a course dose, the sum of these plans' doses (sequential phases): DoseSummationType
+    MULTI_PLAN, every plan referenced (all of the class ``plan_sop_class_uid``), instead of one plan's.
     """
     refs, grid = case.refs, dose.grid
     missing = [n for n in ("study_instance_uid", "frame_of_reference_uid") if not getattr(refs, n)]
@@ -122,20 +128,25 @@ def write_rtdose(case: Case, dose: Dose, path: str | Path, plan_sop_instance_uid
     # RT Dose (C.8.8.3)
     ds.DoseUnits = "GY"
     ds.DoseType = dose.kind
-    ds.DoseSummationType = "PLAN"
+    ds.DoseSummationType = "MULTI_PLAN" if summed_plan_uids else "PLAN"
     scaling = dose_grid_scaling(top)
     ds.DoseGridScaling = scaling
     ds.GridFrameOffsetVector = [modules.format_ds(k * grid.spacing[0]) for k in range(grid.shape[0])]
-    if plan_sop_instance_uid:
-        item = Dataset()
-        item.ReferencedSOPClassUID = plan_sop_class_uid
-        item.ReferencedSOPInstanceUID = plan_sop_instance_uid
-        ds.ReferencedRTPlanSequence = [item]
+    plans = tuple(summed_plan_uids) or ((plan_sop_instance_uid,) if plan_sop_instance_uid else ())
+    if plans:
+        ds.ReferencedRTPlanSequence = [_plan_reference(plan_sop_class_uid, uid) for uid in plans]
     else:
         log.warning("RTDOSE %s: no RTPLAN to reference; DoseSummationType PLAN without ReferencedRTPlanSequence is "
                     "not conformant (pass plan_sop_instance_uid)", path)
     ds.PixelData = quantise(gy, float(scaling)).astype("<u4").tobytes()
     return modules.save(ds, path)
+
+
+def _plan_reference(sop_class_uid: str, sop_instance_uid: str) -> Dataset:
+    item = Dataset()
+    item.ReferencedSOPClassUID = sop_class_uid
+    item.ReferencedSOPInstanceUID = sop_instance_uid
+    return item
 
 
 def read_rtdose(path: str | Path) -> Dose:
