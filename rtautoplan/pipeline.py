@@ -198,6 +198,17 @@ def sequential_course(case: Case, setup: Setup, env_options: dict | None = None)
     return True
 
 
+def final_plan(env, case: Case, plan):
+    """(plan, score, sequenced beams, Normalised or None): ``plan`` as delivered (``deliverable``),
+    normalised by the prescription's rule (weights, segments' MU and dose together), then scored."""
+    plan, _, sequenced = deliverable(env, plan)
+    plan, normalised = normalise(case, plan)
+    if normalised is not None:
+        sequenced = tuple(replace(b, segment_fluence=b.segment_fluence * normalised.factor,
+                                  delivered=b.delivered * normalised.factor) for b in sequenced)
+    return plan, env.score(plan.dose.gy), sequenced, normalised
+
+
 def plan_case(case: Case, site: str = "hn", modality: str = "photon", adapter: str | None = None,
               policy: str | None = None, max_steps: int | None = None, seed: int = 0, tps=None,
               on_step: Callable[[Step], None] | None = None, env_options: dict | None = None) -> tuple[Case, Result]:
@@ -224,19 +235,13 @@ def plan_case(case: Case, site: str = "hn", modality: str = "photon", adapter: s
     check_rois(goals, env.case_for(None))
     planner = make_policy(policy or setup.policy, env, seed)
     loop = run_loop(env, planner, steps, seed=seed, on_step=on_step)
-    initial = deliverable(env, loop.initial_plan)
-    best, best_step = deliverable(env, loop.best_plan), loop.best_step
-    if not is_better(best[1], initial[1]) and best_step:  # sequencing can reorder near-equal plans
-        best, best_step = initial, 0
     planned = env.case
-    plan, sequenced = best[0], best[2]
-    plan, normalised = normalise(planned, plan)
-    if normalised is not None:
-        sequenced = tuple(replace(b, segment_fluence=b.segment_fluence * normalised.factor,
-                                  delivered=b.delivered * normalised.factor) for b in sequenced)
-    initial_plan, _ = normalise(planned, initial[0])
-    score, initial_score = env.score(plan.dose.gy), env.score(initial_plan.dose.gy)
+    initial = final_plan(env, planned, loop.initial_plan)
+    best, best_step = final_plan(env, planned, loop.best_plan), loop.best_step
+    if not is_better(best[1], initial[1]) and best_step:  # sequencing and normalisation can reorder near-equal plans
+        best, best_step = initial, 0
+    plan, score, sequenced, normalised = best
     verdict = gate.check(planned, plan.dose.gy, goals, notes=(protocols.fractionation_note(planned),))
-    result = Result(plan, initial_score, score, loop.steps, planner.name, best_step, initial_plan.dose, sequenced,
+    result = Result(plan, initial[1], score, loop.steps, planner.name, best_step, initial[0].dose, sequenced,
                     gate=verdict, normalisation=normalised, site=site)
     return planned, result

@@ -36,6 +36,12 @@ from rtautoplan.plan import Modality, Result
 RTSTRUCT_FILE, PLAN_FILE, DOSE_FILE = "RS_rtautoplan.dcm", "RP_rtautoplan.dcm", "RD_rtautoplan.dcm"
 
 
+def as_drawn(case: Case) -> list:
+    """The case's structures with every input ROI under its input ROIName: a plan returns the
+    clinician's ROIs exactly as they came (names and contours), the planning structures beside them."""
+    return [replace(s, name=s.roi_name) if s.roi_name else s for s in case.structures]
+
+
 def _sop_instance_uid(path: Path) -> str:
     return str(pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID)
 
@@ -51,7 +57,8 @@ def write_result(case: Case, result: Result, out: str | Path, uid_seed: str | No
     out.mkdir(parents=True, exist_ok=True)
     seed = (lambda what: None if uid_seed is None else f"{uid_seed}/{what}")
     plan = result.plan
-    rtstruct = write_rtstruct(case, out / RTSTRUCT_FILE, label="rtautoplan aux", uid_seed=seed("rtstruct"))
+    rtstruct = write_rtstruct(case, out / RTSTRUCT_FILE, as_drawn(case), label="rtautoplan aux",
+                              uid_seed=seed("rtstruct"))
     plan_path = _write_plan(case, result, out / PLAN_FILE, _sop_instance_uid(rtstruct), seed("plan"), machine)
     header = pydicom.dcmread(plan_path, stop_before_pixels=True)
     rtdose = write_rtdose(case, plan.dose, out / DOSE_FILE, plan_sop_instance_uid=str(header.SOPInstanceUID),
@@ -87,8 +94,8 @@ def write_course(case: Case, result: Result, out: str | Path, uid_seed: str | No
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     seed = (lambda what: None if uid_seed is None else f"{uid_seed}/{what}")
-    as_read = [replace(s, name=s.roi_name) if s.roi_name else s for s in case.structures]
-    rtstruct = write_rtstruct(case, out / RTSTRUCT_FILE, as_read, label="rtautoplan aux", uid_seed=seed("rtstruct"))
+    rtstruct = write_rtstruct(case, out / RTSTRUCT_FILE, as_drawn(case), label="rtautoplan aux",
+                              uid_seed=seed("rtstruct"))
     structure_set_uid = _sop_instance_uid(rtstruct)
     paths, plan_uids, plan_class = {"rtstruct": rtstruct}, [], ""
     for phase, phase_result in zip(case.prescription.phases, result.phases, strict=True):
