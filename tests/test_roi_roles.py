@@ -125,9 +125,11 @@ def test_target_named_roi_with_a_non_target_type_is_refused(folder):
             "Set its type to PTV, CTV or GTV", '"levels"', '"ignore"')
 
 
-def test_a_roi_in_levels_is_a_target_whatever_its_type(folder):
-    relabel(folder, "CTV_6000", interpreted_type="CONTROL")
-    assert read_case(folder).structure("CTV_6000").role is Role.CTV
+@pytest.mark.parametrize("roi_name", ["CTV_6000", "CTV 60Gy"])  # levels names it by ROIName or TG-263 name
+def test_a_roi_in_levels_is_a_target_whatever_its_type(folder, roi_name):
+    relabel(folder, "CTV_6000", roi_name, "CONTROL")
+    ctv = read_case(folder).structure("CTV_6000")
+    assert (ctv.role, ctv.roi_name) == (Role.CTV, roi_name)
 
 
 def test_target_kinds_of_name_and_type_must_agree(folder):

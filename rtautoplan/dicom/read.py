@@ -187,7 +187,7 @@ def _interpret(structure_set: StructureSet, rx_file: PrescriptionFile,
             continue
         mapped = rx_file.structure_names.get(roi.name)
         name = mapped or roi.name
-        meaning = _meaning(roi.name, name, structure_set.interpreted_type(n), bool({roi.name, name} & level_targets),
+        meaning = _meaning(roi.name, name, structure_set.interpreted_type(n), level_targets,
                            mapped is not None or roi.name.strip().lower() in goal_rois)
         if meaning is None:
             unknown.append(roi.name)
@@ -202,11 +202,12 @@ def _interpret(structure_set: StructureSet, rx_file: PrescriptionFile,
     return interpreted
 
 
-def _meaning(roi_name: str, name: str, interpreted_type: str, in_levels: bool, named: bool) -> ParsedName | None:
+def _meaning(roi_name: str, name: str, interpreted_type: str, level_targets: set[str],
+             named: bool) -> ParsedName | None:
     """What a ROI is: its role from RTROIInterpretedType first, then from its name (``name``: the ROIName
-    or its ``structure_names`` mapping). ``in_levels``: prescription.json gives it a dose level, so it is a
-    target; ``named``: mapped or named in "goals", so an unknown name is kept as it is (role from the type,
-    else OAR). None: an unknown name with nothing else to go on. The rules are in docs/decisions.md,
+    or its ``structure_names`` mapping). ``level_targets``: the ROIs prescription.json gives a dose level
+    (by ROIName, mapped or TG-263 name), which are targets; ``named``: mapped or named in "goals", so an
+    unknown name is kept as it is (role from the type, else OAR). None: an unknown name with nothing else to go on. The rules are in docs/decisions.md,
     "ROI roles from RTROIInterpretedType"."""
     where = f"RTSTRUCT ROI '{roi_name}'"
     parsed = names.parse(name)
@@ -217,7 +218,7 @@ def _meaning(roi_name: str, name: str, interpreted_type: str, in_levels: bool, n
             raise InputError(where, f"is named as a {parsed.role.value} but {said}",
                              "Correct the name or the type in the TPS and re-export")
         parsed = names.ParsedName(names.target_name(typed, parsed.dose_gy), typed, parsed.dose_gy)
-    if in_levels:
+    if {roi_name, name, parsed.name if parsed else name} & level_targets:
         role = typed if typed and typed.is_target else parsed.role if parsed and parsed.role.is_target else Role.PTV
         return parsed if parsed and parsed.role is role else names.ParsedName(name, role)
     if parsed and parsed.role is Role.OTHER:
