@@ -207,8 +207,8 @@ def _meaning(roi_name: str, name: str, interpreted_type: str, level_targets: set
     """What a ROI is: its role from RTROIInterpretedType first, then from its name (``name``: the ROIName
     or its ``structure_names`` mapping). ``level_targets``: the ROIs prescription.json gives a dose level
     (by ROIName, mapped or TG-263 name), which are targets; ``named``: mapped or named in "goals", so an
-    unknown name is kept as it is (role from the type, else OAR). None: an unknown name with nothing else to go on. The rules are in docs/decisions.md,
-    "ROI roles from RTROIInterpretedType"."""
+    unknown name is kept as it is (role from the type, else OAR). None: an unknown name with nothing else
+    to go on. The rules are in docs/decisions.md, "ROI roles from RTROIInterpretedType"."""
     where = f"RTSTRUCT ROI '{roi_name}'"
     parsed = names.parse(name)
     typed = names.role_of_type(interpreted_type)
