@@ -7,7 +7,6 @@ Lateral organs are listed once as ``Name_L``/``Name_R``.
 
 from __future__ import annotations
 
-import difflib
 import re
 from dataclasses import dataclass
 
@@ -80,6 +79,23 @@ EXTERNAL = "External"
 # Names of ROIs that are not anatomy: kept and written back as Role.OTHER, never planned on.
 NON_ANATOMICAL = ("COUCH", "COUCH_SURFACE", "COUCH_INTERIOR", "TABLE", "MARKER", "MARKERS", "BOLUS", "ISO",
                   "ISOCENTER", "ARTIFACT", "ARTEFACT", "REF_POINT", "FIDUCIAL", "FIDUCIALS", "CLIPS", "MASK")
+
+
+# RTROIInterpretedType (PS3.3 C.8.8.8) → role. Anatomy types leave the structure to the name (many
+# systems type every ROI ORGAN by default); the target types, EXTERNAL and every non-anatomical type
+# decide the role. An empty or unlisted type says nothing.
+ANATOMY_TYPES = frozenset({"ORGAN", "AVOIDANCE", "CAVITY"})
+_TYPE_ROLES = {"EXTERNAL": Role.EXTERNAL, "PTV": Role.PTV, "CTV": Role.CTV, "GTV": Role.GTV,
+               **{t: Role.OAR for t in ANATOMY_TYPES},
+               **{t: Role.OTHER for t in ("TREATED_VOLUME", "IRRAD_VOLUME", "DOSE_REGION", "CONTROL", "SUPPORT",
+                                          "FIXATION", "MARKER", "REGISTRATION", "ISOCENTER", "CONTRAST_AGENT",
+                                          "BOLUS", "BRACHY_CHANNEL", "BRACHY_ACCESSORY", "BRACHY_SRC_APP",
+                                          "BRACHY_CHNL_SHLD", "DOSE_MEASUREMENT")}}
+
+
+def role_of_type(interpreted_type: str) -> Role | None:
+    """The role an RTROIInterpretedType gives a ROI; None when it is empty or not a defined term."""
+    return _TYPE_ROLES.get(interpreted_type.strip().upper())
 
 
 def _expand() -> dict[str, Organ]:
@@ -189,12 +205,74 @@ def parse(roi_name: str) -> ParsedName | None:
     return None
 
 
+_SUGGEST_SIDE = re.compile(r"(?:^|_)(L|R|LT|RT|LFT|RGT|LEFT|RIGHT|LI|RE|LINKS|RECHTS|SIN|DX)$")
+_SUGGEST_SIDE_FIRST = re.compile(r"^(L|R|LT|RT|LFT|RGT|LEFT|RIGHT)_")
+_SUGGEST_SIDE_WORD = {**_SIDE_WORD, "LFT": "_L", "RGT": "_R"}
+_TARGET_LIKE = re.compile(r"PTV|CTV|GTV|ITV|TARGET|BOOST")
+MIN_SUGGEST_LENGTH = 6  # shorter names are one letter away from another organ (Core/Cord, Lips/Lids)
+
+
+def looks_like_target(roi_name: str) -> bool:
+    """Whether a ROI name reads as a target (PTV, CTV, GTV, ITV, target, boost anywhere in it)."""
+    return bool(_TARGET_LIKE.search(_key(roi_name)))
+
+
+def is_itv(roi_name: str) -> bool:
+    """Whether a ROI name is an ITV's (parsed as a CTV; its RTROIInterpretedType may say CTV or PTV)."""
+    return _key(roi_name).startswith("ITV")
+
+
 def suggest(roi_name: str) -> str | None:
-    """The closest TG-263 name to an unrecognised ROI name, for the error message."""
-    options = list(ORGANS) + [EXTERNAL, "CTV_7000", "PTV_7000", "GTV"]
-    lower = {o.lower(): o for o in options}
-    hits = difflib.get_close_matches(roi_name.lower().replace(" ", "_"), list(lower), n=1, cutoff=0.0)
-    return lower[hits[0]] if hits else None
+    """The TG-263 name an unrecognised ROI name is a misspelling of, for the error message; else None.
+
+    Only spelling and laterality variants of one structure qualify (``Parotid Lft`` → Parotid_L,
+    ``Brainstm`` → Brainstem, ``SpinalCrd`` → SpinalCord): the stem is at most one edit (two from
+    10 letters) from a known name or alias, starts with the same letter and is at least 6 letters
+    long; the side is kept. Never an organ for a target-like name, never a guess across organs:
+    following a wrong suggestion would plan on the wrong structure."""
+    if looks_like_target(roi_name):
+        return None
+    key = _key(roi_name)
+    side = None
+    for pattern in (_SUGGEST_SIDE, _SUGGEST_SIDE_FIRST):
+        match = pattern.search(key)
+        if match and len(key) > len(match.group(0)):
+            side = _SUGGEST_SIDE_WORD[match.group(1)]
+            key = (key[: match.start()] + key[match.end():]).strip("_")
+            break
+    stem = key.replace("_", "")
+    if len(stem) < MIN_SUGGEST_LENGTH:
+        return None
+    limit = 2 if len(stem) >= 10 else 1
+    found = {name for alias, name in _stems().items()
+             if alias[0] == stem[0] and _edits(stem, alias) <= limit and name.endswith(_LATERAL) == (side is not None)}
+    if len(found) != 1:
+        return None
+    name = found.pop()
+    return name[: -len(_LATERAL)] + side if side else name
+
+
+def _stems() -> dict[str, str]:
+    """Every alias without separators and side → its TG-263 name (``Name_L/_R`` for lateral organs)."""
+    stems = {}
+    for name, _, _, aliases in _TABLE:
+        bare = name[: -len(_LATERAL)] if name.endswith(_LATERAL) else name
+        for alias in aliases + (_key(bare),):
+            stems[alias.replace("_", "")] = name
+    return stems
+
+
+def _edits(a: str, b: str) -> int:
+    """Optimal string alignment distance: insertions, deletions, substitutions, adjacent swaps."""
+    previous2, previous = None, list(range(len(b) + 1))
+    for i, ca in enumerate(a, start=1):
+        current = [i] + [0] * len(b)
+        for j, cb in enumerate(b, start=1):
+            current[j] = min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (ca != cb))
+            if previous2 is not None and i > 1 and j > 1 and ca == b[j - 2] and a[i - 2] == cb:
+                current[j] = min(current[j], previous2[j - 2] + 1)
+        previous2, previous = previous, current
+    return previous[-1]
 
 
 def organ(name: str) -> Organ:

@@ -4,6 +4,7 @@ name the file, series, ROI or tag and say what to do."""
 import json
 import logging
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pydicom
@@ -184,10 +185,17 @@ def test_rtstruct_on_another_frame_of_reference(folder):
 
 # --- ROIs ---------------------------------------------------------------------------------------
 
-def test_unknown_roi_name_suggests_the_fix(folder):
+def test_unknown_roi_name_says_how_to_map_it(folder):
     rename(folder, "SpinalCord", "Rueckenmark")
-    raises(folder, "ROI 'Rueckenmark'", "closest TG-263 name", "unknown structure name",
-           "Rename the ROI", '"structure_names": {"Rueckenmark":', '"ignore": ["Rueckenmark"]', "prescription.json")
+    message = raises(folder, "ROI 'Rueckenmark'", "unknown structure name", "Rename the ROI",
+                     '"structure_names": {"Rueckenmark": "<TG-263 name>"}', '"goals"', '"ignore": ["Rueckenmark"]',
+                     "prescription.json")
+    assert "did you mean" not in message
+
+
+def test_a_misspelt_roi_name_gets_its_tg263_name(folder):
+    rename(folder, "SpinalCord", "SpinalCrd")
+    raises(folder, "ROI 'SpinalCrd' (did you mean SpinalCord?)", '"structure_names": {"SpinalCrd": "SpinalCord"}')
 
 
 def test_unknown_roi_kept_but_not_planned_when_asked(folder, caplog):
@@ -286,3 +294,155 @@ def test_dcm_files_without_the_preamble_are_read(folder, small_case):
     pydicom.dcmwrite(ct(folder, 0), ds, implicit_vr=True, little_endian=True)
     assert ct(folder, 0).read_bytes()[128:132] != b"DICM"
     assert np.array_equal(read_case(folder).hu, small_case.hu)
+
+
+# --- broken files of the sample case (sample_data/hn01, copied) ------------------------------------
+
+SAMPLE = Path(__file__).resolve().parents[1] / "sample_data" / "hn01"
+
+
+@pytest.fixture
+def hn01(tmp_path):
+    shutil.copytree(SAMPLE, tmp_path / "hn01")
+    return tmp_path / "hn01"
+
+
+def shift(folder, name, dx=0.0, dz=0.0, contours=slice(None)):
+    """Move some contours of a ROI by dx, dz mm."""
+    def move(ds):
+        for contour in list(roi(ds, name)[1].ContourSequence)[contours]:
+            points = np.asarray(contour.ContourData, float).reshape(-1, 3) + [dx, 0.0, dz]
+            contour.ContourData = [f"{v:.2f}" for v in points.ravel()]
+
+    edit(folder / "RTSTRUCT.dcm", move)
+
+
+def test_truncated_ct_file_is_named(hn01):
+    data = ct(hn01, 10).read_bytes()
+    ct(hn01, 10).write_bytes(data[: len(data) // 2])
+    raises(hn01, "CT_10.dcm", "PixelData holds", "truncated", "Export or copy this slice again")
+
+
+def test_ct_with_short_pixel_data_is_named(hn01):
+    edit(ct(hn01, 20), lambda ds: setattr(ds, "PixelData", ds.PixelData[:1000]))
+    raises(hn01, "CT_20.dcm", "PixelData holds 1000 bytes, 14418 expected for 89×81 pixels of 16 bits")
+
+
+def test_ct_without_bits_allocated(hn01):
+    edit(ct(hn01, 3), lambda ds: delattr(ds, "BitsAllocated"))
+    raises(hn01, "CT_3.dcm", "BitsAllocated missing")
+
+
+def test_ct_with_rescale_slope_not_a_number(hn01):
+    data = ct(hn01, 3).read_bytes()
+    at = data.index(b"\x28\x00\x53\x10DS") + 6  # explicit VR little endian: tag, VR, 2-byte length
+    length = int.from_bytes(data[at: at + 2], "little")
+    ct(hn01, 3).write_bytes(data[: at + 2] + b"x" * length + data[at + 2 + length:])
+    raises(hn01, "CT_3.dcm", "RescaleSlope is", "not a number")
+
+
+@pytest.mark.parametrize("keyword, value, problem", [
+    ("ImagePositionPatient", [1.0, 2.0], "not 3 numbers"),
+    ("PixelSpacing", [0.0, 0.0], "not 2 positive numbers"),
+])
+def test_ct_geometry_tag_with_wrong_values(hn01, keyword, value, problem):
+    edit(ct(hn01, 7), lambda ds: setattr(ds, keyword, value))
+    raises(hn01, "CT_7.dcm", keyword, problem)
+
+
+def test_two_different_files_with_one_sop_instance_uid(hn01):
+    """A second, different image under CT_10's SOPInstanceUID: either could be the one the RTSTRUCT means."""
+    def other_position(ds):
+        x, y, z = ds.ImagePositionPatient
+        ds.ImagePositionPatient = [x, y, 500.0]
+
+    shutil.copy(ct(hn01, 10), hn01 / "extra.dcm")
+    edit(hn01 / "extra.dcm", other_position)
+    raises(hn01, "CT_10.dcm and", "extra.dcm", "both have SOPInstanceUID", "different content")
+
+
+def test_a_byte_identical_copy_is_still_one_slice(hn01):
+    shutil.copy(ct(hn01, 10), hn01 / "copy_of_ct_10.dcm")
+    assert read_case(hn01).grid.shape[0] == 70
+
+
+def test_roi_wholly_outside_the_ct(hn01):
+    """An OAR drawn on another CT: 'outside the CT' with both z ranges, never 'empty' nor 'delete'."""
+    shift(hn01, "Parotid_L", dz=400.0)
+    message = raises(hn01, "ROI 'Parotid_L'", "lies outside the CT", "the ROI spans z = 370.00 to 409.00 mm",
+                     "the CT z = -90.00 to 117.00 mm", "Export the RTSTRUCT together with the CT it was drawn on")
+    assert "empty" not in message and "elete" not in message and '"ignore"' not in message
+
+
+def test_roi_outside_the_ct_in_plane(hn01):
+    shift(hn01, "Eye_L", dx=500.0)
+    raises(hn01, "ROI 'Eye_L'", "lies outside the CT", "x = ", "the CT x = -101.25 to 101.25 mm")
+
+
+def test_target_partly_outside_the_ct(hn01):
+    shift(hn01, "CTV_5400", dz=-60.0, contours=slice(0, 10))
+    raises(hn01, "ROI 'CTV_5400'", "extends outside the CT", "10 of its 48 contours", "must lie wholly on the CT",
+           "covers the whole target")
+
+
+def test_oar_partly_outside_the_ct_keeps_its_part_with_a_warning(hn01, caplog):
+    shift(hn01, "SpinalCord", dz=-60.0, contours=slice(0, 5))
+    with caplog.at_level(logging.WARNING, logger="rtautoplan"):
+        cord = read_case(hn01).structure("SpinalCord")
+    assert cord.mask.any() and "'SpinalCord': 5 of its 29 contours lie (partly) outside the CT" in caplog.text
+    assert "only its part on the CT is kept" in caplog.text
+
+
+def test_non_anatomical_roi_outside_the_ct_is_dropped(hn01, caplog):
+    rename(hn01, "Skin", "Couch")
+    shift(hn01, "Couch", dz=400.0)
+    with caplog.at_level(logging.WARNING, logger="rtautoplan"):
+        assert not read_case(hn01).has("Couch")
+    assert "'Couch' is outside the CT; dropped" in caplog.text
+
+
+# --- malformed RTSTRUCT content -------------------------------------------------------------------
+
+def test_truncated_rtstruct(hn01):
+    data = (hn01 / "RTSTRUCT.dcm").read_bytes()
+    (hn01 / "RTSTRUCT.dcm").write_bytes(data[: len(data) // 2])
+    raises(hn01, "RTSTRUCT.dcm", "truncated", "Export the RTSTRUCT again")
+
+
+def test_contour_with_a_coordinate_missing(hn01):
+    def cut(ds):
+        contour = roi(ds, "Larynx")[1].ContourSequence[2]
+        contour.ContourData = list(contour.ContourData)[:-1]
+
+    edit(hn01 / "RTSTRUCT.dcm", cut)
+    raises(hn01, "ROI 'Larynx'", "RTSTRUCT.dcm", "contour 3", "not x, y, z triplets", "Re-export the RTSTRUCT")
+
+
+def test_contour_shorter_than_its_number_of_points(hn01):
+    def cut(ds):
+        contour = roi(ds, "Larynx")[1].ContourSequence[0]
+        contour.ContourData = list(contour.ContourData)[:-3]
+
+    edit(hn01 / "RTSTRUCT.dcm", cut)
+    raises(hn01, "ROI 'Larynx'", "contour 1", "points but NumberOfContourPoints is", "truncated")
+
+
+def test_contour_without_contour_data(hn01):
+    edit(hn01 / "RTSTRUCT.dcm", lambda ds: delattr(roi(ds, "Larynx")[1].ContourSequence[0], "ContourData"))
+    raises(hn01, "ROI 'Larynx'", "contour 1 has no ContourData")
+
+
+def test_roi_contour_without_its_roi_number(hn01):
+    edit(hn01 / "RTSTRUCT.dcm", lambda ds: delattr(roi(ds, "Larynx")[1], "ReferencedROINumber"))
+    raises(hn01, "RTSTRUCT.dcm", "ROIContourSequence item 20 has no ReferencedROINumber")
+
+
+def test_roi_without_a_name(hn01):
+    rename(hn01, "Larynx", "")
+    raises(hn01, "RTSTRUCT.dcm", "ROI number 20 has no ROIName", "Name the ROI")
+
+
+def test_roi_without_contour_sequence_is_empty_not_deleted(hn01):
+    edit(hn01 / "RTSTRUCT.dcm", lambda ds: delattr(roi(ds, "Larynx")[1], "ContourSequence"))
+    message = raises(hn01, "ROI 'Larynx'", "is empty", "Contour it on this CT")
+    assert "elete" not in message

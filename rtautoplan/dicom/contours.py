@@ -15,6 +15,8 @@ edges × pixels (seconds per slice for a body outline).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 from skimage import measure
 
@@ -22,6 +24,7 @@ from rtautoplan.case import Grid
 from rtautoplan.errors import InputError
 
 SLICE_TOLERANCE = 0.25  # a contour may be off its slice plane by at most this fraction of the slice step
+_EDGE_MM = 0.01  # contour points may lie this far beyond the CT's outer pixel edges (ContourData is rounded)
 
 
 def mask_to_contours(mask: np.ndarray, grid: Grid) -> list[tuple[int, np.ndarray]]:
@@ -49,25 +52,86 @@ def _corners(ring: np.ndarray) -> np.ndarray:
     return ring[np.abs(turn) > 1e-9]
 
 
+@dataclass(frozen=True)
+class Outside:
+    """What of a ROI's contours lies off the CT, for messages.
+
+    off_slices_z: z (mm) of the contours beyond the first or last CT slice; clipped: contours with
+    points beyond the CT's in-plane edge; total: all contours; roi_extent / ct_extent: "z = … to … mm"
+    (and x, y when in-plane points are off) of the ROI's points and of the CT."""
+
+    off_slices_z: tuple[float, ...]
+    clipped: int
+    total: int
+    roi_extent: str
+    ct_extent: str
+
+    def __str__(self) -> str:
+        n = len(self.off_slices_z) + self.clipped
+        return (f"{n} of its {self.total} contours lie{'s' if n == 1 else ''} (partly) outside the CT: the ROI spans "
+                f"{self.roi_extent}, the CT {self.ct_extent}")
+
+
 def contours_to_mask(contours: list[np.ndarray], grid: Grid, roi: str) -> np.ndarray:
     """Bool ``[k, j, i]`` mask of closed planar contours (each (n, 3), patient mm).
 
     Each contour goes to the slice it lies on; contours on one slice combine by the even-odd rule.
     Raises InputError naming ``roi`` and the z of a contour that is not planar, lies between slices
-    (more than 1/4 of the slice step off the nearest one) or outside the CT.
+    (more than 1/4 of the slice step off the nearest one) or outside the CT; parts beyond the CT's
+    in-plane edge are cut off.
     """
-    mask = np.zeros(grid.shape, bool)
-    by_slice: dict[int, list[np.ndarray]] = {}
-    for points in contours:
-        k, ji = _slice_of(np.asarray(points, float).reshape(-1, 3), grid, roi)
-        by_slice.setdefault(k, []).append(ji)
-    for k, polygons in by_slice.items():
-        mask[k] = fill_even_odd(polygons, grid.shape[1:])
+    mask, outside = roi_mask(contours, grid, roi)
+    if outside is not None and outside.off_slices_z:
+        first, last = (float(grid.index_to_patient([k, 0, 0])[2]) for k in (0, grid.shape[0] - 1))
+        raise InputError(f"RTSTRUCT ROI '{roi}'", f"a contour at z = {outside.off_slices_z[0]:.2f} mm lies outside "
+                                                  f"the CT (slices from z = {first:.2f} to {last:.2f} mm)",
+                         "Export the RTSTRUCT together with the CT series it was drawn on")
     return mask
 
 
-def _slice_of(points: np.ndarray, grid: Grid, roi: str) -> tuple[int, np.ndarray]:
-    """The slice index of a planar contour and its (n, 2) fractional (j, i) vertices."""
+def roi_mask(contours: list[np.ndarray], grid: Grid, roi: str) -> tuple[np.ndarray, Outside | None]:
+    """The mask of the contours' part on the CT, and what lies outside it (None: nothing).
+
+    Contours beyond the first or last slice are left out, contours beyond the in-plane edge cut off;
+    the caller decides whether that is acceptable for the ROI. InputError as ``contours_to_mask``
+    for a contour that is not planar or lies between slices."""
+    mask = np.zeros(grid.shape, bool)
+    by_slice: dict[int, list[np.ndarray]] = {}
+    off_slices, clipped = [], 0
+    low = -0.5 - _EDGE_MM / np.asarray(grid.spacing[1:])
+    high = np.asarray(grid.shape[1:]) - 0.5 + _EDGE_MM / np.asarray(grid.spacing[1:])
+    for points in contours:
+        points = np.asarray(points, float).reshape(-1, 3)
+        k, ji = _slice_of(points, grid, roi)
+        if k is None:
+            off_slices.append(float(np.mean(points[:, 2])))
+            continue
+        clipped += bool(np.any(ji < low) or np.any(ji > high))
+        by_slice.setdefault(k, []).append(ji)
+    for k, polygons in by_slice.items():
+        mask[k] = fill_even_odd(polygons, grid.shape[1:])
+    if not off_slices and not clipped:
+        return mask, None
+    return mask, Outside(tuple(off_slices), clipped, len(contours), *_extents(contours, grid, clipped > 0))
+
+
+def _extents(contours: list[np.ndarray], grid: Grid, in_plane: bool) -> tuple[str, str]:
+    """"z = a to b mm" (and x, y when ``in_plane``) of the contour points and of the CT (voxel edges in-plane)."""
+    points = np.concatenate([np.asarray(p, float).reshape(-1, 3) for p in contours])
+    nk, nj, ni = grid.shape
+    corners = np.array([[k, j, i] for k in (0, nk - 1) for j in (-0.5, nj - 0.5) for i in (-0.5, ni - 0.5)])
+    ct = grid.index_to_patient(corners)
+    axes = (0, 1, 2) if in_plane else (2,)
+    return _span(points, axes), _span(ct, axes)
+
+
+def _span(xyz: np.ndarray, axes: tuple[int, ...]) -> str:
+    return ", ".join(f"{'xyz'[a]} = {xyz[:, a].min():.2f} to {xyz[:, a].max():.2f} mm" for a in axes)
+
+
+def _slice_of(points: np.ndarray, grid: Grid, roi: str) -> tuple[int | None, np.ndarray]:
+    """The slice index of a planar contour (None beyond the first or last slice) and its (n, 2)
+    fractional (j, i) vertices."""
     kji = grid.patient_to_index(points)
     k_all = kji[:, 0]
     k = int(np.rint(np.median(k_all)))
@@ -79,10 +143,7 @@ def _slice_of(points: np.ndarray, grid: Grid, roi: str) -> tuple[int, np.ndarray
                                 f"{np.ptp(k_all) * dz:.2f} mm across the slices (slice step {dz:g} mm)",
                          "Contour the ROI slice by slice on this CT in the TPS and re-export the RTSTRUCT")
     if not 0 <= k < grid.shape[0]:
-        first, last = (float(grid.index_to_patient([kk, 0, 0])[2]) for kk in (0, grid.shape[0] - 1))
-        raise InputError(where, f"a contour at z = {z:.2f} mm lies outside the CT (slices from z = "
-                                f"{first:.2f} to {last:.2f} mm)",
-                         "Export the RTSTRUCT together with the CT series it was drawn on")
+        return None, kji[:, 1:]
     off = float(np.max(np.abs(k_all - k)))
     if off > SLICE_TOLERANCE:
         slice_z = float(grid.index_to_patient([k, 0, 0])[2])

@@ -9,7 +9,9 @@
 
 - ``levels``: dose (Gy, whole course) per target; ``target`` is the ROIName in the RTSTRUCT (or the
   name it maps to). A target named without a dose (``CTV_High``) takes its dose from here and is
-  renamed ``CTV_<cGy>`` (``names.target_name``); a dose in both the name and here must agree.
+  renamed ``CTV_<cGy>`` (``names.target_name``); a dose in both the name and here must agree. A ROI named
+  here is a target without a ``structure_names`` mapping: its kind from RTROIInterpretedType, else its
+  name, else PTV (planned as drawn, no margin added).
 - ``structure_names``: input ROIName → TG-263 name, for names rtautoplan does not recognise.
 - ``ignore``: ROINames to drop.
 - ``goals``: clinical goals (``rtautoplan.goals``), e.g. ``{"roi": "Core", "metric": "D10%", "max_gy": 25}``;
@@ -203,7 +205,8 @@ def prescribe(targets: Sequence[Target],
         if dose is None and t.parsed.role is not Role.GTV:
             raise InputError(f"RTSTRUCT ROI '{t.roi_name}'", "this target has no dose level",
                              f'Name it with its dose (e.g. {target_name(t.parsed.role, 70.0)}) or add '
-                             f'{{"target": "{t.roi_name}", "dose_gy": ...}} to "levels" in {PRESCRIPTION_FILE}')
+                             f'{{"target": "{t.roi_name}", "dose_gy": ...}} to "levels" in {PRESCRIPTION_FILE} '
+                             f'(or, for a helper volume not to plan on, add it to "ignore")')
         name = target_name(t.parsed.role, dose) if t.parsed.dose_gy is None and dose is not None else t.parsed.name
         resolved[t.roi_name] = (name, dose)
     levels = [DoseLevel(resolved[r][0], d) for r, d in json_dose.items()]

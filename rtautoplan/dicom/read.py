@@ -20,7 +20,7 @@ from pydicom.errors import InvalidDicomError
 from pydicom.uid import RTStructureSetStorage
 
 from rtautoplan.case import Case, Grid, Prescription, Role, Structure
-from rtautoplan.dicom.contours import contours_to_mask
+from rtautoplan.dicom.contours import roi_mask
 from rtautoplan.dicom.ct import write_ct
 from rtautoplan.dicom.prescription import (PRESCRIPTION_FILE, PrescriptionFile, Target, prescribe,
                                            read_prescription_file, write_prescription)
@@ -42,8 +42,8 @@ def read_case(folder: str | Path, case_id: str | None = None, unknown_rois: str 
     """Read the case in ``folder``; ``case_id`` defaults to the folder name.
 
     unknown_rois: what a ROI name that maps to no TG-263 structure does — "error" (default: stop
-    with the closest TG-263 name and the fix, since an OAR silently left out of the optimisation
-    is an unsafe plan) or "keep" (keep it, written back but never planned on, with a warning; for
+    with the fix, and the TG-263 name when it is a misspelling of one, since an OAR silently left out
+    of the optimisation is an unsafe plan) or "keep" (keep it, written back but never planned on, with a warning; for
     a batch over cases whose naming is not under your control)."""
     if unknown_rois not in ("error", "keep"):
         raise ValueError(f"unknown_rois must be 'error' or 'keep', not {unknown_rois!r}")
@@ -71,7 +71,7 @@ def _scan(folder: Path) -> tuple[dict[Path, pydicom.Dataset], dict[str, list[Sli
     """Every RTSTRUCT and every image series (by SeriesInstanceUID) under ``folder``."""
     rtstructs: dict[Path, pydicom.Dataset] = {}
     series: dict[str, list[Slice]] = {}
-    seen: set[str] = set()
+    seen: dict[str, Path] = {}
     for path in sorted(p for p in folder.rglob("*") if p.is_file()):
         ds = _read_header(path)
         if ds is None:
@@ -82,11 +82,26 @@ def _scan(folder: Path) -> tuple[dict[Path, pydicom.Dataset], dict[str, list[Sli
         elif "ImagePositionPatient" in ds and not modality.startswith("RT") and "SeriesInstanceUID" in ds:
             sop = str(ds.get("SOPInstanceUID", path))
             if sop in seen:  # the same instance twice (a copied file) is one slice
-                log.info("%s: SOP instance %s already read; skipped", path, sop)
+                _check_same_instance(seen[sop], path, sop)
+                log.info("%s: SOP instance %s already read from %s; skipped", path, sop, seen[sop])
                 continue
-            seen.add(sop)
+            seen[sop] = path
             series.setdefault(str(ds.SeriesInstanceUID), []).append(Slice(path, ds))
     return rtstructs, series
+
+
+def _check_same_instance(first: Path, second: Path, sop: str) -> None:
+    """Two files with one SOPInstanceUID must hold the same object (a copy); InputError naming both when
+    their content differs, since either could be the image the RTSTRUCT was drawn on."""
+    if first.read_bytes() == second.read_bytes():
+        return
+    try:
+        same = pydicom.dcmread(first, force=True) == pydicom.dcmread(second, force=True)
+    except _PARSE_ERRORS:
+        same = False
+    if not same:
+        raise InputError(f"{first} and {second}", f"both have SOPInstanceUID {sop} but different content",
+                         "Keep the right one of the two files (or export the series again): one UID names one image")
 
 
 def _read_header(path: Path) -> pydicom.Dataset | None:
@@ -156,49 +171,127 @@ def _choose_series(structure_set: StructureSet, series: dict[str, list[Slice]], 
 
 def _interpret(structure_set: StructureSet, rx_file: PrescriptionFile,
                unknown_rois: str = "error") -> list[tuple[RoiContours, str, ParsedName]]:
-    """(ROI, the name it maps to, what that name means) for every ROI not ignored; InputError for
-    repeated names, and for unknown ones (suggesting the fix) unless ``unknown_rois`` is "keep"."""
+    """(ROI, the name it maps to, what it is) for every ROI not ignored; InputError for repeated names,
+    and for unknown ones (with the fix) unless ``unknown_rois`` is "keep"."""
     counts = Counter(roi.name for roi in structure_set.rois)
     repeated = [name for name, n in counts.items() if n > 1]
     if repeated:
         raise InputError(f"RTSTRUCT ROI '{repeated[0]}'", f"{counts[repeated[0]]} ROIs have this ROIName",
                          "Rename or delete the copies in the TPS and re-export")
+    level_targets = {target for target, _ in rx_file.levels}
+    goal_rois = {goal.roi.lower() for goal in rx_file.goals}
     interpreted, unknown = [], []
-    for roi in structure_set.rois:
+    for n, roi in enumerate(structure_set.rois):
         if roi.name in rx_file.ignore:
             log.info("RTSTRUCT ROI '%s' ignored (%s)", roi.name, rx_file.path)
             continue
         mapped = rx_file.structure_names.get(roi.name)
-        meaning = names.parse(mapped or roi.name) or (names.ParsedName(mapped, Role.OAR) if mapped else None)
+        name = mapped or roi.name
+        meaning = _meaning(roi.name, name, structure_set.interpreted_type(n), level_targets,
+                           mapped is not None or roi.name.strip().lower() in goal_rois)
         if meaning is None:
             unknown.append(roi.name)
-        interpreted.append((roi, mapped or roi.name, meaning))
+        interpreted.append((roi, name, meaning))
     for key in sorted((set(rx_file.structure_names) | rx_file.ignore) - set(counts)):
         log.warning("%s names ROI '%s', which is not in the RTSTRUCT", rx_file.path, key)
     if unknown and unknown_rois == "keep":
         log.warning("RTSTRUCT ROIs %s match no TG-263 name: kept, never planned on", ", ".join(map(repr, unknown)))
         return [(roi, name, meaning or names.ParsedName(name, Role.OTHER)) for roi, name, meaning in interpreted]
     if unknown:
-        hints = ", ".join(f"'{n}' (closest TG-263 name: {names.suggest(n)})" for n in unknown)
-        first, guess = unknown[0], names.suggest(unknown[0]) or "<TG-263 name>"
-        raise InputError(f"RTSTRUCT ROI{'s' if len(unknown) > 1 else ''} {hints}", "unknown structure name",
-                         f"Rename the ROI in the TPS, or add it to {PRESCRIPTION_FILE}: "
-                         f'"structure_names": {{"{first}": "{guess}"}} or "ignore": ["{first}"]')
+        raise _unknown_names(unknown)
     return interpreted
 
 
+def _meaning(roi_name: str, name: str, interpreted_type: str, level_targets: set[str],
+             named: bool) -> ParsedName | None:
+    """What a ROI is: its role from RTROIInterpretedType first, then from its name (``name``: the ROIName
+    or its ``structure_names`` mapping). ``level_targets``: the ROIs prescription.json gives a dose level
+    (by ROIName, mapped or TG-263 name), which are targets; ``named``: mapped or named in "goals", so an
+    unknown name is kept as it is (role from the type, else OAR). None: an unknown name with nothing else
+    to go on. The rules are in docs/decisions.md, "ROI roles from RTROIInterpretedType"."""
+    where = f"RTSTRUCT ROI '{roi_name}'"
+    parsed = names.parse(name)
+    typed = names.role_of_type(interpreted_type)
+    said = f"its RTROIInterpretedType is {interpreted_type}"
+    if parsed and typed and parsed.role.is_target and typed.is_target and parsed.role is not typed:
+        if not names.is_itv(name):
+            raise InputError(where, f"is named as a {parsed.role.value} but {said}",
+                             "Correct the name or the type in the TPS and re-export")
+        parsed = names.ParsedName(names.target_name(typed, parsed.dose_gy), typed, parsed.dose_gy)
+    if {roi_name, name, parsed.name if parsed else name} & level_targets:
+        role = typed if typed and typed.is_target else parsed.role if parsed and parsed.role.is_target else Role.PTV
+        return parsed if parsed and parsed.role is role else names.ParsedName(name, role)
+    if parsed and parsed.role is Role.OTHER:
+        return parsed  # z/_ planning structures, couch, markers: not anatomy, whatever the type
+    if typed is Role.OTHER:
+        if parsed and parsed.role.is_target:
+            raise InputError(where, f"is named as a target but {said}",
+                             f'Set its type to PTV, CTV or GTV in the TPS, give it a dose in "levels" in '
+                             f'{PRESCRIPTION_FILE}, or add it to "ignore" if it is not a target')
+        if parsed:
+            log.warning("%s: named as %s but %s: kept, never planned on", where, parsed.name, said)
+        return names.ParsedName(name, Role.OTHER)
+    if typed is Role.EXTERNAL or (typed and typed.is_target):
+        if parsed is None or parsed.role is typed:
+            return parsed or names.ParsedName(names.EXTERNAL if typed is Role.EXTERNAL else name, typed)
+        if typed is Role.EXTERNAL and parsed.role is Role.OAR:
+            log.info("%s: %s is the body outline", where, said)
+            return names.ParsedName(names.EXTERNAL, Role.EXTERNAL)
+        raise InputError(where, f"is named as {parsed.name} ({parsed.role.value}) but {said}",
+                         "Correct the name or the type in the TPS and re-export")
+    if parsed:
+        if parsed.role.is_target and typed is Role.OAR:
+            log.warning("%s: named as a target but %s: planned as the target %s", where, said, parsed.name)
+        return parsed
+    return names.ParsedName(name, Role.OAR) if named else None
+
+
+def _unknown_names(unknown: list[str]) -> InputError:
+    """The error for ROI names that match nothing: a suggestion only for a misspelt TG-263 name, else
+    the explicit fixes (a guessed organ, once followed, would plan on the wrong structure)."""
+    hints = ", ".join(f"'{n}'" + (f" (did you mean {names.suggest(n)}?)" if names.suggest(n) else "")
+                      for n in unknown)
+    first, guess = unknown[0], names.suggest(unknown[0])
+    ignore = f'or, if it is not needed for planning, "ignore": ["{first}"]'
+    if guess:
+        fix = f'Rename the ROI in the TPS, or add to {PRESCRIPTION_FILE}: "structure_names": {{"{first}": "{guess}"}}, '
+    elif names.looks_like_target(first):
+        fix = (f"Rename the ROI in the TPS with its dose (e.g. PTV_7000), or give it one in {PRESCRIPTION_FILE}: "
+               f'"levels": [{{"target": "{first}", "dose_gy": ...}}], map it in "structure_names", ')
+    else:
+        fix = (f"Rename the ROI in the TPS, or in {PRESCRIPTION_FILE} map it explicitly: "
+               f'"structure_names": {{"{first}": "<TG-263 name>"}}, name it in "goals" to plan it as an OAR under '
+               f"its own name, ")
+    return InputError(f"RTSTRUCT ROI{'s' if len(unknown) > 1 else ''} {hints}", "unknown structure name", fix + ignore)
+
+
 def _masks(interpreted: list[tuple[RoiContours, str, ParsedName]], grid: Grid) -> dict[str, np.ndarray]:
-    """The mask of every non-empty ROI by ROIName; an empty one is an InputError unless it is not anatomy."""
+    """The mask of every ROI on the CT by ROIName. An empty ROI, or one wholly outside the CT, is an
+    InputError unless it is not anatomy (then dropped); one partly outside keeps its part on the CT
+    with a warning, except a target, which could not be covered."""
     masks = {}
     for roi, _, meaning in interpreted:
-        mask = contours_to_mask(roi.contours, grid, roi.name)
-        if mask.any():
-            masks[roi.name] = mask
-        elif meaning.role is Role.OTHER:
-            log.warning("RTSTRUCT ROI '%s' is empty on this CT; dropped", roi.name)
-        else:
-            raise InputError(f"RTSTRUCT ROI '{roi.name}'", "is empty (no closed contour on this CT)",
-                             f'Delete the empty ROI in the TPS, or add it to "ignore" in {PRESCRIPTION_FILE}')
+        where = f"RTSTRUCT ROI '{roi.name}'"
+        mask, outside = roi_mask(roi.contours, grid, roi.name)
+        if not mask.any():
+            if meaning.role is Role.OTHER:
+                log.warning("%s is %s; dropped", where, "outside the CT" if outside else "empty on this CT")
+                continue
+            if outside:
+                raise InputError(where, f"lies outside the CT: the ROI spans {outside.roi_extent}, the CT "
+                                        f"{outside.ct_extent}",
+                                 "Export the RTSTRUCT together with the CT it was drawn on (same FrameOfReferenceUID "
+                                 "and patient position), or a CT that covers the ROI")
+            raise InputError(where, "is empty (no closed contour on this CT)",
+                             f"Contour it on this CT in the TPS and re-export, or add it to \"ignore\" in "
+                             f"{PRESCRIPTION_FILE} if it is not needed for planning")
+        if outside and meaning.role.is_target:
+            raise InputError(where, f"extends outside the CT ({outside}); a target must lie wholly on the CT to be "
+                                    "covered", "Export a CT that covers the whole target (longer scan, larger "
+                                               "reconstruction diameter) with the RTSTRUCT drawn on it")
+        if outside:
+            log.warning("%s: %s; only its part on the CT is kept", where, outside)
+        masks[roi.name] = mask
     return masks
 
 

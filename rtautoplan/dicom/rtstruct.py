@@ -117,49 +117,100 @@ class RoiContours(NamedTuple):
 
 @dataclass(frozen=True)
 class StructureSet:
-    """What ``read_rtstruct`` finds: the ROIs, the frame of reference, and the CT they reference."""
+    """What ``read_rtstruct`` finds: the ROIs, the frame of reference, and the CT they reference.
+
+    interpreted_types: each ROI's RTROIInterpretedType (upper case, "" when absent), in ``rois`` order."""
 
     rois: tuple[RoiContours, ...]
     frame_of_reference_uid: str
     referenced_series_uid: str | None
     referenced_sop_instance_uids: frozenset[str]
+    interpreted_types: tuple[str, ...] = ()
+
+    def interpreted_type(self, n: int) -> str:
+        """RTROIInterpretedType of ``rois[n]``, "" when the RTSTRUCT gives none."""
+        return self.interpreted_types[n] if n < len(self.interpreted_types) else ""
+
+
+# what a malformed or truncated RTSTRUCT raises in pydicom or in the conversions below
+_MALFORMED = (ValueError, TypeError, AttributeError, KeyError, IndexError, OverflowError)
 
 
 def read_rtstruct(source: str | Path | Dataset) -> StructureSet:
-    """The ROIs (closed planar contours only) of an RTSTRUCT file or dataset, in StructureSetROISequence order."""
+    """The ROIs (closed planar contours only) of an RTSTRUCT file or dataset, in StructureSetROISequence order.
+
+    A malformed or truncated file (pydicom reads a cut-off file without complaint) is an InputError naming it."""
     ds = source if isinstance(source, Dataset) else pydicom.dcmread(source)
     where = f"RTSTRUCT {getattr(ds, 'filename', None) or ds.get('SOPInstanceUID', '')}"
-    contours_of = {}
-    colors = {}
-    for roi_contour in ds.get("ROIContourSequence", []):
+    try:
+        return _read(ds, where)
+    except _MALFORMED as error:
+        raise InputError(where, f"cannot be read ({type(error).__name__}: {error}); the file is truncated or "
+                                "malformed", "Export the RTSTRUCT again from the TPS") from None
+
+
+def _read(ds: Dataset, where: str) -> StructureSet:
+    names = {}
+    for n, roi in enumerate(ds.get("StructureSetROISequence", [])):
+        if roi.get("ROINumber") is None:
+            raise InputError(where, f"StructureSetROISequence item {n + 1} has no ROINumber",
+                             "Export the RTSTRUCT again from the TPS (the file may be truncated)")
+        name = str(roi.get("ROIName", "") or "")
+        if not name.strip():
+            raise InputError(where, f"ROI number {roi.ROINumber} has no ROIName",
+                             "Name the ROI in the TPS (or delete it) and re-export")
+        if int(roi.ROINumber) in names:
+            raise InputError(where, f"ROIs '{names[int(roi.ROINumber)]}' and '{name}' have the same ROINumber "
+                                    f"{roi.ROINumber}", "Export the RTSTRUCT again from the TPS")
+        names[int(roi.ROINumber)] = name
+    contours_of, colors = {}, {}
+    for n, roi_contour in enumerate(ds.get("ROIContourSequence", [])):
+        if roi_contour.get("ReferencedROINumber") is None:
+            raise InputError(where, f"ROIContourSequence item {n + 1} has no ReferencedROINumber",
+                             "Export the RTSTRUCT again from the TPS (the file may be truncated)")
         number = int(roi_contour.ReferencedROINumber)
+        if number not in names:
+            log.warning("%s: contours of ROI number %d, which StructureSetROISequence does not list, skipped",
+                        where, number)
+            continue
         color = roi_contour.get("ROIDisplayColor")
         colors[number] = tuple(int(c) for c in color) if color is not None and len(color) == 3 else None
         contours = roi_contour.get("ContourSequence", [])
-        contours_of[number] = [_points(c, where) for c in contours if c.get("ContourGeometricType", "") in CLOSED_TYPES]
+        roi_where = f"RTSTRUCT ROI '{names[number]}' ({where.removeprefix('RTSTRUCT ')})"
+        contours_of[number] = [_points(c, m, roi_where) for m, c in enumerate(contours, start=1)
+                               if c.get("ContourGeometricType", "") in CLOSED_TYPES]
         if len(contours_of[number]) < len(contours):
-            log.info("%s: ROI number %d: %d point/open contours skipped", where, number,
-                     len(contours) - len(contours_of[number]))
-    rois = []
-    for roi in ds.get("StructureSetROISequence", []):
-        number = int(roi.ROINumber)
-        rois.append(RoiContours(str(roi.get("ROIName", "")), contours_of.get(number, []), colors.get(number)))
+            log.info("%s: %d point/open contours skipped", roi_where, len(contours) - len(contours_of[number]))
+    types = {int(o.ReferencedROINumber): str(o.get("RTROIInterpretedType", "") or "").strip().upper()
+             for o in ds.get("RTROIObservationsSequence", []) if o.get("ReferencedROINumber") is not None}
+    rois = tuple(RoiContours(name, contours_of.get(number, []), colors.get(number)) for number, name in names.items())
     series_uid, sops = _referenced_images(ds)
-    return StructureSet(tuple(rois), _frame_of_reference_uid(ds), series_uid, sops)
+    return StructureSet(rois, _frame_of_reference_uid(ds), series_uid, sops,
+                        tuple(types.get(number, "") for number in names))
 
 
-def _points(contour: Dataset, where: str) -> np.ndarray:
-    """ContourData as (n, 3) mm, parsed straight from the raw bytes when pydicom has not converted them yet."""
+def _points(contour: Dataset, number: int, where: str) -> np.ndarray:
+    """ContourData as (n, 3) mm, parsed straight from the raw bytes when pydicom has not converted them yet;
+    InputError when it is missing, not numbers, not x y z triplets or not NumberOfContourPoints long."""
     elem = contour.get_item(_CONTOUR_DATA)
-    if isinstance(elem, RawDataElement):
-        values = np.array(elem.value.split(b"\\")).astype(float) if elem.value else np.zeros(0)
-    elif elem is None or elem.value is None:
-        values = np.zeros(0)
-    else:
-        values = np.atleast_1d(np.asarray(contour.ContourData, float)).ravel()
-    if values.size % 3:
-        raise InputError(where, f"ContourData has {values.size} values, not a multiple of 3 (x, y, z)",
-                         "Re-export the RTSTRUCT from the TPS")
+    if elem is None or elem.value is None or (isinstance(elem, RawDataElement) and not elem.value):
+        raise InputError(where, f"contour {number} has no ContourData", "Re-export the RTSTRUCT from the TPS")
+    try:
+        if isinstance(elem, RawDataElement):
+            values = np.array(elem.value.split(b"\\")).astype(float)
+        else:
+            values = np.atleast_1d(np.asarray(contour.ContourData, float)).ravel()
+    except ValueError:
+        raise InputError(where, f"contour {number}: ContourData holds values that are not numbers",
+                         "Re-export the RTSTRUCT from the TPS") from None
+    if values.size % 3 or not np.all(np.isfinite(values)):
+        raise InputError(where, f"contour {number}: ContourData has {values.size} values, not x, y, z triplets of "
+                                "finite numbers", "Re-export the RTSTRUCT from the TPS (the file may be truncated)")
+    expected = contour.get("NumberOfContourPoints")
+    if expected not in (None, "") and int(expected) * 3 != values.size:
+        raise InputError(where, f"contour {number}: ContourData has {values.size // 3} points but "
+                                f"NumberOfContourPoints is {int(expected)}",
+                         "Re-export the RTSTRUCT from the TPS (the file may be truncated)")
     return values.reshape(-1, 3)
 
 

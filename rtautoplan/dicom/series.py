@@ -9,6 +9,7 @@ gantry tilt, evenly spaced slices (within ``SPACING_TOLERANCE_MM``) with none mi
 from __future__ import annotations
 
 import logging
+import struct
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,6 +29,10 @@ SPACING_TOLERANCE_MM = 0.01  # slice positions may deviate this much from a cons
 IN_PLANE_TOLERANCE_MM = 0.01  # ImagePositionPatient may move this much in-plane from slice to slice
 TILT_TOLERANCE_DEG = 1e-3
 _REQUIRED = ("ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing", "Rows", "Columns")
+_COUNTS = {"ImagePositionPatient": 3, "ImageOrientationPatient": 6, "PixelSpacing": 2}
+# what pydicom raises on a file it cannot parse or decode
+_READ_ERRORS = (EOFError, OSError, ValueError, TypeError, KeyError, IndexError, AttributeError, NotImplementedError,
+                RuntimeError, struct.error)
 
 
 @dataclass(frozen=True)
@@ -51,10 +56,7 @@ def grid_of(series_uid: str, slices: list[Slice]) -> tuple[Grid, list[Slice]]:
     if len(slices) < 2:
         raise InputError(where, f"has {len(slices)} slice", "Export the complete CT series (at least 2 slices)")
     for s in slices:
-        for keyword in _REQUIRED:
-            if s.ds.get(keyword) is None:
-                raise InputError(f"{where} {s.path.name}", f"{keyword} is missing",
-                                 "Export the series from the TPS again")
+        _check_header(s, where)
     _check_same(slices, where)
     orientation = _axis_aligned(np.asarray(slices[0].ds.ImageOrientationPatient, float), where)
     row_dir, col_dir = orientation[:3], orientation[3:]
@@ -74,6 +76,24 @@ def grid_of(series_uid: str, slices: list[Slice]) -> tuple[Grid, list[Slice]]:
                 shape=(len(slices), int(first.Rows), int(first.Columns)),
                 orientation=tuple(float(v) for v in orientation))
     return grid, slices
+
+
+def _check_header(s: Slice, where: str) -> None:
+    """The geometry tags are present with as many numbers as they need; spacing and matrix size positive."""
+    for keyword in _REQUIRED:
+        value = s.ds.get(keyword)
+        if value is None:
+            raise InputError(f"{where} {s.path.name}", f"{keyword} is missing", "Export the series from the TPS again")
+        try:
+            numbers = np.asarray(value, float).ravel()
+        except (TypeError, ValueError):
+            numbers = np.zeros(0)
+        count = _COUNTS.get(keyword, 1)
+        positive = keyword not in ("ImagePositionPatient", "ImageOrientationPatient")
+        if numbers.size != count or not np.all(np.isfinite(numbers)) or (positive and not np.all(numbers > 0)):
+            what = f"{count} {'positive ' if positive else ''}number{'s' if count > 1 else ''}"
+            raise InputError(f"{where} {s.path.name}", f"{keyword} is {value!r}, not {what}",
+                             "Export the series from the TPS again")
 
 
 def _check_same(slices: list[Slice], where: str) -> None:
@@ -159,25 +179,55 @@ def _check_spacing(position: np.ndarray, label: _Label, where: str) -> float:
 
 
 def read_hu(slices: list[Slice], where: str) -> np.ndarray:
-    """HU = stored value × RescaleSlope + RescaleIntercept, int16 [k, j, i]."""
-    planes = []
-    for s in slices:
+    """HU = stored value × RescaleSlope + RescaleIntercept, int16 [k, j, i]; InputError naming the file
+    for a slice that is truncated, has too little pixel data, or whose pixels or rescale cannot be read."""
+    return np.stack([_hu(s, f"{where} {s.path.name}") for s in slices])
+
+
+def _hu(s: Slice, where: str) -> np.ndarray:
+    again = "Export or copy this slice again from the TPS or PACS"
+    try:
         ds = pydicom.dcmread(s.path, force=True)  # force: *.dcm files without the preamble were accepted
-        _ensure_transfer_syntax(ds)
-        if "PixelData" not in ds:
-            raise InputError(f"{where} {s.path.name}", "has no PixelData", "Export the series with its images")
+    except _READ_ERRORS as error:
+        raise InputError(where, f"cannot be read ({type(error).__name__}: {error}); the file is truncated or "
+                                "corrupt", again) from None
+    _ensure_transfer_syntax(ds)
+    if "PixelData" not in ds:
+        raise InputError(where, "has no PixelData (or the file is cut off before it)", again)
+    syntax = ds.file_meta.TransferSyntaxUID
+    if not syntax.is_compressed:
+        _check_pixel_length(ds, where, again)
+    try:
+        pixels = ds.pixel_array
+    except _READ_ERRORS as error:
+        fix = "Export the CT uncompressed (explicit VR little endian)" if syntax.is_compressed else again
+        raise InputError(where, f"cannot decode its pixel data (TransferSyntaxUID {syntax}: {error})", fix) from None
+    if pixels.shape != (int(ds.Rows), int(ds.Columns)):
+        raise InputError(where, f"pixel data of shape {pixels.shape} is not one {ds.Rows}×{ds.Columns} slice",
+                         "Export the CT as single-frame CT Image Storage")
+    rescale = []
+    for keyword, default in (("RescaleSlope", 1.0), ("RescaleIntercept", 0.0)):
+        value = ds.get(keyword)
         try:
-            pixels = ds.pixel_array
-        except (NotImplementedError, RuntimeError, ValueError) as error:
-            raise InputError(f"{where} {s.path.name}", f"cannot decode its pixel data "
-                             f"(TransferSyntaxUID {ds.file_meta.get('TransferSyntaxUID', '?')}: {error})",
-                             "Export the CT uncompressed (explicit VR little endian)") from None
-        if pixels.shape != (int(ds.Rows), int(ds.Columns)):
-            raise InputError(f"{where} {s.path.name}", f"pixel data of shape {pixels.shape} is not one "
-                             f"{ds.Rows}×{ds.Columns} slice", "Export the CT as single-frame CT Image Storage")
-        hu = pixels * float(ds.get("RescaleSlope", 1) or 1) + float(ds.get("RescaleIntercept", 0) or 0)
-        planes.append(np.clip(np.rint(hu), -32768, 32767).astype(np.int16))
-    return np.stack(planes)
+            rescale.append(float(value) if value not in (None, "") else default)
+        except (TypeError, ValueError):
+            raise InputError(where, f"{keyword} is {value!r}, not a number", again) from None
+    slope = rescale[0] or 1.0
+    return np.clip(np.rint(pixels * slope + rescale[1]), -32768, 32767).astype(np.int16)
+
+
+def _check_pixel_length(ds: Dataset, where: str, fix: str) -> None:
+    """Uncompressed PixelData must hold Rows × Columns × SamplesPerPixel samples of BitsAllocated bits."""
+    missing = [k for k in ("BitsAllocated", "PixelRepresentation") if ds.get(k) is None]
+    if missing:
+        raise InputError(where, f"{' and '.join(missing)} missing: its pixel data cannot be read", fix)
+    samples = int(ds.Rows) * int(ds.Columns) * int(ds.get("SamplesPerPixel", 1) or 1)
+    expected = -(-samples * int(ds.BitsAllocated) // 8)
+    found = len(ds.PixelData)
+    if found < expected:
+        raise InputError(where, f"PixelData holds {found} bytes, {expected} expected for {ds.Rows}×{ds.Columns} "
+                                f"pixels of {ds.BitsAllocated} bits: the file is truncated or its pixel data "
+                                "incomplete", fix)
 
 
 def _ensure_transfer_syntax(ds: Dataset) -> None:
