@@ -122,7 +122,11 @@ class ProtonHNEnv(PlanningEnv, gym.Env):
         self.structure_scores: dict[str, float] = {}
 
     def _prepare_case(self, case: Case) -> Case:
-        return hotspot_regions(apply_rules(case, self.site))
+        from rtautoplan.plan import Modality
+        from rtautoplan.structures.rules import photon_rules
+
+        photon = getattr(self.tps, "modality", None) is Modality.PHOTON
+        return hotspot_regions(apply_rules(case, photon_rules(self.site) if photon else self.site))
 
     def _init_parameters(self, init: str) -> None:
         case = self.case

@@ -119,3 +119,4 @@ def fractionation_note(case: Case) -> str:
         return ""
     return (f"{per_fraction:.2f} Gy per fraction: the protocol's OAR limits are for 1.8–2.2 Gy per fraction; "
             "state this course's goals in prescription.json")
+

@@ -98,7 +98,7 @@ def objectives_for(case: Case, rng: np.random.Generator,
 # normalisation and leaf sequencing do not push a met objective over its goal; must-goals
 # (priority 1) weigh GOAL_WEIGHT[1], desired ones GOAL_WEIGHT[2] (an OAR's rule-11 objective weighs 1).
 GOAL_MARGIN = 0.95
-GOAL_WEIGHT = {1: 5.0, 2: 1.0}
+GOAL_WEIGHT = {1: 5.0, 2: 0.2}
 NEAR_MAX_PERCENT = 2.0  # Dx% with x ≤ 2 (and D0.03cc-like volumes) is aimed at as a maximum
 
 
