@@ -99,6 +99,30 @@ class InHousePhoton:
         gy = dose_to_grid(self._dij.dose_array(x), self._dij.dose_grid, self._case.grid)
         return Dose(self._case.grid, np.maximum(gy, 0.0).astype(np.float32))
 
+    def optimize_segments(self, objectives: Sequence[Objective], apertures: Sequence[np.ndarray],
+                          weights: Sequence[np.ndarray]) -> tuple[np.ndarray, ...]:
+        """Step-and-shoot segment weight optimisation: the segment weights w ≥ 0 (MU, per beam) that
+        minimise the plan objective of ``objectives`` on the fluence the segments deliver, x = A·w
+        (``apertures``: per beam, beamlets × segments), from the sequencer's ``weights``. The
+        quantisation of leaf sequencing costs plan quality; re-weighting the segments wins most of it
+        back, as clinical step-and-shoot TPSs do after sequencing."""
+        from scipy.linalg import block_diag
+
+        if self._dij is None:
+            raise RuntimeError(f"{self.name}: call prepare(case, beams) before optimize_segments()")
+        usable = tuple(o for o in objectives if self._rows_for(o.structure).size)
+        f = plan_objective(self._dij.matrix, usable, self._rows)
+        a = block_diag(*apertures)
+
+        def g(w):
+            value, grad = f(a @ w)
+            return value, a.T @ grad
+
+        w0 = np.concatenate([np.asarray(w, float) for w in weights])
+        solution = solve_lbfgs(g, w0, max_iter=self.max_iter, scale=None)
+        bounds = np.cumsum([0] + [ap.shape[1] for ap in apertures])
+        return tuple(np.asarray(solution.x[lo:hi], float) for lo, hi in zip(bounds[:-1], bounds[1:]))
+
     def plan(self) -> Plan:
         if self._plan is None:
             raise RuntimeError(f"{self.name}: no plan yet; call prepare() and optimize() first")

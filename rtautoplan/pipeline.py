@@ -16,6 +16,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Callable
 
+import numpy as np
+
 from rtautoplan import gate, protocols
 from rtautoplan.adapters import ADAPTERS
 from rtautoplan.case import Case
@@ -161,8 +163,9 @@ def make_policy(name: str, env, seed: int = 0):
 
 
 def deliverable(env, plan):
-    """(plan, score, sequenced beams): photon plans are leaf-sequenced and their dose recomputed
-    from the segments' fluence and re-scored (a clinic gets the delivered dose, not the ideal
+    """(plan, score, sequenced beams): photon plans are leaf-sequenced, their segment weights
+    re-optimised where the TPS can (``optimize_segments``), their dose recomputed from the segments'
+    fluence and re-scored (a clinic gets the delivered dose, not the ideal
     fluence's); ion plans are delivered as optimised."""
     if plan.modality is not Modality.PHOTON:
         return plan, env.score(plan.dose.gy), ()
@@ -174,6 +177,13 @@ def deliverable(env, plan):
                          "Use a photon adapter of rtautoplan (inhouse-photon), or the external TPS's own RTPLAN")
 
     sequenced = sequence_plan(plan)
+    if hasattr(env.tps, "optimize_segments"):
+        from rtautoplan.physics.sequencing import apertures, with_segment_weights
+
+        shapes = apertures(plan, sequenced)
+        weights = env.tps.optimize_segments(plan.objectives, shapes, [b.segment_fluence for b in sequenced])
+        sequenced = tuple(with_segment_weights(b, a, w, np.asarray(p, float))
+                          for b, a, w, p in zip(sequenced, shapes, weights, plan.weights))
     weights = tuple(s.delivered for s in sequenced)
     dose = env.tps.dose_of(weights)
     return replace(plan, weights=weights, dose=dose), env.score(dose.gy), sequenced

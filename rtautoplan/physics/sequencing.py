@@ -31,7 +31,7 @@ model's weights (``physics.photon``: 1 unit = 1 cGy at d_max of a 10 × 10 cm² 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -202,3 +202,31 @@ def sequence_plan(plan: Plan, levels: int = DEFAULT_LEVELS) -> tuple[SequencedBe
     maps = [fluence_map(p, w, plan.beamlet_mm) for p, w in zip(plan.positions, plan.weights)]
     boundaries = mlc_boundaries(maps)
     return tuple(sequence_beam(m, levels, boundaries) for m in maps)
+
+
+def apertures(plan: Plan, sequenced: tuple[SequencedBeam, ...]) -> tuple[np.ndarray, ...]:
+    """Per beam, the (n_beamlets, n_segments) 0/1 matrix A of which beamlets each segment leaves open
+    (from the leaf positions in mm): the beam delivers A·w for segment weights w (MU)."""
+    out = []
+    for positions, weights, beam in zip(plan.positions, plan.weights, sequenced):
+        fmap = fluence_map(positions, np.maximum(weights, 0.0), plan.beamlet_mm)
+        x = fmap.x0_mm + fmap.cell_mm * (fmap.cols + 0.5)
+        pair = int(np.rint((fmap.y0_mm - beam.leaf_boundaries_mm[0]) / fmap.cell_mm)) + fmap.rows
+        out.append(((beam.left_mm[:, pair] < x) & (x < beam.right_mm[:, pair])).T.astype(float))
+    return tuple(out)
+
+
+def with_segment_weights(beam: SequencedBeam, aperture: np.ndarray, weights: np.ndarray,
+                         planned: np.ndarray) -> SequencedBeam:
+    """``beam`` delivering segment weights ``weights`` (MU; segments weighted 0 are dropped), its
+    delivered fluence A·w and its error against the ``planned`` beamlet fluence recomputed."""
+    weights = np.maximum(np.asarray(weights, float), 0.0)
+    keep = weights > 1e-6 * float(weights.max(initial=0.0))
+    if not keep.any():
+        return beam
+    delivered = aperture[:, keep] @ weights[keep]
+    top = float(np.max(planned, initial=0.0))
+    error = np.abs(planned - delivered) / top if top > 0 else np.zeros_like(delivered)
+    return replace(beam, left_mm=beam.left_mm[keep], right_mm=beam.right_mm[keep], segment_fluence=weights[keep],
+                   delivered=delivered, rms_error=float(np.sqrt(np.mean(error**2))),
+                   max_error=float(error.max(initial=0.0)))
