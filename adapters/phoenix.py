@@ -4,7 +4,9 @@ A thin translation onto the vendor-style API of ``phoenix_api`` (the simulator, 
 with the same calls):
 
 * ``prepare(case, beams)``: connect, import the patient (the in-memory Case), create a plan with
-  one field per beam (gantry, couch; default 45° and 315°), the case's prescription.
+  one field per beam (gantry, couch; default 45° and 315°), the case's prescription, and spots over
+  every CTV of the case (``spot_targets``: all prescription levels, highest Rx first; the
+  prescription's targets when the case has no CTV).
 * ``optimize(objectives)``: sync the plan's objective catalogue to ``objectives`` — the same
   (structure, kind) sequence as last time only has its parameters set (``set_objective_parameter``),
   a different one is rebuilt — then submit a job, wait, read the RBE-weighted dose
@@ -28,7 +30,7 @@ from typing import Sequence
 
 from rtautoplan.adapters.phoenix_api import FieldSpec, PhoenixError, PhoenixServer
 from rtautoplan.adapters.phoenix_api.errors import REQUEST_ERRORS
-from rtautoplan.case import Case
+from rtautoplan.case import Case, Role
 from rtautoplan.plan import Beam, Dose, Modality, Objective, ObjectiveKind, Plan
 
 log = logging.getLogger(__name__)
@@ -39,6 +41,13 @@ CATALOGUE_TYPE = {
     ObjectiveKind.UNIFORM: "Uniform",
     ObjectiveKind.DVH_MIN: "DVHmin",
 }
+
+
+def spot_targets(case: Case) -> tuple[str, ...] | None:
+    """The CTVs with voxels, highest Rx first (seed 003 plans CTVs, SPEC §3.1); None (the server's
+    default: the prescription's targets) when the case has none."""
+    ctvs = [s for s in case.by_role(Role.CTV) if s.voxels.any()]
+    return tuple(s.name for s in sorted(ctvs, key=lambda s: -(s.rx_gy or 0.0))) or None
 
 
 def _translate(error: PhoenixError) -> Exception:
@@ -93,7 +102,8 @@ class PhoenixAdapter:
                 fields = None
             self._plan_id = self._session.create_plan(patient, f"{case.case_id}-auto", fields=fields, rbe_model="LQ",
                                                       technique="PBS", prescription_gy=case.prescription.rx_max,
-                                                      fractions=case.prescription.fractions)
+                                                      fractions=case.prescription.fractions,
+                                                      target_roi=spot_targets(case))
             info = self._session.plan_info(self._plan_id)
         except PhoenixError as error:
             raise _translate(error) from error

@@ -151,16 +151,17 @@ def _seed002(policy: RuleBased) -> list[tuple[np.ndarray, float]]:
 
 def _carbon(policy: RuleBased) -> list[tuple[dict, float]]:
     """Seed 003 (all 45 agents move at once): for every OAR short of its Table A2 goal, lower its
-    Max limit and raise its weight; a cold CTV (V95 short) raises its Min and DVHmin dose and
-    weights; a hot one (V105 or HI short) lowers its Max dose. Everything else stays. The
+    Max limit and raise its weight; a cold CTV of any level (V95 short) raises the Min and DVHmin
+    dose and weights; a hot one (V105 or HI short) lowers the Max dose. Everything else stays. The
     alternative moves only the worst OAR."""
-    from rtautoplan.policies.env_carbon import CTV_ROLE, MOVE, PARAMETERS
+    from rtautoplan.policies.env_carbon import CTV_ROLE, MOVE, PARAMETERS, ctv_levels
 
     env, up, down, stay = policy.env, MOVE.index(1), MOVE.index(-1), MOVE.index(0)
     short = {(c.structure, c.metric) for c in env.last_score.scored if c.passed is False}
-    organs = {structure for structure, _ in short}
-    ctv = env.case.prescription.levels[0].target
-    cold, hot = (ctv, "V95%") in short, bool({(ctv, "V105%"), (ctv, "HI")} & short)
+    ctvs = {name for name, _ in ctv_levels(env.case)}
+    organs = {structure for structure, _ in short} - ctvs
+    cold = any(metric == "V95%" for structure, metric in short if structure in ctvs)
+    hot = any(metric in ("V105%", "HI") for structure, metric in short if structure in ctvs)
     moves = {}
     for p in PARAMETERS:
         if p.structure == CTV_ROLE:
@@ -171,7 +172,7 @@ def _carbon(policy: RuleBased) -> list[tuple[dict, float]]:
             moves[p.name] = down if p.field == "dose" else up
         else:
             moves[p.name] = stay
-    worst = min((c for c in env.last_score.scored if c.structure != ctv),
+    worst = min((c for c in env.last_score.scored if c.structure not in ctvs),
                 key=lambda c: (c.score or 0.0) - (c.max_score or 0.0), default=None)
     only_worst = {n: (m if worst is not None and n.startswith(worst.structure + ".") else stay) for n, m in moves.items()}
     policy._last_organ = None if worst is None else worst.structure

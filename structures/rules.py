@@ -15,9 +15,12 @@ Readings where the paper is vague (kept here, copied to docs/decisions.md):
   single level an undosed target (``CTV``) belongs to it; its rx_gy becomes the level's dose.
   A CTV/PTV matching no level, or a level without any CTV/PTV, is an InputError. Several CTVs
   of one level share one generated PTV.
-- Crop (SPEC §3.1, off by default): CTV voxels within ``ctv_oar_crop_mm`` of any OAR voxel
-  (distance between voxel centres ≤ the crop, OAR voxels included) leave the CTV's planning
-  mask. The PTV is still built from the CTV as drawn (the setup margin covers the real CTV).
+- Crop (SPEC §3.1, off by default): CTV voxels within ``ctv_oar_crop_mm`` of a level-1 OAR voxel
+  (the critical OARs that rank above the targets, SPEC §2.4; distance between voxel centres ≤ the
+  crop, OAR voxels included) leave the CTV's planning mask. Other OARs lose their overlap with the
+  CTV by rule 8 instead: cropped from them too, a CTV overlapping a parotid would leave the overlap
+  to the parotid's objective and go cold there. The PTV is still built from the CTV as drawn (the
+  setup margin covers the real CTV).
 - Each rule acts on the planning masks left by the rules before it, not on the drawn masks.
 - Rule 1 applies to every planned structure (GTV and Gap included); without an External it is
   skipped. External and Role.OTHER structures are never planned on and stay untouched.
@@ -130,9 +133,9 @@ def priority(structure: Structure) -> int:
 
 
 def crop_ctv(p: Planning) -> list[RuleLog]:
-    """SPEC §3.1 (seed 003): CTV voxels within crop_mm (centre to centre, ≤) of any OAR voxel
-    leave the CTV; no-op when crop_mm is None."""
-    oars = p.where(Role.OAR)
+    """SPEC §3.1 (seed 003): CTV voxels within crop_mm (centre to centre, ≤) of any level-1 OAR
+    voxel leave the CTV; no-op when crop_mm is None."""
+    oars = [o for o in p.where(Role.OAR) if priority(p.structures[o]) == 1]
     if p.crop_mm is None or not oars:
         return []
     near = expand(np.logical_or.reduce([p.structures[o].mask for o in oars]), p.spacing, p.crop_mm)
@@ -204,7 +207,7 @@ class Rule:
 
 
 RULES: tuple[Rule, ...] = (
-    Rule("crop", "CTV cropped to keep a distance from OARs (seed 003, optional)", crop_ctv),
+    Rule("crop", "CTV cropped to keep a distance from level-1 OARs (seed 003, optional)", crop_ctv),
     Rule("1", "outside the External is removed", rule_1),
     Rule("2", "CTV/PTV lose Skin", rule_2),
     Rule("3", "lower-Rx CTV loses to higher-Rx CTV", rule_3),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,6 +11,7 @@ from gymnasium.utils.env_checker import check_env
 
 from rtautoplan.adapters.inhouse import InHousePhoton
 from rtautoplan.adapters.inhouse_proton import InHouseProton
+from rtautoplan.case import Role
 from rtautoplan.plan import Dose, ObjectiveKind as K
 from rtautoplan.policies import env_carbon as C, env_hn_imrt as H, env_proton as P, tpp as T
 from rtautoplan.policies.env import ENVS, CarbonHNEnv, HNImrtEnv, ProstateEnv, ProtonHNEnv
@@ -203,13 +205,91 @@ def test_carbon_parallel_api():
         agent = env.agents[0]
         assert obs[agent].shape == (19, 150) and len(env.agents) == 45
         assert infos[agent]["parameters"][agent] == pytest.approx(73.5)  # CTV Max obj_value at the midpoint, 70 Gy(RBE)
-        assert len(env.objectives) == 22 and env.case.prescription.rx_max == 70.0
+        # every level planned (issue 12): 4 CTV objectives on each of 3 CTVs, 18 OAR Max, the Gap NTOs
+        kinds = [o.kind for o in env.objectives if o.structure.startswith("CTV_")]
+        gaps = [o for o in env.objectives if o.structure.startswith("zGap_")]
+        assert len(kinds) == 12 and len(env.objectives) == 12 + 18 + len(gaps) and 1 <= len(gaps) <= 3
+        assert env.case.prescription.rx_max == 70.0
         _, rewards, terms, truncs, infos = env.step({a: 2 for a in env.agents})
         assert rewards[agent] == pytest.approx(env.last_score.total - 0.5 * env.last_score.maximum)  # SPEC §3.4
         assert not any(terms.values()) and env.x.tolist() == [1] * 45
         for _ in range(2):
             _, _, _, truncs, _ = env.step({})
         assert all(truncs.values()) and env.agents == []
+
+
+HN01 = Path(__file__).resolve().parents[1] / "sample_data" / "hn01"
+
+
+def test_carbon_env_plans_every_level_of_hn01():
+    """hn01's three levels (70/60/54 Gy(RBE)) stay: every input ROI with its drawn mask, each CTV with
+    the 4 Table A1 CTV objectives at its own Rx (midpoint parameters: Max 1.05, Min 0.95, Uniform and
+    DVHmin 1.00 × Rx), the CTV state row and the score rows of each CTV. (Before issue 12 the env kept
+    CTV_7000 only; coarse dose grid and 30 iterations: this checks the set-up, not the plan.)"""
+    from rtautoplan.adapters.phoenix import PhoenixAdapter
+    from rtautoplan.adapters.phoenix_api import PhoenixServer
+    from rtautoplan.dicom.read import read_case
+
+    raw = read_case(HN01)
+    with PhoenixServer(workers=1, dose_grid_mm=8.0, spot_spacing_mm=6.0) as server:
+        env = CarbonHNEnv(lambda: PhoenixAdapter(server=server, max_iterations=30), case=raw, max_steps=1)
+        obs, _ = env.reset(seed=0)
+    case = env.case
+    assert {s.name for s in raw.structures} <= {s.name for s in case.structures}
+    for s in raw.structures:
+        assert np.array_equal(case.structure(s.name).mask, s.mask), s.name
+    assert [(lv.target, lv.dose_gy) for lv in case.prescription.levels] == [
+        ("CTV_7000", 70.0), ("CTV_6000", 60.0), ("CTV_5400", 54.0)]
+    assert C.ctv_levels(case) == (("CTV_7000", 70.0), ("CTV_6000", 60.0), ("CTV_5400", 54.0))
+    doses = {(o.structure, o.kind): o.dose_gy for o in env.objectives}
+    for name, rx in C.ctv_levels(case):
+        assert [doses[(name, k)] for k in (K.DMAX, K.DMIN, K.UNIFORM, K.DVH_MIN)] == pytest.approx(
+            [1.05 * rx, 0.95 * rx, rx, rx])
+        assert case.structure(name).voxels.any()
+    assert len(env.agents) == 45 and obs[env.agents[0]][0].max() == pytest.approx(1.0)  # the CTV row
+    scored = {c.structure for c in env.last_score.scored if c.metric == "V95%"}
+    assert scored == {"CTV_7000", "CTV_6000", "CTV_5400"}
+
+
+def test_carbon_without_ctv_is_an_input_error():
+    """Seed 003 plans CTVs: a case whose targets are PTVs only (or a level without a CTV) stops with
+    an InputError naming the case and the fix."""
+    from dataclasses import replace
+
+    from rtautoplan.errors import InputError
+    from rtautoplan.phantom import make_case
+
+    case = make_case("hn", 1)
+    ptv_only = case.with_structures(tuple(replace(s, role=Role.PTV, name=s.name.replace("CTV", "PTV"))
+                                          if s.role is Role.CTV else s for s in case.structures))
+    ptv_only = replace(ptv_only, prescription=replace(ptv_only.prescription, levels=tuple(
+        replace(lv, target=lv.target.replace("CTV", "PTV")) for lv in case.prescription.levels)))
+    env = CarbonHNEnv(FlatTPS, case=ptv_only)
+    with pytest.raises(InputError, match="CTV") as error:
+        env.reset(seed=0)
+    assert error.value.where == f"case {case.case_id!r}" and "Contour the CTV" in error.value.fix
+    no_5400 = case.with_structures(tuple(s for s in case.structures if s.name != "CTV_5400"))
+    with pytest.raises(InputError, match="54 Gy.*no CTV"):
+        CarbonHNEnv(FlatTPS, case=no_5400).reset(seed=0)
+
+
+@pytest.mark.slow
+def test_carbon_plan_of_hn01_is_clinically_acceptable():
+    """The default carbon setup (rule-based planner, PHOENIX simulator) on hn01, measured on the plan's
+    dose after normalising CTV_7000 to D95 = 70 Gy(RBE): every CTV D98 ≥ 95 % of its Rx and no voxel
+    outside the CTVs/PTVs above 107 % of Rx_max (issue 12)."""
+    from rtautoplan.dicom.read import read_case
+    from rtautoplan.dvh import d98, d_percent
+    from rtautoplan.pipeline import plan_case
+
+    raw = read_case(HN01)
+    case, result = plan_case(raw, "hn", "carbon")
+    gy = result.plan.dose.gy
+    gy = gy * 70.0 / d_percent(gy, raw.structure("CTV_7000").mask, 95.0)
+    for name, rx in (("CTV_7000", 70.0), ("CTV_6000", 60.0), ("CTV_5400", 54.0)):
+        assert d98(gy, case.structure(name).mask) >= 0.95 * rx, name
+    targets = np.logical_or.reduce([s.mask for s in case.by_role(Role.CTV, Role.PTV)])
+    assert gy[~targets].max() <= 1.07 * 70.0
 
 
 def test_registry():

@@ -216,6 +216,77 @@ def test_carbon_sobp_rbe_exceeds_physical_and_rises_distally():
     assert np.median(rbe_dose[ctv]) == pytest.approx(60.0, rel=0.05)
 
 
+def sib_case(shape=(24, 50, 50), spacing=(3.0, 2.0, 2.0)) -> Case:
+    """A water box in air with two nested target levels, CTV_6000 (r 9 mm) inside CTV_5000 (r 17 mm),
+    and a spinal cord behind them; 60 / 50 Gy(RBE) in 25 fractions."""
+    grid = Grid((0.0, 0.0, 0.0), spacing, shape)
+    x, y, z = grid.centres()
+    half = [(n - 1) * s / 2 for n, s in zip(shape[::-1], spacing[::-1])]
+    x, y, z = np.broadcast_arrays(x - half[0], y - half[1], z - half[2])
+    body = (np.abs(x) < half[0] - 3) & (np.abs(y) < half[1] - 3) & (np.abs(z) < half[2] - 1)
+    r2 = x**2 + (y + 4) ** 2 + z**2
+    cord = (x**2 + (y - 26) ** 2 <= 5**2) & (np.abs(z) < 25)
+    structures = (Structure("External", body, Role.EXTERNAL), Structure("CTV_6000", r2 <= 9.0**2, Role.CTV, rx_gy=60.0),
+                  Structure("CTV_5000", r2 <= 17.0**2, Role.CTV, rx_gy=50.0), Structure("SpinalCord", cord, Role.OAR))
+    return Case("sib", grid, np.where(body, 0, -1000).astype(np.int16), structures,
+                Prescription((DoseLevel("CTV_6000", 60.0), DoseLevel("CTV_5000", 50.0)), 25))
+
+
+def normalised(gy: np.ndarray, case: Case) -> np.ndarray:
+    """The dose scaled so the highest-Rx CTV has D95 = Rx (the clinical normalisation of issue 12)."""
+    from rtautoplan.dvh import d_percent
+
+    top = max(case.by_role(Role.CTV), key=lambda s: s.rx_gy)
+    return gy * top.rx_gy / d_percent(gy, top.mask, 95.0)
+
+
+def test_carbon_sib_water_phantom_covers_every_level():
+    """Seed 003's environment on two nested levels: spots over both CTVs, objectives at each level's
+    Rx, and the first plan (midpoint parameters) already gives D98 ≥ 95 % of Rx on each CTV as
+    drawn and nothing outside the targets above 107 % of Rx_max."""
+    from rtautoplan.dvh import d98
+    from rtautoplan.policies.env_carbon import CarbonHNEnv
+
+    with PhoenixServer(workers=1) as srv:
+        env = CarbonHNEnv(lambda: PhoenixAdapter(server=srv), case=sib_case(), max_steps=1)
+        env.reset(seed=0)
+        assert srv.connect("check").plan_info(env.tps.plan_id).target_rois == ("CTV_6000", "CTV_5000")
+        case, gy = env.case, normalised(env.last_dose.gy, env.case)
+    uniform = {o.structure: o.dose_gy for o in env.objectives if o.kind is K.UNIFORM}
+    assert uniform == pytest.approx({"CTV_6000": 60.0, "CTV_5000": 50.0})
+    for name in ("CTV_6000", "CTV_5000"):
+        s = case.structure(name)
+        assert d98(gy, s.mask) >= 0.95 * s.rx_gy, name
+    targets = np.logical_or.reduce([s.mask for s in case.by_role(Role.CTV, Role.PTV)])
+    assert gy[~targets].max() <= 1.07 * 60.0
+
+
+def test_carbon_objective_points_see_the_reported_dose():
+    """The optimiser's dose at a ROI's points is the dose ``get_dose`` reports on its CT voxels (every
+    voxel, edges included: points at dose-grid centres left a carbon CTV's edge at 38 of 70 Gy(RBE)),
+    and its gradient is that of its value."""
+    from rtautoplan.adapters.phoenix_api import engine
+
+    case = box_case(shape=(20, 40, 40), radius=10.0)
+    model = engine.DoseGridModel.from_case(case, "CTV", 5.0)
+    influence = engine.build_influence(model, [(45.0, 0.0), (315.0, 0.0)])
+    terms = [engine.ObjectiveTerm("CTV", "Min", (("obj_value", 59.0), ("weight", 10.0))),
+             engine.ObjectiveTerm("CTV", "DVHmin", (("Dose", 60.0), ("Volume", 95.0), ("weight", 5.0))),
+             engine.ObjectiveTerm("Cord", "Max", (("obj_value", 5.0), ("weight", 1.0)))]
+    problem = engine.Problem(influence, model.rois, terms, 20, 60.0)
+    assert problem.slices["CTV"].stop == np.count_nonzero(case.structure("CTV").mask)  # every CT voxel
+    rng = np.random.default_rng(0)
+    w0 = engine.initial_weights(influence, model.rois["CTV"], 20, 60.0)
+    w = w0 * rng.uniform(0.5, 1.5, w0.size)
+    rbe_ct, _ = model.dose_on_ct((influence.d @ w).astype(np.float32), (influence.h @ w).astype(np.float32), 20)
+    np.testing.assert_allclose(problem.rbe_dose(w)[problem.slices["CTV"]], rbe_ct.ravel()[model.rois["CTV"].flat],
+                               rtol=1e-4)
+    value, grad = problem(w)
+    v = rng.normal(size=w.size) * w0
+    numeric = (problem(w + 1e-4 * v)[0] - problem(w - 1e-4 * v)[0]) / 2e-4
+    assert grad @ v == pytest.approx(numeric, rel=1e-5)
+
+
 # ---------------------------------------------------------------------------- parallel
 
 

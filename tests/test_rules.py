@@ -20,13 +20,17 @@ PLANNED = (Role.CTV, Role.PTV, Role.GAP, Role.RING, Role.OAR)
 
 
 def crop_case():
-    return make_case(ctv(70.0, ball((20, 30, 30), 6)), oar("Parotid_L", cuboid((0, 20), (36, 45), (20, 40))))
+    """A CTV touching the brainstem (level 1) on one side and overlapping a parotid (level 3) on the other."""
+    return make_case(ctv(70.0, ball((20, 30, 30), 6)), oar("Brainstem", cuboid((0, 20), (36, 45), (20, 40))),
+                     oar("Parotid_L", ball((20, 24, 30), 3)))
 
 
 def check_crop(out):
-    c, parotid = out.structure("CTV_7000"), out.structure("Parotid_L")
-    near = distance_mm(parotid.mask, SPACING) <= 1.0
+    """Cropped 1 mm from the brainstem only: the parotid overlap stays in the CTV (rule 8: the parotid loses it)."""
+    c, stem, parotid = out.structure("CTV_7000"), out.structure("Brainstem"), out.structure("Parotid_L")
+    near = distance_mm(stem.mask, SPACING) <= 1.0
     return (np.array_equal(c.voxels, c.mask & ~near) and not c.voxels[10, 35, 30] and c.voxels[10, 34, 30]
+            and (c.voxels & parotid.mask).any() and not (parotid.voxels & c.mask).any()
             and np.array_equal(out.structure("PTV_7000").mask, expand(c.mask, SPACING, 3.0)))
 
 
@@ -120,7 +124,7 @@ def test_rule_table_is_in_numeric_order():
 def test_crop_is_off_by_default():
     out = apply_rules(crop_case(), "hn")
     c = out.structure("CTV_7000")
-    assert np.array_equal(c.voxels, c.mask)
+    assert np.array_equal(c.voxels, c.mask & ~out.structure("Brainstem").mask)  # rule 8 only
 
 
 def test_rule_7_logs_nothing_between_rings_and_oars():

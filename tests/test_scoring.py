@@ -272,6 +272,33 @@ def test_table_a2_leaves_missing_structures_out_of_total_and_maximum():
         table_a2.score(m.grid_dose(), m.case(("CTV_6000", 60.0)), target="PTV_6000")
 
 
+def test_table_a2_scores_every_ctv_of_a_sib_plan():
+    """Two nested levels (CTV_7000 drawn inside CTV_5400): each CTV's four rows at its own Rx, weighted
+    1/2 so the CTV part keeps 100 points. A perfect SIB plan (70 in the boost, 54 around it) earns them
+    all: CTV_5400's V105% and HI read it without the boost, its CI target volume includes the boost."""
+    m = Mini(60)
+    boost = m.add("CTV_7000", Role.CTV, 10, 70.0)
+    m.add("CTV_5400", Role.CTV, rx=54.0, at=slice(0, 30))
+    m.add("Brainstem", at=slice(40, 50))
+    m.dose[0:30], m.dose[boost] = 54.0, 70.0
+    case = m.case(("CTV_7000", 70.0), ("CTV_5400", 54.0))
+    s = table_a2.score(m.grid_dose(), case)
+    rows = {c.name: c for c in s.criteria if c.structure.startswith("CTV")}
+    assert sorted(rows) == sorted(f"{n} {metric}" for n in ("CTV_7000", "CTV_5400")
+                                  for metric in ("V95%", "V105%", "CI", "HI"))
+    assert rows["CTV_5400 V95%"].max_score == pytest.approx(20.0) and rows["CTV_7000 CI"].max_score == 10.0
+    assert all(c.passed and c.score == pytest.approx(c.max_score) for c in rows.values())
+    assert s.total == pytest.approx(100 + 14.4) and s.maximum == pytest.approx(100 + 14.4)
+    m.dose[20:30] = 40.0  # a third of the elective CTV cold: only its rows lose
+    s = table_a2.score(m.grid_dose(), case)
+    got = {c.name: (c.value, c.score) for c in s.criteria if c.structure.startswith("CTV")}
+    assert got["CTV_5400 V95%"] == pytest.approx((2 / 3, 0.5 * (-40 + 52 / 0.98 * 2 / 3)))
+    assert got["CTV_5400 CI"] == pytest.approx((2 / 3, 0.5 * (6 + 35 * (2 / 3 - 0.6))))  # 20² / (30 · 20)
+    assert got["CTV_7000 V95%"] == pytest.approx((1.0, 20.0))
+    named = table_a2.score(m.grid_dose(), case, target="CTV_7000")  # one named target: full weight
+    assert [c.max_score for c in named.criteria if c.metric == "V95%"] == [40.0]
+
+
 # --- relative-difference loss (SPEC §4.3) -----------------------------------------------------------------
 
 def hn_loss_case(rx: float = 44.0):

@@ -1,6 +1,12 @@
 """The patient on the simulator's dose grid (stage 1 of ``engine``): blocks of CT voxels, the
 objective points of every ROI with their tissue, and the trilinear interpolation between the two
 grids (to the objective points, and of whole dose arrays back to the CT grid).
+
+Objective points are the ROI's CT voxels, trilinear from the dose grid: the dose the optimiser
+sees is exactly the dose ``dose_on_ct`` reports there, so an objective met is met on the written
+dose. (Points at the dose-grid voxel centres inside an ROI, the earlier choice, never see the
+ROI's edge voxels, which the interpolation fills from dose-grid voxels outside the ROI: a carbon
+CTV of 18 cm³ met every objective at its 103 centres with D98 = 38 of 70 Gy(RBE) on the CT grid.)
 """
 
 from __future__ import annotations
@@ -8,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
+from typing import Sequence
 
 import numpy as np
 import scipy.sparse as sp
@@ -15,8 +22,8 @@ import scipy.sparse as sp
 from rtautoplan.case import Case, Grid
 from rtautoplan.physics import rbe
 
-MAX_POINTS_PER_ROI = 30_000
-MIN_GRID_POINTS = 64  # an ROI with at least this many dose-grid voxel centres is evaluated on the dose grid
+MAX_POINTS_PER_ROI = 60_000  # CT voxels of one ROI beyond this: an even stride
+GEOMETRY_VERSION = 2  # part of the content address: 2 = objective points on CT voxels, several targets
 TUMOUR = rbe.TISSUES["tumour"]  # α/β = 10 Gy: every target ROI
 NORMAL = rbe.TISSUES["late_normal"]  # α/β = 2 Gy: every other voxel
 
@@ -101,7 +108,7 @@ class DoseGridModel:
     factor: tuple[int, int, int]
     hu: np.ndarray  # dose grid, block-mean HU
     body: np.ndarray  # dose grid bool
-    target: np.ndarray  # dose grid bool
+    target: np.ndarray  # dose grid bool: the union of the targets the spots cover
     isocenter: tuple[float, float, float]
     patient_position: str
     tumour_ct: np.ndarray  # CT grid bool: voxels with target tissue
@@ -109,7 +116,8 @@ class DoseGridModel:
     rois: dict[str, RoiPoints]
 
     @staticmethod
-    def from_case(case: Case, target_roi: str, dose_grid_mm: float) -> "DoseGridModel":
+    def from_case(case: Case, target_rois: str | Sequence[str], dose_grid_mm: float) -> "DoseGridModel":
+        """The model of ``case`` whose spots cover the union of ``target_rois`` (isocentre at its centroid)."""
         ct = case.grid
         factor = _factor(ct, dose_grid_mm)
         spacing = tuple(s * f for s, f in zip(ct.spacing, factor))
@@ -120,7 +128,8 @@ class DoseGridModel:
         externals = [s for s in case.structures if s.role.value == "EXTERNAL"]
         body_ct = externals[0].mask.astype(bool) if externals else case.hu > -500
         body = _block(body_ct, factor, np.any)
-        target_ct = case.structure(target_roi).voxels.astype(bool)
+        names = (target_rois,) if isinstance(target_rois, str) else tuple(target_rois)
+        target_ct = np.logical_or.reduce([case.structure(n).voxels.astype(bool) for n in names])
         target = _block(target_ct, factor, np.any)
         centroid = np.argwhere(target_ct).mean(axis=0)
         iso = tuple(float(v) for v in ct.index_to_patient(centroid))
@@ -129,25 +138,13 @@ class DoseGridModel:
             if s.role.is_target:
                 tumour_ct |= s.voxels.astype(bool)
         rois = {}
-        # dose-grid voxel centres → nearest CT voxel (to test ROI membership and pick the tissue)
-        centre_kji = [np.minimum(np.rint(np.arange(n) * f + (f - 1) / 2.0).astype(np.int64), m - 1)
-                      for n, f, m in zip(hu.shape, factor, ct.shape)]
-        centre_flat = np.ravel_multi_index(np.meshgrid(*centre_kji, indexing="ij"), ct.shape).ravel()
         for s in case.structures:
-            voxels = s.voxels.astype(bool).ravel()
-            coarse = np.flatnonzero(voxels[centre_flat])
-            if coarse.size >= MIN_GRID_POINTS:  # the dose grid resolves the ROI: evaluate there
-                flat = centre_flat[coarse]
-                interp = sp.csr_matrix((np.ones(coarse.size), (np.arange(coarse.size), coarse)),
-                                       shape=(coarse.size, centre_flat.size))
-            else:  # small ROI: its CT voxels, trilinear from the dose grid
-                flat = np.flatnonzero(voxels)
-                if flat.size == 0:
-                    continue
-                if flat.size > MAX_POINTS_PER_ROI:
-                    flat = flat[np.linspace(0, flat.size - 1, MAX_POINTS_PER_ROI).round().astype(np.int64)]
-                kji = np.stack(np.unravel_index(flat, ct.shape), axis=-1)
-                interp = interpolation_matrix(kji, factor, hu.shape)
+            flat = np.flatnonzero(s.voxels)
+            if flat.size == 0:
+                continue
+            if flat.size > MAX_POINTS_PER_ROI:
+                flat = flat[np.linspace(0, flat.size - 1, MAX_POINTS_PER_ROI).round().astype(np.int64)]
+            interp = interpolation_matrix(np.stack(np.unravel_index(flat, ct.shape), axis=-1), factor, hu.shape)
             tum = tumour_ct.ravel()[flat]
             rois[s.name] = RoiPoints(
                 flat, interp,
@@ -159,11 +156,21 @@ class DoseGridModel:
     def key(self, fields, options: dict) -> str:
         """Content address of the dose influence matrices of this model and these fields."""
         h = hashlib.sha256()
+        h.update(str(GEOMETRY_VERSION).encode())
         for a in (self.hu, self.body, self.target):
             h.update(np.ascontiguousarray(a).tobytes())
         h.update(json.dumps([self.grid.origin, self.grid.spacing, self.grid.shape, self.grid.orientation,
                              self.isocenter, self.patient_position, [list(f) for f in fields],
                              sorted(options.items())], default=float).encode())
+        return h.hexdigest()[:24]
+
+    def rois_key(self) -> str:
+        """Content address of the ROI objective points (names, CT voxels, tissue) of this model."""
+        h = hashlib.sha256(self.key([], {}).encode())
+        for name, pts in self.rois.items():
+            h.update(name.encode())
+            for a in (pts.flat, pts.alpha_x):
+                h.update(np.ascontiguousarray(a).tobytes())
         return h.hexdigest()[:24]
 
     def dose_on_ct(self, dw: np.ndarray, hw: np.ndarray, fractions: int) -> tuple[np.ndarray, np.ndarray]:

@@ -4,12 +4,11 @@ Three stages, each where it is cheapest, each in its own module (this one gather
 
 1. ``DoseGridModel.from_case`` (``dose_grid``; session process, block operations only): the dose
    grid is the CT grid in blocks of ``round(dose_grid_mm / spacing)`` voxels per axis; HU are block
-   means, the body and the target are "any voxel of the block". Every ROI gets its *objective
-   points*, with their tissue (target ROIs α/β = 10 Gy, everything else α/β = 2 Gy) and the
-   interpolation from the dose grid to them: the dose-grid voxel centres inside the ROI when there
-   are at least ``MIN_GRID_POINTS`` of them, else (small organs: lens, chiasm, a thin CTV crop) its
-   CT voxels (at most ``MAX_POINTS_PER_ROI``, an even stride beyond that), trilinear from the dose
-   grid.
+   means, the body and the target (the union of the plan's target ROIs) are "any voxel of the
+   block". Every ROI gets its *objective points*, with their tissue (target ROIs α/β = 10 Gy,
+   everything else α/β = 2 Gy) and the interpolation from the dose grid to them: its CT voxels (at
+   most ``MAX_POINTS_PER_ROI``, an even stride beyond that), trilinear from the dose grid, so the
+   optimiser sees the dose reported on the CT grid.
 2. ``build_influence`` (``influence``; once per patient, fields and grid; the result is
    content-addressed on disk and shared by every plan and worker): per field, water-equivalent depth
    by ray tracing the SPR (``ion_range.hu_to_spr``, ``geometry.radiological_depth``), spots over the
@@ -18,24 +17,24 @@ Three stages, each where it is cheapest, each in its own module (this one gather
    depth extent, σ = ``ion_dose.lateral_sigma``, r the distance to the spot axis, cut at 3σ), plus
    ``h = (α − α_x)/(α_x (R_max − 1))``, the tissue-free LET part of the dose-averaged α of
    ``rbe.carbon_alpha``. Two sparse matrices: D (Gy per 10⁶ ions) and H = D∘h.
-3. ``optimise`` (``optimiser``, on the objective of ``objectives``; a pool worker): per objective
-   point, α-Dij A = α_x(D + (R_max − 1)H) and √β-Dij B = √β_x D (Zaider–Rossi mixing with constant
-   β), RBE-weighted dose per fraction by ``rbe.rbe_weighted_dose_dij`` and its gradient by
-   ``rbe.rbe_weighted_dose_gradient``; L-BFGS-B with spot weights ≥ 0, warm-started from the plan's
-   previous weights.
+3. ``optimise`` (``optimiser``, on the objective of ``objectives``; a pool worker): D·w and H·w on
+   the dose-grid voxels the objective points interpolate from, trilinear to the points, then per
+   point the effect α_x(d + (R_max − 1)h) + β_x d² (Zaider–Rossi mixing with constant β) and the
+   RBE-weighted dose, the gradient by the same chain backwards; L-BFGS-B with spot weights ≥ 0,
+   warm-started from the plan's previous weights.
 
 Doses are whole-course Gy(RBE) = fractions × the dose of one fraction; the LQ model is applied to
 the dose per fraction (that is where it holds), spot weights are per fraction in units of 10⁶ ions.
 """
 
-from rtautoplan.adapters.phoenix_api.dose_grid import (MAX_POINTS_PER_ROI, MIN_GRID_POINTS, NORMAL, TUMOUR,
+from rtautoplan.adapters.phoenix_api.dose_grid import (GEOMETRY_VERSION, MAX_POINTS_PER_ROI, NORMAL, TUMOUR,
                                                        DoseGridModel, RoiPoints, interpolation_matrix, resample_to_ct)
 from rtautoplan.adapters.phoenix_api.influence import (IONS_PER_UNIT, LATERAL_CUT_SIGMA, Influence, build_influence,
                                                        influence_cached, scratch_store)
 from rtautoplan.adapters.phoenix_api.objectives import BOUNDS, CATALOGUE, ObjectiveTerm, Problem
 from rtautoplan.adapters.phoenix_api.optimiser import Cancelled, initial_weights, optimise
 
-__all__ = ["BOUNDS", "CATALOGUE", "IONS_PER_UNIT", "LATERAL_CUT_SIGMA", "MAX_POINTS_PER_ROI", "MIN_GRID_POINTS",
+__all__ = ["BOUNDS", "CATALOGUE", "IONS_PER_UNIT", "LATERAL_CUT_SIGMA", "GEOMETRY_VERSION", "MAX_POINTS_PER_ROI",
            "NORMAL", "TUMOUR", "Cancelled", "DoseGridModel", "Influence", "ObjectiveTerm", "Problem", "RoiPoints",
            "build_influence", "influence_cached", "initial_weights", "interpolation_matrix", "optimise",
            "resample_to_ct", "scratch_store"]

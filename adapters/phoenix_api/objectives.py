@@ -12,7 +12,6 @@ import scipy.sparse as sp
 
 from rtautoplan.adapters.phoenix_api.dose_grid import RoiPoints
 from rtautoplan.adapters.phoenix_api.influence import Influence
-from rtautoplan.physics import rbe
 
 # objective catalogue: type → parameter names
 CATALOGUE: dict[str, tuple[str, ...]] = {
@@ -68,41 +67,50 @@ def _penalty(term: ObjectiveTerm, dose: np.ndarray, scale: float) -> tuple[float
 
 
 class Problem:
-    """RBE-weighted objective of a plan's spot weights (per fraction) on the stacked ROI points."""
+    """RBE-weighted objective of a plan's spot weights (per fraction) on the stacked ROI points.
+
+    Evaluated in two steps: D·w and H·w on the dose-grid voxels the points interpolate from
+    (``nodes``, each once), then trilinear to the points and the LQ model per point (its tissue).
+    The gradient runs the same chain backwards. A point's dose is thereby exactly the dose
+    ``DoseGridModel.dose_on_ct`` reports on its CT voxel.
+
+    roi_cache: a dict kept by the caller (a worker) to re-use the matrices of the same ROI set.
+    """
 
     def __init__(self, influence: Influence, rois: dict[str, RoiPoints], terms, fractions: int, rx_gy: float,
                  roi_cache: dict | None = None):
         self.terms, self.fractions = tuple(terms), int(fractions)
         self.scale = max(rx_gy, 1.0) ** 2
-        names = list(dict.fromkeys(t.roi for t in self.terms))
+        names = tuple(dict.fromkeys(t.roi for t in self.terms))
         cache = roi_cache if roi_cache is not None else {}
-        a_parts, b_parts, ax, bx, self.slices, start = [], [], [], [], {}, 0
-        for name in names:
-            if name not in cache:
-                pts = rois[name]
-                d_roi = (pts.interp @ influence.d).tocsr()
-                h_roi = (pts.interp @ influence.h).tocsr()
-                a = sp.diags(pts.alpha_x) @ (d_roi + sp.diags(pts.r_max - 1.0) @ h_roi)
-                b = sp.diags(np.sqrt(pts.beta_x)) @ d_roi
-                cache[name] = (a.tocsr(), b.tocsr(), pts.alpha_x, pts.beta_x)
-            a, b, al, be = cache[name]
-            a_parts.append(a)
-            b_parts.append(b)
-            ax.append(al)
-            bx.append(be)
-            self.slices[name] = slice(start, start + a.shape[0])
-            start += a.shape[0]
-        self.a = sp.vstack(a_parts).tocsr() if a_parts else sp.csr_matrix((0, influence.d.shape[1]))
-        self.b = sp.vstack(b_parts).tocsr() if b_parts else sp.csr_matrix((0, influence.d.shape[1]))
-        self.alpha_x = np.concatenate(ax) if ax else np.zeros(0)
-        self.beta_x = np.concatenate(bx) if bx else np.zeros(0)
+        if names not in cache:
+            cache[names] = _stack(influence, [rois[n] for n in names])
+        self.d, self.h, self.interp, self.alpha_x, self.beta_x, self.r_max, sizes = cache[names]
+        starts = np.concatenate([[0], np.cumsum(sizes)])
+        self.slices = {n: slice(int(a), int(b)) for n, a, b in zip(names, starts[:-1], starts[1:])}
+
+    def _physical(self, w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Physical dose d and LET product h per fraction at every point."""
+        return self.interp @ (self.d @ w), self.interp @ (self.h @ w)
+
+    def physical_dose(self, w: np.ndarray) -> np.ndarray:
+        """Whole-course physical dose (Gy) at every stacked point."""
+        return self.fractions * self._physical(w)[0]
+
+    def _effect(self, d: np.ndarray, h: np.ndarray) -> np.ndarray:
+        """LQ effect per fraction: α_x(d + (R_max − 1)h) + β_x d² (``rbe`` module, Zaider–Rossi mixing)."""
+        return np.maximum(self.alpha_x * (d + (self.r_max - 1.0) * h) + self.beta_x * d * d, 0.0)
 
     def rbe_dose(self, w: np.ndarray) -> np.ndarray:
         """Whole-course RBE-weighted dose (Gy(RBE)) at every stacked point."""
-        return self.fractions * rbe.rbe_weighted_dose_dij(None, self.a, self.b, w, self.alpha_x, self.beta_x)
+        effect = self._effect(*self._physical(w))
+        return self.fractions * (-self.alpha_x + np.sqrt(self.alpha_x**2 + 4.0 * self.beta_x * effect)) / (
+            2.0 * self.beta_x)
 
     def __call__(self, w: np.ndarray) -> tuple[float, np.ndarray]:
-        dose = self.rbe_dose(w)
+        d, h = self._physical(w)
+        root = np.sqrt(self.alpha_x**2 + 4.0 * self.beta_x * self._effect(d, h))
+        dose = self.fractions * (root - self.alpha_x) / (2.0 * self.beta_x)
         upstream = np.zeros_like(dose)
         value = 0.0
         for term in self.terms:
@@ -110,9 +118,25 @@ class Problem:
             v, g = _penalty(term, dose[sl], self.scale)
             value += v
             upstream[sl] += g
-        grad = self.fractions * rbe.rbe_weighted_dose_gradient(upstream, self.a, self.b, w, self.alpha_x, self.beta_x)
-        return value, grad
+        s = self.fractions * upstream / root  # ∂D_RBE/∂E = 1/√(α² + 4βE)
+        g_d = self.interp.T @ (s * (self.alpha_x + 2.0 * self.beta_x * d))
+        g_h = self.interp.T @ (s * self.alpha_x * (self.r_max - 1.0))
+        return value, self.d.T @ g_d + self.h.T @ g_h
 
     def values(self, w: np.ndarray) -> list[float]:
         dose = self.rbe_dose(w)
         return [_penalty(t, dose[self.slices[t.roi]], self.scale)[0] for t in self.terms]
+
+
+def _stack(influence: Influence, points: list[RoiPoints]):
+    """(D, H on the needed dose-grid voxels, interpolation points × those voxels, α_x, β_x, R_max per
+    point, points per ROI) of several ROIs stacked in order."""
+    if not points:
+        empty = sp.csr_matrix((0, influence.d.shape[1]), dtype=np.float32)
+        return empty, empty, sp.csr_matrix((0, 0)), np.zeros(0), np.zeros(0), np.zeros(0), []
+    interp = sp.vstack([pts.interp for pts in points]).tocsc()
+    nodes = np.flatnonzero(np.diff(interp.indptr))  # dose-grid voxels some point interpolates from
+    tissue = [np.concatenate([getattr(pts, name) for pts in points]).astype(float)
+              for name in ("alpha_x", "beta_x", "r_max")]
+    return (influence.d[nodes], influence.h[nodes], interp[:, nodes].tocsr(), *tissue,
+            [pts.flat.size for pts in points])

@@ -25,7 +25,7 @@ def initial_weights(influence: Influence, target: RoiPoints, fractions: int, rx_
     probe = Problem(influence, {"t": target}, [ObjectiveTerm("t", "Uniform", (("obj_value", 0.0), ("weight", 1.0)))],
                     fractions, rx_gy)
     ones = np.ones(influence.d.shape[1])
-    physical = fractions * float(np.mean((probe.b @ ones) / np.sqrt(probe.beta_x)))
+    physical = float(np.mean(probe.physical_dose(ones)))
     if physical <= 0:
         raise ValueError("no spot reaches the target")
     hi = np.log10(rx_gy / physical)

@@ -42,7 +42,7 @@ class PlanRecord:
     technique: str
     prescription_gy: float
     fractions: int
-    target_roi: str
+    targets: tuple[str, ...]  # the ROIs the spots cover; the first scales the starting weights
     model: engine.DoseGridModel
     influence_path: Path
     rois_path: Path
@@ -59,7 +59,7 @@ def store_geometry(model: engine.DoseGridModel, geometry, store: Path,
     """The influence and ROI-points files of ``model`` with the fields ``geometry`` ((gantry°,
     couch°) pairs) in ``store``, written when absent, and the spots per field."""
     influence_path, influence = engine.influence_cached(model, geometry, store, **spot_options)
-    rois_path = influence_path.with_name(f"rois-{model.key([], {})}.pkl")
+    rois_path = influence_path.with_name(f"rois-{model.rois_key()}.pkl")
     if not rois_path.is_file():
         tmp = rois_path.with_suffix(".tmp")
         with open(tmp, "wb") as f:
@@ -74,7 +74,7 @@ def store_geometry(model: engine.DoseGridModel, geometry, store: Path,
 
 
 class PlanStore:
-    """Patients, plans and objectives by ID, and the dose-grid models by (patient, target).
+    """Patients, plans and objectives by ID, and the dose-grid models by (patient, targets).
 
     lock: the server's lock; callers hold it around look-ups and changes, except ``model``, which
     takes it itself (a model is built outside it).
@@ -118,13 +118,13 @@ class PlanStore:
             raise PhoenixError(E.NO_DOSE, f"plan {plan_id} has no dose yet; run an optimisation first")
         return plan
 
-    def model(self, patient_uid: str, target_roi: str, dose_grid_mm: float) -> engine.DoseGridModel:
-        """The dose-grid model of a patient and target, built on first use."""
-        key = (patient_uid, target_roi)
+    def model(self, patient_uid: str, targets: tuple[str, ...], dose_grid_mm: float) -> engine.DoseGridModel:
+        """The dose-grid model of a patient and its target ROIs, built on first use."""
+        key = (patient_uid, targets)
         with self._lock:
             model = self._models.get(key)
         if model is None:
-            model = engine.DoseGridModel.from_case(self.patients[patient_uid], target_roi, dose_grid_mm)
+            model = engine.DoseGridModel.from_case(self.patients[patient_uid], targets, dose_grid_mm)
             with self._lock:
                 self._models[key] = model
         return model

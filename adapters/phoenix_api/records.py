@@ -45,11 +45,12 @@ class PlanInfo:
     technique: str
     prescription_gy: float
     fractions: int
-    target_roi: str
+    target_roi: str  # the first target (it scales the starting weights)
     n_spots: tuple[int, ...]
     optimised: bool
     locked: bool
     isocenter_mm: tuple[float, float, float] = (0.0, 0.0, 0.0)  # target centroid, patient coordinates
+    target_rois: tuple[str, ...] = ()  # every ROI the spots cover
 
 
 @dataclass(frozen=True)

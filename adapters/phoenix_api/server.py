@@ -16,6 +16,7 @@ import itertools
 import shutil
 import threading
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 
@@ -117,7 +118,7 @@ class PhoenixServer:
     # -- plans
     def create_plan(self, patient_uid: str, label: str, fields=None, rbe_model: str = "LQ", technique: str = "PBS",
                     prescription_gy: float | None = None, fractions: int | None = None,
-                    target_roi: str | None = None) -> str:
+                    target_roi: str | Sequence[str] | None = None) -> str:
         self._check_up()
         case = self._plans.patient(patient_uid)
         fields = tuple(DEFAULT_FIELDS if fields is None else
@@ -131,31 +132,38 @@ class PhoenixServer:
             raise PhoenixError(E.INVALID_PLAN, f"RBE model {rbe_model!r} is not available; this system supports 'LQ'")
         if str(technique).upper() != "PBS":
             raise PhoenixError(E.INVALID_PLAN, f"technique {technique!r} is not available; this system supports 'PBS'")
-        target_roi = target_roi or case.prescription.levels[0].target
-        if not case.has(target_roi):
-            raise PhoenixError(E.UNKNOWN_ROI, f"target ROI {target_roi!r} is not in patient {patient_uid}")
-        if not case.structure(target_roi).voxels.any():
-            raise PhoenixError(E.INVALID_PLAN, f"target ROI {target_roi!r} is empty")
+        if target_roi is None:
+            targets = tuple(dict.fromkeys(lv.target for lv in case.prescription.levels if case.has(lv.target)))
+            targets = targets or (case.prescription.levels[0].target,)
+        else:
+            targets = (target_roi,) if isinstance(target_roi, str) else tuple(target_roi)
+        if not targets:
+            raise PhoenixError(E.INVALID_PLAN, "a plan needs at least one target ROI")
+        for name in targets:
+            if not case.has(name):
+                raise PhoenixError(E.UNKNOWN_ROI, f"target ROI {name!r} is not in patient {patient_uid}")
+            if not case.structure(name).voxels.any():
+                raise PhoenixError(E.INVALID_PLAN, f"target ROI {name!r} is empty")
         rx = float(prescription_gy if prescription_gy is not None else case.prescription.rx_max)
         n_fx = int(fractions if fractions is not None else case.prescription.fractions)
         if not 0.0 < rx <= engine.BOUNDS["obj_value"][1]:
             raise PhoenixError(E.OUT_OF_RANGE, f"prescription {rx} Gy(RBE) outside (0, {engine.BOUNDS['obj_value'][1]:g}]")
         if not 1 <= n_fx <= 60:
             raise PhoenixError(E.OUT_OF_RANGE, f"fractions {n_fx} outside [1, 60]")
-        model = self._plans.model(patient_uid, target_roi, self.dose_grid_mm)
+        model = self._plans.model(patient_uid, targets, self.dose_grid_mm)
         geometry = [(f.gantry_deg, f.couch_deg) for f in fields]
         influence_path, rois_path, spots = store_geometry(model, geometry, self.store, self.spot_options)
         with self._lock:
             plan_id = self._new_id("PLN")
             self._plans.plans[plan_id] = PlanRecord(plan_id, patient_uid, str(label), fields, "LQ", "PBS", rx, n_fx,
-                                                    target_roi, model, influence_path, rois_path, spots)
+                                                    targets, model, influence_path, rois_path, spots)
         return plan_id
 
     def plan_info(self, plan_id: str) -> PlanInfo:
         p = self._plans.plan(plan_id)
         return PlanInfo(p.plan_id, p.patient_uid, p.label, p.fields, p.rbe_model, p.technique, p.prescription_gy,
-                        p.fractions, p.target_roi, tuple(len(s) for s in p.spots), p.result is not None,
-                        p.active_job is not None, p.model.isocenter)
+                        p.fractions, p.targets[0], tuple(len(s) for s in p.spots), p.result is not None,
+                        p.active_job is not None, p.model.isocenter, p.targets)
 
     # -- objectives
     @staticmethod
@@ -227,7 +235,7 @@ class PhoenixServer:
             slot = self._jobs.reserve_slot()
             terms = [engine.ObjectiveTerm(o.roi, o.type, tuple(o.params.items())) for o in plan.objectives.values()]
             payload = {"influence": str(plan.influence_path), "rois": str(plan.rois_path), "terms": terms,
-                       "fractions": plan.fractions, "rx_gy": plan.prescription_gy, "target": plan.target_roi,
+                       "fractions": plan.fractions, "rx_gy": plan.prescription_gy, "target": plan.targets[0],
                        "x0": plan.weights, "max_iterations": int(max_iterations), "tolerance": tolerance,
                        "obj_ids": list(plan.objectives)}
             job = self._jobs.submit(self._new_id("JOB"), plan_id, slot, payload, int(max_iterations))

@@ -7,6 +7,7 @@ PHX-1001. Sessions are cheap: open one per user or per worker thread.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 
@@ -49,8 +50,9 @@ class Session:
     # plans
     def create_plan(self, patient_uid: str, label: str, fields=None, rbe_model: str = "LQ", technique: str = "PBS",
                     prescription_gy: float | None = None, fractions: int | None = None,
-                    target_roi: str | None = None) -> str:
-        """Create a plan and compute its dose influence (fields default to 45° and 315°)."""
+                    target_roi: str | Sequence[str] | None = None) -> str:
+        """Create a plan and compute its dose influence (fields default to 45° and 315°). target_roi:
+        the ROI or ROIs the spots cover (default: every prescription level's target in the patient)."""
         return self._s().create_plan(patient_uid, label, fields, rbe_model, technique, prescription_gy, fractions,
                                      target_roi)
 

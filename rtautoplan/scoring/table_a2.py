@@ -1,4 +1,4 @@
-"""Plan score φ of seed 003, Table A2 (SPEC §3.7): CTV plus 18 OARs, max 204.4, reported as φ / max φ.
+"""Plan score φ of seed 003, Table A2 (SPEC §3.7): CTVs plus 18 OARs, max 204.4, reported as φ / max φ.
 
 Every row is piecewise linear in its metric value v with constant ends, so it is stored as three
 breakpoints ``xp`` and the scores ``fp`` there and evaluated with ``np.interp``:
@@ -11,8 +11,12 @@ A row passes when its score reaches the score at its middle breakpoint (OAR rows
 
 Readings ([NOT SPECIFIED] / [AMBIGUOUS] in SPEC §3.7, recorded in docs/decisions.md):
 
-* "CTV" is the CTV with the highest prescription (``target=`` names another structure); its Rx
-  is the reference of V95%, V105% and CI.
+* "CTV" is every CTV of the plan (a simultaneous integrated boost has one per level; ``target=``
+  names the one structure to score instead). Each CTV's four rows are scored at its own Rx and
+  weighted 1/n (n CTVs), so the CTV part still has 100 points and max φ stays 204.4. V95% reads the
+  CTV as drawn; V105% and HI the CTV without the CTVs and PTVs of higher Rx (a CTV_5400 drawn
+  around a 70 Gy boost is not "hot" there; the whole CTV if nothing is left); CI's target volume is
+  the CTV with the higher-Rx CTVs (its Rx isodose should enclose them too).
 * CI is Paddick's, TV_PIV² / (TV · PIV), at the ``ci_isodose`` · Rx isodose (0.95, the level of the
   V95% coverage row); PIV is counted inside the External (the whole grid without one).
 * HI is ICRU 83's, (D2% − D98%) / D50%.
@@ -31,7 +35,7 @@ import numpy as np
 from rtautoplan import dvh
 from rtautoplan.case import Case, Role, Structure
 from rtautoplan.scoring.base import (Criterion, Score, check_dose, evaluation_mask, find, make_score,
-                                     not_scored, primary, require, rx_of)
+                                     not_scored, require, rx_of)
 
 SYSTEM = "table_a2"
 CTV = "CTV"  # placeholder in ROWS for the scored target
@@ -100,7 +104,8 @@ ROWS: tuple[Row, ...] = (
 @dataclass(frozen=True, eq=False)
 class _Context:
     """What the metrics read: the dose (Gy), the structure's voxels, its Rx (Gy), voxel volume (cm³),
-    the body mask and the CI isodose (fraction of Rx)."""
+    the body mask, the CI isodose (fraction of Rx), and for a CTV the voxels its V105%/HI read
+    (``own``) and its CI target volume (``tv``); both default to ``mask``."""
 
     dose: np.ndarray
     mask: np.ndarray
@@ -108,18 +113,29 @@ class _Context:
     voxel_cm3: float
     body: np.ndarray
     ci_isodose: float
+    own: np.ndarray | None = None
+    tv: np.ndarray | None = None
+
+    @property
+    def own_mask(self) -> np.ndarray:
+        return self.mask if self.own is None else self.own
+
+    @property
+    def tv_mask(self) -> np.ndarray:
+        return self.mask if self.tv is None else self.tv
 
 
 def _paddick_ci(c: _Context) -> float:
     covered = c.dose >= c.ci_isodose * c.rx_gy
     piv = np.count_nonzero(covered & c.body)
-    tv = np.count_nonzero(c.mask)
-    return float(np.count_nonzero(covered & c.mask)) ** 2 / (tv * piv) if piv else 0.0
+    tv = np.count_nonzero(c.tv_mask)
+    return float(np.count_nonzero(covered & c.tv_mask)) ** 2 / (tv * piv) if piv else 0.0
 
 
 def _icru_hi(c: _Context) -> float:
-    d50 = dvh.d_percent(c.dose, c.mask, 50.0)
-    return (dvh.d2(c.dose, c.mask) - dvh.d98(c.dose, c.mask)) / d50 if d50 > 0 else float("inf")
+    mask = c.own_mask
+    d50 = dvh.d_percent(c.dose, mask, 50.0)
+    return (dvh.d2(c.dose, mask) - dvh.d98(c.dose, mask)) / d50 if d50 > 0 else float("inf")
 
 
 METRICS: dict[str, Callable[[_Context], float]] = {
@@ -130,39 +146,66 @@ METRICS: dict[str, Callable[[_Context], float]] = {
     "V40Gy": lambda c: dvh.v_gy_cc(c.dose, c.mask, 40.0, c.voxel_cm3),
     "V50Gy": lambda c: dvh.v_gy_cc(c.dose, c.mask, 50.0, c.voxel_cm3),
     "V95%": lambda c: dvh.v_percent(c.dose, c.mask, 95.0, c.rx_gy),
-    "V105%": lambda c: dvh.v_percent(c.dose, c.mask, 105.0, c.rx_gy),
+    "V105%": lambda c: dvh.v_percent(c.dose, c.own_mask, 105.0, c.rx_gy),
     "CI": _paddick_ci,
     "HI": _icru_hi,
 }
 
 
-def _target(case: Case, target: str | None) -> Structure | None:
-    """The scored "CTV": the highest-Rx CTV (None without one), or the structure named ``target``."""
-    if target is None:
-        return primary(case, Role.CTV)
-    return require(case, target, SYSTEM)
+def _targets(case: Case, target: str | None) -> list[Structure]:
+    """The scored "CTV"s: every CTV with voxels, highest Rx first, or the structure named ``target``."""
+    if target is not None:
+        return [require(case, target, SYSTEM)]
+    ctvs = [s for s in case.by_role(Role.CTV) if np.any(evaluation_mask(s))]
+    return sorted(ctvs, key=lambda s: -rx_of(s, case))
+
+
+def _ctv_context(s: Structure, case: Case, named: bool, **common) -> _Context:
+    """The context of a scored target: its own-level voxels and CI target volume (module docstring)."""
+    rx = rx_of(s, case)
+    if named:
+        return _Context(mask=s.mask, rx_gy=rx, **common)
+    higher = [t for t in case.by_role(Role.CTV, Role.PTV) if t.rx_gy is not None and t.rx_gy > rx and t.mask.any()]
+    if not higher:
+        return _Context(mask=s.mask, rx_gy=rx, **common)
+    own = s.mask & ~np.logical_or.reduce([t.mask for t in higher])
+    tv = np.logical_or.reduce([s.mask] + [t.mask for t in higher if t.role is Role.CTV])
+    return _Context(mask=s.mask, rx_gy=rx, own=own if own.any() else None, tv=tv, **common)
+
+
+def _criterion(row: Row, s: Structure, c: _Context, weight: float = 1.0) -> Criterion:
+    v = METRICS[row.metric](c)
+    scaled = Row(row.structure, row.metric, row.unit, row.xp, tuple(weight * f for f in row.fp))
+    points = scaled.points(v)
+    return Criterion(f"{s.name} {row.metric}", s.name, row.metric, float(v), row.unit, scaled.goal, points,
+                     scaled.max_score, points >= scaled.fp[1])
 
 
 def score(dose_gy: np.ndarray, case: Case, target: str | None = None, ci_isodose: float = CI_ISODOSE) -> Score:
-    """φ of a dose (Gy, on case.grid); ``target``: the structure scored as "CTV" (default highest-Rx CTV).
+    """φ of a dose (Gy(RBE), on case.grid); ``target``: the one structure scored as "CTV" (default:
+    every CTV, each weighted 1/n, module docstring).
 
     A missing structure never raises (its rows are listed as not scored, module docstring), except a
     ``target`` that was named explicitly and is not in the case.
     """
     dose = check_dose(dose_gy, case)
-    ctv = _target(case, target)
+    ctvs = _targets(case, target)
     body_structures = case.by_role(Role.EXTERNAL)
     body = body_structures[0].mask if body_structures else np.ones(dose.shape, bool)
-    rx = rx_of(ctv, case) if ctv is not None else case.prescription.rx_max
+    common = {"dose": dose, "voxel_cm3": case.grid.voxel_volume_cm3, "body": body, "ci_isodose": ci_isodose}
     criteria = []
     for row in ROWS:
-        s = ctv if row.structure == CTV else find(case, row.structure)
-        label = f"{row.structure if s is None else s.name} {row.metric}"
+        if row.structure == CTV:
+            if not ctvs:
+                criteria.append(not_scored(f"{CTV} {row.metric}", CTV, row.metric, row.unit, row.goal, "not in case"))
+            for s in ctvs:
+                context = _ctv_context(s, case, target is not None, **common)
+                criteria.append(_criterion(row, s, context, 1.0 / len(ctvs)))
+            continue
+        s = find(case, row.structure)
         if s is None:
+            label = f"{row.structure} {row.metric}"
             criteria.append(not_scored(label, row.structure, row.metric, row.unit, row.goal, "not in case"))
             continue
-        v = METRICS[row.metric](_Context(dose, evaluation_mask(s), rx, case.grid.voxel_volume_cm3, body, ci_isodose))
-        points = row.points(v)
-        criteria.append(Criterion(label, s.name, row.metric, float(v), row.unit, row.goal, points, row.max_score,
-                                  points >= row.fp[1]))
+        criteria.append(_criterion(row, s, _Context(mask=evaluation_mask(s), rx_gy=case.prescription.rx_max, **common)))
     return make_score(SYSTEM, criteria)
