@@ -16,12 +16,12 @@ from typing import Callable, Sequence
 
 from rtautoplan.case import Goal
 from rtautoplan.folder import PlanOptions, plan_folder
+from rtautoplan.gate import EXIT_UNACCEPTABLE as UNACCEPTABLE  # a goal is missed
 from rtautoplan.goals import measure
 from rtautoplan.phantom import tg119
 
 BUNDLED = Path(__file__).resolve().parents[1] / "sample_data" / "tg119"
 CSV_FILE, PNG_FILE = "tg119.csv", "tg119.png"
-UNACCEPTABLE = 3  # exit code: a plan misses a goal ("plan unacceptable")
 CSV_COLUMNS = ("case", "roi", "metric", "goal", "lower_gy", "upper_gy", "achieved_gy", "met", "published_mean_gy",
                "published_sd_gy", "at_or_better_than_mean", "site", "modality", "seconds", "source")
 
