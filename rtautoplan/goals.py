@@ -146,9 +146,12 @@ class GoalResult:
                 "margin": round(self.margin, 3)}
 
 
-def measure(goal: Goal, dose_gy: np.ndarray, case: Case, tolerance: float = 0.0) -> GoalResult:
+ROUNDING = 1e-3  # in the goal's unit (Gy, %, cm³): float32 dose; a normalised D95 of 49.99999 Gy meets "≥ 50 Gy"
+
+
+def measure(goal: Goal, dose_gy: np.ndarray, case: Case, tolerance: float = ROUNDING) -> GoalResult:
     """``goal`` measured on ``dose_gy`` (on the case grid). ``tolerance`` (in the goal's unit) is the
-    rounding a clinic accepts; 0 by default: a goal is met or it is not."""
+    rounding a clinic accepts: 0.001 Gy (% or cm³), the float32 dose's, not a clinical allowance."""
     s = find_structure(case, goal.roi)
     if s is None:
         raise InputError(f"goal {goal}", f"names ROI {goal.roi!r}, which the case does not have",

@@ -63,7 +63,8 @@ def test_good_case_is_planned_and_failures_are_rows(batch):
     by_case = {r.case: r for r in rows}
     assert set(by_case) == {"prostate01", "clinic/broken", "ct_only"}
     good = by_case["prostate01"]
-    assert good.status == "ok" and good.scoring == "proknow9" and good.final >= good.initial
+    assert good.status in ("ok", "unacceptable") and good.acceptable == ("yes" if good.status == "ok" else "no")
+    assert good.scoring == "proknow9" and good.final >= good.initial
     assert {p.name for p in (out / "prostate01").iterdir()} >= {"RP_rtautoplan.dcm", "RD_rtautoplan.dcm",
                                                                  "RS_rtautoplan.dcm", "report.html", LOG_FILE}
     assert not list((out / "prostate01").glob(".partial-*"))

@@ -12,7 +12,7 @@ from rtautoplan.optimize.lbfgs import solve_lbfgs
 from rtautoplan.optimize.objectives import PENALTIES, normalise_d95, plan_objective, seed000_objectives
 from rtautoplan.plan import Objective, ObjectiveKind
 
-VOLUME = {ObjectiveKind.DVH_MIN: 0.7, ObjectiveKind.DV_MAX: 0.3}
+VOLUME = {ObjectiveKind.DVH_MIN: 0.7, ObjectiveKind.DV_MAX: 0.3, ObjectiveKind.DVH_MAX: 0.3}
 
 
 def _fd(fun, x, eps=1e-6):

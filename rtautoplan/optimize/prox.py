@@ -6,6 +6,7 @@ Prox steps (closed form; argmin_z w·P(z) + (ρ c/2)‖z − v‖², c = 2/N, θ
     DMAX      z = v − θ·(v − D)₊              DMIN     z = v − θ·(v − D)₋
     UNIFORM   z = v − θ·(v − D)               DMEAN    z = v − θ·(mean(v) − D)₊·1
     DVH_MIN   on H = the ⌈V·N⌉ hottest voxels of v: z_H = v_H − θ·(v_H − D)₋, others unchanged
+    DVH_MAX   outside the ⌊V·N⌋ hottest voxels of v: z = v − θ·(v − D)₊, the hottest unchanged
     DV_MAX    on H (as above): z_H = v_H − θ·(v_H − D)₊, others unchanged; if that moves a voxel of
               H below an unselected one, the crossing voxels are pooled at the level c solving
               Σ_{i∈H, p_i<c} (c − p_i) + (1 − θ)·Σ_{i∉H, v_i>c} (c − v_i) = 0 (p = the shrunk v_H):
@@ -105,6 +106,13 @@ def prox(kind: ObjectiveKind, v: np.ndarray, dose_gy: float, volume: float | Non
         return z
     if kind is ObjectiveKind.DV_MAX:
         return _prox_dv_max(v, dose_gy, n, theta)
+    if kind is ObjectiveKind.DVH_MAX:  # as DMAX outside the ⌊V·N⌋ hottest voxels of v, which may stay above D
+        z = v - theta * np.maximum(v - dose_gy, 0.0)
+        allowed = math.floor(volume * v.size + 1e-9)
+        if allowed:
+            hot = np.argpartition(v, v.size - allowed)[v.size - allowed:]
+            z[hot] = v[hot]
+        return z
     raise ValueError(f"no prox for {kind!r}")
 
 
