@@ -24,7 +24,7 @@ import numpy as np
 from rtautoplan.case import Case
 from rtautoplan.optimize.admm import solve_admm
 from rtautoplan.optimize.lbfgs import solve_lbfgs
-from rtautoplan.optimize.objectives import plan_objective
+from rtautoplan.optimize.objectives import plan_objective, point_objective
 from rtautoplan.physics.dij import Dij, beams_for, dij_cached, dose_to_grid
 from rtautoplan.plan import Beam, Dose, Modality, Objective, Plan
 
@@ -37,15 +37,22 @@ class InHousePhoton:
     solver: "lbfgs" (SPEC §2.9) or "admm" (SPEC §1.3). n_beams: equispaced coplanar beams when
     ``prepare`` gets none. dose_grid_factor: dose grid / CT grid block size (k, j, i). max_iter:
     the optimiser's iteration cap. warm_start: start each re-optimisation from the previous
-    solution (module docstring).
+    solution (module docstring). objective_points: where the objectives read the dose — "ct" (the
+    structures' CT voxels, trilinear from the dose grid, where the dose is reported:
+    ``physics.points``) or "dose_grid" (the dose-grid voxel centres; the engine the trained ACER and
+    SARSA planners learned on). ADMM works on dose-grid rows only.
     """
 
     modality = Modality.PHOTON
 
     def __init__(self, solver: str = "lbfgs", n_beams: int = 7, dose_grid_factor=(1, 2, 2), cache_dir=None,
-                 max_iter: int = 200, warm_start: bool = True):
+                 max_iter: int = 200, warm_start: bool = True, objective_points: str = "ct"):
         if solver not in ("lbfgs", "admm"):
             raise ValueError(f"solver must be 'lbfgs' or 'admm', not {solver!r}")
+        if objective_points not in ("ct", "dose_grid"):
+            raise ValueError(f"objective_points must be 'ct' or 'dose_grid', not {objective_points!r}")
+        self.objective_points = "dose_grid" if solver == "admm" else objective_points
+        self._points: dict[str, object] = {}
         self.name = f"inhouse-photon-{solver}"
         self.solver, self.n_beams, self.max_iter, self.warm_start = solver, n_beams, max_iter, bool(warm_start)
         self.dose_grid_factor, self.cache_dir = dose_grid_factor, cache_dir
@@ -63,6 +70,7 @@ class InHousePhoton:
         self._beams = tuple(beams) if beams else beams_for(case, n=self.n_beams)
         self._dij = dij_cached(case, self._beams, cache_dir=self.cache_dir, dose_grid_factor=self.dose_grid_factor)
         self._rows, self._x, self._f, self._admm_state, self._plan = {}, None, None, None, None
+        self._points = {}
 
     def optimize(self, objectives: Sequence[Objective]) -> Dose:
         if self._dij is None:
@@ -111,7 +119,7 @@ class InHousePhoton:
         if self._dij is None:
             raise RuntimeError(f"{self.name}: call prepare(case, beams) before optimize_segments()")
         usable = tuple(o for o in objectives if self._rows_for(o.structure).size)
-        f = plan_objective(self._dij.matrix, usable, self._rows)
+        f = self._new_objective(usable)
         a = block_diag(*apertures)
 
         def g(w):
@@ -134,8 +142,24 @@ class InHousePhoton:
         if previous is not None and [o.structure for o in objectives] == [o.structure for o in previous.objectives]:
             self._f = previous.with_objectives(objectives)
         else:
-            self._f = plan_objective(self._dij.matrix, objectives, self._rows)
+            self._f = self._new_objective(objectives)
         return self._f
+
+    def _new_objective(self, objectives: tuple[Objective, ...]):
+        if self.objective_points == "dose_grid":
+            return plan_objective(self._dij.matrix, objectives, self._rows)
+        return point_objective(self._dij.matrix, objectives, {o.structure: self._points_for(o.structure)
+                                                              for o in objectives})
+
+    def _points_for(self, name: str):
+        """The structure's objective points: its CT voxels, trilinear from the dose-grid rows."""
+        if name not in self._points:
+            from rtautoplan.physics import points
+
+            flat = points.sample(np.flatnonzero(self._case.structure(name).voxels))
+            self._points[name] = points.interpolation(self._dij.dose_grid, self._dij.row_lookup(), self._case.grid,
+                                                      flat)
+        return self._points[name]
 
     def _rows_for(self, name: str) -> np.ndarray:
         if name not in self._rows:

@@ -167,7 +167,8 @@ def make_env(model: int, seeds: Sequence[int], n_beams: int = 7, dose_grid_facto
     """The seed-004 environment over the in-house photon TPS (the training grid of ``Args``), template init."""
     from rtautoplan.adapters.inhouse import InHousePhoton
 
-    tps = InHousePhoton(n_beams=n_beams, dose_grid_factor=tuple(dose_grid_factor), max_iter=max_iter)
+    tps = InHousePhoton(n_beams=n_beams, dose_grid_factor=tuple(dose_grid_factor), max_iter=max_iter,
+                        objective_points="dose_grid")  # the engine the committed weights learned on
     return HNImrtEnv(tps, model=model, case_seeds=tuple(seeds), max_steps=max_steps, init="template")
 
 

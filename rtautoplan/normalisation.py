@@ -1,7 +1,10 @@
 """Normalisation, as every TPS does it: the final dose is scaled so that the prescription's rule holds.
 
 Default rule (``Normalisation()``): D95% of the highest level's PTV equals its Rx; where that level
-has no PTV (carbon plans its CTVs), D95% of its CTV. ``prescription.json`` may name another ROI,
+has no PTV (carbon plans its CTVs), D95% of its CTV. The default reads the PTV as planned (its
+planning mask: without the voxels the overlap rules gave to level-1 OARs and to other levels'
+CTVs, a clinic's "PTV_eval"), the volume the optimiser was asked to cover; a ROI named in
+``prescription.json`` is read whole. ``prescription.json`` may name another ROI,
 metric and dose, or ``"none"``. Dose is linear in the beamlet/spot weights, so scaling the dose is
 scaling the plan: weights (fluence or MU) and dose are scaled together, before scoring and export.
 """
@@ -64,7 +67,8 @@ def normalise(case: Case, plan: Plan, rule: Normalisation | None = None) -> tupl
     if rule.metric == "none":
         return plan, None
     s, dose_gy = target_of(case, rule)
-    before = metric_value(rule.metric, "Gy", plan.dose.gy, s.mask, case.grid.voxel_volume_cm3)
+    voxels = s.mask if rule.roi else s.voxels
+    before = metric_value(rule.metric, "Gy", plan.dose.gy, voxels, case.grid.voxel_volume_cm3)
     if not before > 0:
         raise InputError(f"normalisation to {s.name} {rule.metric}", "the plan gives this target no dose",
                          "Check the beams reach the target (isocentre, CT, adapter)")

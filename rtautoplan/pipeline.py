@@ -67,7 +67,8 @@ MODALITIES = ("photon", "proton", "carbon")
 # A trained planner runs in the environment it was trained in: seed 004's SARSA reads the 14-value
 # state of ``hn_imrt`` (model 2: dose and volume moves), not seed 002's.
 POLICY_SETUPS: dict[tuple[str, str, str], Setup] = {
-    ("hn", "photon", "sarsa"): Setup("hn_imrt", "inhouse-photon", "sarsa", 35, env_options={"model": 2}),
+    ("hn", "photon", "sarsa"): Setup("hn_imrt", "inhouse-photon", "sarsa", 35, env_options={"model": 2},
+                                     adapter_options={"objective_points": "dose_grid"}),
 }
 
 

@@ -98,7 +98,7 @@ def objectives_for(case: Case, rng: np.random.Generator,
 # normalisation and leaf sequencing do not push a met objective over its goal; must-goals
 # (priority 1) weigh GOAL_WEIGHT[1], desired ones GOAL_WEIGHT[2] (an OAR's rule-11 objective weighs 1).
 GOAL_MARGIN = 0.95
-GOAL_WEIGHT = {1: 5.0, 2: 0.2}
+GOAL_WEIGHT = {1: 10.0, 2: 0.2}
 NEAR_MAX_PERCENT = 2.0  # Dx% with x ≤ 2 (and D0.03cc-like volumes) is aimed at as a maximum
 
 
@@ -153,8 +153,8 @@ def _goal_fraction(goal, volume_cm3: float) -> float:
     return 0.0
 
 
-HOTSPOT_AIM = 1.04  # × Rx: where the hot-spot objectives aim, below the gate's 1.07 (normalisation headroom)
-HOTSPOT_WEIGHT = 5.0
+HOTSPOT_AIM = 1.03  # × Rx: where the hot-spot objectives aim, below the gate's 1.07 (normalisation headroom)
+HOTSPOT_WEIGHT = 10.0
 EVAL_SUFFIX = "_Eval"
 
 
@@ -180,11 +180,12 @@ def hotspot_regions(case: Case) -> Case:
 def hotspot_objectives(case: Case) -> tuple[Objective, ...]:
     """Fixed objectives for the clinical gate's hot-spot rules (``rtautoplan.gate``): each highest-level
     CTV/PTV and each lower level's ``_Eval`` region at most 2 % above HOTSPOT_AIM × its Rx, and the
-    Rings (the dose just outside the targets) nowhere above HOTSPOT_AIM × Rx_max."""
+    Gaps and Rings (the dose just outside the targets) nowhere above HOTSPOT_AIM × Rx_max. The Gap has
+    no objective in SPEC §2.3; a 5 mm photon Gap without one carried hn01's 78 Gy maximum."""
     rx_max = case.prescription.rx_max
     top = [s for s in _planned(case, Role.CTV, Role.PTV) if s.rx_gy is not None and s.rx_gy >= rx_max - 1e-6]
     out = [Objective(s.name, ObjectiveKind.DVH_MAX, HOTSPOT_AIM * s.rx_gy, HOTSPOT_WEIGHT, volume=0.02,
                      adjustable=False) for s in top + _planned(case, Role.CONTROL) if s.rx_gy is not None]
     out += [Objective(s.name, ObjectiveKind.DMAX, HOTSPOT_AIM * rx_max, HOTSPOT_WEIGHT, adjustable=False)
-            for s in _planned(case, Role.RING)]
+            for s in _planned(case, Role.GAP, Role.RING)]
     return tuple(out)

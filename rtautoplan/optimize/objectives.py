@@ -366,6 +366,95 @@ def plan_objective(matrix: sparse.spmatrix, objectives: Sequence[Objective], row
     return PlanObjective(sub, objectives, local, w, threads=engine_threads() if threads is None else int(threads))
 
 
+@dataclass(eq=False)
+class PointObjective:
+    """f(x) = Σ_m w_m · PENALTIES[kind_m](d[points_m], D_m, V_m) with d = P (M x): the objectives read
+    the dose at the structures' CT voxels, trilinear from the dose-grid rows (``physics.points``), where
+    the plan's dose is reported. M: the used rows × beamlets; P: points × used rows (≤ 8 entries a
+    row). One evaluation costs M x, P (Mx), Pᵀ g and Mᵀ (Pᵀ g) on the rows with a non-zero gradient."""
+
+    matrix: sparse.csr_matrix
+    interp: sparse.csr_matrix
+    objectives: tuple[Objective, ...]
+    local_points: tuple[np.ndarray, ...]
+    weights: np.ndarray
+    evaluations: int = 0
+    _curvature: tuple = field(default=(), repr=False)
+
+    def with_objectives(self, objectives: Sequence[Objective], weights: Sequence[float] | None = None):
+        """The same problem with new limits, volumes or weights (same structures in the same order)."""
+        objectives = tuple(objectives)
+        if [o.structure for o in objectives] != [o.structure for o in self.objectives]:
+            raise ValueError("with_objectives needs the same structures in the same order; use point_objective")
+        w = np.array([o.weight for o in objectives] if weights is None else weights, float)
+        out = PointObjective(self.matrix, self.interp, objectives, self.local_points, w)
+        if [o.kind for o in objectives] == [o.kind for o in self.objectives]:
+            out._curvature = self._curvature
+        return out
+
+    def dose(self, x: np.ndarray) -> np.ndarray:
+        """Dose (Gy) at the points (float64)."""
+        return np.asarray(self.interp @ (self.matrix @ np.asarray(x, self.matrix.dtype)), np.float64)
+
+    def terms(self, x: np.ndarray) -> np.ndarray:
+        d = self.dose(x)
+        return np.array([PENALTIES[o.kind](d[p], o.dose_gy, o.volume)[0]
+                         for o, p in zip(self.objectives, self.local_points)])
+
+    def __call__(self, x: np.ndarray) -> tuple[float, np.ndarray]:
+        self.evaluations += 1
+        d = self.dose(x)
+        g = np.zeros(d.size)
+        value = 0.0
+        for o, points, w in zip(self.objectives, self.local_points, self.weights):
+            v, grad = PENALTIES[o.kind](d[points], o.dose_gy, o.volume)
+            value += w * v
+            g[points] += w * grad
+        g_rows = np.asarray(self.interp.T @ g, self.matrix.dtype)
+        active = np.flatnonzero(g_rows)
+        if active.size == 0:
+            return value, np.zeros(self.matrix.shape[1])
+        return value, np.asarray(self.matrix[active].T @ g_rows[active], np.float64)
+
+    def curvature_diagonal(self) -> np.ndarray:
+        """diag of the Gauss–Newton Hessian, up to the factor 2, with P's cross terms dropped: each row
+        carries the weight Σ_points P_pr · w_m/N_m of the points it feeds (DMEAN as a voxel-wise term)."""
+        key = self.weights.tobytes()
+        if not self._curvature or self._curvature[0] != key:
+            per_point = np.zeros(self.interp.shape[0])
+            for points, w in zip(self.local_points, self.weights):
+                per_point[points] += w / points.size
+            rows = np.asarray(self.interp.T @ per_point, float)
+            m = sparse.csr_matrix(self.matrix)
+            squared = sparse.csr_matrix((np.square(m.data, dtype=np.float64), m.indices, m.indptr), shape=m.shape)
+            self._curvature = (key, np.asarray(squared.T @ rows, np.float64))
+        return self._curvature[1].copy()
+
+
+def point_objective(matrix: sparse.spmatrix, objectives: Sequence[Objective],
+                    points: Mapping[str, sparse.csr_matrix], weights: Sequence[float] | None = None) -> PointObjective:
+    """The plan objective of ``objectives`` read at objective points (``PointObjective``).
+
+    points: structure name → its interpolation P_s (its points × all rows of ``matrix``, e.g.
+    ``physics.points.interpolation``)."""
+    objectives = tuple(objectives)
+    names = list(dict.fromkeys(o.structure for o in objectives))
+    missing = sorted(set(names) - set(points))
+    if missing:
+        raise KeyError(f"no objective points for the structures {missing} of the objectives")
+    stacked = sparse.vstack([points[n] for n in names], format="csr")
+    used = np.unique(stacked.indices)
+    remap = np.full(stacked.shape[1], -1, np.int64)
+    remap[used] = np.arange(used.size)
+    interp = sparse.csr_matrix((stacked.data, remap[stacked.indices], stacked.indptr),
+                               shape=(stacked.shape[0], used.size))
+    starts = np.cumsum([0] + [points[n].shape[0] for n in names])
+    block = {n: np.arange(starts[i], starts[i + 1]) for i, n in enumerate(names)}
+    w = np.array([o.weight for o in objectives] if weights is None else weights, float)
+    return PointObjective(_used_rows(matrix, used), interp.astype(np.float32), objectives,
+                          tuple(block[o.structure] for o in objectives), w)
+
+
 # --- seed 000 ----------------------------------------------------------------------------------
 
 
