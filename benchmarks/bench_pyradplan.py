@@ -201,7 +201,8 @@ def worker_build(side, modality, case_path):
         t, c = time.perf_counter(), time.process_time()
         dij = ours_build(case, iso, modality)
         seconds, cpu = time.perf_counter() - t, time.process_time() - c
-        return {"seconds": seconds, "cpu_s": cpu, "rss_before_mb": base, "peak_mb": _status("VmHWM"), **matrix_facts(dij.matrix),
+        return {"seconds": seconds, "cpu_s": cpu, "rss_before_mb": base, "peak_mb": _status("VmHWM"),
+                **matrix_facts(dij.matrix),
                 "beamlets": int(dij.n_beamlets)}
     from pyRadPlan import calc_dose_influence, generate_stf
 
@@ -243,7 +244,8 @@ def run_ours(f, x0, **rule):
     t, c = time.perf_counter(), time.process_time()
     sol = solve_lbfgs(traced, x0, **rule)
     seconds = time.perf_counter() - t
-    return sol.x, {"seconds": seconds, "cpu_s": time.process_time() - c, "iterations": sol.iterations, "evaluations": sol.evaluations,
+    return sol.x, {"seconds": seconds, "cpu_s": time.process_time() - c, "iterations": sol.iterations,
+                   "evaluations": sol.evaluations,
                    "f": float(sol.value), "message": sol.message, "eval_ms": 1e3 * seconds / max(sol.evaluations, 1),
                    "to_1pct": iterations_to(_iteration_values(values), 0.01),
                    "to_10pct": iterations_to(_iteration_values(values), 0.10)}
@@ -311,7 +313,8 @@ def ipopt_on(f, x0, max_iter):
     t, c = time.perf_counter(), time.process_time()
     x, info = solver.solve(np.asarray(x0, float))
     seconds = time.perf_counter() - t
-    return {"seconds": seconds, "cpu_s": time.process_time() - c, "iterations": info["num_iter"], "f": float(f(np.asarray(x))[0]),
+    return {"seconds": seconds, "cpu_s": time.process_time() - c, "iterations": info["num_iter"],
+            "f": float(f(np.asarray(x))[0]),
             "status": info["status"], "to_1pct": iterations_to(rule.history, 0.01),
             "to_10pct": iterations_to(rule.history, 0.10)}
 
@@ -498,7 +501,8 @@ def modality_md(modality, r) -> list[str]:
     out.append(f"| dose influence build, s | {secs(bo)} | {secs(bp)} (+ stf {bp['stf_seconds']:.1f}) "
                f"| {fmt_ratio(bo['cpu_s'], bp['cpu_s'])} |")
     out.append(f"| beamlets / spots | {bo['beamlets']} | {bp['beamlets']} | |")
-    out.append(f"| matrix rows × columns | {bo['shape'][0]} × {bo['shape'][1]} | {bp['shape'][0]} × {bp['shape'][1]} | |")
+    out.append(f"| matrix rows × columns | {bo['shape'][0]} × {bo['shape'][1]} | "
+               f"{bp['shape'][0]} × {bp['shape'][1]} | |")
     out.append(f"| non-zeros (M) | {bo['nnz'] / 1e6:.1f} | {bp['nnz'] / 1e6:.1f} | {fmt_ratio(bo['nnz'], bp['nnz'])} |")
     out.append(f"| matrix bytes (MB), layout | {bo['bytes'] / 2**20:.0f}, {bo['format']} {bo['dtypes']} | "
                f"{bp['bytes'] / 2**20:.0f}, {bp['format']} {bp['dtypes']} | {fmt_ratio(bo['bytes'], bp['bytes'])} |")
@@ -532,8 +536,8 @@ def modality_md(modality, r) -> list[str]:
         stop = a.get("message") or f"IPOPT status {a.get('status')}"
         stop = {"IPOPT status 5": "common rule (IPOPT user stop)", "IPOPT status -1": "max_iter"}.get(stop, stop)
         stop = "common rule" if stop.startswith("objective decreased") else stop
-        out.append(f"| {label} | {secs(a)} | {a['iterations']} | {a.get('to_10pct')} / {a.get('to_1pct')} | "
-                   f"{a['f']:.4g} | {stop[:60]} |")
+        reach = f"{a.get('to_10pct') or '—'} / {a.get('to_1pct') or '—'}"
+        out.append(f"| {label} | {secs(a)} | {a['iterations']} | {reach} | {a['f']:.4g} | {stop[:60]} |")
     out.append("")
     return out
 
