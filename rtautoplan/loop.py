@@ -50,6 +50,7 @@ class LoopResult:
     initial_plan: Plan
     initial_dose: Dose
     initial_score: Any
+    best_acceptable: tuple | None = None  # (step, plan, dose, score) of the best plan ``acceptable`` passed
 
 
 def is_better(after, before) -> bool:
@@ -90,7 +91,7 @@ def describe(env, action) -> str:
     return str(fn(action)) if fn is not None else str(action)
 
 
-def _scaled_plan(env) -> Plan:
+def scaled_plan(env) -> Plan:
     """The TPS plan with its weights scaled like the dose (D95 normalisation), so plan and dose agree."""
     plan, scale = env.tps.plan(), float(getattr(env, "dose_scale", 1.0))
     if scale != 1.0:
@@ -101,9 +102,13 @@ def _scaled_plan(env) -> Plan:
 UNDONE = "no improvement: undone (greedy planner)"
 
 
-def _attempt(env, action, safety: SafetyFilter, greedy: bool = False):
+BREAKS_GATE = "rejected: the plan passed the clinical gate and this step fails it"
+
+
+def _attempt(env, action, safety: SafetyFilter, greedy: bool = False, keep_passing=None):
     """Try one action: (verdict, observation or None, reward, done). A rejected plan is rolled back;
-    for a greedy planner so is a plan that does not improve the score."""
+    for a greedy planner so is a plan that does not improve the score; with ``keep_passing`` (the
+    clinical gate, when the current plan passes it) so is a plan that fails it."""
     verdict = safety.check_parameters(env.preview(action), env.parameters)
     if not verdict.accepted:
         return verdict, None, 0.0, False
@@ -114,6 +119,8 @@ def _attempt(env, action, safety: SafetyFilter, greedy: bool = False):
     verdict = safety.check_plan(env.case, dose_before.gy, env.last_dose.gy, improved)
     if verdict.accepted and greedy and not improved:
         verdict = Verdict(False, UNDONE)
+    if verdict.accepted and keep_passing is not None and not keep_passing(env):
+        verdict = Verdict(False, BREAKS_GATE)
     if not verdict.accepted:
         env.restore(snapshot)
         return verdict, None, 0.0, False
@@ -121,16 +128,24 @@ def _attempt(env, action, safety: SafetyFilter, greedy: bool = False):
 
 
 def run_loop(env, policy: Policy, max_steps: int, seed: int = 0, options: dict | None = None,
-             on_step: Callable[[Step], None] | None = None, coverage_floor: float = COVERAGE_FLOOR) -> LoopResult:
+             on_step: Callable[[Step], None] | None = None, coverage_floor: float = COVERAGE_FLOOR,
+             acceptable: Callable[[Any], bool] | None = None) -> LoopResult:
     """Run ``policy`` on ``env`` for at most ``max_steps`` steps (module docstring). The safety
     filter takes the environment's bounds table (``env.bounds``) and ``coverage_floor`` (fraction
     of Rx for CTV D98). When it rejects the policy's first choice, the next-ranked alternatives are
     tried; when all are rejected by the filter the loop stops: there is nothing safe left to do (a
-    greedy planner whose ideas were merely undone goes on to its next ones)."""
+    greedy planner whose ideas were merely undone goes on to its next ones). ``acceptable(env)``, if
+    given (the clinical gate on the plan as it would leave), is asked of every accepted plan: the
+    best plan it passes is kept too,
+    since the best-scoring plan by the environment's score may fail a goal the score does not see; and
+    while the current plan is the best one that passes, a step that fails the gate is rejected (rolled
+    back, logged), as the safety filter rejects a step that drops coverage."""
     observation, _ = env.reset(seed=seed, options=options)
     safety = SafetyFilter(bounds=env.bounds, coverage_floor=coverage_floor)
     reset_policy(policy)
-    best = initial = (0, _scaled_plan(env), env.last_dose, env.last_score)
+    best = initial = (0, scaled_plan(env), env.last_dose, env.last_score)
+    passing = initial if acceptable is not None and acceptable(env) else None
+    current = 0  # the step whose plan the environment holds
     steps: list[Step] = []
     for t in range(1, max_steps + 1):
         if reached_best(env.last_score):
@@ -142,9 +157,10 @@ def run_loop(env, policy: Policy, max_steps: int, seed: int = 0, options: dict |
         labelled = tuple((describe(env, a), float(v)) for a, v in alternatives)
         done = accepted = False
         greedy, undone = bool(getattr(policy, "greedy", False)), 0
+        keep = acceptable if passing is not None and passing[0] == current else None
         for action, _ in alternatives:
-            verdict, next_observation, reward, done = _attempt(env, action, safety, greedy)
-            undone += verdict.reason == UNDONE
+            verdict, next_observation, reward, done = _attempt(env, action, safety, greedy, keep)
+            undone += verdict.reason in (UNDONE, BREAKS_GATE)
             steps.append(Step(t, describe(env, action), verdict.accepted, float(env.last_score.total), reward,
                               verdict.reason, labelled, dict(env.parameters), time.perf_counter() - start))
             if on_step is not None:
@@ -153,7 +169,12 @@ def run_loop(env, policy: Policy, max_steps: int, seed: int = 0, options: dict |
                 observation, accepted = next_observation, True
                 break
         if accepted and is_better(env.last_score, best[3]):
-            best = (t, _scaled_plan(env), env.last_dose, env.last_score)
+            best = (t, scaled_plan(env), env.last_dose, env.last_score)
+        if accepted:
+            current = t
+            if acceptable is not None and (passing is None or is_better(env.last_score, passing[3])) \
+                    and (keep is not None or acceptable(env)):
+                passing = (t, scaled_plan(env), env.last_dose, env.last_score)
         if done or not (accepted or undone == len(alternatives)):
             break
-    return LoopResult(tuple(steps), best[0], *best[1:], *initial[1:])
+    return LoopResult(tuple(steps), best[0], *best[1:], *initial[1:], passing)

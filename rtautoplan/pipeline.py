@@ -23,7 +23,7 @@ from rtautoplan.adapters import ADAPTERS
 from rtautoplan.case import Case
 from rtautoplan.normalisation import normalise
 from rtautoplan.errors import InputError
-from rtautoplan.loop import is_better, run_loop
+from rtautoplan.loop import is_better, run_loop, scaled_plan
 from rtautoplan.plan import Modality, Result, Step
 from rtautoplan.policies import POLICIES
 from rtautoplan.policies.env import ENVS
@@ -209,6 +209,24 @@ def sequential_course(case: Case, setup: Setup, env_options: dict | None = None)
     return True
 
 
+def choose_plan(finals: dict, verdicts: dict) -> str:
+    """Which candidate leaves (name in ``finals``: "best", "initial", "acceptable", each (step, plan,
+    score, …) after sequencing and normalisation): the best-scoring one that passes the clinical gate;
+    when none does, the best-scoring one. Sequencing can reorder near-equal plans, so the scores are
+    compared after it; the initial plan is the fallback, never worse than where the loop started."""
+    def rank(name):
+        return finals[name][2]
+
+    names = sorted(finals, key=lambda n: (n != "best", n != "acceptable"))
+    passing = [n for n in names if verdicts[n].acceptable]
+    pool = passing or names
+    chosen = pool[0]
+    for name in pool[1:]:
+        if is_better(rank(name), rank(chosen)):
+            chosen = name
+    return chosen
+
+
 def final_plan(env, case: Case, plan):
     """(plan, score, sequenced beams, Normalised or None): ``plan`` as delivered (``deliverable``),
     normalised by the prescription's rule (weights, segments' MU and dose together), then scored."""
@@ -245,14 +263,20 @@ def plan_case(case: Case, site: str = "hn", modality: str = "photon", adapter: s
 
     check_rois(goals, env.case_for(None))
     planner = make_policy(policy or setup.policy, env, seed)
-    loop = run_loop(env, planner, steps, seed=seed, on_step=on_step)
+    planned = env.case_for(None)
+    notes = (protocols.fractionation_note(planned),)
+    loop = run_loop(env, planner, steps, seed=seed, on_step=on_step,
+                    acceptable=lambda e: gate.check(planned, final_plan(e, planned, scaled_plan(e))[0].dose.gy,
+                                                    goals).acceptable)
     planned = env.case
-    initial = final_plan(env, planned, loop.initial_plan)
-    best, best_step = final_plan(env, planned, loop.best_plan), loop.best_step
-    if not is_better(best[1], initial[1]) and best_step:  # sequencing and normalisation can reorder near-equal plans
-        best, best_step = initial, 0
-    plan, score, sequenced, normalised = best
-    verdict = gate.check(planned, plan.dose.gy, goals, notes=(protocols.fractionation_note(planned),))
-    result = Result(plan, initial[1], score, loop.steps, planner.name, best_step, initial[0].dose, sequenced,
-                    gate=verdict, normalisation=normalised, site=site)
+    candidates = {"best": (loop.best_step, loop.best_plan), "initial": (0, loop.initial_plan)}
+    if loop.best_acceptable is not None and loop.best_acceptable[0] != loop.best_step:
+        candidates["acceptable"] = loop.best_acceptable[:2]
+    finals = {name: (step, *final_plan(env, planned, plan)) for name, (step, plan) in candidates.items()}
+    verdicts = {name: gate.check(planned, f[1].dose.gy, goals, notes=notes) for name, f in finals.items()}
+    chosen = choose_plan(finals, verdicts)
+    best_step, plan, score, sequenced, normalised = finals[chosen]
+    initial = finals["initial"]
+    result = Result(plan, initial[2], score, loop.steps, planner.name, best_step, initial[1].dose, sequenced,
+                    gate=verdicts[chosen], normalisation=normalised, site=site)
     return planned, result
