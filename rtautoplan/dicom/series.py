@@ -159,9 +159,9 @@ def _check_spacing(position: np.ndarray, label: _Label, where: str) -> float:
 
 
 def read_hu(slices: list[Slice], where: str) -> np.ndarray:
-    """HU = stored value × RescaleSlope + RescaleIntercept, int16 [k, j, i]."""
-    planes = []
-    for s in slices:
+    """HU = stored value × RescaleSlope + RescaleIntercept, int16 [k, j, i], filled slice by slice."""
+    hu = None
+    for k, s in enumerate(slices):
         ds = pydicom.dcmread(s.path, force=True)  # force: *.dcm files without the preamble were accepted
         _ensure_transfer_syntax(ds)
         if "PixelData" not in ds:
@@ -175,9 +175,11 @@ def read_hu(slices: list[Slice], where: str) -> np.ndarray:
         if pixels.shape != (int(ds.Rows), int(ds.Columns)):
             raise InputError(f"{where} {s.path.name}", f"pixel data of shape {pixels.shape} is not one "
                              f"{ds.Rows}×{ds.Columns} slice", "Export the CT as single-frame CT Image Storage")
-        hu = pixels * float(ds.get("RescaleSlope", 1) or 1) + float(ds.get("RescaleIntercept", 0) or 0)
-        planes.append(np.clip(np.rint(hu), -32768, 32767).astype(np.int16))
-    return np.stack(planes)
+        if hu is None:  # every slice has the first one's Rows and Columns (grid_of checked)
+            hu = np.empty((len(slices), *pixels.shape), np.int16)
+        value = pixels * float(ds.get("RescaleSlope", 1) or 1) + float(ds.get("RescaleIntercept", 0) or 0)
+        hu[k] = np.clip(np.rint(value), -32768, 32767)
+    return hu
 
 
 def _ensure_transfer_syntax(ds: Dataset) -> None:
