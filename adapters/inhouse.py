@@ -90,7 +90,7 @@ class InHousePhoton:
             self._admm_state = solution.state
         self._x = np.asarray(solution.x, float)
         gy = dose_to_grid(self._dij.dose_array(self._x), self._dij.dose_grid, self._case.grid)
-        dose = Dose(self._case.grid, np.maximum(gy, 0.0).astype(np.float32))
+        dose = Dose(self._case.grid, np.maximum(gy, 0.0, out=gy))
         weights = tuple(self._x[s] for s in self._dij.beam_slices)
         self._plan = Plan(self._case.case_id, self.modality, self._beams, tuple(objectives), weights, dose, self.name,
                           self._dij.beamlets, self._dij.beamlet_mm)
@@ -105,7 +105,7 @@ class InHousePhoton:
         if x.size != self._dij.n_beamlets:
             raise ValueError(f"{self.name}: {x.size} weights for {self._dij.n_beamlets} beamlets")
         gy = dose_to_grid(self._dij.dose_array(x), self._dij.dose_grid, self._case.grid)
-        return Dose(self._case.grid, np.maximum(gy, 0.0).astype(np.float32))
+        return Dose(self._case.grid, np.maximum(gy, 0.0, out=gy))
 
     def optimize_segments(self, objectives: Sequence[Objective], apertures: Sequence[np.ndarray],
                           weights: Sequence[np.ndarray]) -> tuple[np.ndarray, ...]:

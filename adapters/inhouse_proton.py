@@ -166,7 +166,7 @@ class InHouseProton:
         self._x = x
         dij = self._dij
         gy = dose_to_grid(self.rbe * dij.dose_array(x), dij.dose_grid, self._case.grid)
-        dose = Dose(self._case.grid, np.maximum(gy, 0.0).astype(np.float32), kind="EFFECTIVE")
+        dose = Dose(self._case.grid, np.maximum(gy, 0.0, out=gy), kind="EFFECTIVE")
         mu = x / self._case.prescription.fractions
         weights = tuple(mu[s] for s in dij.beam_slices)
         self._plan = Plan(self._case.case_id, self.modality, self._beams, tuple(objectives), weights, dose, self.name,

@@ -52,11 +52,19 @@ class Grid:
         return (xyz @ self.axes.T) / np.asarray(self.spacing)
 
     def centres(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Patient x, y, z (mm) of every voxel centre, each an array of ``shape``."""
-        k, j, i = np.ogrid[: self.shape[0], : self.shape[1], : self.shape[2]]
+        """Patient x, y, z (mm) of every voxel centre, each broadcastable to ``shape`` (an open grid):
+        a coordinate spans only the index axes it changes along, one per coordinate on an axis-aligned
+        grid, so the three cost (k + j + i) values, not 3·k·j·i."""
+        index = np.ogrid[: self.shape[0], : self.shape[1], : self.shape[2]]
         steps = self.axes * np.asarray(self.spacing)[:, None]
-        x, y, z = (self.origin[a] + k * steps[0, a] + j * steps[1, a] + i * steps[2, a] for a in range(3))
-        return x, y, z
+        xyz = []
+        for a in range(3):
+            value = np.full((1, 1, 1), self.origin[a])
+            for n in range(3):
+                if steps[n, a] != 0:
+                    value = value + index[n] * steps[n, a]
+            xyz.append(value)
+        return xyz[0], xyz[1], xyz[2]
 
 
 class Role(str, enum.Enum):

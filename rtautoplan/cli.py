@@ -31,7 +31,10 @@ def _phantom(args) -> int:
         folders = write_tg119(args.output)
         print(f"wrote the AAPM TG-119 cases {', '.join(folders)} → {args.output}")
         return 0
-    case = write_phantom(args.site, args.seed, args.output)
+    if args.size != "standard" and args.site != "hn":
+        raise InputError(f"--size {args.size}", f"exists for the hn phantom only, not {args.site}",
+                         "Use --size standard, or the hn site")
+    case = write_phantom(args.site, args.seed, args.output, args.size)
     print(f"wrote {case.case_id} ({args.site}, seed {args.seed}): CT {case.grid.shape[0]} slices "
           f"{case.grid.shape[1]}×{case.grid.shape[2]}, {len(case.structures)} ROIs → {args.output}")
     return 0
@@ -305,6 +308,8 @@ def parser() -> argparse.ArgumentParser:
                     "one folder each (sample_data/tg119)")
     ph.add_argument("--seed", type=int, default=1, help="anatomy variant (sample_data uses seed 1; not for tg119)")
     ph.add_argument("-o", "--output", type=Path, required=True, help="folder to write")
+    ph.add_argument("--size", choices=["standard", "clinical"], default="standard",
+                    help="standard: the bundled samples' grid; clinical (hn): 512 × 512 × 180, 0.98 × 0.98 × 2 mm")
     ph.set_defaults(run=_phantom)
 
     st = sub.add_parser("structures", help="build PTV/Gap/Ring, resolve overlaps, assign objectives")

@@ -74,15 +74,17 @@ def _box_distance(mask: np.ndarray, spacing, limit_mm: float | None = None) -> n
     each a few vectorised shifts) give the minimum over all mask voxels. Distances ≤ limit_mm are
     exact; larger ones come back as some value > limit_mm (or +inf)."""
     squared = np.where(mask, 0.0, np.inf)
+    scratch = np.empty_like(squared)  # one buffer for every shifted sum: no allocation per offset
     for axis, step in enumerate(spacing):
         reach = mask.shape[axis] - 1 if limit_mm is None else min(int(math.ceil(limit_mm / step + 0.5)),
                                                                     mask.shape[axis] - 1)
         moved = np.moveaxis(squared, axis, 0)
         best = moved.copy()
+        shifted = np.moveaxis(scratch, axis, 0)
         for n in range(1, reach + 1):  # offsets along one axis, each vectorised over the volume
             cost = ((n - 0.5) * step) ** 2
-            np.minimum(best[n:], moved[:-n] + cost, out=best[n:])
-            np.minimum(best[:-n], moved[n:] + cost, out=best[:-n])
+            np.minimum(best[n:], np.add(moved[:-n], cost, out=shifted[n:]), out=best[n:])
+            np.minimum(best[:-n], np.add(moved[n:], cost, out=shifted[:-n]), out=best[:-n])
         squared = np.moveaxis(best, 0, axis)
     return np.sqrt(squared)
 

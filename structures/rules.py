@@ -40,7 +40,7 @@ Readings where the paper is vague (kept here, copied to docs/decisions.md):
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Callable
 
 import numpy as np
@@ -95,7 +95,9 @@ class RuleLog:
 class Planning:
     """Working state of the rules. masks: planning masks being resolved (None: not planned on);
     rx: level dose (Gy) of targets, Gaps and Rings; boxes: bounding boxes of the initial masks
-    (masks only shrink, so they stay valid)."""
+    (masks only shrink, so they stay valid). A planning mask starts as the drawn mask itself and
+    is copied when a rule first removes voxels from it (``owned``), so a structure no rule changes
+    keeps one full-grid array, not two."""
 
     structures: tuple[Structure, ...]
     masks: list[np.ndarray | None]
@@ -103,6 +105,7 @@ class Planning:
     boxes: list[Box | None]
     spacing: tuple[float, float, float]
     crop_mm: float | None = None
+    owned: set[int] = field(default_factory=set)
 
     def where(self, *roles: Role) -> list[int]:
         """Indices of the planned structures with these roles, highest Rx first."""
@@ -119,6 +122,10 @@ class Planning:
         removed = int(np.count_nonzero(hit))
         if not removed:
             return []
+        if loser not in self.owned:  # the drawn mask is never edited
+            self.masks[loser] = self.masks[loser].copy()
+            self.owned.add(loser)
+            mine = self.masks[loser][box]
         mine &= ~hit
         return [RuleLog(rule, self.structures[loser].name, by, removed)]
 
@@ -310,7 +317,7 @@ def resolve(case: Case, site: str | SiteRules = "hn", ctv_oar_crop_mm: float | N
     generated = _auxiliary(case, kept, rx, margins)
     structures = tuple(kept + generated)
     rx += [s.rx_gy for s in generated]
-    masks = [s.mask.copy() if s.role in _PLANNED else None for s in structures]
+    masks = [s.mask if s.role in _PLANNED else None for s in structures]  # copied by Planning.take on first change
     p = Planning(structures, masks, rx, [bounding_box(s.mask) for s in structures], case.grid.spacing, ctv_oar_crop_mm)
     log = [RuleLog("replaced", s.name, s.name, int(np.count_nonzero(s.mask))) for s in stale]
     for rule in RULES:

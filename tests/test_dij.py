@@ -92,6 +92,24 @@ def test_dose_grid_factor_and_masks(box):
     assert fine.shape == box.grid.shape
 
 
+@pytest.mark.parametrize("orientation", [(1, 0, 0, 0, 1, 0), (-1, 0, 0, 0, -1, 0), (0, 1, 0, 1, 0, 0)],
+                         ids=["HFS", "flipped", "transposed"])
+def test_dose_to_grid_is_trilinear_with_nearest_edges(orientation):
+    """The separable interpolation equals map_coordinates(order=1, mode="nearest") at every output voxel
+    centre, also beyond the source grid and for a destination with its axes reordered or reversed."""
+    from scipy import ndimage
+
+    src = coarse_grid(Grid((-10.0, 5.0, 3.0), (3.0, 2.5, 1.7), (13, 17, 19)), (1, 2, 2))
+    dst = Grid((-17.3, 1.1, -4.0), (2.0, 1.0, 1.3), (20, 25, 30), orientation)
+    dose = np.random.default_rng(0).random(src.shape) * 70.0
+    kji = np.stack(np.meshgrid(*(np.arange(n, dtype=float) for n in dst.shape), indexing="ij"), axis=-1)
+    coords = np.moveaxis(src.patient_to_index(dst.index_to_patient(kji)), -1, 0)
+    expected = ndimage.map_coordinates(dose, coords, order=1, mode="nearest")
+    got = dose_to_grid(dose, src, dst)
+    assert got.dtype == np.float32 and got.shape == dst.shape
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5 * expected.max())
+
+
 def test_cache_roundtrip(box, tmp_path):
     first = dij_cached(box, OPPOSED, cache_dir=tmp_path)
     files = cache_paths(dij_key(box, OPPOSED), tmp_path)

@@ -71,3 +71,41 @@ def test_committed_sample_is_what_the_documented_command_writes(site):
     assert np.array_equal(read.hu, made.hu)
     for s in made.structures:
         assert np.array_equal(read.structure(s.name).mask, s.mask), s.name
+
+
+def test_clinical_size_geometry_and_metadata_on_a_reduced_grid(tmp_path):
+    """The clinical H&N grid (512 × 512 × 180, 0.98 × 0.98 × 2 mm) and, coarsened 4× in plane and 3× in z
+    over the same field of view, what it writes: the CT headers, every ROI, and the same anatomy read back."""
+    import pydicom
+
+    from rtautoplan.case import Grid
+    from rtautoplan.phantom import phantom_grid
+    from rtautoplan.phantom.hn import CLINICAL_GRID
+    from rtautoplan.dicom.read import write_case
+
+    assert phantom_grid("hn", "clinical") == CLINICAL_GRID
+    assert CLINICAL_GRID.shape == (180, 512, 512) and CLINICAL_GRID.spacing == (2.0, 0.98, 0.98)
+    with pytest.raises(ValueError, match="clinical"):
+        phantom_grid("prostate", "clinical")
+    small = Grid(CLINICAL_GRID.origin, (6.0, 3.92, 3.92), (60, 128, 128))
+    case = make_case("hn", 1, small)
+    assert case.case_id == "hn01-128x128x60" and case.grid == small
+    assert {s.roi_name for s in case.structures} == HN_ROIS
+    assert all(s.mask.any() and s.mask.shape == small.shape for s in case.structures)
+    write_case(case, tmp_path)
+    first, last = (pydicom.dcmread(tmp_path / f"CT_{k}.dcm") for k in (0, small.shape[0] - 1))
+    assert (first.Rows, first.Columns) == (128, 128)
+    assert [float(v) for v in first.PixelSpacing] == [3.92, 3.92] and float(first.SliceThickness) == 6.0
+    assert [float(v) for v in first.ImagePositionPatient] == list(CLINICAL_GRID.origin)
+    assert float(last.ImagePositionPatient[2]) == pytest.approx(CLINICAL_GRID.origin[2] + 6.0 * 59)
+    read = read_case(tmp_path)
+    assert read.grid == small and np.array_equal(read.hu, case.hu)
+    for s in case.structures:
+        assert np.array_equal(read.structure(s.name).mask, s.mask), s.name
+
+
+def test_phantom_cli_size_option(tmp_path, capsys):
+    from rtautoplan.cli import main
+
+    assert main(["phantom", "prostate", "--size", "clinical", "-o", str(tmp_path)]) == 2
+    assert "hn phantom only" in capsys.readouterr().err

@@ -38,12 +38,11 @@ def write_ct(case: Case, folder: str | Path) -> list[Path]:
     grid = case.grid
     check_refs(case.refs, grid.shape[0])
     when = _dt.datetime.now()
-    stored = (np.clip(case.hu.astype(np.int32) - RESCALE_INTERCEPT, 0, np.iinfo(np.uint16).max)
-              .astype("<u2"))
     paths = []
-    for k in range(grid.shape[0]):
+    for k in range(grid.shape[0]):  # one slice at a time: no full-volume copies
         ds = _ct_slice(case, k, when)
-        ds.PixelData = stored[k].tobytes()
+        stored = np.clip(case.hu[k].astype(np.int32) - RESCALE_INTERCEPT, 0, np.iinfo(np.uint16).max)
+        ds.PixelData = stored.astype("<u2").tobytes()
         paths.append(modules.save(ds, Path(folder) / f"CT_{k}.dcm"))
     return paths
 

@@ -179,9 +179,16 @@ def _check_spacing(position: np.ndarray, label: _Label, where: str) -> float:
 
 
 def read_hu(slices: list[Slice], where: str) -> np.ndarray:
-    """HU = stored value × RescaleSlope + RescaleIntercept, int16 [k, j, i]; InputError naming the file
-    for a slice that is truncated, has too little pixel data, or whose pixels or rescale cannot be read."""
-    return np.stack([_hu(s, f"{where} {s.path.name}") for s in slices])
+    """HU = stored value × RescaleSlope + RescaleIntercept, int16 [k, j, i], filled slice by slice; InputError
+    naming the file for a slice that is truncated, has too little pixel data, or whose pixels or rescale cannot
+    be read."""
+    hu = None
+    for k, s in enumerate(slices):
+        pixels = _hu(s, f"{where} {s.path.name}")
+        if hu is None:  # every slice has the first one's Rows and Columns (grid_of checked)
+            hu = np.empty((len(slices), *pixels.shape), np.int16)
+        hu[k] = pixels
+    return hu
 
 
 def _hu(s: Slice, where: str) -> np.ndarray:

@@ -4,6 +4,10 @@
 pelvis; each seed is a different but plausible anatomy, so the same generator gives the
 bundled samples (``sample_data/hn01`` is hn seed 1, ``prostate01`` is prostate seed 1), the
 training variants and the held-out evaluation variants. ``rtautoplan phantom`` is the CLI.
+
+``size`` picks the grid the anatomy (analytic solids in mm) is sampled on: "standard" (the
+bundled samples), "clinical" (hn: 512 × 512 pixels of 0.98 mm, 180 slices of 2 mm; benchmarks
+only, never committed as data) or any :class:`Grid` (e.g. a coarsened clinical grid in tests).
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from rtautoplan.case import Case, DicomRefs, DoseLevel, Prescription, Structure
+from rtautoplan.case import Case, DicomRefs, DoseLevel, Grid, Prescription, Structure
 from rtautoplan.phantom import hn, prostate
 from rtautoplan.structures import names
 
@@ -41,11 +45,24 @@ def color_for(name: str, role_index: int = 0) -> tuple[int, int, int]:
     return TARGET_COLORS[role_index % len(TARGET_COLORS)]
 
 
-def make_case(site: str, seed: int) -> Case:
-    """One synthetic patient of ``site`` ("hn" or "prostate"); the same seed gives the same patient."""
+def phantom_grid(site: str, size: str | Grid = "standard") -> Grid:
+    """The grid of a ``site`` phantom of ``size`` ("standard", "clinical" or a Grid, module docstring)."""
+    if isinstance(size, Grid):
+        return size
+    grids = {"standard": SITES[site].GRID, "clinical": getattr(SITES[site], "CLINICAL_GRID", None)}
+    if grids.get(size) is None:
+        raise ValueError(f"no {size!r} size for the {site} phantom; sizes: "
+                         f"{', '.join(k for k, g in grids.items() if g is not None)}")
+    return grids[size]
+
+
+def make_case(site: str, seed: int, size: str | Grid = "standard") -> Case:
+    """One synthetic patient of ``site`` ("hn" or "prostate"); the same seed gives the same patient,
+    sampled on the grid of ``size`` (module docstring)."""
     module = SITES[site]
+    grid = phantom_grid(site, size)
     rng = np.random.default_rng(seed)
-    rois, hu = module.anatomy(rng, module.GRID)
+    rois, hu = module.anatomy(rng, grid)
     spec = module.PRESCRIPTION
     prescription = Prescription(tuple(DoseLevel(t, d) for t, d in spec["levels"]), spec["fractions"])
     structures = []
@@ -55,9 +72,9 @@ def make_case(site: str, seed: int) -> Case:
         dose_index = [lv.dose_gy for lv in prescription.levels].index(parsed.dose_gy) if parsed.dose_gy else 0
         structures.append(Structure(name=parsed.name, mask=mask, role=parsed.role, level=level, rx_gy=parsed.dose_gy,
                                     roi_name=roi_name, color=color_for(parsed.name, dose_index)))
-    case_id = f"{site}{seed:02d}"
-    refs = _refs(case_id, module.GRID.shape[0])
-    return Case(case_id, module.GRID, hu, tuple(structures), prescription, refs)
+    case_id = f"{site}{seed:02d}" if size == "standard" else f"{site}{seed:02d}-{'x'.join(map(str, grid.shape[::-1]))}"
+    refs = _refs(case_id, grid.shape[0])
+    return Case(case_id, grid, hu, tuple(structures), prescription, refs)
 
 
 def _refs(case_id: str, n_slices: int) -> DicomRefs:
@@ -75,10 +92,10 @@ def _refs(case_id: str, n_slices: int) -> DicomRefs:
     )
 
 
-def write_phantom(site: str, seed: int, folder: Path) -> Case:
+def write_phantom(site: str, seed: int, folder: Path, size: str | Grid = "standard") -> Case:
     """Generate a phantom and write it to ``folder`` as CT + RTSTRUCT + prescription.json."""
     from rtautoplan.dicom.read import write_case
 
-    case = make_case(site, seed)
+    case = make_case(site, seed, size)
     write_case(case, Path(folder))
     return case

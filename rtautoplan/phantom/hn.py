@@ -15,6 +15,9 @@ from rtautoplan.case import Grid
 from rtautoplan.phantom.shapes import capsule, ellipsoid, elliptic_cylinder, parabolic_arch, sphere
 
 GRID = Grid(origin=(-100.0, -115.0, -90.0), spacing=(3.0, 2.5, 2.5), shape=(70, 89, 81))
+# A clinical H&N CT: 512 × 512 pixels of 0.98 mm (50 cm field of view), 180 slices of 2 mm from
+# below the neck (z = -238 mm) to the vertex.
+CLINICAL_GRID = Grid(origin=(-250.0, -250.0, -238.0), spacing=(2.0, 0.98, 0.98), shape=(180, 512, 512))
 PRESCRIPTION = {"fractions": 35, "levels": [("CTV_7000", 70.0), ("CTV_6000", 60.0), ("CTV_5400", 54.0)]}
 
 # HU of the tissues (ICRU 46-like soft tissue, cortical bone, air)
@@ -36,17 +39,17 @@ def anatomy(rng: np.random.Generator, grid: Grid = GRID):
 
     head = ellipsoid(xyz, (0, -5, 40), (72 * scale, 92 * scale, 72))
     face = ellipsoid(xyz, (0, -30, -15), (52 * scale, 55 * scale, 32))
-    neck = elliptic_cylinder(xyz, (0, 5), (56 * scale, 60 * scale), (-200, 0))
+    neck = elliptic_cylinder(xyz, (0, 5), (56 * scale, 60 * scale), (-300, 0))
     body = head | face | neck
 
     brain = ellipsoid(xyz, (0, 0, 55), (62 * scale, 80 * scale, 50)) & (xyz[2] > 20)
     skull = ellipsoid(xyz, (0, -2, 52), (68 * scale, 88 * scale, 58)) & ~brain & (xyz[2] > 15)
-    vertebrae = elliptic_cylinder(xyz, (0, 24 * scale), (14, 14), (-200, -5))
+    vertebrae = elliptic_cylinder(xyz, (0, 24 * scale), (14, 14), (-300, -5))
 
     rois = {}
     rois["Brainstem"] = ellipsoid(xyz, at(0, 20, 12, 1), size(11, 12, 22))
     rois["SpinalCord"] = capsule(xyz, at(0, 28, -95, 1), at(0, 24, -8, 1), 5.0)
-    vertebrae &= ~elliptic_cylinder(xyz, (0, 26 * scale), (7, 7), (-200, -5))
+    vertebrae &= ~elliptic_cylinder(xyz, (0, 26 * scale), (7, 7), (-300, -5))
     arch_apex = at(0, -72, 0)
     rois["Mandible"] = parabolic_arch(xyz, arch_apex, 0.021 / scale, 46 * scale, 6.0, (-38, -14)) | capsule(
         xyz, at(-47, -25, -25), at(-50, -2, 6), 6.0) | capsule(xyz, at(47, -25, -25), at(50, -2, 6), 6.0)

@@ -46,6 +46,7 @@ beamlets) and ``<key>.json`` (dose grid, parameters, timing) in ``$RTAUTOPLAN_CA
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import os
 import tempfile
@@ -54,7 +55,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
-from scipy import ndimage, sparse
+from scipy import sparse
 from scipy.spatial import cKDTree
 from scipy.special import erf
 
@@ -167,14 +168,52 @@ def resample_mask(mask: np.ndarray, factor, rule: str = "half") -> np.ndarray:
     return half if half.any() or not np.any(mask) else fraction > 0
 
 
-def dose_to_grid(dose: np.ndarray, src: Grid, dst: Grid) -> np.ndarray:
-    """Trilinear interpolation of ``dose`` on ``src`` at the voxel centres of ``dst`` (same
-    orientation); outside ``src`` the nearest edge value."""
-    k, j, i = (np.arange(n, dtype=float) for n in dst.shape)
-    kji = [np.asarray(v) for v in np.meshgrid(k, j, i, indexing="ij")]
-    xyz = dst.index_to_patient(np.stack(kji, axis=-1))
-    coords = np.moveaxis(src.patient_to_index(xyz), -1, 0)
-    return ndimage.map_coordinates(np.asarray(dose, np.float64), coords, order=1, mode="nearest")
+def _linear_weights(coords: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Lower and upper sample and upper weight (float32) of 1-D linear interpolation at fractional
+    indices ``coords`` on ``n`` samples; outside [0, n − 1] the edge sample (``mode="nearest"``)."""
+    c = np.clip(coords, 0.0, n - 1.0)
+    lo = np.minimum(np.floor(c).astype(np.intp), max(n - 2, 0))
+    return lo, np.minimum(lo + 1, n - 1), (c - lo).astype(np.float32)
+
+
+def _interpolate_axis(a: np.ndarray, axis: int, weights) -> np.ndarray:
+    """``a`` linearly interpolated along ``axis`` at the samples of :func:`_linear_weights` (float32)."""
+    lo, hi, w = weights
+    out = np.take(a, lo, axis=axis)
+    if not w.any():
+        return out
+    shape = [1] * a.ndim
+    shape[axis] = -1
+    w = w.reshape(shape)
+    out *= 1.0 - w
+    upper = np.take(a, hi, axis=axis)
+    upper *= w
+    out += upper
+    return out
+
+
+def dose_to_grid(dose: np.ndarray, src: Grid, dst: Grid, block: int = 8) -> np.ndarray:
+    """Trilinear interpolation (float32) of ``dose`` on ``src`` at the voxel centres of ``dst``;
+    outside ``src`` the nearest edge value (``map_coordinates(order=1, mode="nearest")``).
+
+    The grids must have the same axes up to order and sign (axis-aligned, as every CT and dose
+    grid here), so the interpolation is separable: three 1-D passes with per-axis index vectors,
+    the last two over ``block`` output slices at a time. Memory: the output plus about two
+    source-sized float32 arrays; no coordinate arrays of the output's size.
+    """
+    jacobian = (dst.axes * np.asarray(dst.spacing)[:, None]) @ src.axes.T / np.asarray(src.spacing)
+    order = np.argmax(np.abs(jacobian), axis=1)  # the src axis each dst axis runs along
+    if sorted(order) != [0, 1, 2] or np.abs(jacobian).sum() - np.abs(jacobian[[0, 1, 2], order]).sum() > 1e-9:
+        raise ValueError("dose_to_grid needs grids with the same axes up to order and sign (no oblique resampling)")
+    start = src.patient_to_index(np.asarray(dst.origin, float))
+    values = np.transpose(np.asarray(dose, np.float32), order)
+    weights = [_linear_weights(start[m] + np.arange(n) * jacobian[a, m], values.shape[a])
+               for a, (m, n) in enumerate(zip(order, dst.shape))]
+    stage = _interpolate_axis(values, 0, weights[0])
+    out = np.empty(tuple(dst.shape), np.float32)
+    for k in range(0, out.shape[0], block):
+        out[k:k + block] = _interpolate_axis(_interpolate_axis(stage[k:k + block], 1, weights[1]), 2, weights[2])
+    return out
 
 
 # --- beams ----------------------------------------------------------------------------------
@@ -220,11 +259,14 @@ def _aperture(offset, half, sigma):
 
 def _beam_columns(red, ext, dose_grid, rows_flat, beam, patient_position, target, ct_grid, beamlet_mm, cutoff_mm,
                   margin_mm, model, chunk_pairs=4_000_000):
-    """(rows, cols, values, beamlet centres) of one beam; cols local to the beam."""
+    """(row indices, values, entries per beamlet, beamlet centres) of one beam's columns in CSC order:
+    column by column, only the entries > 0. Candidate pairs are queried and evaluated about
+    ``chunk_pairs`` at a time, so the temporaries do not grow with the beam."""
     frame = beam_frame(beam, patient_position, model.sad_mm)
     centres = beamlet_grid(target, ct_grid, frame, beamlet_mm, margin_mm)
     kji = np.stack(np.unravel_index(rows_flat, dose_grid.shape), axis=-1)
     xb, yb, t = frame.to_beam(dose_grid.index_to_patient(kji))
+    del kji
     depth = radiological_depth(red, dose_grid, frame, voxels=ext).ravel()[rows_flat]
     # Everything that depends on the voxel only, once per beam (photon.py's model, term by term).
     primary, scatter, sigma_p, sigma_s = model.depth_terms(depth)
@@ -234,10 +276,9 @@ def _beam_columns(red, ext, dose_grid, rows_flat, beam, patient_position, target
     sp, ss = sigma_p * to_iso, sigma_s * to_iso
     tree = cKDTree(np.stack([xb, yb], axis=-1))
     half = beamlet_mm / 2.0
-    out_r, out_c, out_v = [], [], []
+    out_r, out_v, out_n = [], [], []
     # Candidate voxels of each beamlet: within cutoff_mm of its centre in the BEV plane.
-    neighbours = tree.query_ball_point(centres, r=cutoff_mm, return_sorted=False)
-    counts = np.fromiter((len(n) for n in neighbours), np.int64, len(neighbours))
+    counts = np.asarray(tree.query_ball_point(centres, r=cutoff_mm, return_length=True), np.int64)
     edges, acc = [0], 0
     for i, n in enumerate(counts):  # chunks of about chunk_pairs (voxel, beamlet) pairs
         acc += n
@@ -245,16 +286,19 @@ def _beam_columns(red, ext, dose_grid, rows_flat, beam, patient_position, target
             edges.append(i + 1)
             acc = 0
     for lo, hi in zip(edges[:-1], edges[1:]):
-        v = np.fromiter((i for n in neighbours[lo:hi] for i in n), np.int64, int(counts[lo:hi].sum()))
+        neighbours = tree.query_ball_point(centres[lo:hi], r=cutoff_mm, return_sorted=False)
+        v = np.fromiter(itertools.chain.from_iterable(neighbours), np.int64, int(counts[lo:hi].sum()))
+        del neighbours
         c = np.repeat(np.arange(lo, hi), counts[lo:hi])
         dx, dy = xb[v] - centres[c, 0], yb[v] - centres[c, 1]
         val = (amp_p[v] * _aperture(dx, half, sp[v]) * _aperture(dy, half, sp[v])
                + amp_s[v] * _aperture(dx, half, ss[v]) * _aperture(dy, half, ss[v]))
-        out_r.append(v.astype(np.int32))
-        out_c.append(c.astype(np.int32))
-        out_v.append(val.astype(np.float32))
-    cat = (lambda parts, dt: np.concatenate(parts) if parts else np.zeros(0, dt))
-    return cat(out_r, np.int32), cat(out_c, np.int32), cat(out_v, np.float32), centres
+        keep = val > 0
+        out_r.append(v[keep].astype(np.int32))
+        out_v.append(val[keep].astype(np.float32))
+        out_n.append(np.bincount(c[keep] - lo, minlength=hi - lo))
+    cat = (lambda parts, dt: np.concatenate(parts).astype(dt, copy=False) if parts else np.zeros(0, dt))
+    return cat(out_r, np.int32), cat(out_v, np.float32), cat(out_n, np.int64), centres
 
 
 def dose_influence(case: Case, beams, beamlet_mm: float = 5.0, dose_grid_factor=1, cutoff_mm: float = CUTOFF_MM,
@@ -264,6 +308,9 @@ def dose_influence(case: Case, beams, beamlet_mm: float = 5.0, dose_grid_factor=
     beamlet_mm: beamlet side at the isocentre plane; beamlets cover the targets (all GTV, CTV,
     PTV masks) + ``margin_mm`` in each beam's eye view. dose_grid_factor: int or (k, j, i) block
     size of the dose grid. cutoff_mm: lateral kernel cutoff (BEV, isocentre plane).
+
+    Memory: the entries are gathered column by column (CSC) and converted to CSR once, about
+    16 bytes per entry at the peak (no COO triplets, no per-pair Python lists for a whole beam).
     """
     beams = tuple(beams)
     if not beams:
@@ -276,20 +323,25 @@ def dose_influence(case: Case, beams, beamlet_mm: float = 5.0, dose_grid_factor=
     ext = resample_mask(case.external.mask, factor, "any")
     rows_flat = np.flatnonzero(ext)
     target = _target_mask(case)
-    cols_done, parts, beamlets, slices = 0, [], [], []
+    indices, data, per_column, beamlets, slices, cols_done = [], [], [], [], [], 0
     for beam in beams:
-        r, c, v, centres = _beam_columns(red, ext, dose_grid, rows_flat, beam, case.refs.patient_position, target,
+        r, v, n, centres = _beam_columns(red, ext, dose_grid, rows_flat, beam, case.refs.patient_position, target,
                                          case.grid, beamlet_mm, cutoff_mm, margin_mm, model)
-        parts.append((r, c + cols_done, v))
+        indices.append(r)
+        data.append(v)
+        per_column.append(n)
         beamlets.append(centres)
         slices.append(slice(cols_done, cols_done + len(centres)))
         cols_done += len(centres)
-    rows = np.concatenate([p[0] for p in parts])
-    cols = np.concatenate([p[1] for p in parts])
-    vals = np.concatenate([p[2] for p in parts])
-    keep = vals > 0
-    matrix = sparse.csr_matrix((vals[keep], (rows[keep], cols[keep])), shape=(rows_flat.size, cols_done),
-                               dtype=np.float32)
+    del red, ext, target
+    indptr = np.concatenate([[0], np.cumsum(np.concatenate(per_column))])
+    if indptr[-1] >= np.iinfo(np.int32).max:
+        raise ValueError(f"{indptr[-1]} dose-influence entries: more than int32 indices hold; use a coarser dose grid")
+    csc = sparse.csc_matrix((np.concatenate(data), np.concatenate(indices), indptr.astype(np.int32)),
+                            shape=(rows_flat.size, cols_done))
+    del indices, data
+    matrix = csc.tocsr()
+    del csc
     matrix.sort_indices()
     matrix.indices = matrix.indices.astype(np.int32, copy=False)
     matrix.indptr = matrix.indptr.astype(np.int32, copy=False)
