@@ -208,3 +208,28 @@ def test_screened_dose_is_exact(monkeypatch):
         assert v1 == v2 and np.array_equal(g1, g2)
     assert full._screen is False and screened._screen not in (None, False)
     assert screened._screen.refreshes >= 2 and screened._screen.inside >= 10, "both paths must be exercised"
+
+
+def test_point_objective_reads_the_dose_where_it_is_reported(small_case):
+    """Objectives at the structures' CT voxels (``physics.points``): the dose at the points equals the
+    reported dose (``dose_to_grid`` of the dose-grid dose) there, and the gradient is exact."""
+    from rtautoplan.adapters.inhouse import InHousePhoton
+    from rtautoplan.physics.dij import dose_to_grid
+    from rtautoplan.structures.rules import apply_rules
+
+    case = apply_rules(small_case, "hn")
+    tps = InHousePhoton(n_beams=3, dose_grid_factor=(1, 2, 2), max_iter=20)
+    tps.prepare(case)
+    objectives = (Objective("CTV_6000", ObjectiveKind.DMIN, 60.0, 2.0),
+                  Objective("SpinalCord", ObjectiveKind.DMAX, 5.0, 1.0))
+    f = tps._new_objective(objectives)
+    x = np.random.default_rng(0).uniform(0.5, 1.5, tps._dij.n_beamlets)
+    reported = dose_to_grid(tps._dij.dose_array(x), tps._dij.dose_grid, case.grid)
+    points = np.flatnonzero(case.structure("CTV_6000").voxels)
+    np.testing.assert_allclose(f.dose(x)[f.local_points[0]], reported.ravel()[points], rtol=1e-4, atol=1e-4)
+    value, grad = f(x)
+    assert value > 0
+    probe = np.random.default_rng(1).normal(size=x.size)
+    eps = 1e-2  # the products run in float32: a smaller step measures rounding, not the slope
+    numeric = (f(x + eps * probe)[0] - f(x - eps * probe)[0]) / (2 * eps)
+    assert numeric == pytest.approx(grad @ probe, rel=2e-3)

@@ -109,3 +109,31 @@ def photon_plan(tmp_path_factory):
     tps.prepare(case)
     tps.optimize(objectives_for(case, np.random.default_rng(0)))
     return case, tps, tps.plan()
+
+
+def test_apertures_deliver_the_segments_fluence(photon_plan):
+    """A·w with the sequencer's weights is exactly the fluence its segments deliver."""
+    from rtautoplan.physics.sequencing import apertures
+
+    _, _, plan = photon_plan
+    sequenced = sequence_plan(plan, levels=10)
+    for a, seq in zip(apertures(plan, sequenced), sequenced):
+        assert a.shape == (seq.delivered.size, seq.n_segments)
+        np.testing.assert_allclose(a @ seq.segment_fluence, seq.delivered, rtol=1e-9, atol=1e-9)
+
+
+def test_segment_weight_optimisation_lowers_the_objective_of_the_sequenced_plan(photon_plan):
+    """Re-weighting the segments (w ≥ 0) never raises the plan objective of the quantised fluence,
+    and on small_case lowers it; segments weighted 0 are dropped."""
+    from rtautoplan.physics.sequencing import apertures, with_segment_weights
+
+    case, tps, plan = photon_plan
+    sequenced = sequence_plan(plan, levels=5)
+    shapes = apertures(plan, sequenced)
+    f = tps._new_objective(tuple(plan.objectives))
+    before = f(np.concatenate([s.delivered for s in sequenced]))[0]
+    weights = tps.optimize_segments(plan.objectives, shapes, [s.segment_fluence for s in sequenced])
+    new = [with_segment_weights(s, a, w, p) for s, a, w, p in zip(sequenced, shapes, weights, plan.weights)]
+    after = f(np.concatenate([s.delivered for s in new]))[0]
+    assert after < before
+    assert all(np.all(s.segment_fluence > 0) and s.n_segments <= old.n_segments for s, old in zip(new, sequenced))
