@@ -11,7 +11,6 @@ import pytest
 import SimpleITK as sitk
 
 from rtautoplan.cli import main
-from rtautoplan.dicom.read import read_case
 from rtautoplan.dicom.rtdose import write_rtdose
 from rtautoplan.dicom.rtstruct import write_rtstruct
 from rtautoplan.errors import InputError
@@ -19,20 +18,19 @@ from rtautoplan.export import export_nifti
 from rtautoplan.physics.dij import coarse_grid
 from rtautoplan.plan import Dose
 
-ROOT = Path(__file__).resolve().parents[1]
-PROSTATE = ROOT / "sample_data" / "prostate01"
+from conftest import PROSTATE01 as PROSTATE
+
+ROOT = PROSTATE.parents[1]
 
 
-@pytest.fixture(scope="module")
-def case():
-    return read_case(PROSTATE)
+@pytest.fixture
+def case(prostate01):
+    return prostate01
 
 
-@pytest.fixture(scope="module")
-def exported(tmp_path_factory):
-    out = tmp_path_factory.mktemp("nifti")
-    assert main(["export", str(PROSTATE), "--nifti", str(out)]) == 0
-    return out
+@pytest.fixture
+def exported(prostate01_nifti):
+    return prostate01_nifti
 
 
 def assert_geometry(image: sitk.Image, grid) -> None:
@@ -109,6 +107,7 @@ def test_output_folder_needs_the_case_it_was_planned_from(tmp_path, case, capsys
     out = output_folder(case, tmp_path / "out")
     with pytest.raises(InputError, match="--ct CASE"):
         export_nifti(out, tmp_path / "nifti")
-    assert main(["export", str(out), "--nifti", str(tmp_path / "nifti"), "--ct", str(ROOT / "sample_data" / "hn01")]) == 2
+    hn01 = ROOT / "sample_data" / "hn01"
+    assert main(["export", str(out), "--nifti", str(tmp_path / "nifti"), "--ct", str(hn01)]) == 2
     error = capsys.readouterr().err
     assert "RS_rtautoplan.dcm" in error and "not the CT of hn01" in error and "--ct" in error

@@ -18,33 +18,24 @@ from rtautoplan.dicom.contours import roi_mask
 from rtautoplan.dicom.read import read_case
 from rtautoplan.dicom.rtstruct import read_rtstruct, write_rtstruct
 from rtautoplan.errors import InputError
-from rtautoplan.export import export_nifti
 from rtautoplan.labelmap import read_label_table, write_label_map
 
-ROOT = Path(__file__).resolve().parents[1]
-PROSTATE = ROOT / "sample_data" / "prostate01"
-
-
-@pytest.fixture(scope="module")
-def reference():
-    return read_case(PROSTATE)
-
-
-@pytest.fixture(scope="module")
-def exported(tmp_path_factory):
-    out = tmp_path_factory.mktemp("nifti")
-    export_nifti(PROSTATE, out)
-    return out
+from conftest import PROSTATE01 as PROSTATE
 
 
 @pytest.fixture
-def folder(tmp_path, exported):
+def reference(prostate01):
+    return prostate01
+
+
+@pytest.fixture
+def folder(tmp_path, prostate01_nifti):
     """A copy of prostate01 whose RTSTRUCT is replaced by the exported label map and its table."""
     case = tmp_path / "prostate01"
     shutil.copytree(PROSTATE, case)
     (case / "RTSTRUCT.dcm").unlink()
     for name in ("labels.nii.gz", "labels.json"):
-        shutil.copy(exported / name, case / name)
+        shutil.copy(prostate01_nifti / name, case / name)
     return case
 
 
@@ -119,8 +110,9 @@ def test_names_go_through_tg263_handling(folder, reference):
 def test_nnunet_table_name_to_label(folder, reference):
     table = json.loads((folder / "labels.json").read_text())["labels"]
     (folder / "labels.json").unlink()
+    labels = {"background": 0, **{name: int(label) for label, name in table.items()}}
     (folder / "dataset.json").write_text(json.dumps({"channel_names": {"0": "CT"}, "file_ending": ".nii.gz",
-                                                     "labels": {"background": 0, **{v: int(k) for k, v in table.items()}}}))
+                                                     "labels": labels}))
     same_structures(read_case(folder), reference)
 
 
