@@ -31,7 +31,6 @@ from rtautoplan.dicom.rtstruct import RoiContours, StructureSet, read_rtstruct, 
 from rtautoplan.dicom.series import Slice, describe, grid_of, read_hu, refs_of
 from rtautoplan.dicom.uid import complete_refs
 from rtautoplan.errors import InputError
-from rtautoplan.labelmap import check_frame, find_label_map, label_masks, read_label_table
 from rtautoplan.structures import names
 from rtautoplan.structures.names import ParsedName
 
@@ -67,9 +66,12 @@ def read_case(folder: str | Path, case_id: str | None = None, unknown_rois: str 
     if not folder.is_dir():
         raise InputError(str(folder), "is not a folder", "Give the folder that holds the CT series and the RTSTRUCT")
     rtstructs, series = _scan(folder)
-    label_map = None if rtstructs else find_label_map(folder)
-    if label_map is not None:
-        return _read_label_map_case(folder, series, *label_map, case_id, unknown_rois)
+    if not rtstructs:
+        from rtautoplan.labelmap import find_label_map  # SimpleITK is imported only for a label-map case
+
+        label_map = find_label_map(folder)
+        if label_map is not None:
+            return _read_label_map_case(folder, series, *label_map, case_id, unknown_rois)
     rtstruct_path, structure_set = _choose_rtstruct(rtstructs, series, folder)
     series_uid = _choose_series(structure_set, series, rtstruct_path, folder)
     where = describe(series_uid, series[series_uid])
@@ -90,6 +92,8 @@ def _read_label_map_case(folder: Path, series: dict[str, list[Slice]], image: Pa
                          case_id: str | None, unknown_rois: str) -> Case:
     """The case of a folder holding the CT series and a label map with its table (no RTSTRUCT): the one CT
     series, the labels resampled onto it (nearest neighbour), each name through the RTSTRUCT's name handling."""
+    from rtautoplan.labelmap import check_frame, label_masks, read_label_table
+
     table, frame = read_label_table(table_path)
     cts = [uid for uid, slices in series.items() if slices[0].ds.get("Modality") == "CT"]
     if len(cts) != 1:
