@@ -293,6 +293,14 @@ def _node(args) -> int:
     return 0
 
 
+def _export(args) -> int:
+    from rtautoplan.export import export_nifti
+
+    paths = export_nifti(args.source, args.nifti, ct_case=args.ct, unknown_rois=args.unknown_rois)
+    print(f"wrote {len(paths)} files to {args.nifti}: " + ", ".join(p.name for p in paths.values()))
+    return 0
+
+
 def _objective_json(o) -> dict:
     return {"structure": o.structure, "kind": o.kind.value, "dose_gy": round(o.dose_gy, 3), "weight": o.weight,
             "volume": o.volume, "adjustable": o.adjustable}
@@ -371,6 +379,18 @@ def parser() -> argparse.ArgumentParser:
                     "sample_data/tg119)")
     _add_plan_options(bm, engine=True)
     bm.set_defaults(run=_benchmark)
+
+    ex = sub.add_parser("export", help="a case or a planned output as research formats: CT, masks, label map, dose "
+                        "(NIfTI)")
+    ex.add_argument("source", type=Path, help="a case folder (CT series + RTSTRUCT or label map), or an output "
+                    "folder of `rtautoplan plan` (then give --ct)")
+    ex.add_argument("--nifti", type=Path, required=True, metavar="DIR", help="write ct.nii.gz (HU), "
+                    "mask_<name>.nii.gz, labels.nii.gz + labels.json and, for an output, dose.nii.gz (Gy) here")
+    ex.add_argument("--ct", type=Path, default=None, metavar="CASE", help="for an output folder: the case folder it "
+                    "was planned from (its CT; the output RTSTRUCT must reference it)")
+    ex.add_argument("--unknown-rois", choices=["error", "keep"], default="error",
+                    help="a ROI name with no TG-263 match: stop with the fix (default), or export it as named")
+    ex.set_defaults(run=_export)
 
     ho = sub.add_parser("hook", help="TPS scripting hook: JSON requests on stdin, one JSON response per line on stdout")
     _add_plan_options(ho, engine=True)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,6 +17,7 @@ import pytest
 from rtautoplan.case import AXIAL_HFS, Case, DicomRefs, DoseLevel, Grid, Prescription, Role, Structure
 from rtautoplan.dicom.uid import complete_refs
 
+PROSTATE01 = Path(__file__).resolve().parents[1] / "sample_data" / "prostate01"
 SHAPE = (24, 40, 36)
 SPACING = (2.5, 1.5, 2.0)  # (dz, PixelSpacing[0] = row step, PixelSpacing[1] = column step) mm
 ORIGIN = (-35.0, -30.0, -28.75)
@@ -99,3 +101,21 @@ def orthanc(tmp_path, tool):
 
     with orthanc_peer(tmp_path / "orthanc", tool("/usr/sbin/Orthanc")) as peer:
         yield peer
+
+
+@pytest.fixture(scope="session")
+def prostate01():
+    """sample_data/prostate01 as ``read_case`` reads it (read once per session: do not modify)."""
+    from rtautoplan.dicom.read import read_case
+
+    return read_case(PROSTATE01)
+
+
+@pytest.fixture(scope="session")
+def prostate01_nifti(tmp_path_factory) -> Path:
+    """The folder ``rtautoplan export sample_data/prostate01 --nifti DIR`` wrote (ct, masks, label map)."""
+    from rtautoplan.cli import main
+
+    out = tmp_path_factory.mktemp("prostate01_nifti")
+    assert main(["export", str(PROSTATE01), "--nifti", str(out)]) == 0
+    return out

@@ -2,8 +2,10 @@
 
 ``read_case`` scans the folder recursively, picks the RTSTRUCT and the CT series it was drawn on,
 checks that they form one regular grid on one frame of reference, and turns every ROI into a
-Structure with its TG-263 name. Anything it cannot plan on is an InputError saying which file, ROI
-or tag is wrong and what to do.
+Structure with its TG-263 name. A folder without an RTSTRUCT may instead hold a label map with a label
+table (``rtautoplan.labelmap``, as auto-segmentation writes): its labels become the structures, through the
+same name handling. Anything it cannot plan on is an InputError saying which file, ROI or tag is wrong and
+what to do.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import struct
 from collections import Counter
 from dataclasses import replace
 from pathlib import Path
+from typing import Callable, NamedTuple
 
 import numpy as np
 import pydicom
@@ -38,6 +41,18 @@ _PARSE_ERRORS = (InvalidDicomError, EOFError, OSError, ValueError, TypeError, Ke
                  NotImplementedError, struct.error)
 
 
+class _Source(NamedTuple):
+    """How messages name where the structures come from: one ROI (``kind`` 'name'), and the fixes."""
+
+    kind: str
+    rename: str
+    body: str
+
+
+_RTSTRUCT = _Source("RTSTRUCT ROI", "Rename the ROI in the TPS",
+                    "Contour the body outline as External or Body in the TPS and re-export")
+
+
 def read_case(folder: str | Path, case_id: str | None = None, unknown_rois: str = "error") -> Case:
     """Read the case in ``folder``; ``case_id`` defaults to the folder name.
 
@@ -51,6 +66,12 @@ def read_case(folder: str | Path, case_id: str | None = None, unknown_rois: str 
     if not folder.is_dir():
         raise InputError(str(folder), "is not a folder", "Give the folder that holds the CT series and the RTSTRUCT")
     rtstructs, series = _scan(folder)
+    if not rtstructs:
+        from rtautoplan.labelmap import find_label_map  # SimpleITK is imported only for a label-map case
+
+        label_map = find_label_map(folder)
+        if label_map is not None:
+            return _read_label_map_case(folder, series, *label_map, case_id, unknown_rois)
     rtstruct_path, structure_set = _choose_rtstruct(rtstructs, series, folder)
     series_uid = _choose_series(structure_set, series, rtstruct_path, folder)
     where = describe(series_uid, series[series_uid])
@@ -62,9 +83,65 @@ def read_case(folder: str | Path, case_id: str | None = None, unknown_rois: str 
                          "Export the RTSTRUCT drawn on this CT, or register and re-contour in the TPS")
     rx_path = folder / PRESCRIPTION_FILE
     rx_file = read_prescription_file(rx_path) if rx_path.is_file() else PrescriptionFile()
-    structures, prescription = _structures(structure_set, grid, rx_file, rtstruct_path, unknown_rois)
+    structures, prescription = _structures(structure_set, grid, rx_file, f"RTSTRUCT {rtstruct_path}", unknown_rois)
     return Case(case_id=case_id or folder.resolve().name, grid=grid, hu=read_hu(slices, where),
                 structures=structures, prescription=prescription, refs=refs)
+
+
+def _read_label_map_case(folder: Path, series: dict[str, list[Slice]], image: Path, table_path: Path,
+                         case_id: str | None, unknown_rois: str) -> Case:
+    """The case of a folder holding the CT series and a label map with its table (no RTSTRUCT): the one CT
+    series, the labels resampled onto it (nearest neighbour), each name through the RTSTRUCT's name handling."""
+    from rtautoplan.labelmap import check_frame, label_masks, read_label_table
+
+    table, frame = read_label_table(table_path)
+    cts = [uid for uid, slices in series.items() if slices[0].ds.get("Modality") == "CT"]
+    if len(cts) != 1:
+        found = ", ".join(describe(uid, series[uid]) for uid in cts) or "none"
+        raise InputError(f"label map {image}", f"needs exactly one CT series in {folder} to lie on (found: {found})",
+                         "Put the label map in a folder with the one CT series it was made on")
+    where = describe(cts[0], series[cts[0]])
+    grid, slices = grid_of(cts[0], series[cts[0]])
+    refs = refs_of(cts[0], slices)
+    check_frame(table_path, frame, refs.frame_of_reference_uid, where)
+    labelled = label_masks(image, table, grid)
+    structure_set = StructureSet(tuple(RoiContours(name, [], None) for name in labelled), refs.frame_of_reference_uid,
+                                 cts[0], frozenset())
+    source = _Source(f"label map {image} label", f"Rename the label in {table_path}",
+                     f"Add the body outline to the label map, named External or Body in {table_path}")
+    rx_path = folder / PRESCRIPTION_FILE
+    rx_file = read_prescription_file(rx_path) if rx_path.is_file() else PrescriptionFile()
+    structures, prescription = _structures(structure_set, grid, rx_file, f"label map {image}", unknown_rois, source,
+                                           lambda interpreted: _label_masks(interpreted, labelled, source))
+    return Case(case_id=case_id or folder.resolve().name, grid=grid, hu=read_hu(slices, where),
+                structures=structures, prescription=prescription, refs=refs)
+
+
+def _label_masks(interpreted: list[tuple[RoiContours, str, ParsedName]], labelled: dict[str, tuple[np.ndarray, int]],
+                 source: _Source) -> dict[str, np.ndarray]:
+    """The mask of every label on the CT, by label name, with ``_masks``' rules: a label with no voxel on the
+    CT is an InputError unless it is not anatomy (dropped); one partly off it keeps its part with a warning,
+    except a target."""
+    masks = {}
+    for roi, _, meaning in interpreted:
+        where = f"{source.kind} '{roi.name}'"
+        mask, off = labelled[roi.name]
+        if not mask.any():
+            if meaning.role is Role.OTHER:
+                log.warning("%s has no voxel on the CT; dropped", where)
+                continue
+            if off:
+                raise InputError(where, f"lies outside the CT (all its {off} voxels)",
+                                 "Give the label map made on this CT, or a CT that covers the structure")
+            raise InputError(where, "has no voxel on this CT (it is smaller than a CT voxel)",
+                             f'Add it to "ignore" in {PRESCRIPTION_FILE} if it is not needed for planning')
+        if off and meaning.role.is_target:
+            raise InputError(where, f"{off} of its voxels lie outside the CT; a target must lie wholly on the CT to "
+                                    "be covered", "Give a CT that covers the whole target, with the label map on it")
+        if off:
+            log.warning("%s: %d of its voxels lie outside the CT; only its part on the CT is kept", where, off)
+        masks[roi.name] = mask
+    return masks
 
 
 def _scan(folder: Path) -> tuple[dict[Path, pydicom.Dataset], dict[str, list[Slice]]]:
@@ -127,7 +204,8 @@ def _choose_rtstruct(rtstructs: dict[Path, pydicom.Dataset], series: dict[str, l
                      folder: Path) -> tuple[Path, StructureSet]:
     """The one RTSTRUCT, or the one among several that references a CT series in the folder."""
     if not rtstructs:
-        raise InputError(str(folder), "no RTSTRUCT found", "Export the structure set together with the CT series")
+        raise InputError(str(folder), "no RTSTRUCT found", "Export the structure set together with the CT series "
+                         "(or put a label map beside it: labels.nii.gz with labels.json, rtautoplan.labelmap)")
     sets = {path: read_rtstruct(ds) for path, ds in rtstructs.items()}
     if len(sets) == 1:
         return next(iter(sets.items()))
@@ -169,10 +247,10 @@ def _choose_series(structure_set: StructureSet, series: dict[str, list[Slice]], 
     return chosen
 
 
-def _interpret(structure_set: StructureSet, rx_file: PrescriptionFile,
-               unknown_rois: str = "error") -> list[tuple[RoiContours, str, ParsedName]]:
+def _interpret(structure_set: StructureSet, rx_file: PrescriptionFile, unknown_rois: str = "error",
+               source: _Source = _RTSTRUCT) -> list[tuple[RoiContours, str, ParsedName]]:
     """(ROI, the name it maps to, what it is) for every ROI not ignored; InputError for repeated names,
-    and for unknown ones (with the fix) unless ``unknown_rois`` is "keep"."""
+    and for unknown ones (with the fix) unless ``unknown_rois`` is "keep". ``source``: how messages name them."""
     counts = Counter(roi.name for roi in structure_set.rois)
     repeated = [name for name, n in counts.items() if n > 1]
     if repeated:
@@ -188,28 +266,28 @@ def _interpret(structure_set: StructureSet, rx_file: PrescriptionFile,
         mapped = rx_file.structure_names.get(roi.name)
         name = mapped or roi.name
         meaning = _meaning(roi.name, name, structure_set.interpreted_type(n), level_targets,
-                           mapped is not None or roi.name.strip().lower() in goal_rois)
+                           mapped is not None or roi.name.strip().lower() in goal_rois, source.kind)
         if meaning is None:
             unknown.append(roi.name)
         interpreted.append((roi, name, meaning))
     for key in sorted((set(rx_file.structure_names) | rx_file.ignore) - set(counts)):
-        log.warning("%s names ROI '%s', which is not in the RTSTRUCT", rx_file.path, key)
+        log.warning("%s names %s '%s', which is not there", rx_file.path, source.kind, key)
     if unknown and unknown_rois == "keep":
-        log.warning("RTSTRUCT ROIs %s match no TG-263 name: kept, never planned on", ", ".join(map(repr, unknown)))
+        log.warning("%ss %s match no TG-263 name: kept, never planned on", source.kind, ", ".join(map(repr, unknown)))
         return [(roi, name, meaning or names.ParsedName(name, Role.OTHER)) for roi, name, meaning in interpreted]
     if unknown:
-        raise _unknown_names(unknown)
+        raise _unknown_names(unknown, source)
     return interpreted
 
 
 def _meaning(roi_name: str, name: str, interpreted_type: str, level_targets: set[str],
-             named: bool) -> ParsedName | None:
+             named: bool, kind: str = _RTSTRUCT.kind) -> ParsedName | None:
     """What a ROI is: its role from RTROIInterpretedType first, then from its name (``name``: the ROIName
     or its ``structure_names`` mapping). ``level_targets``: the ROIs prescription.json gives a dose level
     (by ROIName, mapped or TG-263 name), which are targets; ``named``: mapped or named in "goals", so an
     unknown name is kept as it is (role from the type, else OAR). None: an unknown name with nothing else
     to go on. The rules are in docs/decisions.md, "ROI roles from RTROIInterpretedType"."""
-    where = f"RTSTRUCT ROI '{roi_name}'"
+    where = f"{kind} '{roi_name}'"
     parsed = names.parse(name)
     typed = names.role_of_type(interpreted_type)
     said = f"its RTROIInterpretedType is {interpreted_type}"
@@ -246,7 +324,7 @@ def _meaning(roi_name: str, name: str, interpreted_type: str, level_targets: set
     return names.ParsedName(name, Role.OAR) if named else None
 
 
-def _unknown_names(unknown: list[str]) -> InputError:
+def _unknown_names(unknown: list[str], source: _Source = _RTSTRUCT) -> InputError:
     """The error for ROI names that match nothing: a suggestion only for a misspelt TG-263 name, else
     the explicit fixes (a guessed organ, once followed, would plan on the wrong structure)."""
     hints = ", ".join(f"'{n}'" + (f" (did you mean {names.suggest(n)}?)" if names.suggest(n) else "")
@@ -254,15 +332,15 @@ def _unknown_names(unknown: list[str]) -> InputError:
     first, guess = unknown[0], names.suggest(unknown[0])
     ignore = f'or, if it is not needed for planning, "ignore": ["{first}"]'
     if guess:
-        fix = f'Rename the ROI in the TPS, or add to {PRESCRIPTION_FILE}: "structure_names": {{"{first}": "{guess}"}}, '
+        fix = f'{source.rename}, or add to {PRESCRIPTION_FILE}: "structure_names": {{"{first}": "{guess}"}}, '
     elif names.looks_like_target(first):
-        fix = (f"Rename the ROI in the TPS with its dose (e.g. PTV_7000), or give it one in {PRESCRIPTION_FILE}: "
+        fix = (f"{source.rename} with its dose (e.g. PTV_7000), or give it one in {PRESCRIPTION_FILE}: "
                f'"levels": [{{"target": "{first}", "dose_gy": ...}}], map it in "structure_names", ')
     else:
-        fix = (f"Rename the ROI in the TPS, or in {PRESCRIPTION_FILE} map it explicitly: "
+        fix = (f"{source.rename}, or in {PRESCRIPTION_FILE} map it explicitly: "
                f'"structure_names": {{"{first}": "<TG-263 name>"}}, name it in "goals" to plan it as an OAR under '
                f"its own name, ")
-    return InputError(f"RTSTRUCT ROI{'s' if len(unknown) > 1 else ''} {hints}", "unknown structure name", fix + ignore)
+    return InputError(f"{source.kind}{'s' if len(unknown) > 1 else ''} {hints}", "unknown structure name", fix + ignore)
 
 
 def _masks(interpreted: list[tuple[RoiContours, str, ParsedName]], grid: Grid) -> dict[str, np.ndarray]:
@@ -295,11 +373,14 @@ def _masks(interpreted: list[tuple[RoiContours, str, ParsedName]], grid: Grid) -
     return masks
 
 
-def _structures(structure_set: StructureSet, grid: Grid, rx_file: PrescriptionFile,
-                rtstruct_path: Path, unknown_rois: str = "error") -> tuple[tuple[Structure, ...], Prescription]:
-    """Structures (in RTSTRUCT order) and the prescription from the ROIs, prescription.json applied."""
-    interpreted = _interpret(structure_set, rx_file, unknown_rois)
-    masks = _masks(interpreted, grid)
+def _structures(structure_set: StructureSet, grid: Grid, rx_file: PrescriptionFile, where: str,
+                unknown_rois: str = "error", source: _Source = _RTSTRUCT,
+                masks_of: Callable[[list], dict[str, np.ndarray]] | None = None
+                ) -> tuple[tuple[Structure, ...], Prescription]:
+    """Structures (in RTSTRUCT order) and the prescription from the ROIs, prescription.json applied. ``where``
+    names the structure set in messages; ``masks_of`` gives the masks by ROI name (default: from the contours)."""
+    interpreted = _interpret(structure_set, rx_file, unknown_rois, source)
+    masks = masks_of(interpreted) if masks_of is not None else _masks(interpreted, grid)
     kept = [(roi, mapped, meaning) for roi, mapped, meaning in interpreted if roi.name in masks]
     prescription, resolved = prescribe([Target(roi.name, mapped, meaning) for roi, mapped, meaning in kept
                                         if meaning.role.is_target], rx_file)
@@ -307,7 +388,7 @@ def _structures(structure_set: StructureSet, grid: Grid, rx_file: PrescriptionFi
     for roi, _, meaning in kept:
         name, dose = resolved.get(roi.name, (meaning.name, None))
         if name in owner:
-            raise InputError(f"RTSTRUCT ROIs '{owner[name]}' and '{roi.name}'", f"both mean {name}",
+            raise InputError(f"{source.kind}s '{owner[name]}' and '{roi.name}'", f"both mean {name}",
                              f'Rename or delete one in the TPS, or add one to "ignore" in {PRESCRIPTION_FILE}')
         owner[name] = roi.name
         level = names.priority_level(name, meaning.role)
@@ -315,8 +396,7 @@ def _structures(structure_set: StructureSet, grid: Grid, rx_file: PrescriptionFi
         structures.append(Structure(name=name, mask=masks[roi.name], role=meaning.role, level=level, rx_gy=dose,
                                     roi_name=roi.name, **color))
     if names.EXTERNAL not in owner:
-        raise InputError(f"RTSTRUCT {rtstruct_path}", "has no External (body outline) ROI",
-                         "Contour the body outline as External or Body in the TPS and re-export")
+        raise InputError(where, "has no External (body outline) ROI", source.body)
     return tuple(structures), prescription
 
 
