@@ -98,6 +98,7 @@ def objectives_for(case: Case, rng: np.random.Generator,
 # normalisation and leaf sequencing do not push a met objective over its goal; must-goals
 # (priority 1) weigh GOAL_WEIGHT[1], desired ones GOAL_WEIGHT[2] (an OAR's rule-11 objective weighs 1).
 GOAL_MARGIN = 0.95
+LOWER_AIM = 1.02  # a target's lower bound at or above its Rx (D99 ≥ Rx) is aimed 2 % above
 GOAL_WEIGHT = {1: 10.0, 2: 0.2}
 NEAR_MAX_PERCENT = 2.0  # Dx% with x ≤ 2 (and D0.03cc-like volumes) is aimed at as a maximum
 
@@ -135,7 +136,7 @@ def goal_objectives(case: Case, goals) -> tuple[Objective, ...]:
                 out.append(Objective(s.name, ObjectiveKind.DVH_MAX, limit, weight, volume=fraction, adjustable=False))
         if goal.lower is not None and s.role.is_target and goal.metric.startswith("D") and goal.metric != "Dmean":
             volume = 1.0 if goal.metric == "Dmin" else fraction
-            aim = max(goal.lower, min(goal.lower / GOAL_MARGIN, s.rx_gy)) if s.rx_gy else goal.lower
+            aim = max(goal.lower * LOWER_AIM, min(goal.lower / GOAL_MARGIN, s.rx_gy)) if s.rx_gy else goal.lower
             out.append(Objective(s.name, ObjectiveKind.DVH_MIN, aim, weight, volume=volume, adjustable=False))
     return tuple(out)
 

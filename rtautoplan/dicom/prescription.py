@@ -239,6 +239,10 @@ def write_prescription(prescription: Prescription, path: str | Path, structure_n
         data["goals"] = [goal_json(g) for g in prescription.goals]
     if prescription.site:
         data["site"] = prescription.site
+    rule = prescription.normalisation
+    if rule != Normalisation():
+        data["normalisation"] = "none" if rule.metric == "none" else {
+            k: v for k, v in (("roi", rule.roi), ("metric", rule.metric), ("dose_gy", rule.dose_gy)) if v}
     if prescription.phases:
         data["phases"] = [{"name": p.name, "fractions": p.fractions,
                            "levels": [{"target": lv.target, "dose_gy": lv.dose_gy} for lv in p.levels]}

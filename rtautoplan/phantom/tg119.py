@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from rtautoplan.case import Case, DicomRefs, DoseLevel, Goal, Grid, Prescription, Role, Structure
+from rtautoplan.case import Case, DicomRefs, DoseLevel, Goal, Grid, Normalisation, Prescription, Role, Structure
 from rtautoplan.phantom.shapes import ellipsoid, elliptic_cylinder
 from rtautoplan.structures.names import target_name
 
@@ -103,6 +103,12 @@ LEVELS = {
     "cshape_hard": ((("OuterTarget", 50.0),), 25),
 }
 CTVS = {"Prostate": 75.6}  # CTVs (Gy): the mock prostate's gland, the level of its PTV
+# Normalisation: each case's primary target goal, as the report states the prescription (a planner
+# normalises so that the goal the prescription is written as holds; D95 = Rx would leave a D99 or D90
+# prescription under-dosed by construction).
+NORMALISATION = {"multitarget": ("CentralTarget", "D99%", 50.0), "prostate": ("PTV", "D95%", 75.6),
+                 "headneck": ("PTV", "D90%", 50.0), "cshape_easy": ("OuterTarget", "D95%", 50.0),
+                 "cshape_hard": ("OuterTarget", "D95%", 50.0)}
 # ROI names of the report that are not TG-263 names → what rtautoplan reads them as (prescription.json).
 STRUCTURE_NAMES = {"CentralTarget": target_name(Role.PTV, 50.0), "SuperiorTarget": target_name(Role.PTV, 25.0),
                    "InferiorTarget": target_name(Role.PTV, 12.5), "OuterTarget": target_name(Role.PTV, 50.0),
@@ -212,7 +218,8 @@ def make_case(name: str) -> Case:
                                     color=COLORS[n % len(COLORS)]))
     structures.append(Structure(name="BODY", mask=body, role=Role.EXTERNAL, roi_name="BODY", color=(0, 255, 0)))
     prescription = Prescription(tuple(DoseLevel(t, d) for t, d in levels), fractions,
-                                goals=tuple(p.goal() for p in published(name)), site="generic")
+                                goals=tuple(p.goal() for p in published(name)), site="generic",
+                                normalisation=Normalisation(*NORMALISATION[name]))
     refs = DicomRefs(patient_id=f"TG119-{name.upper()}", patient_name=f"TG119^{name}",
                      extra={"StudyID": "1", "StudyDate": "20090101", "StudyTime": "120000",
                             "StudyDescription": f"AAPM TG-119 {name}"})
