@@ -417,17 +417,27 @@ class PointObjective:
         return value, np.asarray(self.matrix[active].T @ g_rows[active], np.float64)
 
     def curvature_diagonal(self) -> np.ndarray:
-        """diag of the Gauss–Newton Hessian, up to the factor 2, with P's cross terms dropped: each row
-        carries the weight Σ_points P_pr · w_m/N_m of the points it feeds (DMEAN as a voxel-wise term)."""
+        """diag of the Gauss–Newton Hessian, up to the factor 2, as ``PlanObjective``'s on the rows P maps
+        the points to (P's cross terms dropped for the voxel-wise kinds; DMEAN exact, w_m (Σ_v (PM)_vj/N_m)²)."""
         key = self.weights.tobytes()
         if not self._curvature or self._curvature[0] != key:
             per_point = np.zeros(self.interp.shape[0])
-            for points, w in zip(self.local_points, self.weights):
-                per_point[points] += w / points.size
-            rows = np.asarray(self.interp.T @ per_point, float)
+            means = []
+            for o, points, w in zip(self.objectives, self.local_points, self.weights):
+                if o.kind is ObjectiveKind.DMEAN:
+                    means.append((points, w))
+                else:
+                    per_point[points] += w / points.size
             m = sparse.csr_matrix(self.matrix)
             squared = sparse.csr_matrix((np.square(m.data, dtype=np.float64), m.indices, m.indptr), shape=m.shape)
-            self._curvature = (key, np.asarray(squared.T @ rows, np.float64))
+            diag = np.asarray(squared.T @ np.asarray(self.interp.T @ per_point, float), np.float64)
+            if means:
+                b = np.zeros((self.interp.shape[0], len(means)))
+                for k, (points, _) in enumerate(means):
+                    b[points, k] = 1.0 / points.size
+                col_means = np.asarray(m.T @ np.asarray(self.interp.T @ b, self.matrix.dtype), np.float64)
+                diag += (col_means**2) @ np.array([w for _, w in means], float)
+            self._curvature = (key, diag)
         return self._curvature[1].copy()
 
 
