@@ -156,6 +156,17 @@ SCREEN_DMAX_ROWS = True  # M x without the provably inactive DMAX rows (optimize
 SCREEN_MIN_NNZ = PARALLEL_MIN_NNZ  # … for matrices of at least this many entries
 
 
+def weighted_penalties(objectives, index_sets, weights, d: np.ndarray) -> tuple[float, np.ndarray]:
+    """Σ_m w_m P_m(d[I_m]) and its gradient w.r.t. d (each I_m holds unique indices, so += is exact)."""
+    g = np.zeros(d.size)
+    value = 0.0
+    for o, index, w in zip(objectives, index_sets, weights):
+        v, grad = PENALTIES[o.kind](d[index], o.dose_gy, o.volume)
+        value += w * v
+        g[index] += w * grad
+    return value, g
+
+
 @dataclass(eq=False)
 class PlanObjective:
     """f(x) = Σ_m w_m · PENALTIES[kind_m](d[rows_m], D_m, V_m) with d = M x; callable → (value, ∇_x f).
@@ -286,13 +297,7 @@ class PlanObjective:
 
     def __call__(self, x: np.ndarray) -> tuple[float, np.ndarray]:
         self.evaluations += 1
-        d = self._screened_dose(x)
-        g = np.zeros(d.size)
-        value = 0.0
-        for o, rows, w in zip(self.objectives, self.local_rows, self.weights):
-            v, grad = PENALTIES[o.kind](d[rows], o.dose_gy, o.volume)
-            value += w * v
-            g[rows] += w * grad  # rows of one structure are unique, so += is exact
+        value, g = weighted_penalties(self.objectives, self.local_rows, self.weights, self._screened_dose(x))
         return value, np.asarray(self._rmatvec_active(g.astype(self.matrix.dtype)), np.float64)
 
     def curvature_diagonal(self) -> np.ndarray:
@@ -403,13 +408,7 @@ class PointObjective:
 
     def __call__(self, x: np.ndarray) -> tuple[float, np.ndarray]:
         self.evaluations += 1
-        d = self.dose(x)
-        g = np.zeros(d.size)
-        value = 0.0
-        for o, points, w in zip(self.objectives, self.local_points, self.weights):
-            v, grad = PENALTIES[o.kind](d[points], o.dose_gy, o.volume)
-            value += w * v
-            g[points] += w * grad
+        value, g = weighted_penalties(self.objectives, self.local_points, self.weights, self.dose(x))
         g_rows = np.asarray(self.interp.T @ g, self.matrix.dtype)
         active = np.flatnonzero(g_rows)
         if active.size == 0:
