@@ -187,6 +187,26 @@ def test_cli_exits_3_prints_the_goals_and_marks_log_and_report(impossible_case, 
     assert pydicom.dcmread(out / "RP_rtautoplan.dcm").ApprovalStatus == "UNAPPROVED"
 
 
+@pytest.mark.tools
+def test_the_report_of_an_unacceptable_plan_opens_with_a_red_banner(impossible_case, tmp_path, tool):
+    """Headless Chromium renders the report; the top of the page is the banner's red, not white."""
+    import subprocess
+
+    from matplotlib.image import imread
+
+    from rtautoplan.cli import main
+
+    chromium = tool("/usr/bin/chromium")
+    out = tmp_path / "plan"
+    main(["plan", str(impossible_case), "-o", str(out), "--max-steps", "0", "--dose-grid-factor", "2", "4", "4"])
+    shot = tmp_path / "report.png"
+    subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--window-size=1000,600",
+                    f"--screenshot={shot}", (out / "report.html").as_uri()], capture_output=True, timeout=120)
+    pixels = imread(shot)[:, :, :3]
+    banner = (np.abs(pixels - np.array([0xfd, 0xe8, 0xea]) / 255.0).max(axis=2) < 0.02)  # .banner.fail background
+    assert banner[: pixels.shape[0] // 2].mean() > 0.05, "no red banner in the top half of the report"
+
+
 def test_hook_answers_unacceptable_with_the_reasons(impossible_case, fast, tmp_path):
     from rtautoplan.hook import run_request
 
