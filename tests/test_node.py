@@ -57,7 +57,8 @@ def _fast_options(cache: Path) -> PlanOptions:
 @pytest.fixture
 def node(tmp_path, storescp):
     config = NodeConfig(aet=AET, host=HOST, port=0, workdir=tmp_path / "node", plan=_fast_options(tmp_path / "dij"),
-                        dest=Destination(storescp.host, storescp.port, storescp.aet), send_unacceptable=True)
+                        dest=Destination(storescp.host, storescp.port, storescp.aet), send_unacceptable=True,
+                        quiet_s=0.2)
     running = Node(config)
     running.start()
     yield running
@@ -131,7 +132,7 @@ def test_a_plan_failing_the_gate_is_held_unsent_by_default(tmp_path, storescp, t
     """The node's default: a plan that fails the clinical gate stays in the outbox with held.json."""
     storescu = tool("/usr/bin/storescu")
     config = NodeConfig(aet=AET, host=HOST, port=0, workdir=tmp_path / "node", plan=_fast_options(tmp_path / "dij"),
-                        dest=Destination(storescp.host, storescp.port, storescp.aet))
+                        dest=Destination(storescp.host, storescp.port, storescp.aet), quiet_s=0.2)
     running = Node(config)
     running.start()
     try:
