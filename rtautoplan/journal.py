@@ -119,18 +119,19 @@ class Journal:
 
     # --- objects --------------------------------------------------------------------------
 
-    def record_object(self, obj: StoredObject, replan_unchanged: bool = False) -> bool:
+    def record_object(self, obj: StoredObject) -> bool:
         """Journal a received object and mark its study ``receiving``; recompute which objects are
-        current. Returns False when the same object (same UID and bytes) was journaled before: then
-        a finished study stays as it is (idempotent re-sends) unless it failed or ``replan_unchanged``."""
+        current. Returns False when the same object (same UID and bytes) was journaled before; a
+        finished study then goes round again too, and the planner answers it from the journal
+        (an unchanged input is neither planned nor sent again)."""
         now = time.time()
         with self._tx() as db:
             row = db.execute("SELECT sha256 FROM objects WHERE sop = ?", (obj.sop,)).fetchone()
             if row is not None and row[0] == obj.sha256:
-                again = "('failed', 'planned', 'sent', 'held')" if replan_unchanged else "('failed')"
-                db.execute(f"UPDATE studies SET last_object = ?, state = CASE WHEN state IN {again} THEN "
-                           "'receiving' ELSE state END, plan_attempts = CASE WHEN state IN {again} THEN 0 "
-                           "ELSE plan_attempts END WHERE study = ?".replace("{again}", again), (now, obj.study))
+                again = "state IN ('planned', 'sent', 'held', 'failed')"
+                db.execute(f"UPDATE studies SET last_object = ?, state = CASE WHEN {again} THEN 'receiving' ELSE state "
+                           f"END, plan_attempts = CASE WHEN {again} THEN 0 ELSE plan_attempts END WHERE study = ?",
+                           (now, obj.study))
                 return False
             db.execute("INSERT OR REPLACE INTO objects VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1)",
                        (obj.sop, obj.study, obj.series, obj.sop_class, obj.sort_key, obj.file, obj.sha256,

@@ -291,7 +291,7 @@ class Node:
             self._outcomes.pop(accepted.study, None)
         self.journal.record_object(StoredObject(accepted.sop, accepted.study, accepted.series, accepted.sop_class,
                                                 accepted.sort_key, path.relative_to(self.workdir).as_posix(), digest,
-                                                len(accepted.data), record.peer), self.config.replan_unchanged)
+                                                len(accepted.data), record.peer))
         record.stored += 1
         return 0x0000
 
