@@ -8,16 +8,22 @@ recorded only after the plan was sent, and storescp writes a file before it answ
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import ssl
 import subprocess
 from pathlib import Path
 
+import numpy as np
 import pydicom
 import pytest
-from pydicom.dataset import Dataset
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.filebase import DicomFileLike
+from pydicom.filewriter import write_file_meta_info
+from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, ExplicitVRLittleEndian, generate_uid
 from pynetdicom import AE
+from pynetdicom import _config as pynetdicom_config
+from pynetdicom.dsutils import encode
 from pynetdicom.sop_class import CTImageStorage, RTStructureSetStorage, Verification
 
 import rtautoplan.node as node_module
@@ -312,3 +318,127 @@ def test_tls_accepts_our_certificates_and_refuses_others(tmp_path):
         assert not _echo(node.port, tls_args=_client(ca[0], None))  # no certificate
         assert not _echo(node.port)  # no TLS at all
         assert _echo(node.port, tls_args=_client(ca[0], client))  # and it still serves
+
+
+# --- malformed inputs over the network -------------------------------------------------------------
+
+_BAD_UIDS = ["1." + "2" * 63, "1.02.3", "1.2.a", "1..2", "1.2.", ".1.2", "../../etc/passwd", "1.2/3", "1.2\\3",
+             "1.2 3", "", "1.2\x003", "0.1.2.3.04"]
+_OTHER_CLASSES = ["1.2.840.10008.5.1.4.1.1.481.5", "1.2.840.10008.5.1.4.1.1.481.2", "1.2.840.10008.5.1.4.1.1.4",
+                  "1.2.840.10008.5.1.4.1.1.7", "1.2.840.10008.5.1.4.1.1.128", "1.2.840.10008.5.1.4.1.1.481.8",
+                  "1.2.840.10008.5.1.4.1.1.66", "1.2.840.10008.5.1.4.1.1.88.11"]
+
+
+def _raw(folder: Path, name: str, sop_class: str, sop: str, body: bytes) -> Path:
+    """A DICOM file whose meta claims ``sop_class``/``sop`` and whose dataset is ``body``, byte for byte
+    (pynetdicom sends a file's dataset as it is, without decoding it)."""
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = sop_class, sop
+    meta.TransferSyntaxUID, meta.ImplementationClassUID = ExplicitVRLittleEndian, PYDICOM_IMPLEMENTATION_UID
+    path = folder / f"{name}.dcm"
+    with path.open("wb") as f:
+        f.write(b"\0" * 128 + b"DICM")
+        fp = DicomFileLike(f)
+        fp.is_little_endian, fp.is_implicit_VR = True, False
+        write_file_meta_info(fp, meta)
+        f.write(body)
+    return path
+
+
+def malformed_inputs(folder: Path, study: str) -> list[tuple[str, Path | Dataset]]:
+    """≥ 100 (name, file or dataset) inputs a node must refuse: truncated, garbage, other SOP classes,
+    bad or inconsistent UIDs, path characters, missing content, oversize (> 3 MB, the test's limit)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    ct = pydicom.dcmread(SAMPLE / "CT_0.dcm")
+    ct.StudyInstanceUID = study
+    rs = pydicom.dcmread(SAMPLE / "RTSTRUCT.dcm")
+    rs.StudyInstanceUID = study
+    cases: list[tuple[str, Path | Dataset]] = []
+
+    def variant(base, name, **changes):
+        ds = copy.deepcopy(base)
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+        for keyword, value in changes.items():
+            if value is None:
+                delattr(ds, keyword)
+            else:
+                setattr(ds, keyword, value)
+        cases.append((name, ds))
+        return ds
+
+    body = encode(ct, False, True)
+    rs_body = encode(rs, False, True)
+    for i, cut in enumerate([4, 8, 9, 15, 60, 200, 400, 800, len(body) // 3, len(body) // 2, len(body) - 1000,
+                             len(body) - 2, len(body) - 1]):
+        cases.append((f"truncated CT at {cut}", _raw(folder, f"trunc{i}", CTImageStorage, generate_uid(), body[:cut])))
+    for i, cut in enumerate([10, 100, len(rs_body) // 4, len(rs_body) // 2, len(rs_body) - 3]):
+        cases.append((f"truncated RTSTRUCT at {cut}",
+                      _raw(folder, f"rstrunc{i}", RTStructureSetStorage, generate_uid(), rs_body[:cut])))
+    rng = np.random.default_rng(14)
+    for i, n in enumerate([1, 7, 64, 1000, 100_000, 1_000_000]):
+        cases.append((f"garbage {n} bytes", _raw(folder, f"garbage{i}", CTImageStorage, generate_uid(),
+                                                 rng.integers(0, 256, n, dtype=np.uint8).tobytes())))
+    cases.append(("a huge element length", _raw(folder, "hugelen", CTImageStorage, generate_uid(),
+                                                 b"\x08\x00\x18\x00UI\xff\xff" + b"1.2.3")))
+    cases.append(("undefined-length sequence, garbage items",
+                  _raw(folder, "seq", CTImageStorage, generate_uid(),
+                       b"\x08\x00\x05\x11SQ\x00\x00\xff\xff\xff\xff" + b"\xfe\xff\x00\xe0\xff\xff\xff\xff" + b"\x99" * 40)))
+    for sop_class in _OTHER_CLASSES:
+        ds = copy.deepcopy(ct)
+        ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = sop_class
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+        cases.append((f"SOP class {sop_class}", ds))
+    for bad in _BAD_UIDS:
+        for keyword in ("StudyInstanceUID", "SeriesInstanceUID", "FrameOfReferenceUID"):
+            variant(ct, f"{keyword} {bad!r}", **{keyword: bad})
+        variant(rs, f"RTSTRUCT StudyInstanceUID {bad!r}", StudyInstanceUID=bad)
+        if bad and not set(bad) & {"\x00", "\\"} and len(bad) <= 64:  # what pynetdicom will put in a request
+            ds = copy.deepcopy(ct)
+            ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = bad
+            cases.append((f"SOPInstanceUID {bad!r}", ds))
+    for i in range(4):  # the dataset's SOPInstanceUID is not the request's
+        cases.append((f"UID mismatch {i}", _raw(folder, f"mismatch{i}", CTImageStorage, generate_uid(), body)))
+    cases.append(("SOP class mismatch", _raw(folder, "classmismatch", RTStructureSetStorage,
+                                             str(ct.SOPInstanceUID), body)))
+    for keyword in ("PixelData", "Rows", "BitsAllocated", "ImagePositionPatient", "PixelSpacing", "StudyInstanceUID",
+                    "SeriesInstanceUID", "SOPInstanceUID"):
+        variant(ct, f"CT without {keyword}", **{keyword: None})
+    variant(ct, "CT with half its pixels", PixelData=ct.PixelData[: len(ct.PixelData) // 2])
+    variant(ct, "CT with Rows larger than its pixels", Rows=int(ct.Rows) * 2)
+    variant(rs, "RTSTRUCT without ROIs", StructureSetROISequence=None)
+    for i in range(3):
+        big = variant(ct, f"oversize {i}")
+        big.add_new(0x00091010, "OB", bytes(4 << 20))
+    as_files = []  # sent byte for byte: pynetdicom would not send a dataset without its UIDs
+    for i, (name, item) in enumerate(cases):
+        if isinstance(item, Dataset):
+            meta = item.file_meta
+            item = _raw(folder, f"ds{i}", meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID,
+                        encode(item, False, True))
+        as_files.append((name, item))
+    return as_files
+
+
+@pytest.mark.tools
+def test_malformed_inputs_are_refused_and_the_node_keeps_answering(tmp_path, monkeypatch):
+    monkeypatch.setattr(pynetdicom_config, "STORE_SEND_CHUNKED_DATASET", True)  # send files as they are
+    study = generate_uid()
+    cases = malformed_inputs(tmp_path / "bad", study)
+    assert len(cases) >= 100
+    before = sorted(p for p in tmp_path.rglob("*"))
+    with _running(_config(tmp_path, max_bytes_per_study=3 << 20)) as node:
+        outcomes = []
+        for name, item in cases:
+            answer = _send(node.port, [item], contexts=_OTHER_CLASSES)
+            outcomes.append((name, answer))
+            assert answer and answer[0][0] not in (0x0000, 0xB000, 0xB006, 0xB007), (name, answer)
+            assert _echo(node.port), f"no C-ECHO answer after {name}"
+        assert not node.journal.objects(study, current_only=False) and not node.journal.studies()
+        good = pydicom.dcmread(SAMPLE / "CT_0.dcm")
+        assert _send(node.port, [good]) == [(0, "")]  # still storing
+    statuses = {s for _, a in outcomes for s, _ in a}
+    assert {0x0122, 0xA900, 0xC210, 0xA700} <= statuses, statuses
+    assert all(comment for _, a in outcomes for _, comment in a), "every failure carries an ErrorComment"
+    after = sorted(p for p in tmp_path.rglob("*") if not p.is_relative_to(tmp_path / "node"))
+    assert after == before  # nothing written outside the workdir
+    assert [p.name for p in (tmp_path / "node" / "incoming").rglob("*.dcm")] == [f"{good.SOPInstanceUID}.dcm"]
