@@ -41,10 +41,9 @@ UNFINISHED = ("waiting", "queued", "planning", "sending")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS objects (
-    sop TEXT PRIMARY KEY, study TEXT NOT NULL, series TEXT NOT NULL, sop_class TEXT NOT NULL,
+    sop TEXT NOT NULL, study TEXT NOT NULL, series TEXT NOT NULL, sop_class TEXT NOT NULL,
     sort_key TEXT NOT NULL, file TEXT NOT NULL, sha256 TEXT NOT NULL, size INTEGER NOT NULL,
-    sender TEXT NOT NULL, received REAL NOT NULL, current INTEGER NOT NULL DEFAULT 1);
-CREATE INDEX IF NOT EXISTS objects_study ON objects (study);
+    sender TEXT NOT NULL, received REAL NOT NULL, current INTEGER NOT NULL DEFAULT 1, PRIMARY KEY (study, sop));
 CREATE TABLE IF NOT EXISTS studies (
     study TEXT PRIMARY KEY, state TEXT NOT NULL, reason TEXT NOT NULL DEFAULT '', kind TEXT NOT NULL DEFAULT '',
     created REAL NOT NULL, updated REAL NOT NULL, last_object REAL NOT NULL,
@@ -126,7 +125,7 @@ class Journal:
         (an unchanged input is neither planned nor sent again)."""
         now = time.time()
         with self._tx() as db:
-            row = db.execute("SELECT sha256 FROM objects WHERE sop = ?", (obj.sop,)).fetchone()
+            row = db.execute("SELECT sha256 FROM objects WHERE study = ? AND sop = ?", (obj.study, obj.sop)).fetchone()
             if row is not None and row[0] == obj.sha256:
                 again = "state IN ('planned', 'sent', 'held', 'failed')"
                 db.execute(f"UPDATE studies SET last_object = ?, state = CASE WHEN {again} THEN 'receiving' ELSE state "
@@ -160,7 +159,7 @@ class Journal:
             newest = max(series, key=lambda uid: series[uid])
             current.update(r[0] for r in images if r[1] == newest)
         for sop, *_ in rows:
-            db.execute("UPDATE objects SET current = ? WHERE sop = ?", (int(sop in current), sop))
+            db.execute("UPDATE objects SET current = ? WHERE study = ? AND sop = ?", (int(sop in current), study, sop))
 
     def objects(self, study: str, current_only: bool = True) -> list[StoredObject]:
         with self._lock:
@@ -201,10 +200,12 @@ class Journal:
             return [Study(*r) for r in self._db.execute(query + " ORDER BY updated, study", args).fetchall()]
 
     def set_state(self, study: str, state: str, reason: str = "", kind: str = "", only_from: tuple = (),
-                  **fields) -> bool:
-        """Move ``study`` to ``state`` (setting ``fields`` too); with ``only_from``, only from one of
-        those states (so a planner never overwrites what a new store changed). True if it moved."""
-        sets = ", ".join(["state = ?", "reason = ?", "kind = ?", "updated = ?", *(f"{k} = ?" for k in fields)])
+                  count_plan: bool = False, **fields) -> bool:
+        """Move ``study`` to ``state`` (setting ``fields`` too, and counting a finished plan with
+        ``count_plan``, in the same transaction); with ``only_from``, only from one of those states (so
+        a planner never overwrites what a new store changed). True if it moved."""
+        sets = ", ".join(["state = ?", "reason = ?", "kind = ?", "updated = ?", *(f"{k} = ?" for k in fields),
+                          *(["plans = plans + 1"] if count_plan else [])])
         args = [state, reason, kind, time.time(), *fields.values(), study]
         where = "study = ?"
         if only_from:

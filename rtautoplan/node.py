@@ -361,8 +361,7 @@ class Node:
         if marker.get("input_hash") == h and not (self.config.replan_unchanged and row.planned_hash == h):
             unchanged = row.planned_hash == h
             if not unchanged:  # a crash after the output was renamed into place: adopt it
-                journal.bump(study, "plans")
-                journal.set_state(study, "planning", only_from=("planning",), planned_hash=h,
+                journal.set_state(study, "planning", only_from=("planning",), count_plan=True, planned_hash=h,
                                   acceptable=int(bool(marker.get("acceptable"))))
             log.info("study %s: %s", study, "unchanged since its last plan; not planned again" if unchanged else
                      "its finished output was kept (the node stopped before recording it)")
@@ -391,8 +390,7 @@ class Node:
             return
         finally:
             shutil.rmtree(staging, ignore_errors=True)
-        journal.bump(study, "plans")
-        if not journal.set_state(study, "planning", only_from=("planning",), planned_hash=h,
+        if not journal.set_state(study, "planning", only_from=("planning",), count_plan=True, planned_hash=h,
                                  acceptable=int(planned.acceptable)):
             log.info("study %s: new objects arrived while it was planned; planned again", study)
         s0, s1 = planned.result.initial_score, planned.result.score
