@@ -38,7 +38,11 @@ File (TOML; JSON with the same structure works too)::
 from __future__ import annotations
 
 import json
-import tomllib
+
+try:
+    import tomllib
+except ImportError:  # Python 3.10: JSON configuration files only
+    tomllib = None
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
@@ -106,6 +110,8 @@ def load_config(path: str | Path) -> dict:
     path = Path(path)
     try:
         text = path.read_text()
+        if path.suffix != ".json" and tomllib is None:
+            raise ValueError("TOML needs Python 3.11; give a .json file")
         raw = json.loads(text) if path.suffix == ".json" else tomllib.loads(text)
     except (OSError, ValueError) as error:
         raise InputError(f"--config {path}", f"cannot be read ({error})", "Give a TOML or JSON node configuration") \
