@@ -3,9 +3,10 @@
 What: starts ``rtautoplan node`` as a subprocess (coarse plans, a short quiet period, plans sent
 to an in-process storage SCP), sends ``--studies`` copies of sample_data/prostate01 (each a new
 study; a sender thread re-sends a whole study until one association carrying it is released), and
-``--kills`` times kills the node with SIGKILL after a random delay, noting what it was doing (an
-association open: transfer; studies waiting, planning, sending), then restarts it on the same port
-and workdir. At the end it lets the node finish and checks:
+``--kills`` times kills the node with SIGKILL, aiming at each phase in turn (transfer: an
+association open; waiting: the quiet period; planning; sending, made longer by a receiver that
+takes 0.3 s per object) and then waiting a random moment more, notes what the node was doing when
+killed, and restarts it on the same port and workdir. At the end it lets the node finish and checks:
 
 * every object the node acknowledged (Success) is in the journal and on disk, intact as
   journaled (SHA-256 of the stored file; 0 lost);
@@ -73,7 +74,8 @@ def make_studies(folder: Path, n: int) -> dict[str, list[Path]]:
 class Receiver:
     """An in-process storage SCP standing in for the TPS: records every object it is sent."""
 
-    def __init__(self):
+    def __init__(self, delay_s: float = 0.3):
+        self.delay_s = delay_s
         self.received: list[tuple[str, str, str]] = []  # (study, modality, SOP instance UID)
         self._lock = threading.Lock()
         ae = AE(ae_title="CHAOS-TPS")
@@ -84,6 +86,7 @@ class Receiver:
                                        evt_handlers=[(evt.EVT_C_STORE, self._store)])
 
     def _store(self, event):
+        time.sleep(self.delay_s)  # a TPS takes its time: the node spends a while in "sending"
         ds = event.dataset
         with self._lock:
             self.received.append((str(ds.StudyInstanceUID), str(ds.Modality), str(ds.SOPInstanceUID)))
@@ -136,6 +139,15 @@ class Sender(threading.Thread):
             return not assoc.is_aborted
         finally:
             self.in_transfer.clear()
+
+
+PHASES = ("transfer", "waiting", "planning", "sending")
+
+
+def _phases(sender: "Sender", workdir: Path) -> set[str]:
+    """What the node is doing now: an association open (transfer), and its studies' states."""
+    states = {s for s, n in _states(workdir).items() if n and s in PHASES + ("queued",)}
+    return states | ({"transfer"} if sender.in_transfer.is_set() else set())
 
 
 def _states(workdir: Path) -> Counter:
@@ -195,12 +207,13 @@ def run(kills: int, studies: int, folder: Path, seed: int = 0, max_delay_s: floa
     phases = Counter()
     start = time.monotonic()
     try:
-        for _ in range(kills):
-            time.sleep(rng.uniform(0.2, max_delay_s))
-            states = _states(workdir)
-            phase = ("transfer" if sender.in_transfer.is_set() else
-                     next((s for s in ("planning", "sending", "queued", "waiting") if states.get(s)), "idle"))
-            phases[phase] += 1
+        for i in range(kills):
+            target = PHASES[i % len(PHASES)]  # aim at each phase in turn, then wait a random moment more
+            aim_end = time.monotonic() + 3 * max_delay_s
+            while time.monotonic() < aim_end and target not in _phases(sender, workdir):
+                time.sleep(0.01)
+            time.sleep(rng.uniform(0.0, 0.3 if target in ("waiting", "sending") else max_delay_s / 4))
+            phases["+".join(sorted(_phases(sender, workdir))) or "idle"] += 1
             node.send_signal(signal.SIGKILL)
             node.wait()
             node = _start_node(config, log, cache)

@@ -30,7 +30,7 @@ from rtautoplan.adapters import ADAPTERS
 from rtautoplan.case import Case
 from rtautoplan.dicom.read import read_case
 from rtautoplan.errors import InputError
-from rtautoplan.outputs import case_hash, write_outputs
+from rtautoplan.outputs import LOG_FILE, case_hash, write_outputs
 from rtautoplan.pipeline import MODALITIES, SITES, choose_site, plan_case, setup_for, tps_with_options
 from rtautoplan.plan import Result, Step
 from rtautoplan.policies import POLICIES
@@ -134,9 +134,13 @@ def plan_folder(case_dir: str | Path, out: str | Path, options: PlanOptions,
 
 
 def check_output(out: Path) -> None:
-    """An output folder we can create or replace, else an InputError naming it (before any planning)."""
+    """An output folder we can create or replace, else an InputError naming it (before any planning): not
+    a file, writable, and empty or an earlier output (never a folder of other files: it is replaced whole)."""
     if out.exists() and not out.is_dir():
         raise InputError(f"output folder {out}", "is a file", "Give a folder path (or move the file away)")
+    if out.is_dir() and not is_finished(out) and not (out / LOG_FILE).is_file() and any(out.iterdir()):
+        raise InputError(f"output folder {out}", "holds other files (it is replaced as a whole by the new outputs)",
+                         "Give a new or empty folder, or one holding an earlier plan")
     parent = next((p for p in (out, *out.parents) if p.exists()), None)
     if parent is None or not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
         raise InputError(f"output folder {out}", f"cannot be written ({parent} is not a writable folder)",
@@ -184,7 +188,8 @@ def clean_stale(parent: Path, everything: bool = False) -> list[Path]:
     return removed
 
 
-def _fsync(path: Path) -> None:
+def fsync_path(path: Path) -> None:
+    """fsync a file or a folder (a folder: so a rename or a new entry in it is on disk)."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -195,8 +200,8 @@ def _fsync(path: Path) -> None:
 def _fsync_tree(folder: Path) -> None:
     for dirpath, _dirs, filenames in os.walk(folder):
         for name in filenames:
-            _fsync(Path(dirpath) / name)
-        _fsync(Path(dirpath))
+            fsync_path(Path(dirpath) / name)
+        fsync_path(Path(dirpath))
 
 
 def write_folder(out: Path, write: Callable[[Path], dict[str, Path]], marker: dict) -> dict[str, Path]:
@@ -222,7 +227,7 @@ def write_folder(out: Path, write: Callable[[Path], dict[str, Path]], marker: di
                 raise InputError(f"output folder {out}", "is a file", "Give a folder path (or move the file away)")
             os.rename(out, aside)
         os.rename(tmp, out)
-        _fsync(out.parent)
+        fsync_path(out.parent)
     except OSError as error:
         raise _output_error(out, error) from None
     finally:

@@ -56,7 +56,7 @@ from pynetdicom.sop_class import Verification
 from rtautoplan import intake
 from rtautoplan.access import GuardedAE
 from rtautoplan.errors import InputError
-from rtautoplan.folder import clean_stale, options_fingerprint, plan_folder, read_marker
+from rtautoplan.folder import clean_stale, fsync_path, options_fingerprint, plan_folder, read_marker
 from rtautoplan.journal import FINAL, Journal, StoredObject
 from rtautoplan.outputs import LOG_FILE
 from rtautoplan.node_config import Destination, NodeConfig
@@ -111,14 +111,6 @@ def _guarded(failure: int | None, what: str):
                 return status
         return guarded
     return wrap
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class Node:
@@ -283,7 +275,7 @@ class Node:
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(part, path)
-            _fsync_dir(folder)
+            fsync_path(folder)
         finally:
             part.unlink(missing_ok=True)
         with self._lock:

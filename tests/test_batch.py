@@ -17,7 +17,7 @@ from rtautoplan.adapters.inhouse import InHousePhoton
 from rtautoplan.batch import SUMMARY_COLUMNS, SUMMARY_FILE, find_cases, replan_folder
 from rtautoplan.cli import main
 from rtautoplan.errors import InputError
-from rtautoplan.folder import MARKER, clean_stale, is_finished, read_marker, write_folder
+from rtautoplan.folder import MARKER, check_output, clean_stale, is_finished, read_marker, write_folder
 from rtautoplan.outputs import LOG_FILE
 
 SAMPLE = Path(__file__).resolve().parents[1] / "sample_data" / "prostate01"
@@ -136,3 +136,12 @@ def test_outputs_are_replaced_as_a_whole_or_not_at_all(tmp_path):
     (tmp_path / "file").write_text("x")
     with pytest.raises(InputError, match="is a file"):
         write_folder(tmp_path / "file", _write(["RP.dcm"]), {})
+
+
+def test_a_folder_of_other_files_is_never_replaced(tmp_path):
+    (tmp_path / "notes.txt").write_text("the physicist's notes")
+    with pytest.raises(InputError, match="holds other files"):
+        check_output(tmp_path)
+    check_output(tmp_path / "new")  # a new folder, an empty one, or an earlier output are fine
+    write_folder(tmp_path / "plan", _write(["RP.dcm"]), {})
+    check_output(tmp_path / "plan")
