@@ -7,9 +7,11 @@ and writes ``out/batch_summary.csv`` row by row, so an interrupted run still lea
 A folder holding only half a case (CT without RTSTRUCT, or the reverse) is reported as an error,
 not silently skipped: the physicist expected a plan from it.
 
-Safety: input folders are only read. Outputs are written to a hidden partial folder and moved into
-place file by file with ``plan_log.json`` last, so a crash never leaves a half-written output that
-looks finished, and a finished output (its ``plan_log.json``) is kept unless ``force=True``.
+Safety: input folders are only read. Each output folder is written whole and renamed into place
+(``folder.write_folder``), so a crash never leaves a half-written output, and only a finished output
+(its completion marker, ``folder.is_finished``) is kept unless ``force=True``; anything else in its
+place is re-planned. A ROOT that is itself a case is planned into ``OUT/<ROOT's name>/`` (the
+summary stays beside it).
 
 One folder is planned by ``folder.plan_folder`` (read_case → plan_case → write_outputs), the
 unit the other shells (``hook``, ``node``) share.
@@ -30,7 +32,7 @@ import pydicom
 from pydicom.errors import InvalidDicomError
 
 from rtautoplan.errors import InputError
-from rtautoplan.folder import PlanOptions, plan_folder
+from rtautoplan.folder import PlanOptions, is_finished, plan_folder
 from rtautoplan.outputs import LOG_FILE
 from rtautoplan.plan import Step
 
@@ -129,7 +131,7 @@ def _run_case(case_dir: Path, target: Path, name: str, options: PlanOptions, for
               on_step: Callable[[Step], None]) -> BatchRow:
     """Plan one case into ``target`` and describe the outcome; every failure becomes an error row."""
     finished = target / LOG_FILE
-    if finished.is_file() and not force:
+    if is_finished(target) and not force:
         try:
             done = json.loads(finished.read_text())
         except (OSError, ValueError):
@@ -194,7 +196,7 @@ def replan_folder(root: str | Path, out: str | Path, *, force: bool = False, con
             name = folder.relative_to(root).as_posix()
             record(BatchRow(name, "error", out / name, message=f"{folder}: {_incomplete_message(kinds)}"))
         for case_dir in cases:
-            name = case_dir.relative_to(root).as_posix()
+            name = case_dir.relative_to(root).as_posix() if case_dir != root else root.name
 
             def on_step(step: Step, name=name) -> None:
                 progress.update(task, status=f"{name}: step {step.step}, score {step.score:.4g}")

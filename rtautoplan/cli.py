@@ -278,18 +278,43 @@ def _hook(args) -> int:
 
 
 def _node(args) -> int:
+    """Settings: the defaults, then the --config file, then the options given on the command line."""
+    from dataclasses import replace
+
     from rtautoplan.node import Destination, NodeConfig, serve_until_stopped
+    from rtautoplan.node_config import load_config
+    from rtautoplan.physics import cache
 
     _service_logging(args, "rtautoplan.node")
-    dest = None
+    logging.getLogger("rtautoplan.access").setLevel(logging.DEBUG if args.debug else logging.INFO)
+    config = NodeConfig(**(load_config(args.config) if args.config else {}))
+    given = {k: getattr(args, k) for k in ("aet", "host", "port", "workdir", "quiet_s") if getattr(args, k) is not None}
     if args.dest:
         host, port, aet = args.dest
         if not port.isdigit():
             raise InputError("--dest", f"port {port!r} is not a number", "Give --dest HOST PORT AET, e.g. "
                              "--dest pacs.local 104 PACS")
-        dest = Destination(host, int(port), aet)
-    serve_until_stopped(NodeConfig(aet=args.aet, host=args.host, port=args.port, workdir=args.workdir, dest=dest,
-                                   plan=_plan_options(args), send_unacceptable=args.send_unacceptable))
+        given["dest"] = Destination(host, int(port), aet)
+    for flag in ("send_unacceptable", "replan_unchanged"):
+        if getattr(args, flag):
+            given[flag] = True
+    if args.cache_dir or args.cache_max_mb:
+        cache.configure(args.cache_dir, args.cache_max_mb and int(args.cache_max_mb * 2**20))
+    serve_until_stopped(replace(config, plan=_plan_options(args), **given))
+    return 0
+
+
+def _cache(args) -> int:
+    from rtautoplan.physics import cache
+
+    cache.configure(args.cache_dir, args.cache_max_mb and int(args.cache_max_mb * 2**20))
+    if args.action == "clear":
+        n = cache.clear()
+        print(f"removed {n} entries from {cache.cache_dir()}")
+        return 0
+    info = cache.info()
+    print(f"{info.directory}: {info.entries} entries, {info.size / 2**20:.1f} MB of {info.max_bytes / 2**20:.0f} MB "
+          "(least recently used entries are removed above the cap; RTAUTOPLAN_CACHE_MAX_MB or --cache-max-mb)")
     return 0
 
 
@@ -397,17 +422,37 @@ def parser() -> argparse.ArgumentParser:
     ho.set_defaults(run=_hook)
 
     no = sub.add_parser("node", help="DICOM node: C-STORE CT + RTSTRUCT in, plan, C-STORE RTPLAN/RTDOSE/RTSTRUCT out")
-    no.add_argument("--port", type=int, default=11112, help="port to listen on (0: any free port)")
-    no.add_argument("--aet", default="RTAUTOPLAN", help="the node's AE title (callers must address it)")
-    no.add_argument("--host", default="0.0.0.0", help="address to listen on")
+    no.add_argument("--config", type=Path, default=None, help="TOML or JSON file: access lists, TLS, limits, "
+                    "retention, destination (docs/node.md); options given here override it")
+    no.add_argument("--port", type=int, default=None, help="port to listen on (default 11112; 0: any free port)")
+    no.add_argument("--aet", default=None, help="the node's AE title, callers must address it (default RTAUTOPLAN)")
+    no.add_argument("--host", default=None, help="address to listen on (default 127.0.0.1; 0.0.0.0: every interface)")
     no.add_argument("--dest", nargs=3, metavar=("HOST", "PORT", "AET"), default=None,
                     help="storage SCP the plans are sent to (default: keep them in WORKDIR/outbox)")
-    no.add_argument("--workdir", type=Path, default=Path("rtautoplan-node"), help="holds incoming/ and outbox/")
+    no.add_argument("--workdir", type=Path, default=None, help="holds journal.sqlite, incoming/ and outbox/ "
+                    "(default ./rtautoplan-node)")
+    no.add_argument("--quiet-s", type=float, default=None, help="plan a study when no object arrived for this long "
+                    "(default 10)")
     no.add_argument("--send-unacceptable", action="store_true",
                     help="also send plans that fail the clinical gate (default: hold them in the outbox, held.json)")
+    no.add_argument("--replan-unchanged", action="store_true",
+                    help="plan and send a study again when it is re-sent unchanged (default: answer from the journal)")
+    _add_cache_options(no)
     _add_plan_options(no, engine=True)
     no.set_defaults(run=_node)
+
+    ca = sub.add_parser("cache", help="the dose-influence cache: info (folder, entries, size, cap) or clear")
+    ca.add_argument("action", choices=["info", "clear"])
+    _add_cache_options(ca)
+    ca.set_defaults(run=_cache)
     return p
+
+
+def _add_cache_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--cache-dir", type=Path, default=None, help="dose-influence cache folder (default "
+                   "$RTAUTOPLAN_CACHE, else ~/.cache/rtautoplan/dij)")
+    p.add_argument("--cache-max-mb", type=float, default=None, help="cache size cap; least recently used entries "
+                   "are removed above it (default $RTAUTOPLAN_CACHE_MAX_MB, else 2048)")
 
 
 def _add_plan_options(p: argparse.ArgumentParser, engine: bool = False) -> None:

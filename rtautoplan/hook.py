@@ -8,7 +8,9 @@ DICOM that comes back. Two ways in, one behaviour:
   line on stdout (JSON Lines), in order, until stdin ends; it exits 0. Blank lines are ignored.
   A line that is not JSON, not an object, or not a valid request gets an error response and the
   hook goes on with the next line. stdout carries nothing but responses; progress and logs go to
-  stderr.
+  stderr. Whatever a line holds (nesting deep enough to exhaust the recursion limit, a line too long
+  to hold, bytes that are not UTF-8), it gets exactly one response: every exception while handling a
+  line becomes an error response. Lines longer than ``MAX_LINE_BYTES`` are answered unread.
 
 Request (a JSON object; paths relative to the hook's working directory)::
 
@@ -25,8 +27,9 @@ Responses::
      not met: 51.20", ...]}   the plan was written but fails the clinical gate (``rtautoplan.gate``)
     {"status": "error", "error": "<one line: where, what, the fix>", "kind": "input" | "internal"}
 
-``kind`` is "input" when the request or the case is wrong (the message says what to change) and
-"internal" for a fault of ours (report it; the traceback is logged to stderr with ``--debug``).
+``kind`` is "input" when the request or the case is wrong (the message says what to change; this
+includes file-system and encoding problems: an output folder that cannot be written or is a file,
+a file name that cannot be encoded) and "internal" for a fault of ours (report it; the traceback is logged to stderr with ``--debug``).
 """
 
 from __future__ import annotations
@@ -45,6 +48,8 @@ from rtautoplan.errors import InputError
 from rtautoplan.plan import Step
 
 log = logging.getLogger(__name__)
+
+MAX_LINE_BYTES = 1 << 20  # a request is a few hundred bytes; a longer line is answered without parsing it
 
 # request key → (accepted JSON type, required); bool is rejected where a number is asked for
 REQUEST_KEYS: dict[str, tuple[type, bool]] = {
@@ -73,6 +78,10 @@ def _parse(request: object, defaults: PlanOptions) -> tuple[str, str, PlanOption
         if not isinstance(value, kind) or isinstance(value, bool) or value == "":
             raise InputError(f"request key {key!r}", f"{value!r} is not {_TYPE_NAMES[kind]}",
                              f"Give {key!r} as {_TYPE_NAMES[kind]}")
+    for key in ("case", "output"):
+        if "\x00" in request[key] or len(request[key]) > 4096:
+            raise InputError(f"request key {key!r}", "is not a usable path (a NUL character, or too long)",
+                             f"Give {key!r} as a folder path")
     if Path(request["output"]).resolve().is_relative_to(Path(request["case"]).resolve()):
         raise InputError("request key 'output'", "is the case folder or inside it (the outputs would become part "
                          "of the case)", "Give an output folder outside the case folder")
@@ -102,6 +111,10 @@ def run_request(request: dict, defaults: PlanOptions | None = None) -> dict:
         planned = plan_folder(case, output, options, on_step=_log_step)
     except InputError as error:
         return _error(str(error), "input")
+    except (OSError, UnicodeError) as error:  # the file system or a file name: the request's paths
+        where = getattr(error, "filename", None) or "a path of the request"
+        return _error(f"{where}: {type(error).__name__}: {getattr(error, 'strerror', None) or error}. Give folders "
+                      "that exist and may be written, with names the file system can hold", "input")
     except Exception as error:  # hook boundary: a fault becomes an error response, never a dead hook
         log.debug("internal error on request %r", request, exc_info=True)
         log.error("internal error: %s: %s", type(error).__name__, error)
@@ -115,13 +128,28 @@ def run_request(request: dict, defaults: PlanOptions | None = None) -> dict:
             "warnings": gate["warnings"], "goals": gate["goals"]}
 
 
-def answer(line: str, defaults: PlanOptions | None = None) -> dict:
-    """The response to one line of the JSON Lines protocol."""
+class TooLong(str):
+    """A line longer than ``MAX_LINE_BYTES``, not read (what ``_bounded_lines`` yields in its place)."""
+
+
+def answer(line: str | bytes, defaults: PlanOptions | None = None) -> dict:
+    """The response to one line of the JSON Lines protocol; never raises."""
+    if isinstance(line, TooLong):
+        return _error(f"request: the line is longer than {MAX_LINE_BYTES} bytes. Send one short JSON object per "
+                      "line", "input")
     try:
         request = json.loads(line)
-    except ValueError as error:  # JSONDecodeError, and UnicodeDecodeError on bytes
-        return _error(f"request: not JSON ({error}). Send one JSON object per line", "input")
-    return run_request(request, defaults)
+    except (ValueError, RecursionError, MemoryError) as error:  # JSONDecodeError, UnicodeDecodeError, deep nesting
+        detail = "nested too deeply" if isinstance(error, RecursionError) else str(error)[:200]
+        return _error(f"request: not JSON ({type(error).__name__}: {detail}). Send one JSON object per line", "input")
+    except Exception as error:  # protocol boundary: any line gets a response
+        return _error(f"request: not readable ({type(error).__name__}). Send one JSON object per line", "input")
+    try:
+        return run_request(request, defaults)
+    except BaseException as error:  # RecursionError/MemoryError escaping run_request's own handlers
+        if isinstance(error, (KeyboardInterrupt, SystemExit)):
+            raise
+        return _error(f"{type(error).__name__} while handling the request", "internal")
 
 
 def serve(lines: Iterable[str], write: Callable[[str], None], defaults: PlanOptions | None = None) -> int:
@@ -131,9 +159,28 @@ def serve(lines: Iterable[str], write: Callable[[str], None], defaults: PlanOpti
     for line in lines:
         if not line.strip():
             continue
-        write(json.dumps(answer(line, defaults)) + "\n")
+        try:
+            response = json.dumps(answer(line, defaults))
+        except Exception as error:  # a response that cannot be encoded still answers the line
+            response = json.dumps(_error(f"{type(error).__name__} while encoding the response", "internal"))
+        write(response + "\n")
         answered += 1
     return answered
+
+
+def _bounded_lines(stream: io.BufferedIOBase) -> Iterable[str]:
+    """The lines of a byte stream decoded as UTF-8 (bad bytes replaced); a line over
+    ``MAX_LINE_BYTES`` is skipped to its end and yielded as ``TooLong``, so no line exhausts memory."""
+    while True:
+        raw = stream.readline(MAX_LINE_BYTES + 1)
+        if not raw:
+            return
+        if len(raw) > MAX_LINE_BYTES and not raw.endswith(b"\n"):
+            while (rest := stream.readline(MAX_LINE_BYTES)) and not rest.endswith(b"\n"):
+                pass
+            yield TooLong("x")
+            continue
+        yield raw.decode("utf-8", errors="replace")
 
 
 def serve_stdio(defaults: PlanOptions | None = None) -> int:
@@ -149,8 +196,7 @@ def serve_stdio(defaults: PlanOptions | None = None) -> int:
                 responses.write(line)
                 responses.flush()
 
-            requests = io.TextIOWrapper(sys.stdin.buffer, encoding="utf-8", errors="replace")
-            return serve(requests, write, defaults)
+            return serve(_bounded_lines(sys.stdin.buffer), write, defaults)
     finally:
         sys.stdout.flush()
         os.dup2(saved, 1)

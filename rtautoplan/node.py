@@ -1,34 +1,51 @@
-"""A DICOM node: C-STORE a CT series and its RTSTRUCT in, get RTPLAN, RTDOSE and RTSTRUCT back.
+"""A DICOM node a clinic can leave running: C-STORE a CT series and its RTSTRUCT in, get RTPLAN,
+RTDOSE and RTSTRUCT back; durable, idempotent, closed to strangers.
 
-``Node(config)`` is a Verification and Storage SCP (all storage SOP classes, uncompressed transfer
-syntaxes). Each instance is fsynced to ``WORKDIR/incoming/<StudyInstanceUID>/<SOPInstanceUID>.dcm``
-before Success is returned. When the association is released, each study it touched is queued; one
-worker thread plans the queue in order (``folder.plan_folder``) into ``WORKDIR/outbox/<study>/`` and
-C-STOREs the DICOM outputs to ``config.dest`` if set. An aborted association's objects stay in
-``incoming/`` unplanned until a released association of the same study plans them all.
+``Node(config)`` is a Verification and Storage SCP. Each C-STORE is checked (``intake.check``: the
+dataset decodes fully, its UIDs are valid and agree with the request, its SOP class is CT Image or
+RT Structure Set; otherwise a failure status with an ErrorComment and nothing is stored), then
+limited (objects and bytes per study, a free-disk floor: 0xA700), written to
+``WORKDIR/incoming/<StudyInstanceUID>/<SOPInstanceUID>.dcm`` (fsynced) and journaled
+(``journal.Journal``: committed) before Success is answered. Who may connect: ``access.Access``
+(calling AE titles, addresses) and TLS (``access.Tls``); one log line per association (peer, AE
+titles, objects stored and refused, how it ended).
 
-Failures never stop the node: every handler is wrapped (an exception becomes a failure status and
-a log line); a study that cannot be planned gets ``incoming/<study>/error.json`` (the one-line
-message); a failed send leaves ``outbox/<study>/send_error.json``.
+When an association ends, its studies wait for the quiet period (``quiet_s`` without a new object),
+then one worker thread plans them in order: the study's *current* objects (the newest RTSTRUCT and
+CT series, see ``journal``) are linked into ``WORKDIR/staging/<study>/`` and planned
+(``folder.plan_folder``) into ``WORKDIR/outbox/<study>/``, written whole and renamed into place. The
+result UIDs derive from the input hash (the current objects' UIDs and bytes, and the plan options),
+so an unchanged study sent again is neither planned nor sent again (``replan_unchanged`` to force),
+and a re-plan after a crash gives the same UIDs. The DICOM outputs are C-STOREd to ``config.dest``,
+retried with doubling waits up to ``send_attempts``, then the study fails with reason "send".
 
-A plan that fails the clinical gate (``rtautoplan.gate``) is written to the outbox with its report
-and log (``"acceptable": false``) and logged as an error; ``NodeConfig.send_unacceptable`` (CLI
-``--send-unacceptable``, default off) decides whether it is C-STOREd on: by default it is held in
-the outbox with ``outbox/<study>/held.json`` naming the reasons, so nothing that fails its goals
-reaches the TPS unannounced.
+Durability: on start the node removes partial outputs and staging folders and resumes every
+unfinished study from the journal: a study being received or waiting is planned after the quiet
+period, a queued one is planned, one whose planning was interrupted is planned again (an output
+already renamed into place for the same input is adopted, not planned twice; after
+``max_plan_attempts`` interruptions the study fails), one being sent is sent. ``kill -9`` at any
+moment loses no acknowledged object and plans every study once.
+
+A study that cannot be planned gets ``incoming/<study>/error.json`` (the one-line message); a send
+that finally failed leaves ``outbox/<study>/send_error.json``. A plan that fails the clinical gate
+(``rtautoplan.gate``) is written to the outbox with its report and log; unless
+``send_unacceptable`` it is held there with ``outbox/<study>/held.json`` naming the reasons, so
+nothing that fails its goals reaches the TPS unannounced. Finished studies older than
+``retention_days`` are removed from incoming/, outbox/ and the journal.
 """
 
 from __future__ import annotations
 
-import contextlib
+import fcntl
 import functools
+import hashlib
 import json
 import logging
 import os
-import queue
-import re
+import shutil
 import signal
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -36,78 +53,58 @@ import pydicom
 from pynetdicom import AE, AllStoragePresentationContexts, evt
 from pynetdicom.sop_class import Verification
 
-from rtautoplan.folder import PlanOptions, plan_folder
+from rtautoplan import intake
+from rtautoplan.access import GuardedAE
 from rtautoplan.errors import InputError
+from rtautoplan.folder import clean_stale, fsync_path, options_fingerprint, plan_folder, read_marker
+from rtautoplan.journal import FINAL, Journal, StoredObject
+from rtautoplan.outputs import LOG_FILE
+from rtautoplan.node_config import Destination, NodeConfig
+
+__all__ = ["Destination", "Node", "NodeConfig", "Outcome", "send_files", "serve_until_stopped"]
 
 log = logging.getLogger(__name__)
 
 ERROR_FILE = "error.json"
 SEND_ERROR_FILE = "send_error.json"
 HELD_FILE = "held.json"  # outbox/<study>/: a plan that fails the clinical gate, not sent
-_UID = re.compile(r"[0-9]+(\.[0-9]+)*")  # also what makes a UID safe as a file name
-_SENT = ("rtstruct", "plan", "rtdose")  # the DICOM outputs; report and log stay in the outbox
-
-
-class _BadDataset(Exception):
-    """The dataset lacks what the node files it by (StudyInstanceUID, a valid SOPInstanceUID)."""
-
-
-class _Undecodable(Exception):
-    """The dataset could not be decoded."""
-
-
-# exception → C-STORE failure status (PS3.4 B.2.3); anything else is 0xC211
-_STORE_FAILURES = ((_BadDataset, 0xA900), (_Undecodable, 0xC210), (OSError, 0xA700))
-
-
-@dataclass(frozen=True)
-class Destination:
-    """Where plans are sent: a storage SCP's host, port and AE title."""
-
-    host: str
-    port: int
-    aet: str
-
-
-@dataclass(frozen=True)
-class NodeConfig:
-    """aet/host/port: how the node is called (port 0: any free port, see ``Node.port``); workdir
-    holds incoming/ and outbox/; dest: where plans go (None: outbox only); plan: PlanOptions;
-    require_called_aet: reject associations not addressed to ``aet``. send_unacceptable: also send plans
-    that fail the clinical gate (default: hold them in the outbox)."""
-
-    aet: str = "RTAUTOPLAN"
-    host: str = "0.0.0.0"
-    port: int = 11112
-    workdir: Path = Path("rtautoplan-node")
-    dest: Destination | None = None
-    plan: PlanOptions = field(default_factory=PlanOptions)
-    require_called_aet: bool = True
-    stop_timeout_s: float = 30.0
-    send_unacceptable: bool = False
+JOURNAL_FILE = "journal.sqlite"
+_SEND_ORDER = ("RS", "RP", "RD")  # the DICOM outputs by file-name prefix; report and log stay in the outbox
+_SWEEP_EVERY_S = 3600.0
 
 
 @dataclass(frozen=True)
 class Outcome:
     """What became of a study: status "ok", "unacceptable" (planned, fails the clinical gate) or "error",
-    the one-line message, outputs, sent or not."""
+    the one-line message, outputs, sent or not; unchanged: an unchanged re-send, not planned again."""
 
     study: str
     status: str
     message: str = ""
     files: dict = field(default_factory=dict)
     sent: bool = False
+    unchanged: bool = False
+
+
+@dataclass
+class _Association:
+    """What one association did, for its log line and for the quiet period."""
+
+    peer: str
+    studies: set = field(default_factory=set)
+    stored: int = 0
+    refused: int = 0
 
 
 def _guarded(failure: int | None, what: str):
-    """Wrap a handler: an exception becomes ``failure`` (or the matching store status) and a log line."""
+    """Wrap a handler: an exception becomes ``failure`` (0xA700 for OSError: disk) and a log line."""
     def wrap(handler):
         @functools.wraps(handler)
         def guarded(self, event):
             try:
                 return handler(self, event)
             except Exception as error:  # service boundary: a failure status and a log line, never a dead server
-                status = next((s for kind, s in _STORE_FAILURES if isinstance(error, kind)), failure)
+                status = intake.OUT_OF_RESOURCES if isinstance(error, OSError) and failure else failure
                 peer = event.assoc.requestor
                 log.exception("%s from %s@%s failed; answered %s", what, peer.ae_title, peer.address,
                               status and f"0x{status:04X}")
@@ -121,40 +118,64 @@ class Node:
 
     def __init__(self, config: NodeConfig):
         self.config = config
-        self.incoming = Path(config.workdir) / "incoming"
-        self.outbox = Path(config.workdir) / "outbox"
+        self.workdir = Path(config.workdir).absolute()
+        self.incoming, self.outbox, self.staging = (self.workdir / d for d in ("incoming", "outbox", "staging"))
+        self.journal: Journal | None = None
+        self._salt = options_fingerprint(config.plan)
         self._lock = threading.Lock()
         self._done = threading.Condition(self._lock)
-        self._received: dict[object, set[str]] = {}  # association → studies it stored into
-        self._queued: set[str] = set()
+        self._assocs: dict[object, _Association] = {}
         self._outcomes: dict[str, Outcome] = {}
-        self._queue: queue.Queue[str | None] = queue.Queue()
+        self._pending: dict[str, tuple] = {}  # study being sent → its outcome but for "sent"
+        self._wake = threading.Event()
+        self._stopping = threading.Event()
         self._ae: AE | None = None
         self._server = None
         self._worker: threading.Thread | None = None
+        self._lockfile = None
+        self._last_sweep = 0.0
 
     @property
     def port(self) -> int:
         return self._server.server_address[1]
 
+    # --- lifecycle ------------------------------------------------------------------------
+
     def start(self) -> int:
-        self.incoming.mkdir(parents=True, exist_ok=True)
-        self.outbox.mkdir(parents=True, exist_ok=True)
-        self._ae = ae = AE(ae_title=self.config.aet)
-        ae.supported_contexts = AllStoragePresentationContexts
+        for folder in (self.incoming, self.outbox, self.staging):
+            folder.mkdir(parents=True, exist_ok=True)
+        self._lockfile = open(self.workdir / "node.lock", "w")
+        try:
+            fcntl.flock(self._lockfile, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            self._lockfile.close()
+            raise InputError(f"workdir {self.workdir}", "is in use by another running node",
+                             "Stop the other node or give this one a workdir of its own") from None
+        self.journal = Journal(self.workdir / JOURNAL_FILE)
+        self._resume()
+        self._ae = ae = GuardedAE(ae_title=self.config.aet)
+        ae.access = self.config.access
+        ae.supported_contexts = AllStoragePresentationContexts  # others are refused per object: 0x0122
         ae.add_supported_context(Verification)
         ae.require_called_aet = self.config.require_called_aet
+        ae.require_calling_aet = list(self.config.access.calling_aets)
         handlers = [(evt.EVT_C_ECHO, self._on_echo), (evt.EVT_C_STORE, self._on_store),
-                    (evt.EVT_RELEASED, self._on_released), (evt.EVT_ABORTED, self._on_closed),
-                    (evt.EVT_CONN_CLOSE, self._on_closed)]
+                    (evt.EVT_ACCEPTED, self._on_accepted), (evt.EVT_REJECTED, self._on_rejected),
+                    (evt.EVT_RELEASED, self._on_ended), (evt.EVT_ABORTED, self._on_ended),
+                    (evt.EVT_CONN_CLOSE, self._on_ended)]
+        self._stopping.clear()
         self._worker = threading.Thread(target=self._work, name=f"{self.config.aet}-planner", daemon=True)
         self._worker.start()
-        self._server = ae.start_server((self.config.host, self.config.port), block=False, evt_handlers=handlers)
+        ssl_context = self.config.tls.server_context() if self.config.tls else None
+        self._server = ae.start_server((self.config.host, self.config.port), block=False, evt_handlers=handlers,
+                                       ssl_context=ssl_context)
+        if not self.config.access.calling_aets and not self.config.access.hosts:
+            log.warning("no allow-list: any calling AE title and address may store (see --config, [access])")
         return self.port
 
     def stop(self) -> None:
-        """Stop accepting, give open associations ``stop_timeout_s`` to finish (then abort them),
-        let the study being planned finish; queued studies stay in incoming/ (logged)."""
+        """Stop accepting, give open associations ``stop_timeout_s`` to finish (then abort them), let
+        the study being planned finish; queued studies stay in the journal and resume on the next start."""
         if self._server is not None:
             self._server.shutdown()
             for assoc in self._ae.active_associations:
@@ -163,16 +184,21 @@ class Node:
                     assoc.abort()
             self._server = None
         if self._worker is not None:
-            with contextlib.suppress(queue.Empty):  # drop what is queued; the worker may take one first
-                while True:
-                    self._queue.get_nowait()
-            self._queue.put(None)
+            self._stopping.set()
+            self._wake.set()
             self._worker.join(self.config.stop_timeout_s)
             if self._worker.is_alive():
                 log.warning("the planner is still busy; it stops after this study")
             self._worker = None
-        if left := sorted(self._queued):  # the worker has stopped: no other thread changes it
-            log.warning("not planned (kept in %s; re-send to plan): %s", self.incoming, ", ".join(left))
+        if self.journal is not None:
+            if left := self.journal.studies("waiting", "queued", "planning", "sending"):
+                log.warning("not finished (resumed on the next start): %s", ", ".join(s.study for s in left))
+            if self._worker is None:
+                self.journal.close()
+                self.journal = None
+        if self._lockfile is not None:
+            self._lockfile.close()
+            self._lockfile = None
 
     def wait_for(self, study: str, timeout_s: float) -> Outcome:
         """The outcome of ``study``'s latest planning, waiting up to ``timeout_s`` (TimeoutError)."""
@@ -181,119 +207,299 @@ class Node:
                 raise TimeoutError(f"study {study} not planned within {timeout_s} s")
             return self._outcomes[study]
 
+    def _resume(self) -> None:
+        """Make the workdir consistent after a crash and requeue what was unfinished (module docstring)."""
+        clean_stale(self.outbox, everything=True)
+        shutil.rmtree(self.staging, ignore_errors=True)
+        self.staging.mkdir()
+        for part in self.incoming.glob("*/.*.part"):
+            part.unlink(missing_ok=True)
+        journal, now = self.journal, time.time()
+        for s in journal.studies("receiving", "waiting"):
+            journal.set_state(s.study, "waiting", last_object=now)
+            log.warning("study %s: resumed; planned after the quiet period", s.study)
+        for s in journal.studies("planning"):
+            if s.plan_attempts >= self.config.max_plan_attempts:
+                self._fail(s.study, "internal", f"planning was interrupted {s.plan_attempts} times (a crash or the "
+                           "node killed while planning); re-send the study to try again")
+            else:
+                journal.set_state(s.study, "queued")
+                log.warning("study %s: planning was interrupted; planned again", s.study)
+        for s in journal.studies("sending"):
+            journal.set_state(s.study, "sending", next_send=0.0)
+        self._sweep()
+
+    # --- DICOM handlers -------------------------------------------------------------------
+
+    def _record(self, event) -> _Association:
+        with self._lock:
+            if event.assoc not in self._assocs:
+                r = event.assoc.requestor
+                self._assocs[event.assoc] = _Association(f"{r.ae_title}@{r.address}:{r.port}")
+            return self._assocs[event.assoc]
+
+    @_guarded(None, "accept")
+    def _on_accepted(self, event) -> None:
+        self._record(event)
+
+    @_guarded(None, "reject")
+    def _on_rejected(self, event) -> None:
+        r = event.assoc.requestor
+        log.warning("association from %s@%s:%s to %s rejected (calling or called AE title not allowed)",
+                    r.ae_title, r.address, r.port, event.assoc.acceptor.ae_title)
+
     @_guarded(0xC000, "C-ECHO")
     def _on_echo(self, event) -> int:
         return 0x0000
 
     @_guarded(0xC211, "C-STORE")
-    def _on_store(self, event) -> int:
+    def _on_store(self, event):
+        record = self._record(event)
         try:
-            ds = event.dataset
-            study = str(ds.get("StudyInstanceUID", ""))
-        except Exception as error:  # pydicom has no single decoding exception; mapped to 0xC210
-            raise _Undecodable(f"{type(error).__name__}: {error}") from error
-        sop = str(event.request.AffectedSOPInstanceUID)
-        if not (_UID.fullmatch(study) and _UID.fullmatch(sop)):
-            raise _BadDataset(f"StudyInstanceUID {study!r} / SOPInstanceUID {sop!r} is not a valid UID")
-        folder = self.incoming / study
+            accepted = intake.check(event)
+            self._check_limits(accepted)
+        except intake.Refused as refused:
+            record.refused += 1
+            log.warning("C-STORE from %s refused: 0x%04X %s", record.peer, refused.status, refused.comment)
+            return refused.response()
+        folder = self.incoming / accepted.study
+        path = folder / f"{accepted.sop}.dcm"
+        if not path.resolve().is_relative_to(self.incoming.resolve()):  # validated UIDs: cannot happen
+            raise intake.Refused(intake.MISMATCH, "UID would name a path outside the workdir")
+        digest = hashlib.sha256(accepted.data).hexdigest()
         folder.mkdir(parents=True, exist_ok=True)
-        part = folder / f".{sop}.part"
-        with part.open("wb") as f:
-            f.write(event.encoded_dataset())
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(part, folder / f"{sop}.dcm")
+        part = folder / f".{accepted.sop}.{threading.get_ident()}.part"
+        try:
+            with part.open("wb") as f:
+                f.write(accepted.data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(part, path)
+            fsync_path(folder)
+        finally:
+            part.unlink(missing_ok=True)
         with self._lock:
-            self._received.setdefault(event.assoc, set()).add(study)
+            record.studies.add(accepted.study)
+            self._outcomes.pop(accepted.study, None)
+        self.journal.record_object(StoredObject(accepted.sop, accepted.study, accepted.series, accepted.sop_class,
+                                                accepted.sort_key, path.relative_to(self.workdir).as_posix(), digest,
+                                                len(accepted.data), record.peer))
+        record.stored += 1
         return 0x0000
 
-    @_guarded(None, "release")
-    def _on_released(self, event) -> None:
-        with self._lock:
-            studies = self._received.pop(event.assoc, set())
-        for study in sorted(studies):
-            self._enqueue(study)
+    def _check_limits(self, accepted: intake.Accepted) -> None:
+        size = len(accepted.data)
+        if shutil.disk_usage(self.workdir).free - size < self.config.min_free_bytes:
+            raise intake.Refused(intake.OUT_OF_RESOURCES, "disk nearly full: the node refuses new objects")
+        n, total = self.journal.study_totals(accepted.study)
+        if n + 1 > self.config.max_objects_per_study or total + size > self.config.max_bytes_per_study:
+            raise intake.Refused(intake.OUT_OF_RESOURCES, "study exceeds the node's object or size limit")
 
-    @_guarded(None, "close")
-    def _on_closed(self, event) -> None:
+    @_guarded(None, "association end")
+    def _on_ended(self, event) -> None:
         with self._lock:
-            studies = self._received.pop(event.assoc, set())
-        if studies:
-            log.warning("association from %s ended without release: %s kept in incoming/, not planned",
-                        event.assoc.requestor.ae_title, ", ".join(sorted(studies)))
+            record = self._assocs.pop(event.assoc, None)
+        if record is None:  # logged already (released, then the connection closed)
+            return
+        how = {evt.EVT_RELEASED: "released", evt.EVT_ABORTED: "aborted"}.get(event.event, "connection closed")
+        log.info("association %s → %s: %d stored, %d refused, studies [%s]; %s", record.peer,
+                 event.assoc.acceptor.ae_title, record.stored, record.refused, ", ".join(sorted(record.studies)), how)
+        for study in sorted(record.studies):
+            self.journal.set_state(study, "waiting", only_from=("receiving",))
+        self._wake.set()
 
-    def _enqueue(self, study: str) -> None:
-        with self._lock:
-            if study in self._queued:
-                return
-            self._queued.add(study)
-            self._outcomes.pop(study, None)
-        log.info("study %s queued", study)
-        self._queue.put(study)
+    # --- the worker -----------------------------------------------------------------------
 
     def _work(self) -> None:
-        """The planner thread: one study at a time, in arrival order, until stop() sends None."""
-        while (study := self._queue.get()) is not None:
-            with self._lock:
-                self._queued.discard(study)
-            outcome = self._plan(study)
-            with self._done:
-                self._outcomes[study] = outcome
-                self._done.notify_all()
+        """The planner thread: sends due, then the oldest queued study, one at a time, until stop()."""
+        while not self._stopping.is_set():
+            try:
+                busy = self._step()
+                if time.time() - self._last_sweep > _SWEEP_EVERY_S:
+                    self._sweep()
+            except Exception:  # worker boundary: log, go on; the journal keeps the state
+                log.exception("planner step failed")
+                busy = False
+            if not busy:
+                self._wake.wait(0.1)
+                self._wake.clear()
 
-    def _plan(self, study: str) -> Outcome:
-        folder, out = self.incoming / study, self.outbox / study
-        (folder / ERROR_FILE).unlink(missing_ok=True)
+    def _step(self) -> bool:
+        journal, now = self.journal, time.time()
+        with self._lock:
+            active = set().union(*(a.studies for a in self._assocs.values()))
+        for s in journal.studies("waiting"):
+            if now - s.last_object >= self.config.quiet_s and s.study not in active:
+                if journal.set_state(s.study, "queued", only_from=("waiting",)):
+                    log.info("study %s queued", s.study)
+        for s in journal.studies("sending"):
+            if s.next_send <= now:
+                self._send(s.study)
+                return True
+        queued = journal.studies("queued")
+        if queued:
+            self._plan(queued[0].study)
+            return True
+        return False
+
+    def _plan(self, study: str) -> None:
+        journal = self.journal
+        if not journal.set_state(study, "planning", only_from=("queued",)):
+            return
+        journal.bump(study, "plan_attempts")
+        h = journal.input_hash(study, self._salt)
+        row, out = journal.study(study), self.outbox / study
+        marker = read_marker(out)
+        if marker.get("input_hash") == h and not (self.config.replan_unchanged and row.planned_hash == h):
+            unchanged = row.planned_hash == h
+            if not unchanged:  # a crash after the output was renamed into place: adopt it
+                journal.set_state(study, "planning", only_from=("planning",), count_plan=True, planned_hash=h,
+                                  acceptable=int(bool(marker.get("acceptable"))))
+            log.info("study %s: %s", study, "unchanged since its last plan; not planned again" if unchanged else
+                     "its finished output was kept (the node stopped before recording it)")
+            self._after_plan(study, h, bool(marker.get("acceptable")), {}, unchanged=unchanged)
+            return
+        (self.incoming / study / ERROR_FILE).unlink(missing_ok=True)
+        staging = self.staging / study
+        shutil.rmtree(staging, ignore_errors=True)
         try:
-            planned = plan_folder(folder, out, self.config.plan)
+            staging.mkdir(parents=True)
+            for obj in journal.objects(study):
+                source, target = self.workdir / obj.file, staging / Path(obj.file).name
+                try:
+                    os.link(source, target)
+                except OSError:
+                    shutil.copyfile(source, target)
+            planned = plan_folder(staging, out, self.config.plan, uid_seed=h, marker={"input_hash": h, "study": study})
         except Exception as error:  # worker boundary: one study's failure is its error.json; the node goes on
             internal = not isinstance(error, InputError)
             message = " ".join((f"{type(error).__name__}: {error}" if internal else str(error)).split())
             log.error("study %s not planned: %s", study, message, exc_info=internal)
             record = {"study": study, "kind": "internal" if internal else "input", "error": message}
-            (folder / ERROR_FILE).write_text(json.dumps(record, indent=1))
-            return Outcome(study, "error", message)
+            (self.incoming / study).mkdir(parents=True, exist_ok=True)
+            (self.incoming / study / ERROR_FILE).write_text(json.dumps(record, indent=1))
+            self._fail(study, record["kind"], message, only_from=("planning",))
+            return
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        if not journal.set_state(study, "planning", only_from=("planning",), count_plan=True, planned_hash=h,
+                                 acceptable=int(planned.acceptable)):
+            log.info("study %s: new objects arrived while it was planned; planned again", study)
         s0, s1 = planned.result.initial_score, planned.result.score
         log.info("study %s planned: %s %.4g → %.4g in %.1f s", study, s1.system, s0.total, s1.total, planned.seconds)
-        held = out / HELD_FILE
-        held.unlink(missing_ok=True)
-        if planned.acceptable:
-            return Outcome(study, "ok", files=planned.files, sent=self._send(study, planned.files))
-        reasons = list(planned.result.gate.reasons)
-        message = "plan NOT ACCEPTABLE: " + "; ".join(reasons)
-        log.error("study %s: %s", study, message)
-        if self.config.send_unacceptable:
-            return Outcome(study, "unacceptable", message, planned.files, self._send(study, planned.files))
-        held.write_text(json.dumps({"study": study, "acceptable": False, "reasons": reasons,
-                                    "held": "not sent: the plan fails the clinical gate (--send-unacceptable sends "
-                                            "such plans)"}, indent=1))
-        return Outcome(study, "unacceptable", message, planned.files, False)
+        reasons = list(planned.result.gate.reasons) if planned.result.gate is not None else []
+        self._after_plan(study, h, planned.acceptable, planned.files, reasons=reasons)
 
-    def _send(self, study: str, files: dict[str, Path]) -> bool:
-        """C-STORE the DICOM outputs to the destination; a failure is logged and left as send_error.json."""
-        dest, report = self.config.dest, self.outbox / study / SEND_ERROR_FILE
-        report.unlink(missing_ok=True)
-        if dest is None:
-            return False
+    def _after_plan(self, study: str, h: str, acceptable: bool, files: dict, unchanged: bool = False,
+                    reasons: list | None = None) -> None:
+        """Hold, keep or send a planned study (the state it moves to from ``planning``)."""
+        journal, row = self.journal, self.journal.study(study)
+        out = self.outbox / study
+        if reasons is None:
+            try:
+                reasons = list(json.loads((out / LOG_FILE).read_text()).get("reasons", []))
+            except (OSError, ValueError):
+                reasons = []
+        status = "ok" if acceptable else "unacceptable"
+        message = "" if acceptable else "plan NOT ACCEPTABLE: " + "; ".join(reasons)
+        if not acceptable:
+            log.error("study %s: %s", study, message)
+        if not acceptable and not self.config.send_unacceptable:
+            _write_json(out / HELD_FILE, {"study": study, "acceptable": False, "reasons": reasons,
+                                          "held": "not sent: the plan fails the clinical gate (--send-unacceptable "
+                                                  "sends such plans)"})
+            if journal.set_state(study, "held", message, only_from=("planning",)):
+                self._finish(Outcome(study, status, message, files, False, unchanged))
+        elif self.config.dest is None:
+            if journal.set_state(study, "planned", message, only_from=("planning",)):
+                self._finish(Outcome(study, status, message, files, False, unchanged))
+        elif unchanged and row.sent_hash == h and not self.config.replan_unchanged:
+            if journal.set_state(study, "sent", message, only_from=("planning",)):
+                self._finish(Outcome(study, status, message or "unchanged: not sent again", files, True, True))
+        elif journal.set_state(study, "sending", message, only_from=("planning",), send_attempts=0, next_send=0.0):
+            with self._lock:
+                self._pending[study] = (status, message, files, unchanged)
+
+    def _send(self, study: str) -> None:
+        """One attempt at C-STOREing ``study``'s outputs; retried later with a doubling wait, failed after
+        ``send_attempts``."""
+        journal, dest, out = self.journal, self.config.dest, self.outbox / study
+        row = journal.study(study)
+        attempt = journal.bump(study, "send_attempts")
+        paths = sorted((p for p in out.glob("*.dcm") if p.name[:2] in _SEND_ORDER),
+                       key=lambda p: _SEND_ORDER.index(p.name[:2]))
         try:
-            failures = send_files([files[name] for name in _SENT if name in files], dest, self.config.aet)
+            failures = send_files(paths, dest, self.config.aet, self.config.tls) if paths else ["no DICOM outputs"]
         except Exception as error:  # worker boundary: a network fault must not stop the planner
             failures = [f"{type(error).__name__}: {error}"]
-        if failures:
-            log.error("study %s: sending to %s failed: %s", study, dest, "; ".join(failures))
-            report.write_text(json.dumps({"study": study, "dest": vars(dest), "errors": failures}, indent=1))
-            return False
-        log.info("study %s sent to %s", study, dest)
-        return True
+        with self._lock:
+            status, message, files, unchanged = self._pending.get(
+                study, ("ok" if row.acceptable else "unacceptable", row.reason, {}, False))
+        if not failures:
+            (out / SEND_ERROR_FILE).unlink(missing_ok=True)
+            if journal.set_state(study, "sent", message, only_from=("sending",), sent_hash=row.planned_hash):
+                log.info("study %s sent to %s (attempt %d)", study, dest, attempt)
+                self._finish(Outcome(study, status, message, files, True, unchanged))
+            return
+        text = "; ".join(failures)
+        if attempt < self.config.send_attempts:
+            wait = self.config.send_backoff_s * 2 ** (attempt - 1)
+            log.warning("study %s: sending to %s failed (attempt %d of %d, again in %.0f s): %s", study, dest,
+                        attempt, self.config.send_attempts, wait, text)
+            journal.set_state(study, "sending", row.reason, only_from=("sending",), next_send=time.time() + wait)
+            return
+        log.error("study %s: sending to %s failed %d times, given up: %s", study, dest, attempt, text)
+        _write_json(out / SEND_ERROR_FILE, {"study": study, "dest": vars(dest), "errors": failures,
+                                            "attempts": attempt})
+        self._fail(study, "send", f"sending failed {attempt} times: {text}", only_from=("sending",))
+        self._finish(Outcome(study, status, message or text, files, False, unchanged))
+
+    def _fail(self, study: str, kind: str, message: str, only_from: tuple = ()) -> None:
+        if self.journal.set_state(study, "failed", message, kind, only_from=only_from) and kind != "send":
+            self._finish(Outcome(study, "error", message))
+
+    def _finish(self, outcome: Outcome) -> None:
+        with self._done:
+            self._pending.pop(outcome.study, None)
+            self._outcomes[outcome.study] = outcome
+            self._done.notify_all()
+
+    def _sweep(self) -> None:
+        """Retention: remove finished studies older than ``retention_days`` (files and journal rows)."""
+        self._last_sweep = time.time()
+        if self.config.retention_days <= 0:
+            return
+        cutoff = time.time() - self.config.retention_days * 86400
+        for s in self.journal.studies(*FINAL):
+            if s.updated < cutoff:
+                shutil.rmtree(self.incoming / s.study, ignore_errors=True)
+                shutil.rmtree(self.outbox / s.study, ignore_errors=True)
+                self.journal.forget(s.study)
+                log.info("study %s removed (finished %.0f days ago; retention %g days)", s.study,
+                         (time.time() - s.updated) / 86400, self.config.retention_days)
 
 
-def send_files(paths: list[Path], dest: Destination, aet: str) -> list[str]:
-    """C-STORE ``paths`` in one association; returns what failed (empty: all stored)."""
+def _write_json(path: Path, record: dict) -> None:
+    """A status file beside the outputs, replaced atomically."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(record, indent=1))
+    os.replace(tmp, path)
+
+
+def send_files(paths: list[Path], dest: Destination, aet: str, tls=None) -> list[str]:
+    """C-STORE ``paths`` in one association (over TLS when ``dest.tls``, with ``tls``'s certificates);
+    returns what failed (empty: all stored)."""
     datasets = [pydicom.dcmread(p) for p in paths]
     ae = AE(ae_title=aet)
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = ae.connection_timeout = 30
     for sop_class, syntax in {(str(d.SOPClassUID), str(d.file_meta.TransferSyntaxUID)) for d in datasets}:
         ae.add_requested_context(sop_class, [syntax])
-    assoc = ae.associate(dest.host, dest.port, ae_title=dest.aet)
+    tls_args = None
+    if dest.tls:
+        if tls is None:
+            return [f"{dest.aet}@{dest.host}:{dest.port} wants TLS but the node has no [tls] configuration"]
+        tls_args = (tls.client_context(), dest.host)
+    assoc = ae.associate(dest.host, dest.port, ae_title=dest.aet, tls_args=tls_args)
     if not assoc.is_established:
         return [f"association with {dest.aet}@{dest.host}:{dest.port} not established"]
     failures = []
@@ -313,8 +519,8 @@ def serve_until_stopped(config: NodeConfig) -> None:
     signal.signal(signal.SIGTERM, lambda *_: stopping.set())
     node = Node(config)
     try:
-        log.warning("%s listening on %s:%d (incoming/, outbox/ in %s); Ctrl-C stops", config.aet, config.host,
-                    node.start(), config.workdir)
+        log.warning("%s listening on %s:%d%s (journal, incoming/, outbox/ in %s); Ctrl-C stops", config.aet,
+                    config.host, node.start(), " with TLS" if config.tls else "", config.workdir)
         stopping.wait()
     except KeyboardInterrupt:
         log.warning("stopping")

@@ -44,9 +44,10 @@ class Peer:
     process: subprocess.Popen
     http_port: int | None = None  # Orthanc's REST API
 
-    def rest(self, path: str):
-        """GET ``path`` from Orthanc's REST API and decode the JSON answer."""
-        with urllib.request.urlopen(f"http://{self.host}:{self.http_port}{path}", timeout=10) as answer:
+    def rest(self, path: str, data: bytes | None = None, timeout_s: float = 10.0):
+        """GET ``path`` from Orthanc's REST API (POST ``data`` when given) and decode the JSON answer."""
+        url = f"http://{self.host}:{self.http_port}{path}"
+        with urllib.request.urlopen(urllib.request.Request(url, data=data), timeout=timeout_s) as answer:
             return json.loads(answer.read())
 
 
@@ -136,9 +137,10 @@ def storescp_peer(folder: Path, binary: str = "/usr/bin/storescp", aet: str = "S
     return _run(start, lambda p: echo(p.host, p.port, p.aet), "storescp")
 
 
-def orthanc_config(folder: Path, dicom_port: int, http_port: int, aet: str) -> dict:
+def orthanc_config(folder: Path, dicom_port: int, http_port: int, aet: str, modalities: dict | None = None) -> dict:
     """An Orthanc configuration of its own: loopback-only REST API without authentication, storage
-    and index in ``folder``, no plugins, and any called AE title accepted."""
+    and index in ``folder``, no plugins, and any called AE title accepted; ``modalities``: name →
+    [AET, host, port] of the peers Orthanc may send to."""
     return {
         "Name": "rtautoplan-test",
         "StorageDirectory": str(folder / "storage"),
@@ -150,12 +152,13 @@ def orthanc_config(folder: Path, dicom_port: int, http_port: int, aet: str) -> d
         "RemoteAccessAllowed": False,
         "AuthenticationEnabled": False,
         "Plugins": [],
-        "DicomModalities": {},
+        "DicomModalities": modalities or {},
         "OrthancPeers": {},
     }
 
 
-def orthanc_peer(folder: Path, binary: str = "/usr/sbin/Orthanc", aet: str = "ORTHANC") -> ContextManager[Peer]:
+def orthanc_peer(folder: Path, binary: str = "/usr/sbin/Orthanc", aet: str = "ORTHANC",
+                 modalities: dict | None = None) -> ContextManager[Peer]:
     """Orthanc with its own configuration, ports and folders (independent of any system service)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -164,7 +167,7 @@ def orthanc_peer(folder: Path, binary: str = "/usr/sbin/Orthanc", aet: str = "OR
     def start(dicom_port: int) -> Peer:
         http_port = free_port()
         config = folder / "orthanc.json"
-        config.write_text(json.dumps(orthanc_config(folder, dicom_port, http_port, aet), indent=1))
+        config.write_text(json.dumps(orthanc_config(folder, dicom_port, http_port, aet, modalities), indent=1))
         with log.open("w") as out:
             process = subprocess.Popen([binary, str(config)], stdout=out, stderr=subprocess.STDOUT,
                                        stdin=subprocess.DEVNULL, cwd=folder)

@@ -17,6 +17,7 @@ from rtautoplan.adapters.inhouse import InHousePhoton
 from rtautoplan.batch import SUMMARY_COLUMNS, SUMMARY_FILE, find_cases, replan_folder
 from rtautoplan.cli import main
 from rtautoplan.errors import InputError
+from rtautoplan.folder import MARKER, check_output, clean_stale, is_finished, read_marker, write_folder
 from rtautoplan.outputs import LOG_FILE
 
 SAMPLE = Path(__file__).resolve().parents[1] / "sample_data" / "prostate01"
@@ -67,7 +68,8 @@ def test_good_case_is_planned_and_failures_are_rows(batch):
     assert good.scoring == "proknow9" and good.final >= good.initial
     assert {p.name for p in (out / "prostate01").iterdir()} >= {"RP_rtautoplan.dcm", "RD_rtautoplan.dcm",
                                                                  "RS_rtautoplan.dcm", "report.html", LOG_FILE}
-    assert not list((out / "prostate01").glob(".partial-*"))
+    assert not list((out / "prostate01").glob(".partial-*")) and not list(out.glob(".prostate01.*"))
+    assert is_finished(out / "prostate01")
     broken = by_case["clinic/broken"]
     assert broken.status == "error" and "slices missing" in broken.message and "\n" not in broken.message
     assert not (out / "clinic" / "broken").exists()
@@ -104,3 +106,43 @@ def test_output_inside_a_case_is_refused(root):
         replan_folder(root, root / "prostate01" / "plans")
     with pytest.raises(InputError, match="is the input folder"):
         replan_folder(root, root)
+
+
+def _write(names):
+    def write(tmp):
+        for name in names:
+            (tmp / name).write_text(name)
+        return {name: tmp / name for name in names}
+    return write
+
+
+def test_outputs_are_replaced_as_a_whole_or_not_at_all(tmp_path):
+    out = tmp_path / "plans" / "case"
+    files = write_folder(out, _write(["RP.dcm", "RD.dcm"]), {"input": "a"})
+    assert files == {"RP.dcm": out / "RP.dcm", "RD.dcm": out / "RD.dcm"} and is_finished(out)
+    write_folder(out, _write(["RP.dcm"]), {"input": "b"})
+    assert sorted(p.name for p in out.iterdir()) == [MARKER, "RP.dcm"]  # nothing of the old output is left
+
+    def crash(tmp):
+        (tmp / "RP.dcm").write_text("half")
+        raise RuntimeError("killed while writing")
+
+    with pytest.raises(RuntimeError):
+        write_folder(out, crash, {})
+    assert (out / "RP.dcm").read_text() == "RP.dcm" and read_marker(out)["input"] == "b"
+    assert sorted(p.name for p in out.parent.iterdir()) == ["case"]
+    dead = out.parent / ".case.partial-999999999-abcd"  # what a kill -9 leaves: removed by the next run
+    dead.mkdir()
+    assert clean_stale(out.parent) == [dead] and not dead.exists()
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(InputError, match="is a file"):
+        write_folder(tmp_path / "file", _write(["RP.dcm"]), {})
+
+
+def test_a_folder_of_other_files_is_never_replaced(tmp_path):
+    (tmp_path / "notes.txt").write_text("the physicist's notes")
+    with pytest.raises(InputError, match="holds other files"):
+        check_output(tmp_path)
+    check_output(tmp_path / "new")  # a new folder, an empty one, or an earlier output are fine
+    write_folder(tmp_path / "plan", _write(["RP.dcm"]), {})
+    check_output(tmp_path / "plan")

@@ -15,7 +15,7 @@ import pytest
 
 from rtautoplan.adapters.inhouse import InHousePhoton
 from rtautoplan.folder import PlanOptions
-from rtautoplan.hook import answer, run_request, serve
+from rtautoplan.hook import MAX_LINE_BYTES, answer, run_request, serve
 
 SAMPLE = Path(__file__).resolve().parents[1] / "sample_data" / "prostate01"
 
@@ -94,3 +94,25 @@ def test_hook_process_speaks_json_lines(tmp_path):
     assert responses[1]["kind"] == "input" and "not JSON" in responses[1]["error"]
     assert responses[2]["kind"] == "input" and "no-such-case" in responses[2]["error"]
     assert "step 1" in done.stderr  # progress goes to stderr
+
+
+def test_hook_process_answers_every_hostile_line(tmp_path):
+    """Deep nesting (RecursionError), an over-long line, bytes that are not UTF-8, NUL in a path,
+    an output that is a file, an output below a file: one input error each, in order."""
+    (tmp_path / "afile").write_text("x")
+    lines = [b"[" * 2000 + b"]" * 2000, b"{" * 100_000, b'{"case": "x", "output": "\xff\xfe"}',
+             b"x" * (MAX_LINE_BYTES + 10),
+             json.dumps({"case": "a\u0000b", "output": "y"}).encode(),
+             json.dumps({"case": str(SAMPLE), "output": str(tmp_path / "afile")}).encode(),
+             json.dumps({"case": str(SAMPLE), "output": str(tmp_path / "afile" / "plan")}).encode(),
+             b'"just a string"']
+    script = Path(sys.executable).with_name("rtautoplan")
+    command = [str(script)] if script.is_file() else [sys.executable, "-m", "rtautoplan.cli"]
+    done = subprocess.run([*command, "hook"], input=b"\n".join(lines) + b"\n", capture_output=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    responses = [json.loads(line) for line in done.stdout.decode().splitlines()]
+    assert len(responses) == len(lines), done.stdout
+    assert all(r["status"] == "error" and r["kind"] == "input" for r in responses), responses
+    assert "nested too deeply" in responses[0]["error"] and "longer than" in responses[3]["error"]
+    assert "cannot be written" in responses[6]["error"]
+    assert "is a file" in responses[5]["error"]

@@ -39,8 +39,10 @@ Cache
 grid, External and target masks (the rows and the beamlet placement), patient position, beams,
 all parameters, the photon model and :data:`DIJ_VERSION` (bump it whenever the computation
 changes). It stores ``<key>.npz`` (``scipy.sparse.save_npz``), ``<key>.arrays.npz`` (rows,
-beamlets) and ``<key>.json`` (dose grid, parameters, timing) in ``$RTAUTOPLAN_CACHE`` or
-``~/.cache/rtautoplan/dij``; writes are atomic (temporary file, then rename).
+beamlets) and ``<key>.json`` (dose grid, parameters, timing; no patient or case identifier) in
+``physics.cache.cache_dir()`` (option, ``$RTAUTOPLAN_CACHE`` or ``~/.cache/rtautoplan/dij``); writes
+are atomic (temporary file, then rename); the cache is bounded (``physics.cache``: LRU eviction
+above its size cap, ``rtautoplan cache info|clear``).
 """
 
 from __future__ import annotations
@@ -61,6 +63,7 @@ from scipy.special import erf
 
 from rtautoplan.case import Case, Grid, Role
 from rtautoplan.plan import Beam, Modality
+from rtautoplan.physics import cache as dij_cache
 from rtautoplan.physics.geometry import beam_frame, beamlet_grid, hu_to_red, radiological_depth
 from rtautoplan.physics.photon import SIX_MV, PhotonModel, _normalisation
 
@@ -352,8 +355,7 @@ def dose_influence(case: Case, beams, beamlet_mm: float = 5.0, dose_grid_factor=
 
 
 def cache_dir_default() -> Path:
-    env = os.environ.get("RTAUTOPLAN_CACHE")
-    return Path(env) if env else Path.home() / ".cache" / "rtautoplan" / "dij"
+    return dij_cache.cache_dir()
 
 
 def dij_key(case: Case, beams, beamlet_mm=5.0, dose_grid_factor=1, cutoff_mm=CUTOFF_MM, margin_mm=MARGIN_MM,
@@ -399,15 +401,23 @@ def dij_cached(case: Case, beams, cache_dir: str | Path | None = None, beamlet_m
     key = dij_key(case, beams, beamlet_mm, dose_grid_factor, cutoff_mm, margin_mm, model)
     m_path, a_path, j_path = cache_paths(key, cache_dir)
     if m_path.exists() and a_path.exists() and j_path.exists():
-        meta = json.loads(j_path.read_text())
-        arrays = np.load(a_path)
-        matrix = sparse.load_npz(m_path).tocsr()
-        counts = arrays["beamlet_counts"]
+        try:
+            meta = json.loads(j_path.read_text())
+            arrays = np.load(a_path)
+            matrix = sparse.load_npz(m_path).tocsr()
+            counts = arrays["beamlet_counts"]
+            centres = arrays["beamlets"]
+            row_voxels = arrays["row_voxels"]
+        except (OSError, ValueError, KeyError, EOFError):  # evicted or damaged meanwhile: compute it again
+            meta = None
+    else:
+        meta = None
+    if meta is not None:
+        dij_cache.touch(cache_dir, key)
         edges = np.concatenate([[0], np.cumsum(counts)]).astype(int)
-        centres = arrays["beamlets"]
         g = meta["dose_grid"]
         grid = Grid(tuple(g["origin"]), tuple(g["spacing"]), tuple(g["shape"]), tuple(g["orientation"]))
-        return Dij(matrix, grid, arrays["row_voxels"], tuple(centres[a:b] for a, b in zip(edges[:-1], edges[1:])),
+        return Dij(matrix, grid, row_voxels, tuple(centres[a:b] for a, b in zip(edges[:-1], edges[1:])),
                    tuple(slice(int(a), int(b)) for a, b in zip(edges[:-1], edges[1:])), float(meta["beamlet_mm"]),
                    tuple(meta["factor"]))
     start = time.perf_counter()
@@ -425,9 +435,10 @@ def dij_cached(case: Case, beams, cache_dir: str | Path | None = None, beamlet_m
 
     _atomic(m_path, save_matrix)
     _atomic(a_path, save_arrays)
-    meta = {"version": DIJ_VERSION, "case_id": case.case_id, "beams": [asdict(b) for b in beams],
+    meta = {"version": DIJ_VERSION, "beams": [asdict(b) for b in beams],
             "dose_grid": asdict(dij.dose_grid), "factor": list(dij.factor), "beamlet_mm": dij.beamlet_mm,
             "cutoff_mm": cutoff_mm, "margin_mm": margin_mm, "shape": list(dij.matrix.shape),
             "nnz": int(dij.matrix.nnz), "seconds": seconds}
     _atomic(j_path, lambda p: Path(p).write_text(json.dumps(meta, indent=1, default=str)))
+    dij_cache.evict(cache_dir, keep=key)
     return dij

@@ -50,8 +50,7 @@ Cache
 -----
 :func:`ion_dij_cached` keys the matrices like ``dij.dij_cached`` (SHA-256 of the CT, grid,
 External and target masks, patient position, beams, every parameter and :data:`ION_DIJ_VERSION`)
-and reuses its atomic writer and cache directory (``$RTAUTOPLAN_CACHE`` or
-``~/.cache/rtautoplan/dij``); files ``<key>.npz`` (matrix), ``<key>.alpha.npz`` /
+and reuses its atomic writer and bounded cache (``physics.cache``: folder, size cap, LRU eviction); files ``<key>.npz`` (matrix), ``<key>.alpha.npz`` /
 ``<key>.sqrtbeta.npz`` (carbon), ``<key>.arrays.npz``, ``<key>.json``.
 """
 
@@ -68,6 +67,7 @@ from scipy import sparse
 from scipy.spatial import cKDTree
 
 from rtautoplan.case import Case, Grid
+from rtautoplan.physics import cache as dij_cache
 from rtautoplan.physics import ion_dose, rbe
 from rtautoplan.physics import ion_range as ir
 from rtautoplan.physics.dij import (Dij, _atomic, _block_mean, _factor3, _target_mask, cache_dir_default, coarse_grid,
@@ -268,24 +268,39 @@ def ion_dij_cached(case: Case, beams, cache_dir: str | Path | None = None, ion="
     key = ion_dij_key(case, beams, ion, **params)
     paths = {k: cache_dir / f"{key}{k}" for k in (".npz", ".alpha.npz", ".sqrtbeta.npz", ".arrays.npz", ".json")}
     if paths[".json"].exists() and paths[".npz"].exists() and paths[".arrays.npz"].exists():
-        meta = json.loads(paths[".json"].read_text())
-        carbon = meta["tissue"] is not None
-        if not carbon or (paths[".alpha.npz"].exists() and paths[".sqrtbeta.npz"].exists()):
-            arrays = np.load(paths[".arrays.npz"])
-            load = (lambda p: sparse.load_npz(p).tocsr())
-            counts = arrays["spot_counts"]
-            edges = np.concatenate([[0], np.cumsum(counts)]).astype(int)
-            spots = arrays["spots"]
-            g = meta["dose_grid"]
-            grid = Grid(tuple(g["origin"]), tuple(g["spacing"]), tuple(g["shape"]), tuple(g["orientation"]))
-            return IonDij(load(paths[".npz"]), grid, arrays["row_voxels"],
-                          tuple(spots[a:b] for a, b in zip(edges[:-1], edges[1:])),
-                          tuple(slice(int(a), int(b)) for a, b in zip(edges[:-1], edges[1:])),
-                          float(meta["spot_spacing_mm"]), tuple(meta["factor"]), ion=meta["ion"],
-                          particles_per_mu=float(meta["particles_per_mu"]),
-                          alpha_matrix=load(paths[".alpha.npz"]) if carbon else None,
-                          sqrt_beta_matrix=load(paths[".sqrtbeta.npz"]) if carbon else None,
-                          tissue=rbe.Tissue(**meta["tissue"]) if carbon else None)
+        try:
+            return _load_cached(paths)
+        except (OSError, ValueError, KeyError, EOFError):  # evicted or damaged meanwhile: compute it again
+            pass
+        finally:
+            dij_cache.touch(cache_dir, key)
+    return _compute_and_store(case, beams, ion, params, cache_dir, key, paths)
+
+
+def _load_cached(paths: dict) -> IonDij:
+    """The cached IonDij (raises when a file is missing or damaged)."""
+    meta = json.loads(paths[".json"].read_text())
+    carbon = meta["tissue"] is not None
+    if not carbon or (paths[".alpha.npz"].exists() and paths[".sqrtbeta.npz"].exists()):
+        arrays = np.load(paths[".arrays.npz"])
+        load = (lambda p: sparse.load_npz(p).tocsr())
+        counts = arrays["spot_counts"]
+        edges = np.concatenate([[0], np.cumsum(counts)]).astype(int)
+        spots = arrays["spots"]
+        g = meta["dose_grid"]
+        grid = Grid(tuple(g["origin"]), tuple(g["spacing"]), tuple(g["shape"]), tuple(g["orientation"]))
+        return IonDij(load(paths[".npz"]), grid, arrays["row_voxels"],
+                      tuple(spots[a:b] for a, b in zip(edges[:-1], edges[1:])),
+                      tuple(slice(int(a), int(b)) for a, b in zip(edges[:-1], edges[1:])),
+                      float(meta["spot_spacing_mm"]), tuple(meta["factor"]), ion=meta["ion"],
+                      particles_per_mu=float(meta["particles_per_mu"]),
+                      alpha_matrix=load(paths[".alpha.npz"]) if carbon else None,
+                      sqrt_beta_matrix=load(paths[".sqrtbeta.npz"]) if carbon else None,
+                      tissue=rbe.Tissue(**meta["tissue"]) if carbon else None)
+    raise FileNotFoundError(paths[".alpha.npz"])
+
+
+def _compute_and_store(case: Case, beams, ion, params: dict, cache_dir: Path, key: str, paths: dict) -> IonDij:
     start = time.perf_counter()
     dij = spot_influence(case, beams, ion=ion, **params)
     seconds = time.perf_counter() - start
@@ -307,13 +322,14 @@ def ion_dij_cached(case: Case, beams, cache_dir: str | Path | None = None, ion="
         _atomic(paths[".alpha.npz"], saver(dij.alpha_matrix))
         _atomic(paths[".sqrtbeta.npz"], saver(dij.sqrt_beta_matrix))
     _atomic(paths[".arrays.npz"], save_arrays)
-    meta = {"version": ION_DIJ_VERSION, "case_id": case.case_id, "ion": dij.ion,
+    meta = {"version": ION_DIJ_VERSION, "ion": dij.ion,
             "beams": [asdict(b) for b in beams], "dose_grid": asdict(dij.dose_grid), "factor": list(dij.factor),
             "spot_spacing_mm": dij.beamlet_mm, "particles_per_mu": dij.particles_per_mu,
             "tissue": asdict(dij.tissue) if dij.tissue is not None else None,
             "params": {k: repr(v) for k, v in params.items()}, "shape": list(dij.matrix.shape),
             "nnz": int(dij.matrix.nnz), "seconds": seconds}
     _atomic(paths[".json"], lambda p: Path(p).write_text(json.dumps(meta, indent=1, default=str)))
+    dij_cache.evict(cache_dir, keep=key)
     return dij
 
 
