@@ -62,8 +62,9 @@ def write_result(case: Case, result: Result, out: str | Path, uid_seed: str | No
                               uid_seed=seed("rtstruct"))
     plan_path = _write_plan(case, result, out / PLAN_FILE, _sop_instance_uid(rtstruct), seed("plan"), machine)
     header = pydicom.dcmread(plan_path, stop_before_pixels=True)
-    rtdose = write_rtdose(case, plan.dose.as_computed, out / DOSE_FILE, plan_sop_instance_uid=str(header.SOPInstanceUID),
-                          uid_seed=seed("rtdose"), plan_sop_class_uid=str(header.SOPClassUID))
+    rtdose = write_rtdose(case, plan.dose.as_computed, out / DOSE_FILE,
+                          plan_sop_instance_uid=str(header.SOPInstanceUID), uid_seed=seed("rtdose"),
+                          plan_sop_class_uid=str(header.SOPClassUID))
     return {"rtstruct": rtstruct, "plan": plan_path, "rtdose": rtdose}
 
 
@@ -109,8 +110,8 @@ def write_course(case: Case, result: Result, out: str | Path, uid_seed: str | No
         plan_class = str(header.SOPClassUID)
         paths[f"plan {phase.name}"] = plan_path
         paths[f"rtdose {phase.name}"] = write_rtdose(
-            phase_case, phase_result.plan.dose.as_computed, out / f"RD_rtautoplan_{tag}.dcm", plan_sop_instance_uid=plan_uids[-1],
-            uid_seed=seed(f"rtdose/{tag}"), plan_sop_class_uid=plan_class)
+            phase_case, phase_result.plan.dose.as_computed, out / f"RD_rtautoplan_{tag}.dcm",
+            plan_sop_instance_uid=plan_uids[-1], uid_seed=seed(f"rtdose/{tag}"), plan_sop_class_uid=plan_class)
     paths["rtdose"] = write_rtdose(case, result.plan.dose.as_computed, out / DOSE_FILE, uid_seed=seed("rtdose"),
                                    plan_sop_class_uid=plan_class, summed_plan_uids=plan_uids)
     return paths

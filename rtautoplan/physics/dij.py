@@ -24,8 +24,9 @@ than asked, so the spacing is the requested one or slightly finer (3 mm over 200
 Dose grid as a block factor (``dose_grid_factor``)
 --------------------------------------------------
 The dose grid may instead be coarser than the CT by an integer factor per axis (an int or a
-(k, j, i) triple; the trained ACER and SARSA planners' engines). Block f of the CT becomes one dose voxel centred at the centre of
-the block (a last, partial block keeps the same nominal centre and averages the voxels it has):
+(k, j, i) triple; the trained ACER and SARSA planners' engines). Block f of the CT becomes one dose
+voxel centred at the centre of the block (a last, partial block keeps the same nominal centre and
+averages the voxels it has):
 
 * density: the block **mean of the relative electron density** (not RED of the mean HU: HU → RED
   is piecewise linear, and the mean RED conserves the water-equivalent path through the block);

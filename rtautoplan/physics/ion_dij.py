@@ -10,8 +10,8 @@ Dose model (analytical pencil beam, the matRad / Hong et al. PMB 41:1305, 1996 f
 -------------------------------------------------------------------------------------
 Per beam, the stopping-power ratio (``ion_range.hu_to_spr``; with a block-factor dose grid its block
 mean, as the photon engine averages RED; with a dose grid in mm the CT's own, read at the dose-grid
-centres: ``dij.dose_grid_of``, ``dij.row_depths``) is ray-traced from the virtual source (``geometry.radiological_depth``)
-to get the water-equivalent depth w of every dose voxel. Spot s of energy E at BEV position
+centres: ``dij.dose_grid_of``, ``dij.row_depths``) is ray-traced from the virtual source
+(``geometry.radiological_depth``) to get the water-equivalent depth w of every dose voxel. Spot s of energy E at BEV position
 (x_s, y_s) gives voxel v
 
     D_vs = N_MU · IDD(w_v, E) · exp(−r²/2σ²) / (2πσ² · (1 − exp(−c²/2))),   r ≤ c·σ,
