@@ -25,17 +25,41 @@ from rtautoplan.case import Case
 from rtautoplan.optimize.admm import solve_admm
 from rtautoplan.optimize.lbfgs import solve_lbfgs
 from rtautoplan.optimize.objectives import plan_objective, point_objective
-from rtautoplan.physics.dij import Dij, beams_for, dij_cached, dose_to_grid
+from rtautoplan.physics.dij import DOSE_GRID_MM, Dij, beams_for, dij_cached, dose_to_grid
 from rtautoplan.plan import Beam, Dose, Modality, Objective, Plan
 
 log = logging.getLogger(__name__)
+
+
+def grid_options(dose_grid_factor=None, dose_grid_mm=None) -> dict:
+    """The dose-grid keywords of the matrix builders: the block factor when given (as before issue 13,
+    so those matrices and their cache keys are unchanged), else ``dose_grid_mm`` (default
+    ``DOSE_GRID_MM``). Both: ValueError."""
+    if dose_grid_factor is not None and dose_grid_mm is not None:
+        raise ValueError("give dose_grid_factor or dose_grid_mm, not both")
+    if dose_grid_factor is not None:
+        return {"dose_grid_factor": dose_grid_factor}
+    return {"dose_grid_factor": None, "dose_grid_mm": DOSE_GRID_MM if dose_grid_mm is None else dose_grid_mm}
+
+
+def dose_of_dij(dij: Dij, x: np.ndarray, ct_grid, scale: float = 1.0, kind: str = "PHYSICAL") -> Dose:
+    """Dose (Gy) of weights ``x`` × ``scale`` on the CT grid (trilinear, clipped at 0), its dose-grid
+    dose as ``native`` (what the RTDOSE holds)."""
+    native = dij.dose_array(x)
+    if scale != 1.0:
+        native = scale * native
+    gy = dose_to_grid(native, dij.dose_grid, ct_grid)
+    on_grid = Dose(dij.dose_grid, np.maximum(native, 0.0).astype(np.float32), kind)
+    return Dose(ct_grid, np.maximum(gy, 0.0, out=gy), kind, on_grid)
 
 
 class InHousePhoton:
     """Photon IMRT with the in-house engine.
 
     solver: "lbfgs" (SPEC §2.9) or "admm" (SPEC §1.3). n_beams: equispaced coplanar beams when
-    ``prepare`` gets none. dose_grid_factor: dose grid / CT grid block size (k, j, i). max_iter:
+    ``prepare`` gets none. dose_grid_mm: the dose grid's spacing (mm, one or three values; default
+    ``DOSE_GRID_MM``, its own grid over the External: ``physics.dij``); dose_grid_factor: instead a
+    block of (k, j, i) CT voxels per dose voxel (the trained planners' engines); not both. max_iter:
     the optimiser's iteration cap. warm_start: start each re-optimisation from the previous
     solution (module docstring). objective_points: where the objectives read the dose — "ct" (the
     structures' CT voxels, trilinear from the dose grid, where the dose is reported:
@@ -45,8 +69,8 @@ class InHousePhoton:
 
     modality = Modality.PHOTON
 
-    def __init__(self, solver: str = "lbfgs", n_beams: int = 7, dose_grid_factor=(1, 2, 2), cache_dir=None,
-                 max_iter: int = 200, warm_start: bool = True, objective_points: str = "ct"):
+    def __init__(self, solver: str = "lbfgs", n_beams: int = 7, dose_grid_factor=None, cache_dir=None,
+                 max_iter: int = 200, warm_start: bool = True, objective_points: str = "ct", dose_grid_mm=None):
         if solver not in ("lbfgs", "admm"):
             raise ValueError(f"solver must be 'lbfgs' or 'admm', not {solver!r}")
         if objective_points not in ("ct", "dose_grid"):
@@ -55,6 +79,7 @@ class InHousePhoton:
         self._points: dict[str, object] = {}
         self.name = f"inhouse-photon-{solver}"
         self.solver, self.n_beams, self.max_iter, self.warm_start = solver, n_beams, max_iter, bool(warm_start)
+        self.grid_options = grid_options(dose_grid_factor, dose_grid_mm)
         self.dose_grid_factor, self.cache_dir = dose_grid_factor, cache_dir
         self._case: Case | None = None
         self._dij: Dij | None = None
@@ -68,7 +93,7 @@ class InHousePhoton:
     def prepare(self, case: Case, beams: Sequence[Beam] | None = None) -> None:
         self._case = case
         self._beams = tuple(beams) if beams else beams_for(case, n=self.n_beams)
-        self._dij = dij_cached(case, self._beams, cache_dir=self.cache_dir, dose_grid_factor=self.dose_grid_factor)
+        self._dij = dij_cached(case, self._beams, cache_dir=self.cache_dir, **self.grid_options)
         self._rows, self._x, self._f, self._admm_state, self._plan = {}, None, None, None, None
         self._points = {}
 
@@ -89,8 +114,7 @@ class InHousePhoton:
             solution = solve_admm(f, x0=x0, state=self._admm_state)
             self._admm_state = solution.state
         self._x = np.asarray(solution.x, float)
-        gy = dose_to_grid(self._dij.dose_array(self._x), self._dij.dose_grid, self._case.grid)
-        dose = Dose(self._case.grid, np.maximum(gy, 0.0, out=gy))
+        dose = self._dose(self._x)
         weights = tuple(self._x[s] for s in self._dij.beam_slices)
         self._plan = Plan(self._case.case_id, self.modality, self._beams, tuple(objectives), weights, dose, self.name,
                           self._dij.beamlets, self._dij.beamlet_mm)
@@ -104,8 +128,10 @@ class InHousePhoton:
         x = np.concatenate([np.asarray(w, float) for w in weights])
         if x.size != self._dij.n_beamlets:
             raise ValueError(f"{self.name}: {x.size} weights for {self._dij.n_beamlets} beamlets")
-        gy = dose_to_grid(self._dij.dose_array(x), self._dij.dose_grid, self._case.grid)
-        return Dose(self._case.grid, np.maximum(gy, 0.0, out=gy))
+        return self._dose(x)
+
+    def _dose(self, x: np.ndarray) -> Dose:
+        return dose_of_dij(self._dij, x, self._case.grid)
 
     def optimize_segments(self, objectives: Sequence[Objective], apertures: Sequence[np.ndarray],
                           weights: Sequence[np.ndarray]) -> tuple[np.ndarray, ...]:

@@ -19,7 +19,7 @@ scanning), seed 002's planning problem (SPEC §2.1, §2.9).
   removed spots at 0), so spots removed under one set of objectives can come back under another.
 * ``plan().weights``: MU per fraction of every spot, per beam (the spot order of
   ``IonDij.spots[b]``: x_b, y_b, energy); ``Dose`` is EFFECTIVE (Gy(RBE)), on the CT grid
-  (trilinear from the dose grid).
+  (trilinear from the dose grid), the dose-grid dose as its ``native``.
 
 The optimiser variable is the course MU (dose = D·x over the whole course); per-fraction MU =
 x / fractions.
@@ -33,10 +33,11 @@ from typing import Sequence
 
 import numpy as np
 
+from rtautoplan.adapters.inhouse import dose_of_dij, grid_options
 from rtautoplan.case import Case
 from rtautoplan.optimize.lbfgs import solve_lbfgs
 from rtautoplan.optimize.objectives import plan_objective
-from rtautoplan.physics.dij import beams_for, dose_to_grid
+from rtautoplan.physics.dij import beams_for
 from rtautoplan.physics.ion_dij import IonDij, ion_dij_cached
 from rtautoplan.physics.rbe import RBE_PROTON
 from rtautoplan.plan import Beam, Dose, Modality, Objective, Plan
@@ -87,7 +88,8 @@ class InHouseProton:
     """Proton PBS (IMPT) with the in-house engine (module docstring).
 
     n_beams, start_deg: equispaced coplanar fields when ``prepare`` gets none. spot_spacing_mm,
-    layer_spacing_mm, dose_grid_factor: the spot-influence matrix (``ion_dij.spot_influence``).
+    layer_spacing_mm: the spot-influence matrix (``ion_dij.spot_influence``). dose_grid_mm (default
+    ``dij.DOSE_GRID_MM``) or dose_grid_factor: its dose grid, as ``InHousePhoton``'s.
     min_mu: minimum MU per spot per fraction (0 disables the rule). mu_rounds: re-optimisations
     after spot removal. max_iter: L-BFGS-B iteration cap per solve. particles_per_mu: MU
     calibration (default ``ion_dij.PARTICLES_PER_MU``).
@@ -98,12 +100,14 @@ class InHouseProton:
     rbe = RBE_PROTON
 
     def __init__(self, n_beams: int = 3, start_deg: float = 0.0, spot_spacing_mm: float = 5.0,
-                 layer_spacing_mm: float | None = None, dose_grid_factor=(1, 2, 2), min_mu: float = MIN_MU_PER_SPOT,
-                 mu_rounds: int = MU_ROUNDS, max_iter: int = 200, cache_dir=None, particles_per_mu: float | None = None):
+                 layer_spacing_mm: float | None = None, dose_grid_factor=None, min_mu: float = MIN_MU_PER_SPOT,
+                 mu_rounds: int = MU_ROUNDS, max_iter: int = 200, cache_dir=None, particles_per_mu: float | None = None,
+                 dose_grid_mm=None):
         if not 1 <= n_beams <= 9:
             raise ValueError(f"n_beams must be 1–9, got {n_beams}")
         self.n_beams, self.start_deg = n_beams, start_deg
         self.spot_spacing_mm, self.layer_spacing_mm, self.dose_grid_factor = spot_spacing_mm, layer_spacing_mm, dose_grid_factor
+        self.grid_options = grid_options(dose_grid_factor, dose_grid_mm)
         self.min_mu, self.mu_rounds, self.max_iter = float(min_mu), int(mu_rounds), max_iter
         self.cache_dir, self.particles_per_mu = cache_dir, particles_per_mu
         self._case: Case | None = None
@@ -130,7 +134,7 @@ class InHouseProton:
         self._beams = beams
         self._dij = ion_dij_cached(case, beams, cache_dir=self.cache_dir, ion="proton",
                                    spot_spacing_mm=self.spot_spacing_mm, layer_spacing_mm=self.layer_spacing_mm,
-                                   dose_grid_factor=self.dose_grid_factor, particles_per_mu=self.particles_per_mu)
+                                   particles_per_mu=self.particles_per_mu, **self.grid_options)
         self._rows, self._x, self._f, self._plan, self.last_run = {}, None, None, None, None
 
     def objective(self, objectives: Sequence[Objective]):
@@ -165,8 +169,7 @@ class InHouseProton:
                               iterations + its, seconds + secs)
         self._x = x
         dij = self._dij
-        gy = dose_to_grid(self.rbe * dij.dose_array(x), dij.dose_grid, self._case.grid)
-        dose = Dose(self._case.grid, np.maximum(gy, 0.0, out=gy), kind="EFFECTIVE")
+        dose = dose_of_dij(dij, x, self._case.grid, scale=self.rbe, kind="EFFECTIVE")
         mu = x / self._case.prescription.fractions
         weights = tuple(mu[s] for s in dij.beam_slices)
         self._plan = Plan(self._case.case_id, self.modality, self._beams, tuple(objectives), weights, dose, self.name,

@@ -150,9 +150,8 @@ class Planner:
         start = time.perf_counter()
         dose = self.tps.optimize(objectives)
         self.dose_scale = 1.0 if scale is None else float(scale(dose.gy))
-        gy = dose.gy if self.dose_scale == 1.0 else (dose.gy * self.dose_scale).astype(dose.gy.dtype)
-        self.last_dose = Dose(dose.grid, gy, dose.kind)
-        self.last_score = self.score_fn(gy, self.case, **self.score_options)
+        self.last_dose = dose if self.dose_scale == 1.0 else dose.scaled(self.dose_scale)
+        self.last_score = self.score_fn(self.last_dose.gy, self.case, **self.score_options)
         self.last_step_s = time.perf_counter() - start
         return self.last_score
 

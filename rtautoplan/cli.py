@@ -234,10 +234,24 @@ def _plan_options(args):
     """PlanOptions from the shared plan options (``_add_plan_options``)."""
     from rtautoplan.folder import PlanOptions
 
-    engine = {"dose_grid_factor": tuple(args.dose_grid_factor)} if args.dose_grid_factor else {}
     return PlanOptions(site=args.site, modality=args.modality, adapter=args.adapter, policy=args.policy,
-                       max_steps=args.max_steps, seed=args.seed, adapter_options=engine,
+                       max_steps=args.max_steps, seed=args.seed, adapter_options=_grid_options(args),
                        unknown_rois=args.unknown_rois)
+
+
+def _grid_options(args) -> dict:
+    """The adapter's dose-grid option from --dose-grid-mm or --dose-grid-factor (not both); {} for neither
+    (the setup's grid: 3 mm, or the block grid a trained planner learned on)."""
+    mm, factor = getattr(args, "dose_grid_mm", None), getattr(args, "dose_grid_factor", None)
+    if mm and factor:
+        raise InputError("--dose-grid-mm and --dose-grid-factor", "both given", "Give one dose grid: in mm (the "
+                         "default 3 mm) or as a block of CT voxels")
+    if mm:
+        if len(mm) not in (1, 3) or min(mm) <= 0:
+            raise InputError(f"--dose-grid-mm {' '.join(map(str, mm))}", "is not one or three positive spacings",
+                             "Give e.g. --dose-grid-mm 3, or 3 2.5 2.5 (slice, row, column)")
+        return {"dose_grid_mm": mm[0] if len(mm) == 1 else tuple(mm)}
+    return {"dose_grid_factor": tuple(factor)} if factor else {}
 
 
 def _service_logging(args, name: str) -> None:
@@ -457,7 +471,7 @@ def _add_cache_options(p: argparse.ArgumentParser) -> None:
 
 def _add_plan_options(p: argparse.ArgumentParser, engine: bool = False) -> None:
     """The options every planning command shares (for ``hook``: defaults for what a request leaves out);
-    ``engine`` adds --dose-grid-factor, a coarse and fast dose grid for the shells."""
+    ``engine`` adds the dose grid: --dose-grid-mm (its own grid, default 3 mm) or --dose-grid-factor."""
     p.add_argument("--site", choices=SITES, default=None, help="default: prescription.json's site, else from the "
                    "ROIs (prostate, hn, liver, else generic); the choice is printed")
     p.add_argument("--modality", choices=MODALITIES, default="photon")
@@ -470,7 +484,10 @@ def _add_plan_options(p: argparse.ArgumentParser, engine: bool = False) -> None:
                    help="a ROI name with no TG-263 match: stop with the fix (default), or keep it unplanned")
     if engine:
         p.add_argument("--dose-grid-factor", type=int, nargs=3, default=None, metavar=("K", "J", "I"),
-                       help="dose grid block size passed to the adapter (e.g. 2 4 4: coarse and fast)")
+                       help="dose grid as a block of CT voxels (e.g. 2 4 4: coarse and fast); not with --dose-grid-mm")
+        p.add_argument("--dose-grid-mm", type=float, nargs="+", default=None, metavar="MM",
+                       help="dose grid spacing in mm, one value or three (slice, row, column); its own grid over "
+                            "the External (default 3 mm for the in-house engines; trained planners keep their grid)")
 
 
 def main(argv: list[str] | None = None) -> int:

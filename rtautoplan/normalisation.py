@@ -17,7 +17,7 @@ import numpy as np
 
 from rtautoplan.case import Case, Normalisation, Role, Structure
 from rtautoplan.errors import InputError
-from rtautoplan.plan import Dose, Plan
+from rtautoplan.plan import Plan
 
 
 @dataclass(frozen=True)
@@ -73,7 +73,6 @@ def normalise(case: Case, plan: Plan, rule: Normalisation | None = None) -> tupl
         raise InputError(f"normalisation to {s.name} {rule.metric}", "the plan gives this target no dose",
                          "Check the beams reach the target (isocentre, CT, adapter)")
     factor = dose_gy / before
-    gy = (plan.dose.gy * factor).astype(plan.dose.gy.dtype)
     weights = tuple(np.asarray(w) * factor for w in plan.weights)
-    scaled = replace(plan, weights=weights, dose=Dose(plan.dose.grid, gy, plan.dose.kind))
+    scaled = replace(plan, weights=weights, dose=plan.dose.scaled(factor))
     return scaled, Normalised(s.name, rule.metric, dose_gy, float(before), float(factor))

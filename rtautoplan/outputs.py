@@ -55,6 +55,12 @@ def step_record(step: Step) -> dict:
             "parameters": {k: float(v) for k, v in step.parameters.items()}}
 
 
+def _grid_json(grid) -> dict:
+    """The grid the RTDOSE holds: spacing (mm, slice row column), shape, origin (mm)."""
+    return {"spacing_mm": [round(float(v), 4) for v in grid.spacing], "shape": list(grid.shape),
+            "origin_mm": [round(float(v), 3) for v in grid.origin]}
+
+
 def write_outputs(case: Case, result: Result, out: str | Path, extra: dict | None = None,
                   uid_seed: str | None = None) -> dict[str, Path]:
     """Write DICOM, report and log for ``result`` into ``out``; returns name → path."""
@@ -66,7 +72,8 @@ def write_outputs(case: Case, result: Result, out: str | Path, extra: dict | Non
     info = {"case": case.case_id, "modality": plan.modality.value, "adapter": plan.adapter, "policy": result.policy,
             "scoring": result.score.system, "initial score": round(float(result.initial_score.total), 4),
             "final score": round(float(result.score.total), 4), "best step": result.best_step,
-            "normalisation": str(result.normalisation) if result.normalisation else "none", **(extra or {})}
+            "normalisation": str(result.normalisation) if result.normalisation else "none",
+            "dose grid": _grid_json(plan.dose.as_computed.grid), **(extra or {})}
     steps = [step_record(s) for s in result.steps]
     gate = result.gate.as_json() if result.gate is not None else None
     paths["report"] = write_report(out, case, plan.dose, applicable_scores(case, plan.dose.gy), steps,

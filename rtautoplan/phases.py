@@ -151,7 +151,7 @@ def course_score(dose_gy: np.ndarray, case: Case):
 
 
 def _scaled(dose: Dose, factor: float) -> Dose:
-    return Dose(dose.grid, (dose.gy * factor).astype(dose.gy.dtype), dose.kind)
+    return dose.scaled(factor)
 
 
 def normalised(result: Result, planned: Case) -> Result:
@@ -203,8 +203,11 @@ def _course_plan(case: Case, phases: tuple[Phase, ...], results: list[Result], d
 
 
 def _sum(doses: list[Dose]) -> Dose:
+    """The sum, on the first dose's grid; the native doses summed too when they share one grid."""
+    natives = [d.native for d in doses]
+    same = all(n is not None and n.grid == natives[0].grid for n in natives)
     return Dose(doses[0].grid, np.sum([d.gy for d in doses], axis=0, dtype=np.float64).astype(np.float32),
-                doses[0].kind)
+                doses[0].kind, _sum(natives) if same else None)
 
 
 def plan_phases(case: Case, site: str = "hn", modality: str = "photon", adapter: str | None = None,

@@ -46,9 +46,13 @@ class Setup:
 # (site, modality) → how it is planned. H&N photon and proton plans share seed 002's multi-level
 # objectives and dose-distribution score; seed 004's single-level 44 Gy environment (``hn_imrt``)
 # is for its SARSA planner (``--policy sarsa``), not for planning a multi-level case.
-# Prostate plans run on seed 000's engine (``env_prostate.ENGINE``), the one its ACER planner was trained on.
+# Prostate plans run on seed 000's engine (``env_prostate.ENGINE``), the one its ACER planner was trained on,
+# and the trained planners keep the block dose grid they learned on (TRAINED_GRID; the others: 3 mm, issue 13).
+TRAINED_GRID = {"dose_grid_factor": (1, 2, 2)}
+GRID_OPTIONS = ("dose_grid_factor", "dose_grid_mm")
 SETUPS: dict[tuple[str, str], Setup] = {
-    ("prostate", "photon"): Setup("prostate", "inhouse-photon", "acer", 20, adapter_options=PROSTATE_ENGINE,
+    ("prostate", "photon"): Setup("prostate", "inhouse-photon", "acer", 20,
+                                  adapter_options={**PROSTATE_ENGINE, **TRAINED_GRID},
                                   env_options={"init": "trivial"}),
     ("hn", "photon"): Setup("proton_hn", "inhouse-photon", "rule-based", 8),
     ("hn", "proton"): Setup("proton_hn", "inhouse-proton", "rule-based", 8),
@@ -68,7 +72,7 @@ MODALITIES = ("photon", "proton", "carbon")
 # state of ``hn_imrt`` (model 2: dose and volume moves), not seed 002's.
 POLICY_SETUPS: dict[tuple[str, str, str], Setup] = {
     ("hn", "photon", "sarsa"): Setup("hn_imrt", "inhouse-photon", "sarsa", 35, env_options={"model": 2},
-                                     adapter_options={"objective_points": "dose_grid"}),
+                                     adapter_options={"objective_points": "dose_grid", **TRAINED_GRID}),
 }
 
 
@@ -140,9 +144,12 @@ def adapter_for(name: str, options: dict, modality: str | None = None):
 
 def tps_with_options(setup: Setup, adapter: str | None, options: dict, modality: str | None = None):
     """An adapter instance with ``options`` (e.g. a dose grid) on top of the setup's own adapter options
-    (those only when ``adapter`` is the setup's); see ``adapter_for`` for what is refused."""
+    (those only when ``adapter`` is the setup's; a dose grid in ``options`` replaces the setup's); see
+    ``adapter_for`` for what is refused."""
     name = adapter or setup.adapter
     base = setup.adapter_options if name == setup.adapter else {}
+    if any(k in options for k in GRID_OPTIONS):
+        base = {k: v for k, v in base.items() if k not in GRID_OPTIONS}
     return adapter_for(name, {**base, **options}, modality)
 
 

@@ -65,11 +65,26 @@ class Objective:
 
 @dataclass(frozen=True, eq=False)
 class Dose:
-    """A dose distribution (Gy) on a grid. kind: DICOM DoseType, PHYSICAL or EFFECTIVE (RBE-weighted)."""
+    """A dose distribution (Gy) on a grid. kind: DICOM DoseType, PHYSICAL or EFFECTIVE (RBE-weighted).
+
+    native: the same dose on the grid the engine computed it on (its dose grid), when ``grid`` is a
+    view of it (the CT grid, trilinear: where DVHs, the gate and the report read); the RTDOSE is
+    written from it. None: ``gy`` is the dose as computed."""
 
     grid: Grid
     gy: np.ndarray
     kind: str = "PHYSICAL"
+    native: Dose | None = None
+
+    def scaled(self, factor: float) -> Dose:
+        """The dose × ``factor`` (dtype kept), its native dose too."""
+        native = None if self.native is None else self.native.scaled(factor)
+        return Dose(self.grid, (self.gy * factor).astype(self.gy.dtype), self.kind, native)
+
+    @property
+    def as_computed(self) -> Dose:
+        """The dose on the grid it was computed on: ``native``, else itself."""
+        return self if self.native is None else self.native
 
 
 @dataclass(frozen=True, eq=False)

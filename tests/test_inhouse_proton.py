@@ -88,7 +88,7 @@ def test_hn01_three_fields_cover_ctvs(tmp_path):
 
     case = apply_rules(read_case(HN01))
     objectives = objectives_for(case, np.random.default_rng(0))
-    tps = InHouseProton(cache_dir=tmp_path)
+    tps = InHouseProton(cache_dir=tmp_path, dose_grid_factor=(1, 2, 2))
     tps.prepare(case)
     dose = tps.optimize(objectives)
     report = []

@@ -6,7 +6,8 @@
 * ``RP_rtautoplan.dcm``: RTPLAN (photon IMRT, the sequenced segments) or RT Ion Plan (protons,
   carbon), referencing that RTSTRUCT;
 * ``RD_rtautoplan.dcm``: RTDOSE of the plan (DoseType PHYSICAL, or EFFECTIVE for RBE-weighted
-  ion dose), referencing the plan.
+  ion dose), referencing the plan, on the grid the engine computed the dose on (``Dose.as_computed``:
+  the dose grid, same frame of reference; the CT grid for a TPS that gives only that).
 
 A sequential course (``Result.phases``, seed 004's primary + boost) gets one RTPLAN and one RTDOSE
 per phase (``RP_rtautoplan_<phase>.dcm``, ``RD_rtautoplan_<phase>.dcm``) and ``RD_rtautoplan.dcm`` is
@@ -61,8 +62,9 @@ def write_result(case: Case, result: Result, out: str | Path, uid_seed: str | No
                               uid_seed=seed("rtstruct"))
     plan_path = _write_plan(case, result, out / PLAN_FILE, _sop_instance_uid(rtstruct), seed("plan"), machine)
     header = pydicom.dcmread(plan_path, stop_before_pixels=True)
-    rtdose = write_rtdose(case, plan.dose, out / DOSE_FILE, plan_sop_instance_uid=str(header.SOPInstanceUID),
-                          uid_seed=seed("rtdose"), plan_sop_class_uid=str(header.SOPClassUID))
+    rtdose = write_rtdose(case, plan.dose.as_computed, out / DOSE_FILE,
+                          plan_sop_instance_uid=str(header.SOPInstanceUID), uid_seed=seed("rtdose"),
+                          plan_sop_class_uid=str(header.SOPClassUID))
     return {"rtstruct": rtstruct, "plan": plan_path, "rtdose": rtdose}
 
 
@@ -108,8 +110,8 @@ def write_course(case: Case, result: Result, out: str | Path, uid_seed: str | No
         plan_class = str(header.SOPClassUID)
         paths[f"plan {phase.name}"] = plan_path
         paths[f"rtdose {phase.name}"] = write_rtdose(
-            phase_case, phase_result.plan.dose, out / f"RD_rtautoplan_{tag}.dcm", plan_sop_instance_uid=plan_uids[-1],
-            uid_seed=seed(f"rtdose/{tag}"), plan_sop_class_uid=plan_class)
-    paths["rtdose"] = write_rtdose(case, result.plan.dose, out / DOSE_FILE, uid_seed=seed("rtdose"),
+            phase_case, phase_result.plan.dose.as_computed, out / f"RD_rtautoplan_{tag}.dcm",
+            plan_sop_instance_uid=plan_uids[-1], uid_seed=seed(f"rtdose/{tag}"), plan_sop_class_uid=plan_class)
+    paths["rtdose"] = write_rtdose(case, result.plan.dose.as_computed, out / DOSE_FILE, uid_seed=seed("rtdose"),
                                    plan_sop_class_uid=plan_class, summed_plan_uids=plan_uids)
     return paths

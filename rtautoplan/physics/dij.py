@@ -5,11 +5,28 @@ dose grid inside the External, one column per beamlet, so the dose of beamlet we
 ``d = D x`` (Gy). The columns of beam b are ``beam_slices[b]``, in the order of
 ``beamlets[b]`` (BEV centres at the isocentre plane, from :func:`beamlet_grid`).
 
-Dose grid
----------
-The dose grid may be coarser than the CT by an integer factor per axis (``dose_grid_factor``,
-an int or a (k, j, i) triple). Block f of the CT becomes one dose voxel centred at the centre of
-the block (a last, partial block keeps the same nominal centre and averages the voxels it has):
+Dose grid in mm (the default of the engines)
+--------------------------------------------
+With ``dose_grid_mm`` (a spacing in mm, or (k, j, i) spacings) the dose grid is its own grid, as in
+every clinical TPS (:func:`dose_grid_in_mm`): the CT's orientation, covering the External's bounding
+box plus one dose voxel on each side (clipped to the CT's box), tiled by the fewest voxels no coarser
+than asked, so the spacing is the requested one or slightly finer (3 mm over 200 mm: 67 voxels of
+2.985 mm). Its voxel centres need not coincide with CT voxel centres:
+
+* density: none is resampled; the ray tracer runs through the CT's own relative electron density
+  and is read at the dose-grid centres (``geometry.radiological_depth_at``);
+* External (the rows): every dose voxel of the trilinear stencil of an External CT voxel is a row
+  (:func:`stencil_mask`), so the dose reported at every body voxel interpolates computed dose only;
+* planning structures (:meth:`Dij.rows_of`, :func:`mask_on_grid`): a dose voxel belongs to a
+  structure when its **centre** does (nearest CT voxel); a structure that would vanish keeps every
+  dose voxel that contains one of its CT voxel centres (``any``).
+
+Dose grid as a block factor (``dose_grid_factor``)
+--------------------------------------------------
+The dose grid may instead be coarser than the CT by an integer factor per axis (an int or a
+(k, j, i) triple; the trained ACER and SARSA planners' engines). Block f of the CT becomes one dose
+voxel centred at the centre of the block (a last, partial block keeps the same nominal centre and
+averages the voxels it has):
 
 * density: the block **mean of the relative electron density** (not RED of the mean HU: HU → RED
   is piecewise linear, and the mean RED conserves the water-equivalent path through the block);
@@ -64,10 +81,12 @@ from scipy.special import erf
 from rtautoplan.case import Case, Grid, Role
 from rtautoplan.plan import Beam, Modality
 from rtautoplan.physics import cache as dij_cache
-from rtautoplan.physics.geometry import beam_frame, beamlet_grid, hu_to_red, radiological_depth
+from rtautoplan.physics.geometry import (beam_frame, beamlet_grid, hu_to_red, radiological_depth,
+                                         radiological_depth_at)
 from rtautoplan.physics.photon import SIX_MV, PhotonModel, _normalisation
 
 DIJ_VERSION = "dij-1"  # bump when the dose computation or the stored layout changes
+DOSE_GRID_MM = 3.0  # the engines' default dose grid spacing (mm)
 CUTOFF_MM = 50.0
 MARGIN_MM = 5.0
 _SQRT2 = np.sqrt(2.0)
@@ -84,7 +103,8 @@ class Dij:
     beamlets: per beam, the (n_b, 2) BEV centres (x_b, y_b, mm at the isocentre plane).
     beam_slices: per beam, its column range in ``matrix``.
     beamlet_mm: beamlet side (mm at the isocentre plane).
-    factor: dose grid / CT grid block size (k, j, i).
+    factor: dose grid / CT grid block size (k, j, i); None for a dose grid in mm.
+    ct_grid: the CT grid that :meth:`rows_of` maps masks from (needed when ``factor`` is None).
     """
 
     matrix: sparse.csr_matrix
@@ -93,7 +113,8 @@ class Dij:
     beamlets: tuple[np.ndarray, ...]
     beam_slices: tuple[slice, ...]
     beamlet_mm: float
-    factor: tuple[int, int, int]
+    factor: tuple[int, int, int] | None
+    ct_grid: Grid | None = None
 
     @property
     def n_beamlets(self) -> int:
@@ -112,11 +133,14 @@ class Dij:
         return lookup
 
     def rows_of(self, mask: np.ndarray) -> np.ndarray:
-        """Rows (int64, sorted) of a structure given as a bool mask on the CT grid (resampled by
-        :func:`resample_mask`, rule "half" with the "any" fallback) or on the dose grid.
-        Voxels outside the External are not rows and are dropped."""
+        """Rows (int64, sorted) of a structure given as a bool mask on the CT grid or on the dose grid.
+        A CT mask is resampled by :func:`resample_mask` (block factor: rule "half" with the "any"
+        fallback) or :func:`mask_on_grid` (dose grid in mm: the centre rule with the "any" fallback).
+        Voxels that are not rows (outside the External) are dropped."""
         mask = np.asarray(mask, bool)
-        if mask.shape != tuple(self.dose_grid.shape):
+        if self.factor is None and self.ct_grid is not None and mask.shape == tuple(self.ct_grid.shape):
+            mask = mask_on_grid(mask, self.ct_grid, self.dose_grid)
+        elif mask.shape != tuple(self.dose_grid.shape):
             mask = resample_mask(mask, self.factor, "half")
         rows = self.row_lookup()[np.flatnonzero(mask)]
         return rows[rows >= 0]
@@ -169,6 +193,109 @@ def resample_mask(mask: np.ndarray, factor, rule: str = "half") -> np.ndarray:
         raise ValueError(f"rule must be 'half' or 'any', got {rule!r}")
     half = fraction >= 0.5 - 1e-9
     return half if half.any() or not np.any(mask) else fraction > 0
+
+
+def dose_grid_in_mm(ct: Grid, external: np.ndarray, mm=DOSE_GRID_MM) -> Grid:
+    """The dose grid (module docstring) of spacing ``mm`` (one or three values (k, j, i), mm) over
+    the External (bool mask on ``ct``) plus one dose voxel, clipped to the CT's box; per axis the
+    fewest voxels of at most ``mm`` that tile that box."""
+    mm = np.broadcast_to(np.asarray(mm, float), (3,))
+    if mm.size != 3 or not np.all(mm > 0):
+        raise ValueError(f"dose_grid_mm must be one or three positive spacings (mm), got {mm!r}")
+    external = np.asarray(external, bool)
+    used = [np.flatnonzero(external.any(axis=tuple(b for b in range(3) if b != a))) for a in range(3)]
+    if any(u.size == 0 for u in used):
+        raise ValueError("the External is empty: no dose grid to cover it")
+    step = np.abs(np.asarray(ct.spacing, float))
+    origin, spacing, shape = np.zeros(3), [], []
+    for a in range(3):  # box in CT index units: the External's voxel faces ± one dose voxel, within the CT
+        lo = max(used[a][0] - 0.5 - mm[a] / step[a], -0.5)
+        hi = min(used[a][-1] + 0.5 + mm[a] / step[a], ct.shape[a] - 0.5)
+        n = max(1, int(np.ceil((hi - lo) * step[a] / mm[a] - 1e-9)))
+        origin[a] = lo + (hi - lo) / (2 * n)
+        spacing.append(float((hi - lo) / n * ct.spacing[a]))
+        shape.append(n)
+    return Grid(tuple(float(v) for v in ct.index_to_patient(origin)), tuple(spacing), tuple(shape), ct.orientation)
+
+
+def _axis_map(src: Grid, dst: Grid) -> tuple[np.ndarray, np.ndarray]:
+    """Per axis, the fractional ``src`` index of ``dst``'s first centre and of one ``dst`` step
+    (grids with the same orientation)."""
+    if not np.allclose(src.axes, dst.axes, atol=1e-6):
+        raise ValueError("the dose grid must have the CT's orientation")
+    return src.patient_to_index(np.asarray(dst.origin, float)), np.asarray(dst.spacing) / np.asarray(src.spacing)
+
+
+def mask_on_grid(mask: np.ndarray, src: Grid, dst: Grid) -> np.ndarray:
+    """A bool mask on ``src`` (the CT) on ``dst`` (the dose grid): a ``dst`` voxel is in when its
+    centre lies in a mask voxel (nearest ``src`` voxel); when none is, every ``dst`` voxel that
+    contains a mask voxel's centre ("any"), so a small structure never vanishes."""
+    mask = np.asarray(mask, bool)
+    start, step = _axis_map(src, dst)
+    index, inside = [], []
+    for a in range(3):
+        c = np.rint(start[a] + np.arange(dst.shape[a]) * step[a])
+        inside.append((c >= 0) & (c < src.shape[a]))
+        index.append(np.clip(c, 0, src.shape[a] - 1).astype(np.intp))
+    out = mask[np.ix_(*index)] & inside[0][:, None, None] & inside[1][None, :, None] & inside[2][None, None, :]
+    if out.any() or not mask.any():
+        return out
+    kji = np.rint((np.argwhere(mask) - start) / step).astype(np.intp)
+    keep = np.all((kji >= 0) & (kji < np.asarray(dst.shape)), axis=1)
+    out[tuple(kji[keep].T)] = True
+    return out
+
+
+def stencil_mask(mask: np.ndarray, src: Grid, dst: Grid) -> np.ndarray:
+    """The ``dst`` voxels that trilinear interpolation (:func:`dose_to_grid`) reads at some voxel of
+    ``mask`` (bool on ``src``): per axis the two neighbours of each source index, reduced axis by
+    axis with "any" (exact, as the stencil is a product over the axes)."""
+    start, step = _axis_map(dst, src)
+    out = np.asarray(mask, bool)
+    for a in range(3):
+        lo, hi, _ = _linear_weights(start[a] + np.arange(src.shape[a]) * step[a], dst.shape[a])
+        reduced = np.zeros(out.shape[:a] + (dst.shape[a],) + out.shape[a + 1:], bool)
+        for target in (lo, hi):
+            order = np.argsort(target, kind="stable")
+            starts = np.flatnonzero(np.diff(target[order], prepend=-1))
+            values = np.logical_or.reduceat(np.take(out, order, axis=a), starts, axis=a)
+            index = [slice(None)] * 3
+            index[a] = target[order][starts]
+            reduced[tuple(index)] |= values
+        out = reduced
+    return out
+
+
+def dose_grid_of(case: Case, dose_grid_factor=None, dose_grid_mm=None, density=hu_to_red):
+    """(dose grid, density, External rows mask or None, row flat indices, factor or None) of a case.
+
+    Block factor (``dose_grid_factor``, or neither given: the CT grid): block-mean density and the
+    "any" External on the coarse grid. Dose grid in mm: the density stays on the CT grid (float32,
+    ``density`` of the HU slab by slab) and the mask is None (the depths are read at the rows'
+    centres, :func:`row_depths`). Both given: ValueError."""
+    if dose_grid_factor is not None and dose_grid_mm is not None:
+        raise ValueError("give dose_grid_factor or dose_grid_mm, not both")
+    if dose_grid_mm is None:
+        factor = _factor3(1 if dose_grid_factor is None else dose_grid_factor)
+        ext = resample_mask(case.external.mask, factor, "any")
+        return (coarse_grid(case.grid, factor), _block_mean(density(case.hu), factor).astype(np.float32), ext,
+                np.flatnonzero(ext), factor)
+    grid = dose_grid_in_mm(case.grid, case.external.mask, dose_grid_mm)
+    rho = np.empty(case.hu.shape, np.float32)
+    for k in range(0, rho.shape[0], 16):
+        rho[k:k + 16] = density(case.hu[k:k + 16])
+    return grid, rho, None, np.flatnonzero(stencil_mask(case.external.mask, case.grid, grid)), None
+
+
+def row_depths(density: np.ndarray, ext, dose_grid: Grid, rows_flat: np.ndarray, frame, ct_grid: Grid) -> np.ndarray:
+    """Water-equivalent depth (mm) of each row: traced on the dose grid when ``density`` lives there
+    (block factor, ``ext`` its External mask), else through the CT (``ext`` None) and read at the
+    rows' centres (ray spacing half the finest dose spacing, step half the finest CT spacing)."""
+    if ext is not None:
+        return radiological_depth(density, dose_grid, frame, voxels=ext).ravel()[rows_flat]
+    xyz = dose_grid.index_to_patient(np.stack(np.unravel_index(rows_flat, dose_grid.shape), axis=-1))
+    return radiological_depth_at(density, ct_grid, frame, xyz, lateral_mm=min(np.abs(dose_grid.spacing)) / 2.0,
+                                 step_mm=min(np.abs(ct_grid.spacing)) / 2.0)
 
 
 def _linear_weights(coords: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -270,7 +397,7 @@ def _beam_columns(red, ext, dose_grid, rows_flat, beam, patient_position, target
     kji = np.stack(np.unravel_index(rows_flat, dose_grid.shape), axis=-1)
     xb, yb, t = frame.to_beam(dose_grid.index_to_patient(kji))
     del kji
-    depth = radiological_depth(red, dose_grid, frame, voxels=ext).ravel()[rows_flat]
+    depth = row_depths(red, ext, dose_grid, rows_flat, frame, ct_grid)
     # Everything that depends on the voxel only, once per beam (photon.py's model, term by term).
     primary, scatter, sigma_p, sigma_s = model.depth_terms(depth)
     to_iso = model.sad_mm / t
@@ -304,13 +431,14 @@ def _beam_columns(red, ext, dose_grid, rows_flat, beam, patient_position, target
     return cat(out_r, np.int32), cat(out_v, np.float32), cat(out_n, np.int64), centres
 
 
-def dose_influence(case: Case, beams, beamlet_mm: float = 5.0, dose_grid_factor=1, cutoff_mm: float = CUTOFF_MM,
-                   margin_mm: float = MARGIN_MM, model: PhotonModel = SIX_MV) -> Dij:
+def dose_influence(case: Case, beams, beamlet_mm: float = 5.0, dose_grid_factor=None, cutoff_mm: float = CUTOFF_MM,
+                   margin_mm: float = MARGIN_MM, model: PhotonModel = SIX_MV, dose_grid_mm=None) -> Dij:
     """The photon dose-influence matrix of ``beams`` on ``case`` (module docstring).
 
     beamlet_mm: beamlet side at the isocentre plane; beamlets cover the targets (all GTV, CTV,
     PTV masks) + ``margin_mm`` in each beam's eye view. dose_grid_factor: int or (k, j, i) block
-    size of the dose grid. cutoff_mm: lateral kernel cutoff (BEV, isocentre plane).
+    size of the dose grid; dose_grid_mm: or a dose grid in mm (module docstring); neither: the CT
+    grid. cutoff_mm: lateral kernel cutoff (BEV, isocentre plane).
 
     Memory: the entries are gathered column by column (CSC) and converted to CSR once, about
     16 bytes per entry at the peak (no COO triplets, no per-pair Python lists for a whole beam).
@@ -320,11 +448,7 @@ def dose_influence(case: Case, beams, beamlet_mm: float = 5.0, dose_grid_factor=
         raise ValueError("no beams")
     if any(b.modality is not Modality.PHOTON for b in beams):
         raise ValueError("dose_influence computes photon beams only")
-    factor = _factor3(dose_grid_factor)
-    dose_grid = coarse_grid(case.grid, factor)
-    red = _block_mean(hu_to_red(case.hu), factor).astype(np.float32)
-    ext = resample_mask(case.external.mask, factor, "any")
-    rows_flat = np.flatnonzero(ext)
+    dose_grid, red, ext, rows_flat, factor = dose_grid_of(case, dose_grid_factor, dose_grid_mm)
     target = _target_mask(case)
     indices, data, per_column, beamlets, slices, cols_done = [], [], [], [], [], 0
     for beam in beams:
@@ -348,7 +472,7 @@ def dose_influence(case: Case, beams, beamlet_mm: float = 5.0, dose_grid_factor=
     matrix.sort_indices()
     matrix.indices = matrix.indices.astype(np.int32, copy=False)
     matrix.indptr = matrix.indptr.astype(np.int32, copy=False)
-    return Dij(matrix, dose_grid, rows_flat, tuple(beamlets), tuple(slices), float(beamlet_mm), factor)
+    return Dij(matrix, dose_grid, rows_flat, tuple(beamlets), tuple(slices), float(beamlet_mm), factor, case.grid)
 
 
 # --- cache ----------------------------------------------------------------------------------
@@ -358,8 +482,8 @@ def cache_dir_default() -> Path:
     return dij_cache.cache_dir()
 
 
-def dij_key(case: Case, beams, beamlet_mm=5.0, dose_grid_factor=1, cutoff_mm=CUTOFF_MM, margin_mm=MARGIN_MM,
-            model: PhotonModel = SIX_MV) -> str:
+def dij_key(case: Case, beams, beamlet_mm=5.0, dose_grid_factor=None, cutoff_mm=CUTOFF_MM, margin_mm=MARGIN_MM,
+            model: PhotonModel = SIX_MV, dose_grid_mm=None) -> str:
     """SHA-256 (hex) of every input of :func:`dose_influence` (module docstring)."""
     h = hashlib.sha256()
 
@@ -373,7 +497,10 @@ def dij_key(case: Case, beams, beamlet_mm=5.0, dose_grid_factor=1, cutoff_mm=CUT
     add("target", np.packbits(_target_mask(case)).tobytes())
     add("position", case.refs.patient_position.encode())
     add("beams", repr(tuple(beams)).encode())
-    add("params", repr((float(beamlet_mm), _factor3(dose_grid_factor), float(cutoff_mm), float(margin_mm))).encode())
+    factor = None if dose_grid_mm is not None else _factor3(1 if dose_grid_factor is None else dose_grid_factor)
+    add("params", repr((float(beamlet_mm), factor, float(cutoff_mm), float(margin_mm))).encode())
+    if dose_grid_mm is not None:
+        add("dose_grid_mm", repr(np.broadcast_to(np.asarray(dose_grid_mm, float), (3,)).tolist()).encode())
     add("model", repr(asdict(model)).encode())
     return h.hexdigest()
 
@@ -393,12 +520,13 @@ def cache_paths(key: str, cache_dir: Path) -> tuple[Path, Path, Path]:
     return cache_dir / f"{key}.npz", cache_dir / f"{key}.arrays.npz", cache_dir / f"{key}.json"
 
 
-def dij_cached(case: Case, beams, cache_dir: str | Path | None = None, beamlet_mm: float = 5.0, dose_grid_factor=1,
-               cutoff_mm: float = CUTOFF_MM, margin_mm: float = MARGIN_MM, model: PhotonModel = SIX_MV) -> Dij:
+def dij_cached(case: Case, beams, cache_dir: str | Path | None = None, beamlet_mm: float = 5.0, dose_grid_factor=None,
+               cutoff_mm: float = CUTOFF_MM, margin_mm: float = MARGIN_MM, model: PhotonModel = SIX_MV,
+               dose_grid_mm=None) -> Dij:
     """:func:`dose_influence`, loaded from the disk cache when the same inputs were computed before."""
     beams = tuple(beams)
     cache_dir = Path(cache_dir) if cache_dir is not None else cache_dir_default()
-    key = dij_key(case, beams, beamlet_mm, dose_grid_factor, cutoff_mm, margin_mm, model)
+    key = dij_key(case, beams, beamlet_mm, dose_grid_factor, cutoff_mm, margin_mm, model, dose_grid_mm)
     m_path, a_path, j_path = cache_paths(key, cache_dir)
     if m_path.exists() and a_path.exists() and j_path.exists():
         try:
@@ -419,11 +547,12 @@ def dij_cached(case: Case, beams, cache_dir: str | Path | None = None, beamlet_m
         grid = Grid(tuple(g["origin"]), tuple(g["spacing"]), tuple(g["shape"]), tuple(g["orientation"]))
         return Dij(matrix, grid, row_voxels, tuple(centres[a:b] for a, b in zip(edges[:-1], edges[1:])),
                    tuple(slice(int(a), int(b)) for a, b in zip(edges[:-1], edges[1:])), float(meta["beamlet_mm"]),
-                   tuple(meta["factor"]))
+                   None if meta["factor"] is None else tuple(meta["factor"]), case.grid)
     start = time.perf_counter()
-    dij = dose_influence(case, beams, beamlet_mm, dose_grid_factor, cutoff_mm, margin_mm, model)
+    dij = dose_influence(case, beams, beamlet_mm, dose_grid_factor, cutoff_mm, margin_mm, model, dose_grid_mm)
     seconds = time.perf_counter() - start
     cache_dir.mkdir(parents=True, exist_ok=True)
+
     def save_matrix(p):
         with open(p, "wb") as fh:
             sparse.save_npz(fh, dij.matrix, compressed=False)
@@ -436,7 +565,8 @@ def dij_cached(case: Case, beams, cache_dir: str | Path | None = None, beamlet_m
     _atomic(m_path, save_matrix)
     _atomic(a_path, save_arrays)
     meta = {"version": DIJ_VERSION, "beams": [asdict(b) for b in beams],
-            "dose_grid": asdict(dij.dose_grid), "factor": list(dij.factor), "beamlet_mm": dij.beamlet_mm,
+            "dose_grid": asdict(dij.dose_grid), "factor": None if dij.factor is None else list(dij.factor),
+            "dose_grid_mm": dose_grid_mm, "beamlet_mm": dij.beamlet_mm,
             "cutoff_mm": cutoff_mm, "margin_mm": margin_mm, "shape": list(dij.matrix.shape),
             "nnz": int(dij.matrix.nnz), "seconds": seconds}
     _atomic(j_path, lambda p: Path(p).write_text(json.dumps(meta, indent=1, default=str)))

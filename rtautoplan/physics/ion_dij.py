@@ -8,9 +8,10 @@ or MeV/u), in the column order of ``beam_slices[b]``.
 
 Dose model (analytical pencil beam, the matRad / Hong et al. PMB 41:1305, 1996 family)
 -------------------------------------------------------------------------------------
-Per beam, the stopping-power ratio (``ion_range.hu_to_spr``, block mean on the dose grid, as the
-photon engine averages RED) is ray-traced from the virtual source (``geometry.radiological_depth``)
-to get the water-equivalent depth w of every dose voxel. Spot s of energy E at BEV position
+Per beam, the stopping-power ratio (``ion_range.hu_to_spr``; with a block-factor dose grid its block
+mean, as the photon engine averages RED; with a dose grid in mm the CT's own, read at the dose-grid
+centres: ``dij.dose_grid_of``, ``dij.row_depths``) is ray-traced from the virtual source
+(``geometry.radiological_depth``) to get the water-equivalent depth w of every dose voxel. Spot s of energy E at BEV position
 (x_s, y_s) gives voxel v
 
     D_vs = N_MU · IDD(w_v, E) · exp(−r²/2σ²) / (2πσ² · (1 − exp(−c²/2))),   r ≤ c·σ,
@@ -70,8 +71,7 @@ from rtautoplan.case import Case, Grid
 from rtautoplan.physics import cache as dij_cache
 from rtautoplan.physics import ion_dose, rbe
 from rtautoplan.physics import ion_range as ir
-from rtautoplan.physics.dij import (Dij, _atomic, _block_mean, _factor3, _target_mask, cache_dir_default, coarse_grid,
-                                    resample_mask)
+from rtautoplan.physics.dij import Dij, _atomic, _target_mask, cache_dir_default, dose_grid_of, row_depths
 from rtautoplan.physics.geometry import beam_frame, radiological_depth
 from rtautoplan.plan import Beam, Modality
 
@@ -170,14 +170,15 @@ def _beam_entries(spots, xb, yb, t, wet, ion: str, sad_mm: float, cutoff_sigma: 
 
 
 def spot_influence(case: Case, beams, ion: str | ir.Ion = ir.PROTON, spot_spacing_mm: float = 5.0,
-                   layer_spacing_mm: float | None = None, dose_grid_factor=(1, 2, 2), cutoff_sigma: float = 3.0,
+                   layer_spacing_mm: float | None = None, dose_grid_factor=None, cutoff_sigma: float = 3.0,
                    margin_mm: float = MARGIN_MM, sad_mm: float = ION_SAD_MM, particles_per_mu: float | None = None,
-                   tissue: rbe.Tissue | None = None, spots=None) -> IonDij:
+                   tissue: rbe.Tissue | None = None, spots=None, dose_grid_mm=None) -> IonDij:
     """The spot-influence matrix of ``beams`` on ``case`` (module docstring), Gy per MU.
 
     ion: 'proton' / 'carbon' or an ``ion_range.Ion``. spot_spacing_mm, layer_spacing_mm,
     margin_mm: spot placement (``ion_dose.spots_for`` over the union of all GTV/CTV/PTV masks).
-    dose_grid_factor: int or (k, j, i) block size of the dose grid. cutoff_sigma: lateral
+    dose_grid_factor: int or (k, j, i) block size of the dose grid (default (1, 2, 2)); dose_grid_mm:
+    or a dose grid in mm (``dij.dose_grid_in_mm``), exclusive with the factor. cutoff_sigma: lateral
     truncation in units of σ. sad_mm: virtual source–axis distance. particles_per_mu: MU
     calibration (default :data:`PARTICLES_PER_MU`). tissue: carbon LQ tissue (default
     ``rbe.TISSUES['tumour']``); ignored for protons. spots: optional per-beam (n, 3) spot arrays to
@@ -194,12 +195,11 @@ def spot_influence(case: Case, beams, ion: str | ir.Ion = ir.PROTON, spot_spacin
         tissue = tissue or rbe.TISSUES["tumour"]
     else:
         tissue = None
-    factor = _factor3(dose_grid_factor)
-    dose_grid = coarse_grid(case.grid, factor)
+    if dose_grid_factor is None and dose_grid_mm is None:
+        dose_grid_factor = (1, 2, 2)
     spr_ct = ir.hu_to_spr(case.hu).astype(np.float32)
-    spr = _block_mean(spr_ct, factor).astype(np.float32)
-    ext = resample_mask(case.external.mask, factor, "any")
-    rows_flat = np.flatnonzero(ext)
+    dose_grid, spr, ext, rows_flat, factor = dose_grid_of(case, dose_grid_factor, dose_grid_mm,
+                                                          density=lambda hu: ir.hu_to_spr(hu).astype(np.float32))
     kji = np.stack(np.unravel_index(rows_flat, dose_grid.shape), axis=-1)
     xyz = dose_grid.index_to_patient(kji)
     target = _target_mask(case) if spots is None else None
@@ -211,7 +211,7 @@ def spot_influence(case: Case, beams, ion: str | ir.Ion = ir.PROTON, spot_spacin
         else:
             beam_spots = np.asarray(spots[b], float).reshape(-1, 3)
         xb, yb, t = frame.to_beam(xyz)
-        wet = radiological_depth(spr, dose_grid, frame, voxels=ext).ravel()[rows_flat].astype(np.float64)
+        wet = row_depths(spr, ext, dose_grid, rows_flat, frame, case.grid).astype(np.float64)
         r, c, v, a = _beam_entries(beam_spots, xb, yb, t, wet, name, sad_mm, cutoff_sigma, n_per_mu, tissue)
         parts.append((r, c + cols_done, v, a))
         spot_sets.append(beam_spots)
@@ -229,7 +229,7 @@ def spot_influence(case: Case, beams, ion: str | ir.Ion = ir.PROTON, spot_spacin
         sqrt_beta_m.indices = sqrt_beta_m.indices.astype(np.int32, copy=False)
         sqrt_beta_m.indptr = sqrt_beta_m.indptr.astype(np.int32, copy=False)
     return IonDij(matrix, dose_grid, rows_flat, tuple(spot_sets), tuple(slices), float(spot_spacing_mm), factor,
-                  ion=name, particles_per_mu=n_per_mu, alpha_matrix=alpha_m, sqrt_beta_matrix=sqrt_beta_m,
+                  case.grid, ion=name, particles_per_mu=n_per_mu, alpha_matrix=alpha_m, sqrt_beta_matrix=sqrt_beta_m,
                   tissue=tissue)
 
 
@@ -269,7 +269,7 @@ def ion_dij_cached(case: Case, beams, cache_dir: str | Path | None = None, ion="
     paths = {k: cache_dir / f"{key}{k}" for k in (".npz", ".alpha.npz", ".sqrtbeta.npz", ".arrays.npz", ".json")}
     if paths[".json"].exists() and paths[".npz"].exists() and paths[".arrays.npz"].exists():
         try:
-            return _load_cached(paths)
+            return _load_cached(paths, case.grid)
         except (OSError, ValueError, KeyError, EOFError):  # evicted or damaged meanwhile: compute it again
             pass
         finally:
@@ -277,7 +277,7 @@ def ion_dij_cached(case: Case, beams, cache_dir: str | Path | None = None, ion="
     return _compute_and_store(case, beams, ion, params, cache_dir, key, paths)
 
 
-def _load_cached(paths: dict) -> IonDij:
+def _load_cached(paths: dict, ct_grid: Grid) -> IonDij:
     """The cached IonDij (raises when a file is missing or damaged)."""
     meta = json.loads(paths[".json"].read_text())
     carbon = meta["tissue"] is not None
@@ -292,7 +292,8 @@ def _load_cached(paths: dict) -> IonDij:
         return IonDij(load(paths[".npz"]), grid, arrays["row_voxels"],
                       tuple(spots[a:b] for a, b in zip(edges[:-1], edges[1:])),
                       tuple(slice(int(a), int(b)) for a, b in zip(edges[:-1], edges[1:])),
-                      float(meta["spot_spacing_mm"]), tuple(meta["factor"]), ion=meta["ion"],
+                      float(meta["spot_spacing_mm"]), None if meta["factor"] is None else tuple(meta["factor"]),
+                      ct_grid, ion=meta["ion"],
                       particles_per_mu=float(meta["particles_per_mu"]),
                       alpha_matrix=load(paths[".alpha.npz"]) if carbon else None,
                       sqrt_beta_matrix=load(paths[".sqrtbeta.npz"]) if carbon else None,
@@ -323,7 +324,8 @@ def _compute_and_store(case: Case, beams, ion, params: dict, cache_dir: Path, ke
         _atomic(paths[".sqrtbeta.npz"], saver(dij.sqrt_beta_matrix))
     _atomic(paths[".arrays.npz"], save_arrays)
     meta = {"version": ION_DIJ_VERSION, "ion": dij.ion,
-            "beams": [asdict(b) for b in beams], "dose_grid": asdict(dij.dose_grid), "factor": list(dij.factor),
+            "beams": [asdict(b) for b in beams], "dose_grid": asdict(dij.dose_grid),
+            "factor": None if dij.factor is None else list(dij.factor),
             "spot_spacing_mm": dij.beamlet_mm, "particles_per_mu": dij.particles_per_mu,
             "tissue": asdict(dij.tissue) if dij.tissue is not None else None,
             "params": {k: repr(v) for k, v in params.items()}, "shape": list(dij.matrix.shape),
