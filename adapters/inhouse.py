@@ -25,6 +25,7 @@ from rtautoplan.case import Case
 from rtautoplan.optimize.admm import solve_admm
 from rtautoplan.optimize.lbfgs import solve_lbfgs
 from rtautoplan.optimize.objectives import plan_objective, point_objective
+from rtautoplan.physics.points import structure_points
 from rtautoplan.physics.dij import DOSE_GRID_MM, Dij, beams_for, dij_cached, dose_to_grid
 from rtautoplan.plan import Beam, Dose, Modality, Objective, Plan
 
@@ -180,11 +181,7 @@ class InHousePhoton:
     def _points_for(self, name: str):
         """The structure's objective points: its CT voxels, trilinear from the dose-grid rows."""
         if name not in self._points:
-            from rtautoplan.physics import points
-
-            flat = points.sample(np.flatnonzero(self._case.structure(name).voxels))
-            self._points[name] = points.interpolation(self._dij.dose_grid, self._dij.row_lookup(), self._case.grid,
-                                                      flat)
+            self._points[name] = structure_points(self._dij, self._case, name)
         return self._points[name]
 
     def _rows_for(self, name: str) -> np.ndarray:

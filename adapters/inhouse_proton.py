@@ -36,7 +36,8 @@ import numpy as np
 from rtautoplan.adapters.inhouse import dose_of_dij, grid_options
 from rtautoplan.case import Case
 from rtautoplan.optimize.lbfgs import solve_lbfgs
-from rtautoplan.optimize.objectives import plan_objective
+from rtautoplan.optimize.objectives import plan_objective, point_objective
+from rtautoplan.physics.points import structure_points
 from rtautoplan.physics.dij import beams_for
 from rtautoplan.physics.ion_dij import IonDij, ion_dij_cached
 from rtautoplan.physics.rbe import RBE_PROTON
@@ -92,7 +93,8 @@ class InHouseProton:
     ``dij.DOSE_GRID_MM``) or dose_grid_factor: its dose grid, as ``InHousePhoton``'s.
     min_mu: minimum MU per spot per fraction (0 disables the rule). mu_rounds: re-optimisations
     after spot removal. max_iter: L-BFGS-B iteration cap per solve. particles_per_mu: MU
-    calibration (default ``ion_dij.PARTICLES_PER_MU``).
+    calibration (default ``ion_dij.PARTICLES_PER_MU``). objective_points: "ct" (the objectives read
+    the dose at the structures' CT voxels, ``physics.points``) or "dose_grid", as ``InHousePhoton``'s.
     """
 
     modality = Modality.PROTON
@@ -102,9 +104,13 @@ class InHouseProton:
     def __init__(self, n_beams: int = 3, start_deg: float = 0.0, spot_spacing_mm: float = 5.0,
                  layer_spacing_mm: float | None = None, dose_grid_factor=None, min_mu: float = MIN_MU_PER_SPOT,
                  mu_rounds: int = MU_ROUNDS, max_iter: int = 200, cache_dir=None, particles_per_mu: float | None = None,
-                 dose_grid_mm=None):
+                 dose_grid_mm=None, objective_points: str = "ct"):
         if not 1 <= n_beams <= 9:
             raise ValueError(f"n_beams must be 1–9, got {n_beams}")
+        if objective_points not in ("ct", "dose_grid"):
+            raise ValueError(f"objective_points must be 'ct' or 'dose_grid', not {objective_points!r}")
+        self.objective_points = objective_points
+        self._points: dict[str, object] = {}
         self.n_beams, self.start_deg = n_beams, start_deg
         self.spot_spacing_mm, self.layer_spacing_mm, self.dose_grid_factor = spot_spacing_mm, layer_spacing_mm, dose_grid_factor
         self.grid_options = grid_options(dose_grid_factor, dose_grid_mm)
@@ -136,6 +142,7 @@ class InHouseProton:
                                    spot_spacing_mm=self.spot_spacing_mm, layer_spacing_mm=self.layer_spacing_mm,
                                    particles_per_mu=self.particles_per_mu, **self.grid_options)
         self._rows, self._x, self._f, self._plan, self.last_run = {}, None, None, None, None
+        self._points = {}
 
     def objective(self, objectives: Sequence[Objective]):
         """The seed-002 loss of the RBE-weighted dose 1.1·D x as a function of course MU x:
@@ -147,9 +154,18 @@ class InHouseProton:
         previous = self._f
         if previous is not None and [o.structure for o in scaled] == [o.structure for o in previous.objectives]:
             self._f = previous.with_objectives(scaled, weights=weights)  # same rows: nothing re-built
-        else:
+        elif self.objective_points == "dose_grid":
             self._f = plan_objective(self.dij.matrix, scaled, self._rows, weights=weights)
+        else:
+            points = {o.structure: self._points_for(o.structure) for o in scaled}
+            self._f = point_objective(self.dij.matrix, scaled, points, weights=weights)
         return self._f
+
+    def _points_for(self, name: str):
+        """The structure's objective points: its CT voxels, trilinear from the dose-grid rows (``physics.points``)."""
+        if name not in self._points:
+            self._points[name] = structure_points(self._dij, self._case, name)
+        return self._points[name]
 
     def optimize(self, objectives: Sequence[Objective]) -> Dose:
         if self._dij is None:

@@ -53,3 +53,10 @@ def interpolation(dose_grid: Grid, row_lookup: np.ndarray, ct_grid: Grid, flat: 
         vals.append(w[ok])
     return sparse.csr_matrix((np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))),
                              shape=(flat.size, n_rows))
+
+
+def structure_points(dij, case, name: str) -> sparse.csr_matrix:
+    """The objective points of structure ``name`` of ``case`` on ``dij`` (a ``physics.dij.Dij``): its
+    planning voxels on the CT grid (``sample``d), trilinear from the dose-grid rows."""
+    flat = sample(np.flatnonzero(case.structure(name).voxels))
+    return interpolation(dij.dose_grid, dij.row_lookup(), case.grid, flat)
