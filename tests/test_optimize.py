@@ -208,3 +208,39 @@ def test_screened_dose_is_exact(monkeypatch):
         assert v1 == v2 and np.array_equal(g1, g2)
     assert full._screen is False and screened._screen not in (None, False)
     assert screened._screen.refreshes >= 2 and screened._screen.inside >= 10, "both paths must be exercised"
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_row_view_products_equal_the_sub_matrix(monkeypatch, threads):
+    """The plan objective reads its rows in place (RowView: no copy of the matrix's entries), and every
+    product is bitwise that of the materialised sub-matrix ``matrix[rows]`` (scipy's kernels)."""
+    import rtautoplan.optimize.objectives as objectives_module
+    from rtautoplan.optimize.rowproducts import RowView
+
+    monkeypatch.setattr(objectives_module, "PARALLEL_MIN_NNZ", 0)
+    rng = np.random.default_rng(11)
+    m = sparse.random(2000, 90, density=0.1, random_state=rng, dtype=np.float32, format="csr")
+    rows = {"PTV": np.arange(100, 400), "OAR": np.arange(900, 1700, 2), "MEAN": np.arange(350, 600)}
+    objectives = (Objective("PTV", ObjectiveKind.DMIN, 3.0, 2.0), Objective("OAR", ObjectiveKind.DMAX, 1.0),
+                  Objective("MEAN", ObjectiveKind.DMEAN, 0.5, 0.7))
+    f = plan_objective(m, objectives, rows, threads=threads)
+    assert f.view.base is m and not f._sub, "the objective holds the matrix itself, no row copy"
+    sub = m[f.view.rows]
+    x = rng.uniform(0.0, 5.0, 90).astype(np.float32)
+    g = np.where(rng.random(sub.shape[0]) < 0.3, rng.normal(size=sub.shape[0]), 0.0).astype(np.float32)
+    assert np.array_equal(f.view @ x, sub @ x)
+    assert np.array_equal(f.view.rmatvec(g), np.sum([sub[a:b].T @ g[a:b] for a, b in zip(f.view.cuts[:-1],
+                                                                                         f.view.cuts[1:])], axis=0))
+    active = np.flatnonzero(g)
+    assert np.array_equal(f.view.rmatvec_rows(active, g[active]), sub[active].T @ g[active])
+    w = rng.random(sub.shape[0]).astype(np.float32)
+    squared = sparse.csr_matrix((np.square(sub.data), sub.indices, sub.indptr), shape=sub.shape)
+    assert np.array_equal(f.view.rmatvec_squared(w), squared.T @ w)
+    wide = sparse.csr_matrix((np.square(sub.data, dtype=np.float64), sub.indices, sub.indptr), shape=sub.shape)
+    assert np.array_equal(f.view.rmatvec_squared(w.astype(float), np.float64), wide.T @ w.astype(float))
+    b = rng.random((sub.shape[0], 3)).astype(np.float32)
+    assert np.array_equal(f.view.rmatmat(b), sub.T @ b)
+    wide_sub = sub.astype(np.float64)
+    norms = np.sqrt(np.asarray(wide_sub.multiply(wide_sub).sum(axis=1)).ravel())
+    np.testing.assert_allclose(f.view.row_norms(), norms, rtol=1e-12)
+    assert isinstance(f.view, RowView) and f.matrix.nnz == sub.nnz and f._sub
