@@ -244,3 +244,14 @@ def test_row_view_products_equal_the_sub_matrix(monkeypatch, threads):
     norms = np.sqrt(np.asarray(wide_sub.multiply(wide_sub).sum(axis=1)).ravel())
     np.testing.assert_allclose(f.view.row_norms(), norms, rtol=1e-12)
     assert isinstance(f.view, RowView) and f.matrix.nnz == sub.nnz and f._sub
+
+
+def test_lbfgs_lower_bounds():
+    """solve_lbfgs(lower=…) keeps x ≥ lower and is at least as good as any feasible start."""
+    m, rows, objectives = small_problem()
+    f = plan_objective(m, objectives, rows)
+    lower = np.zeros(m.shape[1])
+    lower[::3] = 40.0
+    sol = solve_lbfgs(f, np.full(m.shape[1], 30.0), max_iter=200, lower=lower)
+    assert np.all(sol.x >= lower)
+    assert sol.value <= f(np.maximum(np.full(m.shape[1], 30.0), lower))[0]
