@@ -9,14 +9,18 @@ scanning), seed 002's planning problem (SPEC §2.1, §2.9).
   previous solution (the first solve from uniform spot weights scaled to the highest prescription);
   when the objectives name the same structures as last time, the previous plan objective is
   re-used with the new limits and weights (``PlanObjective.with_objectives``).
-* **Minimum MU per spot** (SPEC §2.1, 3 MU): spots whose MU *per fraction* lies in (0, min_mu) are
-  removed and the plan is re-optimised on the remaining spots (warm start), until no spot is
-  below the minimum or ``mu_rounds`` re-optimisations were done; spots still below after the last
-  round are removed without re-optimisation, so the returned plan never has a spot in
-  (0, min_mu) — at the price of a small, unoptimised dose change in that case (``last_run`` tells
-  whether it happened). SPEC §2.16 leaves re-optimisation after removal open; we re-optimise.
-  Every ``optimize`` call starts again from the full spot set (warm-started from the last MUs,
-  removed spots at 0), so spots removed under one set of objectives can come back under another.
+* **Minimum MU per spot** (SPEC §2.1, 3 MU; course threshold m = min_mu · fractions), handled inside
+  the optimisation as a semi-continuous constraint x_j ∈ {0} ∪ [m, ∞) (``min_mu_method="bounded"``, the
+  default): from the unconstrained solution, spots below m/2 are switched off and the others kept with the
+  lower bound m; L-BFGS-B then re-optimises the kept spots with that bound (warm start). Each round then
+  revises the on/off set by the Gauss–Newton model of f (gradient g, curvature diagonal H): an off spot is
+  switched on at m when g_j m + H_jj m² < 0, an on spot at its bound switched off when −g_j x_j + H_jj x_j² < 0,
+  and the kept spots are re-optimised, until no spot changes or ``mu_rounds`` rounds; the best plan is
+  returned. Every returned spot is 0 or ≥ m by construction (no unoptimised removal). ``min_mu_method=
+  "delete"`` is the former rule: spots in (0, m) are deleted and the rest re-optimised without a bound,
+  repeatedly, then any left are removed without re-optimisation (``last_run.forced``). SPEC §2.16 leaves
+  re-optimisation open; we re-optimise. Every ``optimize`` call starts again from the full spot set
+  (warm-started from the last MUs), so spots switched off under one set of objectives can come back.
 * ``plan().weights``: MU per fraction of every spot, per beam (the spot order of
   ``IonDij.spots[b]``: x_b, y_b, energy); ``Dose`` is EFFECTIVE (Gy(RBE)), on the CT grid
   (trilinear from the dose grid), the dose-grid dose as its ``native``.
@@ -46,7 +50,8 @@ from rtautoplan.plan import Beam, Dose, Modality, Objective, Plan
 log = logging.getLogger(__name__)
 
 MIN_MU_PER_SPOT = 3.0  # SPEC §2.1
-MU_ROUNDS = 5  # re-optimisations after spot removal (bounded; module docstring)
+MU_ROUNDS = 5  # re-optimisations of the minimum-MU step (bounded; module docstring)
+MIN_MU_METHODS = ("bounded", "delete")
 
 
 @dataclass(frozen=True)
@@ -91,10 +96,12 @@ class InHouseProton:
     n_beams, start_deg: equispaced coplanar fields when ``prepare`` gets none. spot_spacing_mm,
     layer_spacing_mm: the spot-influence matrix (``ion_dij.spot_influence``). dose_grid_mm (default
     ``dij.DOSE_GRID_MM``) or dose_grid_factor: its dose grid, as ``InHousePhoton``'s.
-    min_mu: minimum MU per spot per fraction (0 disables the rule). mu_rounds: re-optimisations
-    after spot removal. max_iter: L-BFGS-B iteration cap per solve. particles_per_mu: MU
-    calibration (default ``ion_dij.PARTICLES_PER_MU``). objective_points: "ct" (the objectives read
-    the dose at the structures' CT voxels, ``physics.points``) or "dose_grid", as ``InHousePhoton``'s.
+    min_mu: minimum MU per spot per fraction (0 disables the rule). min_mu_method: "bounded" (inside the
+    optimisation) or "delete" (the former rule), module docstring. mu_rounds: re-optimisations of the
+    minimum-MU step. max_iter: L-BFGS-B iteration cap per solve. particles_per_mu: MU calibration
+    (default ``ion_dij.PARTICLES_PER_MU``). solver_options: further ``solve_lbfgs`` options of every solve
+    (e.g. the stopping rule's tol, window, f_scale). objective_points: "ct" (the objectives read the dose
+    at the structures' CT voxels, ``physics.points``) or "dose_grid", as ``InHousePhoton``'s.
     """
 
     modality = Modality.PROTON
@@ -104,13 +111,18 @@ class InHouseProton:
     def __init__(self, n_beams: int = 3, start_deg: float = 0.0, spot_spacing_mm: float = 5.0,
                  layer_spacing_mm: float | None = None, dose_grid_factor=None, min_mu: float = MIN_MU_PER_SPOT,
                  mu_rounds: int = MU_ROUNDS, max_iter: int = 200, cache_dir=None, particles_per_mu: float | None = None,
-                 dose_grid_mm=None, objective_points: str = "ct"):
+                 dose_grid_mm=None, objective_points: str = "ct", min_mu_method: str = "bounded",
+                 solver_options: dict | None = None):
         if not 1 <= n_beams <= 9:
             raise ValueError(f"n_beams must be 1–9, got {n_beams}")
         if objective_points not in ("ct", "dose_grid"):
             raise ValueError(f"objective_points must be 'ct' or 'dose_grid', not {objective_points!r}")
+        if min_mu_method not in MIN_MU_METHODS:
+            raise ValueError(f"min_mu_method must be one of {MIN_MU_METHODS}, not {min_mu_method!r}")
         self.objective_points = objective_points
         self._points: dict[str, object] = {}
+        self.min_mu_method = min_mu_method
+        self.solver_options = dict(solver_options or {})
         self.n_beams, self.start_deg = n_beams, start_deg
         self.spot_spacing_mm, self.layer_spacing_mm, self.dose_grid_factor = spot_spacing_mm, layer_spacing_mm, dose_grid_factor
         self.grid_options = grid_options(dose_grid_factor, dose_grid_mm)
@@ -176,7 +188,7 @@ class InHouseProton:
             log.warning("%s: no dose-grid voxel in %s; their objectives are skipped", self.name, ", ".join(dropped))
         f = self.objective(usable)
         x0 = self._x if self._x is not None else self._uniform_start()
-        first = solve_lbfgs(f, x0, max_iter=self.max_iter)
+        first = solve_lbfgs(f, x0, max_iter=self.max_iter, **self.solver_options)
         x = np.asarray(first.x, float)
         iterations, seconds = first.iterations, first.time_s
         x, rounds, removed, forced, its, secs = self._apply_min_mu(f, x)
@@ -198,6 +210,39 @@ class InHouseProton:
         if self.min_mu <= 0:
             return x, 0, 0, 0, 0, 0.0
         threshold = self.min_mu * self._case.prescription.fractions  # in course MU
+        if self.min_mu_method == "delete":
+            return self._delete_below(f, x, threshold)
+        start, on = x, x >= threshold / 2
+        best, best_value = None, np.inf
+        rounds = iterations = 0
+        seconds = 0.0
+        while on.any() and rounds < max(self.mu_rounds, 1):
+            sub = solve_lbfgs(_Restricted(f, on), np.maximum(x[on], threshold), max_iter=self.max_iter,
+                              lower=np.full(int(on.sum()), threshold), **self.solver_options)
+            x = np.zeros_like(x)
+            x[on] = sub.x
+            rounds += 1
+            iterations += sub.iterations
+            seconds += sub.time_s
+            value, grad = f(x)
+            if value < best_value:
+                best, best_value = x, value
+            h = np.asarray(f.curvature_diagonal(), float)  # ½ of the Gauss–Newton diagonal
+            tiny = 1e-9 * max(abs(value), 1e-12)
+            switch_on = ~on & (grad * threshold + h * threshold**2 < -tiny)
+            at_bound = on & (x <= threshold * (1.0 + 1e-9))
+            switch_off = at_bound & (-grad * x + h * x**2 < -tiny)
+            if not (switch_on.any() or switch_off.any()):
+                break
+            on = (on & ~switch_off) | switch_on
+            x = np.where(switch_on, threshold, np.where(switch_off, 0.0, x))
+        if best is None:
+            best = np.zeros_like(x)
+        return best, rounds, int(np.count_nonzero((start > 0) & (best == 0))), 0, iterations, seconds
+
+    def _delete_below(self, f, x, threshold):
+        """The former rule: delete spots in (0, threshold) and re-optimise the rest, ``mu_rounds`` times;
+        spots still below after that are removed without re-optimisation."""
         active = np.ones(x.size, bool)
         rounds = forced = iterations = 0
         seconds = 0.0
@@ -216,7 +261,7 @@ class InHouseProton:
             x = np.where(active, x, 0.0)
             if not active.any():
                 break
-            sub = solve_lbfgs(_Restricted(f, active), x[active], max_iter=self.max_iter)
+            sub = solve_lbfgs(_Restricted(f, active), x[active], max_iter=self.max_iter, **self.solver_options)
             x = np.zeros_like(x)
             x[active] = sub.x
             rounds += 1

@@ -184,7 +184,7 @@ def child_plan(workdir: Path, variant: str = "default") -> dict:
             "mb": (matrix.data.nbytes + matrix.indices.nbytes + matrix.indptr.nbytes) / 2**20}
     stages.run("one optimisation (optimize, cold)", lambda: tps.optimize(objectives))
     stages.run("dose_of (delivered dose on the CT grid)", lambda: tps.dose_of(tps.plan().weights))
-    info["used_nnz"] = int(tps._f.matrix.nnz)
+    info["used_nnz"] = int(tps._f.view.nnz)
     return {"stages": stages.rows, "info": {"dij": info}}
 
 

@@ -106,12 +106,12 @@ def ours_to_gap(f, x0, max_iter, stop_at=None):
 def per_eval_cost(f, x0, repeat=10):
     """Seconds of one evaluation of f and of one M x + one Mᵀ g (threaded, and scipy.sparse's one thread)."""
     x = np.asarray(x0, np.float32)
-    g = np.ones(f.matrix.shape[0], np.float32)
+    g = np.ones(f.view.shape[0], np.float32)
 
     def best(fn):
         return best_of(fn, repeat, warmup=True)[0]
 
-    return {"eval": best(lambda: f(x0)), "matvecs": best(lambda: f._matvec(x)) + best(lambda: f._rmatvec(g)),
+    return {"eval": best(lambda: f(x0)), "matvecs": best(lambda: f.view @ x) + best(lambda: f.view.rmatvec(g)),
             "matvecs_1t": best(lambda: f.matrix @ x) + best(lambda: f.matrix.T @ g)}
 
 
@@ -126,7 +126,7 @@ def bench(name, size, args, console):
     f = plan_objective(dij.matrix, objectives, rows)
     x0 = start_point(case, dij, rows)
     r = {"case": name, "size": size, "factor": factor, "beams": len(beams), "beamlets": dij.n_beamlets,
-         "rows": dij.matrix.shape[0], "used_rows": f.matrix.shape[0], "nnz": dij.matrix.nnz, "used_nnz": f.matrix.nnz,
+         "rows": dij.matrix.shape[0], "used_rows": f.view.shape[0], "nnz": dij.matrix.nnz, "used_nnz": f.view.nnz,
          "objectives": len(objectives), "t_dij": t_dij, "t_load": t_load}
     r.update(per_eval_cost(f, x0))
     cvx = None

@@ -269,7 +269,7 @@ def worker_opt_ours(modality, case_path, out_npz, max_iter):
     ptv = rows["PTV"]
     x_unit = np.ones(dij.n_beamlets)
     x0 = x_unit * RX_GY / float(np.mean(dij.matrix[ptv] @ x_unit.astype(np.float32)))
-    out, doses = {"setup_s": setup_s, "rows_used": int(f.matrix.shape[0]), "nnz_used": int(f.matrix.nnz)}, {}
+    out, doses = {"setup_s": setup_s, "rows_used": int(f.view.shape[0]), "nnz_used": int(f.view.nnz)}, {}
     runs = {"default": {}, "common": {"tol": REL_TOL, "window": WINDOW, "f_scale": 0.0, "max_iter": max_iter}}
     for name, rule in runs.items():
         x, info = run_ours(f, x0, **rule)

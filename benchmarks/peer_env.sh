@@ -29,6 +29,7 @@ PACKAGES=(
     pillow==13.0.0 pyparsing==3.3.3 python-dateutil==4.0.0
     Pint==0.25.3 flexcache==0.3 flexparser==0.4 platformdirs==4.14.9
     tqdm==4.70.1 Jinja2==3.1.6 MarkupSafe==3.0.4 tzdata==2026.6
+    numba==0.68.1 llvmlite==0.50.0
     threadpoolctl==3.8.0 rich==15.0.0 markdown-it-py==4.3.0 mdurl==0.1.2 Pygments==2.21.0
 )
 

@@ -6,8 +6,10 @@ import numpy as np
 import pytest
 
 from rtautoplan.case import Case, DoseLevel, Grid, Prescription, Role, Structure
-from rtautoplan.physics.dij import (cache_paths, coarse_grid, dij_cached, dij_key, dose_influence, dose_to_grid,
-                                    resample_mask)
+from scipy import sparse
+
+from rtautoplan.physics.dij import (CsrStack, cache_paths, coarse_grid, dij_cached, dij_key, dose_influence,
+                                    dose_to_grid, resample_mask)
 from rtautoplan.physics.geometry import beam_frame, hu_to_red, radiological_depth
 from rtautoplan.physics.photon import beamlet_dose
 from rtautoplan.plan import Beam
@@ -60,6 +62,35 @@ def test_dij_is_sparse_float32_int32(box_dij, box):
     fraction = m.nnz / (m.shape[0] * m.shape[1])
     assert fraction < 0.3, f"nnz fraction {fraction:.3f}"
     assert [s.stop - s.start for s in box_dij.beam_slices] == [len(b) for b in box_dij.beamlets]
+
+
+def test_csr_stack_equals_one_conversion():
+    """Beams stacked by CsrStack give the matrix of one COO → CSR conversion, bit for bit."""
+    rng = np.random.default_rng(3)
+    n_rows, beams = 257, []
+    for n_cols in (5, 1, 40, 0, 17):
+        dense = np.where(rng.random((n_rows, n_cols)) < 0.2, rng.random((n_rows, n_cols)), 0.0).astype(np.float32)
+        beams.append(sparse.csc_matrix(dense))
+    stack = CsrStack(n_rows, chunks=7)
+    for b in beams:
+        stack.add(b, b.shape[1])
+    got = stack.finish()
+    want = sparse.hstack(beams, format="coo").tocsr()
+    want.sort_indices()
+    assert got.indices.dtype == np.int32 and got.indptr.dtype == np.int32 and got.dtype == np.float32
+    assert np.array_equal(got.indptr, want.indptr) and np.array_equal(got.indices, want.indices)
+    assert got.data.tobytes() == want.data.tobytes()
+
+
+def test_dose_influence_equals_the_single_beam_matrices(box, box_dij):
+    """The builder stacks beams (CsrStack) into the matrix of the previous builder (all columns gathered as CSC,
+    one CSR conversion): bit for bit, so the cache key is unchanged."""
+    singles = [dose_influence(box, (beam,)).matrix for beam in OPPOSED]
+    want = sparse.hstack(singles, format="csc").tocsr()
+    want.sort_indices()
+    got = box_dij.matrix
+    assert np.array_equal(got.indptr, want.indptr) and np.array_equal(got.indices, want.indices)
+    assert got.data.tobytes() == want.data.tobytes()
 
 
 def test_column_equals_beamlet_dose(box, box_dij):

@@ -68,6 +68,30 @@ def test_minimum_mu_per_spot(planned_small):
     assert [len(w) for w in tps.plan().weights] == [len(s) for s in tps.dij.spots]
 
 
+def test_minimum_mu_inside_the_optimisation(planned_small):
+    """The default ("bounded") rule keeps every spot at 0 or ≥ the minimum by construction (a lower bound in
+    the re-optimisation, nothing removed unoptimised), and stays within 10 % of the unconstrained objective;
+    the former rule ("delete") is still selectable."""
+    case, objectives, cache = planned_small
+    options = dict(tol=1e-4, f_scale=0.0)
+    free = InHouseProton(cache_dir=cache, min_mu=0.0, max_iter=1000, solver_options=options, **FAST)
+    free.prepare(case)
+    free.optimize(objectives)
+    threshold = MIN_MU_PER_SPOT * case.prescription.fractions
+    for method in ("bounded", "delete"):
+        tps = InHouseProton(cache_dir=cache, max_iter=1000, min_mu_method=method, solver_options=options, **FAST)
+        tps.prepare(case)
+        tps.optimize(objectives)
+        x = np.concatenate(tps.plan().weights) * case.prescription.fractions
+        assert not np.any((x > 0) & (x < threshold * (1 - 1e-9))), method
+        assert tps.last_run.removed > 0, method
+        if method == "bounded":
+            assert tps.last_run.forced == 0
+            assert tps.last_run.value_final <= 1.1 * free.last_run.value_final, (tps.last_run, free.last_run)
+    with pytest.raises(ValueError, match="min_mu_method"):
+        InHouseProton(min_mu_method="round")
+
+
 def test_errors_before_prepare():
     tps = InHouseProton()
     with pytest.raises(RuntimeError, match="prepare"):

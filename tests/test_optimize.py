@@ -233,3 +233,50 @@ def test_point_objective_reads_the_dose_where_it_is_reported(small_case):
     eps = 1e-2  # the products run in float32: a smaller step measures rounding, not the slope
     numeric = (f(x + eps * probe)[0] - f(x - eps * probe)[0]) / (2 * eps)
     assert numeric == pytest.approx(grad @ probe, rel=2e-3)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_row_view_products_equal_the_sub_matrix(monkeypatch, threads):
+    """The plan objective reads its rows in place (RowView: no copy of the matrix's entries), and every
+    product is bitwise that of the materialised sub-matrix ``matrix[rows]`` (scipy's kernels)."""
+    import rtautoplan.optimize.objectives as objectives_module
+    from rtautoplan.optimize.rowproducts import RowView
+
+    monkeypatch.setattr(objectives_module, "PARALLEL_MIN_NNZ", 0)
+    rng = np.random.default_rng(11)
+    m = sparse.random(2000, 90, density=0.1, random_state=rng, dtype=np.float32, format="csr")
+    rows = {"PTV": np.arange(100, 400), "OAR": np.arange(900, 1700, 2), "MEAN": np.arange(350, 600)}
+    objectives = (Objective("PTV", ObjectiveKind.DMIN, 3.0, 2.0), Objective("OAR", ObjectiveKind.DMAX, 1.0),
+                  Objective("MEAN", ObjectiveKind.DMEAN, 0.5, 0.7))
+    f = plan_objective(m, objectives, rows, threads=threads)
+    assert f.view.base is m and not f._sub, "the objective holds the matrix itself, no row copy"
+    sub = m[f.view.rows]
+    x = rng.uniform(0.0, 5.0, 90).astype(np.float32)
+    g = np.where(rng.random(sub.shape[0]) < 0.3, rng.normal(size=sub.shape[0]), 0.0).astype(np.float32)
+    assert np.array_equal(f.view @ x, sub @ x)
+    assert np.array_equal(f.view.rmatvec(g), np.sum([sub[a:b].T @ g[a:b] for a, b in zip(f.view.cuts[:-1],
+                                                                                         f.view.cuts[1:])], axis=0))
+    active = np.flatnonzero(g)
+    assert np.array_equal(f.view.rmatvec_rows(active, g[active]), sub[active].T @ g[active])
+    w = rng.random(sub.shape[0]).astype(np.float32)
+    squared = sparse.csr_matrix((np.square(sub.data), sub.indices, sub.indptr), shape=sub.shape)
+    assert np.array_equal(f.view.rmatvec_squared(w), squared.T @ w)
+    wide = sparse.csr_matrix((np.square(sub.data, dtype=np.float64), sub.indices, sub.indptr), shape=sub.shape)
+    assert np.array_equal(f.view.rmatvec_squared(w.astype(float), np.float64), wide.T @ w.astype(float))
+    b = rng.random((sub.shape[0], 3)).astype(np.float32)
+    assert np.array_equal(f.view.rmatmat(b), sub.T @ b)
+    wide_sub = sub.astype(np.float64)
+    norms = np.sqrt(np.asarray(wide_sub.multiply(wide_sub).sum(axis=1)).ravel())
+    np.testing.assert_allclose(f.view.row_norms(), norms, rtol=1e-12)
+    assert isinstance(f.view, RowView) and f.matrix.nnz == sub.nnz and f._sub
+
+
+def test_lbfgs_lower_bounds():
+    """solve_lbfgs(lower=…) keeps x ≥ lower and is at least as good as any feasible start."""
+    m, rows, objectives = small_problem()
+    f = plan_objective(m, objectives, rows)
+    lower = np.zeros(m.shape[1])
+    lower[::3] = 40.0
+    sol = solve_lbfgs(f, np.full(m.shape[1], 30.0), max_iter=200, lower=lower)
+    assert np.all(sol.x >= lower)
+    assert sol.value <= f(np.maximum(np.full(m.shape[1], 30.0), lower))[0]

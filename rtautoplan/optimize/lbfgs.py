@@ -80,15 +80,18 @@ class _Stop(StopIteration):
 
 
 def solve_lbfgs(f: Objective, x0: np.ndarray, max_iter: int = 2000, memory: int = 10, tol: float = 1e-3,
-                window: int = 10, f_scale: float = 1.0, scale="auto", gtol: float = 1e-10) -> Solution:
-    """Minimise f over x ≥ 0 from x0 (warm start: pass the previous solution); module docstring.
+                window: int = 10, f_scale: float = 1.0, scale="auto", gtol: float = 1e-10,
+                lower: np.ndarray | None = None) -> Solution:
+    """Minimise f over x ≥ lower (default 0) from x0 (warm start: pass the previous solution); module docstring.
 
     tol, window, f_scale: the stopping rule (module docstring); scipy's own per-iteration ``ftol`` is
     off (0), ``gtol`` (projected gradient, scaled variables) is passed through.
     scale: "auto" (Jacobi, when f provides it), None (no scaling) or an array s > 0 (x = s·y).
+    lower: per-variable lower bounds ≥ 0 (e.g. a minimum MU on the spots kept on), in the units of x.
     """
     start = time.perf_counter()
-    x0 = np.maximum(np.asarray(x0, float), 0.0)
+    low = np.zeros(np.size(x0)) if lower is None else np.maximum(np.asarray(lower, float), 0.0)
+    x0 = np.maximum(np.asarray(x0, float), low)
     s = jacobi_scale(f, x0.size) if isinstance(scale, str) and scale == "auto" else scale
     if isinstance(scale, str) and scale != "auto":
         raise ValueError(f"scale must be 'auto', None or an array, got {scale!r}")
@@ -113,10 +116,11 @@ def solve_lbfgs(f: Objective, x0: np.ndarray, max_iter: int = 2000, memory: int 
                 raise _Stop
 
     with _one_blas_thread():
-        res = minimize(fun, x0 / s, jac=True, method="L-BFGS-B", bounds=[(0.0, None)] * x0.size, callback=callback,
+        bounds = [(0.0, None)] * x0.size if lower is None else [(v, None) for v in low / s]
+        res = minimize(fun, x0 / s, jac=True, method="L-BFGS-B", bounds=bounds, callback=callback,
                        options={"maxcor": memory, "maxiter": max_iter, "ftol": 0.0,
                                 "gtol": gtol, "maxfun": 4 * max_iter})
-    x = np.maximum(res.x * s, 0.0)
+    x = np.maximum(res.x * s, low)
     converged = bool(reason[0]) or res.status == 0
     return Solution(x, float(res.fun), int(res.nit), time.perf_counter() - start, converged, count[0],
                     reason[0] or str(res.message))

@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import math
 import os
-import weakref
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Callable, Mapping, Sequence
@@ -45,7 +44,8 @@ import numpy as np
 from scipy import sparse
 
 from rtautoplan.dvh import _d_at
-from rtautoplan.optimize.screening import RowScreen, dmax_row_limits, row_norms
+from rtautoplan.optimize.rowproducts import RowView
+from rtautoplan.optimize.screening import RowScreen, dmax_row_limits
 from rtautoplan.plan import Objective, ObjectiveKind
 
 Penalty = Callable[[np.ndarray, float, "float | None"], tuple[float, np.ndarray]]
@@ -135,21 +135,6 @@ def _pool(n: int) -> ThreadPoolExecutor:
     return _POOLS[n]
 
 
-def _row_blocks(matrix: sparse.csr_matrix, n: int) -> tuple[tuple[int, int, sparse.csr_matrix], ...]:
-    """``matrix`` cut into ≤ n row blocks of about equal nnz, as (first row, stop row, block); the blocks
-    share ``data`` and ``indices`` with ``matrix`` (views), only their ``indptr`` is new."""
-    indptr = matrix.indptr
-    cuts = np.searchsorted(indptr, np.linspace(0, matrix.nnz, n + 1)[1:-1])
-    edges = np.unique(np.concatenate([[0], cuts, [matrix.shape[0]]]))
-    out = []
-    for a, b in zip(edges[:-1], edges[1:]):
-        p0, p1 = indptr[a], indptr[b]
-        block = sparse.csr_matrix((matrix.data[p0:p1], matrix.indices[p0:p1], (indptr[a:b + 1] - p0).astype(indptr.dtype)),
-                                  shape=(int(b - a), matrix.shape[1]), copy=False)
-        out.append((int(a), int(b), block))
-    return tuple(out)
-
-
 PARALLEL_MIN_NNZ = 200_000  # below this, one thread: the hand-off costs more than it saves
 ACTIVE_NNZ_FRACTION = 0.3  # Mᵀ g on the active rows only when they hold less than this share of the entries
 SCREEN_DMAX_ROWS = True  # M x without the provably inactive DMAX rows (optimize.screening) …
@@ -167,128 +152,97 @@ def weighted_penalties(objectives, index_sets, weights, d: np.ndarray) -> tuple[
     return value, g
 
 
+def _view(matrix, rows, threads: int) -> RowView:
+    return RowView(matrix, rows, threads=threads, pool=_pool, parallel_min_nnz=PARALLEL_MIN_NNZ)
+
+
 @dataclass(eq=False)
 class PlanObjective:
     """f(x) = Σ_m w_m · PENALTIES[kind_m](d[rows_m], D_m, V_m) with d = M x; callable → (value, ∇_x f).
 
-    Only the rows that some objective uses are kept (``matrix`` is that sub-matrix), so one
-    evaluation costs one product M x, one Mᵀ g and O(Σ N_m) for the penalties. Both products
-    run in the matrix's dtype (float32: half the memory traffic of float64, and these products are
-    memory-bound) and, for matrices of ≥ ``PARALLEL_MIN_NNZ`` entries, on ``threads`` row blocks of
-    equal nnz at once (scipy's sparse kernels release the GIL): M x block by block into disjoint
-    slices of d, Mᵀ g as the sum of the blocks' Bᵀ g_B (CSC products of the transposed views, no
-    second copy of M). ``weights`` may be changed in place between solves (a planner tuning w).
+    Only the rows that some objective uses take part, read in place from the dose-influence matrix
+    (``view``, a :class:`~rtautoplan.optimize.rowproducts.RowView`: the matrix and an index array of the used
+    rows; no copy of their entries), so one evaluation costs one product M x, one Mᵀ g and O(Σ N_m) for the
+    penalties. Both products run in the matrix's dtype (float32: half the memory traffic of float64, and
+    these products are memory-bound) and, for ≥ ``PARALLEL_MIN_NNZ`` entries, on ``threads`` row blocks of
+    equal entries at once: M x block by block into disjoint slices of d, Mᵀ g as the sum of the blocks'
+    products. ``weights`` may be changed in place between solves (a planner tuning w). ``matrix`` is the
+    materialised sub-matrix, built only when asked for (ADMM's workspace, tests).
 
     **Active rows** (exact): the penalty gradient g is zero on every voxel that meets its limits,
     so Mᵀ g needs only the rows with g ≠ 0. When they hold less than ``ACTIVE_NNZ_FRACTION`` of
-    the entries, Mᵀ g is M[active]ᵀ g[active] (one row gather, one small product) instead of the
-    full product. On hn01 (1, 2, 2) the active rows hold 60 % of the entries at the uniform start
-    and ≈ 4 % after 20 iterations, which takes Mᵀ g from ≈ 3.2 to ≈ 0.4 ms (2 threads).
+    the entries, Mᵀ g runs over those rows only (a row-index product, nothing gathered). On hn01 (1, 2, 2)
+    the active rows hold 60 % of the entries at the uniform start and ≈ 4 % after 20 iterations.
 
     **Screened rows** (exact): inside ``__call__``, M x skips the rows whose only objectives are
     DMAX limits while a bound proves them below their limit (:mod:`rtautoplan.optimize.screening`);
     values and gradients are bitwise those of the full product. ``dose`` and ``terms`` stay full.
     """
 
-    matrix: sparse.csr_matrix
+    view: RowView
     objectives: tuple[Objective, ...]
     local_rows: tuple[np.ndarray, ...]
     weights: np.ndarray
     evaluations: int = 0
-    threads: int = 1
-    blocks: tuple = field(default=(), repr=False)
-    row_nnz: np.ndarray | None = field(default=None, repr=False)
     _curvature: tuple = field(default=(), repr=False)
     _row_norm: list = field(default_factory=list, repr=False)  # [‖D_v‖₂ per row], shared by with_objectives
+    _sub: list = field(default_factory=list, repr=False)  # [materialised sub-matrix], shared, on demand
     _screen: RowScreen | bool | None = field(default=None, repr=False)  # None: not decided; False: off
 
-    def __post_init__(self):
-        n = self.threads if self.matrix.nnz >= PARALLEL_MIN_NNZ else 1
-        csr = sparse.issparse(self.matrix) and self.matrix.format == "csr"
-        if not self.blocks:
-            self.blocks = _row_blocks(self.matrix, n) if n > 1 and csr else ()
-        if csr and self.row_nnz is None:
-            self.row_nnz = np.diff(self.matrix.indptr)
+    @property
+    def matrix(self) -> sparse.csr_matrix:
+        """The used rows as a CSR matrix (a copy, made once on demand: the optimiser itself never needs it)."""
+        if not self._sub:
+            self._sub.append(self.view.tocsr())
+        return self._sub[0]
+
+    @property
+    def row_nnz(self) -> np.ndarray:
+        return self.view.row_nnz
+
+    @property
+    def threads(self) -> int:
+        return self.view.threads
 
     def with_objectives(self, objectives: Sequence[Objective], weights: Sequence[float] | None = None) -> PlanObjective:
         """The same problem with new limits, volumes or weights (same structures in the same order):
-        shares the matrix, its row blocks and the rows, and keeps the curvature diagonal when the
-        weights and kinds are unchanged (a warm re-optimisation then builds nothing)."""
+        shares the rows and their norms, and keeps the curvature diagonal when the weights and kinds are
+        unchanged (a warm re-optimisation then builds nothing)."""
         objectives = tuple(objectives)
         if [o.structure for o in objectives] != [o.structure for o in self.objectives]:
             raise ValueError("with_objectives needs the same structures in the same order; use plan_objective")
         w = np.array([o.weight for o in objectives] if weights is None else weights, float)
-        out = PlanObjective(self.matrix, objectives, self.local_rows, w, threads=self.threads, blocks=self.blocks,
-                            row_nnz=self.row_nnz, _row_norm=self._row_norm)
+        out = PlanObjective(self.view, objectives, self.local_rows, w, _row_norm=self._row_norm, _sub=self._sub)
         if [o.kind for o in objectives] == [o.kind for o in self.objectives]:
             out._curvature = self._curvature
         return out
 
-    def _matvec(self, x: np.ndarray) -> np.ndarray:
-        if len(self.blocks) < 2:
-            return self.matrix @ x
-        out = np.empty(self.matrix.shape[0], np.result_type(self.matrix.dtype, x.dtype))
-
-        def run(item):
-            a, b, block = item
-            out[a:b] = block @ x
-
-        list(_pool(len(self.blocks)).map(run, self.blocks))
-        return out
-
-    def _threaded_product(self, matrix: sparse.csr_matrix):
-        """x ↦ matrix @ x on ``threads`` row blocks (as ``_matvec``) for a matrix with the same columns."""
-        n = self.threads if matrix.nnz >= PARALLEL_MIN_NNZ else 1
-        blocks = _row_blocks(matrix, n) if n > 1 else ()
-        if len(blocks) < 2:
-            return lambda x: matrix @ x
-
-        def product(x):
-            out = np.empty(matrix.shape[0], np.result_type(matrix.dtype, x.dtype))
-
-            def run(item):
-                a, b, block = item
-                out[a:b] = block @ x
-
-            list(_pool(len(blocks)).map(run, blocks))
-            return out
-
-        return product
-
     def _screened_dose(self, x: np.ndarray) -> np.ndarray:
         """Dose for the penalties: exact on every row that can be active (optimize.screening)."""
-        x = np.asarray(x, self.matrix.dtype)
+        x = np.asarray(x, self.view.dtype)
         if self._screen is None:  # decided once, at the first evaluation
-            usable = (SCREEN_DMAX_ROWS and self.row_nnz is not None and self.matrix.nnz >= SCREEN_MIN_NNZ
-                      and float(self.matrix.data.min(initial=0.0)) >= 0.0)
+            usable = SCREEN_DMAX_ROWS and self.view.nnz >= SCREEN_MIN_NNZ and self.view.data_min() >= 0.0
             self._screen = None if usable else False
         if self._screen is False:
-            return np.asarray(self._matvec(x), np.float64)
+            return np.asarray(self.view @ x, np.float64)
         if self._screen is None:
             if not self._row_norm:
-                self._row_norm.append(row_norms(self.matrix))
-            limits = dmax_row_limits(self.matrix.shape[0], self.objectives, self.local_rows, ObjectiveKind.DMAX)
-            self._screen = RowScreen(self.matrix, limits, self._row_norm[0], self._threaded_product)
+                self._row_norm.append(self.view.row_norms())
+            limits = dmax_row_limits(self.view.shape[0], self.objectives, self.local_rows, ObjectiveKind.DMAX)
+            self._screen = RowScreen(self.view, limits, self._row_norm[0])
         return np.asarray(self._screen.dose(x), np.float64)
 
     def _rmatvec_active(self, g: np.ndarray) -> np.ndarray:
         """Mᵀ g, on the rows with g ≠ 0 only when they are few (class docstring)."""
-        if self.row_nnz is not None:
-            active = np.flatnonzero(g)
-            if self.row_nnz[active].sum() < ACTIVE_NNZ_FRACTION * self.matrix.nnz:
-                return self.matrix[active].T @ g[active] if active.size else np.zeros(self.matrix.shape[1], g.dtype)
-        return self._rmatvec(g)
-
-    def _rmatvec(self, g: np.ndarray) -> np.ndarray:
-        if len(self.blocks) < 2:
-            return self.matrix.T @ g
-        parts = list(_pool(len(self.blocks)).map(lambda item: item[2].T @ g[item[0]:item[1]], self.blocks))
-        return np.sum(parts, axis=0)
+        active = np.flatnonzero(g)
+        if self.row_nnz[active].sum() < ACTIVE_NNZ_FRACTION * self.view.nnz:
+            return self.view.rmatvec_rows(active, g[active])
+        return self.view.rmatvec(g)
 
     def dose(self, x: np.ndarray) -> np.ndarray:
         """Dose (Gy) of the used rows (float64; the product runs in the matrix's dtype, since a
         float32 matrix times a float64 vector would upcast, and cost twice as much)."""
-        return np.asarray(self._matvec(np.asarray(x, self.matrix.dtype)), np.float64)
+        return np.asarray(self.view @ np.asarray(x, self.view.dtype), np.float64)
 
     def terms(self, x: np.ndarray) -> np.ndarray:
         """The unweighted value of every objective at x."""
@@ -298,53 +252,34 @@ class PlanObjective:
     def __call__(self, x: np.ndarray) -> tuple[float, np.ndarray]:
         self.evaluations += 1
         value, g = weighted_penalties(self.objectives, self.local_rows, self.weights, self._screened_dose(x))
-        return value, np.asarray(self._rmatvec_active(g.astype(self.matrix.dtype)), np.float64)
+        return value, np.asarray(self._rmatvec_active(g.astype(self.view.dtype)), np.float64)
 
     def curvature_diagonal(self) -> np.ndarray:
         """diag of the Gauss–Newton Hessian of f with every term active, up to the factor 2:
         Σ_m w_m/N_m Σ_{v∈m} M_vj² for the voxel-wise kinds, w_m (Σ_{v∈m} M_vj / N_m)² for DMEAN.
         Its inverse square root is the Jacobi variable scaling of :func:`~rtautoplan.optimize.lbfgs.solve_lbfgs`.
-        Computed in the matrix's dtype and cached per weight vector (≈ 12 ms on hn01 (1, 2, 2))."""
+        Computed in the matrix's dtype, the squares entry by entry (no squared copy), cached per weight vector."""
         key = self.weights.tobytes()
         if not self._curvature or self._curvature[0] != key:
             self._curvature = (key, self._curvature_diagonal())
         return self._curvature[1].copy()
 
     def _curvature_diagonal(self) -> np.ndarray:
-        n_rows = self.matrix.shape[0]
-        voxelwise = np.zeros(n_rows, self.matrix.dtype)
+        n_rows = self.view.shape[0]
+        voxelwise = np.zeros(n_rows, self.view.dtype)
         means = [(rows, w) for o, rows, w in zip(self.objectives, self.local_rows, self.weights)
                  if o.kind is ObjectiveKind.DMEAN]
         for o, rows, w in zip(self.objectives, self.local_rows, self.weights):
             if o.kind is not ObjectiveKind.DMEAN:
                 voxelwise[rows] += w / rows.size
-        diag = np.zeros(self.matrix.shape[1])
+        diag = np.zeros(self.view.shape[1])
         if means:  # all DMEAN column means in one pass over M: Mᵀ B, B = [1_rows / N] per objective
-            b = np.zeros((n_rows, len(means)), self.matrix.dtype)
+            b = np.zeros((n_rows, len(means)), self.view.dtype)
             for k, (rows, _) in enumerate(means):
                 b[rows, k] = 1.0 / rows.size
-            col_means = np.asarray(self.matrix.T @ b, np.float64)
+            col_means = np.asarray(self.view.rmatmat(b), np.float64)
             diag += (col_means**2) @ np.array([w for _, w in means], float)
-        m = sparse.csr_matrix(self.matrix)
-        squared = sparse.csr_matrix((np.square(m.data), m.indices, m.indptr), shape=m.shape)
-        return diag + np.asarray(squared.T @ voxelwise, np.float64)
-
-
-_SUB_CACHE: list = []  # [(weakref to the full matrix, nnz, used rows, sub-matrix)]: the last one only
-
-
-def _used_rows(matrix: sparse.spmatrix, used: np.ndarray) -> sparse.csr_matrix:
-    """``matrix[used]`` as CSR, reused while the same matrix object is planned on the same rows (a
-    planner re-optimising with new limits or weights: the row extraction is ~20 % of a warm solve)."""
-    for ref, nnz, rows, sub in _SUB_CACHE:
-        if ref() is matrix and nnz == matrix.nnz and np.array_equal(rows, used):
-            return sub
-    sub = sparse.csr_matrix(matrix)[used]
-    try:
-        _SUB_CACHE[:] = [(weakref.ref(matrix), matrix.nnz, used, sub)]
-    except TypeError:  # not weak-referenceable: do not cache
-        pass
-    return sub
+        return diag + np.asarray(self.view.rmatvec_squared(voxelwise), np.float64)
 
 
 def plan_objective(matrix: sparse.spmatrix, objectives: Sequence[Objective], rows: Mapping[str, np.ndarray],
@@ -367,24 +302,33 @@ def plan_objective(matrix: sparse.spmatrix, objectives: Sequence[Objective], row
     w = np.array([o.weight for o in objectives] if weights is None else weights, float)
     if w.shape != (len(objectives),):
         raise ValueError(f"need {len(objectives)} weights, got {w.shape}")
-    sub = _used_rows(matrix, used)
-    return PlanObjective(sub, objectives, local, w, threads=engine_threads() if threads is None else int(threads))
+    view = _view(matrix, used, engine_threads() if threads is None else int(threads))
+    return PlanObjective(view, objectives, local, w)
 
 
 @dataclass(eq=False)
 class PointObjective:
     """f(x) = Σ_m w_m · PENALTIES[kind_m](d[points_m], D_m, V_m) with d = P (M x): the objectives read
     the dose at the structures' CT voxels, trilinear from the dose-grid rows (``physics.points``), where
-    the plan's dose is reported. M: the used rows × beamlets; P: points × used rows (≤ 8 entries a
-    row). One evaluation costs M x, P (Mx), Pᵀ g and Mᵀ (Pᵀ g) on the rows with a non-zero gradient."""
+    the plan's dose is reported. M: the used rows × beamlets, read in place (``view``, no copy); P: points ×
+    used rows (≤ 8 entries a row). One evaluation costs M x, P (Mx), Pᵀ g and Mᵀ (Pᵀ g) on the rows with a
+    non-zero gradient (a row-index product)."""
 
-    matrix: sparse.csr_matrix
+    view: RowView
     interp: sparse.csr_matrix
     objectives: tuple[Objective, ...]
     local_points: tuple[np.ndarray, ...]
     weights: np.ndarray
     evaluations: int = 0
     _curvature: tuple = field(default=(), repr=False)
+    _sub: list = field(default_factory=list, repr=False)
+
+    @property
+    def matrix(self) -> sparse.csr_matrix:
+        """The used rows as a CSR matrix (a copy, made once on demand)."""
+        if not self._sub:
+            self._sub.append(self.view.tocsr())
+        return self._sub[0]
 
     def with_objectives(self, objectives: Sequence[Objective], weights: Sequence[float] | None = None):
         """The same problem with new limits, volumes or weights (same structures in the same order)."""
@@ -392,14 +336,14 @@ class PointObjective:
         if [o.structure for o in objectives] != [o.structure for o in self.objectives]:
             raise ValueError("with_objectives needs the same structures in the same order; use point_objective")
         w = np.array([o.weight for o in objectives] if weights is None else weights, float)
-        out = PointObjective(self.matrix, self.interp, objectives, self.local_points, w)
+        out = PointObjective(self.view, self.interp, objectives, self.local_points, w, _sub=self._sub)
         if [o.kind for o in objectives] == [o.kind for o in self.objectives]:
             out._curvature = self._curvature
         return out
 
     def dose(self, x: np.ndarray) -> np.ndarray:
         """Dose (Gy) at the points (float64)."""
-        return np.asarray(self.interp @ (self.matrix @ np.asarray(x, self.matrix.dtype)), np.float64)
+        return np.asarray(self.interp @ (self.view @ np.asarray(x, self.view.dtype)), np.float64)
 
     def terms(self, x: np.ndarray) -> np.ndarray:
         d = self.dose(x)
@@ -409,15 +353,16 @@ class PointObjective:
     def __call__(self, x: np.ndarray) -> tuple[float, np.ndarray]:
         self.evaluations += 1
         value, g = weighted_penalties(self.objectives, self.local_points, self.weights, self.dose(x))
-        g_rows = np.asarray(self.interp.T @ g, self.matrix.dtype)
+        g_rows = np.asarray(self.interp.T @ g, self.view.dtype)
         active = np.flatnonzero(g_rows)
         if active.size == 0:
-            return value, np.zeros(self.matrix.shape[1])
-        return value, np.asarray(self.matrix[active].T @ g_rows[active], np.float64)
+            return value, np.zeros(self.view.shape[1])
+        return value, np.asarray(self.view.rmatvec_rows(active, g_rows[active]), np.float64)
 
     def curvature_diagonal(self) -> np.ndarray:
         """diag of the Gauss–Newton Hessian, up to the factor 2, as ``PlanObjective``'s on the rows P maps
-        the points to (P's cross terms dropped for the voxel-wise kinds; DMEAN exact, w_m (Σ_v (PM)_vj/N_m)²)."""
+        the points to (P's cross terms dropped for the voxel-wise kinds; DMEAN exact, w_m (Σ_v (PM)_vj/N_m)²);
+        the squares in float64, entry by entry (no squared copy of M)."""
         key = self.weights.tobytes()
         if not self._curvature or self._curvature[0] != key:
             per_point = np.zeros(self.interp.shape[0])
@@ -427,25 +372,24 @@ class PointObjective:
                     means.append((points, w))
                 else:
                     per_point[points] += w / points.size
-            m = sparse.csr_matrix(self.matrix)
-            squared = sparse.csr_matrix((np.square(m.data, dtype=np.float64), m.indices, m.indptr), shape=m.shape)
-            diag = np.asarray(squared.T @ np.asarray(self.interp.T @ per_point, float), np.float64)
+            diag = self.view.rmatvec_squared(np.asarray(self.interp.T @ per_point, float), np.float64)
             if means:
                 b = np.zeros((self.interp.shape[0], len(means)))
                 for k, (points, _) in enumerate(means):
                     b[points, k] = 1.0 / points.size
-                col_means = np.asarray(m.T @ np.asarray(self.interp.T @ b, self.matrix.dtype), np.float64)
-                diag += (col_means**2) @ np.array([w for _, w in means], float)
+                col_means = np.asarray(self.view.rmatmat(np.asarray(self.interp.T @ b, self.view.dtype)), np.float64)
+                diag = diag + (col_means**2) @ np.array([w for _, w in means], float)
             self._curvature = (key, diag)
         return self._curvature[1].copy()
 
 
 def point_objective(matrix: sparse.spmatrix, objectives: Sequence[Objective],
-                    points: Mapping[str, sparse.csr_matrix], weights: Sequence[float] | None = None) -> PointObjective:
+                    points: Mapping[str, sparse.csr_matrix], weights: Sequence[float] | None = None,
+                    threads: int | None = None) -> PointObjective:
     """The plan objective of ``objectives`` read at objective points (``PointObjective``).
 
     points: structure name → its interpolation P_s (its points × all rows of ``matrix``, e.g.
-    ``physics.points.interpolation``)."""
+    ``physics.points.interpolation``). threads: threads of M x (default :func:`engine_threads`)."""
     objectives = tuple(objectives)
     names = list(dict.fromkeys(o.structure for o in objectives))
     missing = sorted(set(names) - set(points))
@@ -460,8 +404,8 @@ def point_objective(matrix: sparse.spmatrix, objectives: Sequence[Objective],
     starts = np.cumsum([0] + [points[n].shape[0] for n in names])
     block = {n: np.arange(starts[i], starts[i + 1]) for i, n in enumerate(names)}
     w = np.array([o.weight for o in objectives] if weights is None else weights, float)
-    return PointObjective(_used_rows(matrix, used), interp.astype(np.float32), objectives,
-                          tuple(block[o.structure] for o in objectives), w)
+    view = _view(matrix, used, engine_threads() if threads is None else int(threads))
+    return PointObjective(view, interp.astype(np.float32), objectives, tuple(block[o.structure] for o in objectives), w)
 
 
 # --- seed 000 ----------------------------------------------------------------------------------

@@ -11,22 +11,22 @@ Bound. For D ≥ 0 (a dose matrix) and a reference point x_r with dose d_r,
 
 so row v stays at or below its limit L_v (the lowest DMAX limit it carries) for every x with
 ‖(x − x_r)₊‖₂ < ρ_v = (L_v − d_v(x_r)) / ‖D_v‖₂. At a refresh (a full product at x_r) the rows
-with ρ_v ≤ R are gathered into a sub-matrix, together with every row that carries any other kind
-of objective; until an evaluation point leaves the ball ‖(x − x_r)₊‖₂ < R, only that sub-matrix
-is multiplied and the screened rows keep their reference dose (below every limit they carry, so
+with ρ_v ≤ R are kept, together with every row that carries any other kind
+of objective; until an evaluation point leaves the ball ‖(x − x_r)₊‖₂ < R, only those rows
+are multiplied and the screened rows keep their reference dose (below every limit they carry, so
 their terms are 0, as they are at the true dose). Outside the ball: a new refresh.
 
 Radius R: ``ball_steps`` times the mean distance ‖(x − x_r)₊‖₂ per evaluation since the last
 refresh (the solver's speed), so a refresh comes about every ``ball_steps`` evaluations; the
 first refresh screens nothing beyond ρ_v > 0 … R = 0, i.e. it only measures the speed. A refresh
-costs one full product and one row gather; with 8 steps per ball and ~40 % of the entries kept,
-M x costs about 0.6 of the full product on average.
+costs one full product and a new row list (the kept rows are read in place through a
+:class:`~rtautoplan.optimize.rowproducts.RowView`, never copied); with 8 steps per ball and ~40 % of the
+entries kept, M x costs about 0.6 of the full product on average.
 """
 
 from __future__ import annotations
 
 import numpy as np
-from scipy import sparse
 
 BALL_STEPS = 8.0
 MIN_SCREENED_FRACTION = 0.2  # below this share of the entries screened out, keep the full product
@@ -35,21 +35,20 @@ MIN_SCREENED_FRACTION = 0.2  # below this share of the entries screened out, kee
 class RowScreen:
     """Screening state of one plan objective (module docstring).
 
-    matrix: the objective's CSR matrix (≥ 0). limits: per row, the lowest DMAX limit (Gy), +inf for
-    rows that carry any other objective kind (never screened). row_norm: ‖D_v‖₂ per row
-    (:func:`row_norms`). product: matrix ↦ (x ↦ matrix @ x), the (threaded) product of a matrix.
+    view: the objective's rows (a ``RowView`` of a matrix ≥ 0). limits: per row, the lowest DMAX limit
+    (Gy), +inf for rows that carry any other objective kind (never screened). row_norm: ‖D_v‖₂ per row
+    (``RowView.row_norms``).
     """
 
-    def __init__(self, matrix: sparse.csr_matrix, limits: np.ndarray, row_norm: np.ndarray, product,
-                 ball_steps: float = BALL_STEPS):
-        self.matrix, self.limits, self.row_norm = matrix, np.asarray(limits, float), row_norm
-        self.make_product, self.product, self.ball_steps = product, product(matrix), ball_steps
+    def __init__(self, view, limits: np.ndarray, row_norm: np.ndarray, ball_steps: float = BALL_STEPS):
+        self.view, self.limits, self.row_norm = view, np.asarray(limits, float), row_norm
+        self.ball_steps = ball_steps
         self.screenable = np.isfinite(self.limits)
         self.refreshes = self.inside = 0  # full products, evaluations inside the ball
         self._x_ref = None
         self._d_ref = None
         self._rows = None  # rows multiplied inside the ball
-        self._sub_product = None
+        self._sub = None  # their RowView
         self._radius = 0.0
         self._travel, self._evals = 0.0, 0
 
@@ -62,13 +61,13 @@ class RowScreen:
                 self._travel, self._evals = max(self._travel, delta), self._evals + 1
                 self.inside += 1
                 d = self._d_ref.copy()
-                d[self._rows] = self._sub_product(x)
+                d[self._rows] = self._sub @ x
                 return d
             self._travel, self._evals = max(self._travel, delta), self._evals + 1
         return self._refresh(x)
 
     def _refresh(self, x: np.ndarray) -> np.ndarray:
-        d = self.product(x)
+        d = self.view @ x
         speed = self._travel / self._evals if self._evals else 0.0
         self._radius = self.ball_steps * speed
         self._x_ref, self._d_ref = x.copy(), d
@@ -77,23 +76,12 @@ class RowScreen:
         with np.errstate(divide="ignore", invalid="ignore"):
             rho = np.where(self.row_norm > 0, (self.limits - d) / self.row_norm, np.inf)
         keep = ~(self.screenable & (rho > self._radius))
-        row_nnz = np.diff(self.matrix.indptr)
-        if self._radius <= 0 or row_nnz[~keep].sum() < MIN_SCREENED_FRACTION * self.matrix.nnz:
-            self._radius = 0.0  # not worth a gather: the next call refreshes (and measures the speed)
+        if self._radius <= 0 or self.view.row_nnz[~keep].sum() < MIN_SCREENED_FRACTION * self.view.nnz:
+            self._radius = 0.0  # not worth it: the next call refreshes (and measures the speed)
             return d
         self._rows = np.flatnonzero(keep)
-        self._sub_product = self.make_product(self.matrix[self._rows])
+        self._sub = self.view.subset(self._rows)
         return d
-
-
-def row_norms(matrix: sparse.csr_matrix) -> np.ndarray:
-    """‖D_v‖₂ of every row of a CSR matrix (float64)."""
-    out = np.zeros(matrix.shape[0])
-    filled = np.diff(matrix.indptr) > 0
-    if matrix.nnz:
-        sums = np.add.reduceat(np.square(matrix.data, dtype=np.float64), matrix.indptr[:-1][filled])
-        out[filled] = np.sqrt(sums)
-    return out
 
 
 def dmax_row_limits(n_rows: int, objectives, local_rows, dmax_kind) -> np.ndarray:

@@ -67,6 +67,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import mmap
 import os
 import tempfile
 import time
@@ -387,11 +388,79 @@ def _aperture(offset, half, sigma):
     return 0.5 * (erf((offset + half) / (_SQRT2 * sigma)) - erf((offset - half) / (_SQRT2 * sigma)))
 
 
+def _mapped(n: int, dtype) -> np.ndarray:
+    """An empty array in its own anonymous memory map: returned to the system as soon as it is released
+    (small heap blocks freed by malloc may stay resident, which would defeat :class:`CsrStack`)."""
+    dtype = np.dtype(dtype)
+    if n == 0:
+        return np.zeros(0, dtype)
+    return np.frombuffer(mmap.mmap(-1, n * dtype.itemsize), dtype, n)
+
+
+class CsrStack:
+    """A CSR matrix assembled beam by beam (columns appended in order) with little memory beyond the result.
+
+    ``add`` keeps one beam's CSR entries as ``chunks`` row chunks (copies in their own memory maps; the
+    caller then releases the beam); ``finish`` allocates the result and fills it chunk by chunk, releasing each
+    beam chunk as soon as it is copied, so the peak is about the result plus one beam (≈ 8 B per entry of
+    the result + 16 B per entry of the largest beam) instead of all triplets plus a CSR copy. Within a row
+    the columns are sorted (each beam's CSR is sorted, and beams follow in column order): the matrix is the
+    same, bit for bit, as one COO/CSC → CSR conversion of all entries without duplicates.
+    """
+
+    def __init__(self, n_rows: int, chunks: int = 32):
+        self.n_rows, self.n_cols = int(n_rows), 0
+        self.edges = np.unique(np.linspace(0, self.n_rows, max(1, min(chunks, self.n_rows)) + 1).astype(np.int64))
+        self.parts: list[list] = []  # per beam: per chunk (indptr int64 from 0, indices int32, data float32)
+
+    def add(self, beam: sparse.spmatrix, n_cols: int) -> None:
+        """Append ``beam`` (rows × n_cols, any sparse format; float32 values) as the next columns."""
+        csr = beam.tocsr() if beam.format != "csr" else beam
+        csr.sum_duplicates()
+        csr.sort_indices()
+        offset, parts = self.n_cols, []
+        for a, b in zip(self.edges[:-1], self.edges[1:]):
+            p0, p1 = int(csr.indptr[a]), int(csr.indptr[b])
+            ip, ind, val = _mapped(b - a + 1, np.int64), _mapped(p1 - p0, np.int32), _mapped(p1 - p0, np.float32)
+            np.subtract(csr.indptr[a:b + 1], p0, out=ip)
+            np.add(csr.indices[p0:p1], offset, out=ind, casting="unsafe")
+            val[:] = csr.data[p0:p1]
+            parts.append((ip, ind, val))
+        self.parts.append(parts)
+        self.n_cols += int(n_cols)
+
+    def finish(self) -> sparse.csr_matrix:
+        """The stacked CSR matrix: float32 data, int32 indices and indptr (ValueError beyond int32)."""
+        per_row = np.zeros(self.n_rows, np.int64)
+        for parts in self.parts:
+            for (a, b), (ip, _, _) in zip(zip(self.edges[:-1], self.edges[1:]), parts):
+                per_row[a:b] += np.diff(ip)
+        indptr = np.zeros(self.n_rows + 1, np.int64)
+        np.cumsum(per_row, out=indptr[1:])
+        nnz = int(indptr[-1])
+        if nnz >= np.iinfo(np.int32).max or self.n_cols >= np.iinfo(np.int32).max:
+            raise ValueError(f"{nnz} dose-influence entries: more than int32 indices hold; use a coarser dose grid")
+        data, indices = np.empty(nnz, np.float32), np.empty(nnz, np.int32)
+        for c, (a, b) in enumerate(zip(self.edges[:-1], self.edges[1:])):
+            start = indptr[a:b].copy()  # next free slot of each row of the chunk
+            for parts in self.parts:
+                ip, ind, val = parts[c]
+                parts[c] = None
+                n = np.diff(ip)
+                dest = np.repeat(start - ip[:-1], n) + np.arange(ind.size)
+                indices[dest], data[dest] = ind, val
+                start += n
+                del ip, ind, val, dest
+        self.parts = []
+        return sparse.csr_matrix((data, indices, indptr.astype(np.int32)), shape=(self.n_rows, self.n_cols),
+                                 copy=False)
+
+
 def _beam_columns(red, ext, dose_grid, rows_flat, beam, patient_position, target, ct_grid, beamlet_mm, cutoff_mm,
-                  margin_mm, model, chunk_pairs=4_000_000):
-    """(row indices, values, entries per beamlet, beamlet centres) of one beam's columns in CSC order:
-    column by column, only the entries > 0. Candidate pairs are queried and evaluated about
-    ``chunk_pairs`` at a time, so the temporaries do not grow with the beam."""
+                  margin_mm, model, chunk_pairs=1_000_000):
+    """(CSR matrix of one beam's columns, beamlet centres), gathered column by column, only the entries > 0.
+    Candidate pairs are queried and evaluated about ``chunk_pairs`` at a time, so the temporaries do not
+    grow with the beam."""
     frame = beam_frame(beam, patient_position, model.sad_mm)
     centres = beamlet_grid(target, ct_grid, frame, beamlet_mm, margin_mm)
     kji = np.stack(np.unravel_index(rows_flat, dose_grid.shape), axis=-1)
@@ -428,7 +497,11 @@ def _beam_columns(red, ext, dose_grid, rows_flat, beam, patient_position, target
         out_v.append(val[keep].astype(np.float32))
         out_n.append(np.bincount(c[keep] - lo, minlength=hi - lo))
     cat = (lambda parts, dt: np.concatenate(parts).astype(dt, copy=False) if parts else np.zeros(0, dt))
-    return cat(out_r, np.int32), cat(out_v, np.float32), cat(out_n, np.int64), centres
+    indices, data = cat(out_r, np.int32), cat(out_v, np.float32)
+    del out_r, out_v
+    indptr = np.concatenate([[0], np.cumsum(cat(out_n, np.int64))])
+    csr = sparse.csc_matrix((data, indices, indptr), shape=(rows_flat.size, len(centres)), copy=False).tocsr()
+    return csr, centres
 
 
 def dose_influence(case: Case, beams, beamlet_mm: float = 5.0, dose_grid_factor=None, cutoff_mm: float = CUTOFF_MM,
@@ -440,8 +513,9 @@ def dose_influence(case: Case, beams, beamlet_mm: float = 5.0, dose_grid_factor=
     size of the dose grid; dose_grid_mm: or a dose grid in mm (module docstring); neither: the CT
     grid. cutoff_mm: lateral kernel cutoff (BEV, isocentre plane).
 
-    Memory: the entries are gathered column by column (CSC) and converted to CSR once, about
-    16 bytes per entry at the peak (no COO triplets, no per-pair Python lists for a whole beam).
+    Memory: each beam's entries are gathered column by column (CSC), converted to CSR and stacked
+    (:class:`CsrStack`): about the finished matrix plus two copies of one beam at the peak (no COO
+    triplets, no CSR copy of the whole matrix, no per-pair Python lists for a whole beam).
     """
     beams = tuple(beams)
     if not beams:
@@ -450,28 +524,16 @@ def dose_influence(case: Case, beams, beamlet_mm: float = 5.0, dose_grid_factor=
         raise ValueError("dose_influence computes photon beams only")
     dose_grid, red, ext, rows_flat, factor = dose_grid_of(case, dose_grid_factor, dose_grid_mm)
     target = _target_mask(case)
-    indices, data, per_column, beamlets, slices, cols_done = [], [], [], [], [], 0
+    stack, beamlets, slices = CsrStack(rows_flat.size), [], []
     for beam in beams:
-        r, v, n, centres = _beam_columns(red, ext, dose_grid, rows_flat, beam, case.refs.patient_position, target,
-                                         case.grid, beamlet_mm, cutoff_mm, margin_mm, model)
-        indices.append(r)
-        data.append(v)
-        per_column.append(n)
+        beam_csr, centres = _beam_columns(red, ext, dose_grid, rows_flat, beam, case.refs.patient_position, target,
+                                          case.grid, beamlet_mm, cutoff_mm, margin_mm, model)
+        slices.append(slice(stack.n_cols, stack.n_cols + len(centres)))
+        stack.add(beam_csr, len(centres))
+        del beam_csr
         beamlets.append(centres)
-        slices.append(slice(cols_done, cols_done + len(centres)))
-        cols_done += len(centres)
     del red, ext, target
-    indptr = np.concatenate([[0], np.cumsum(np.concatenate(per_column))])
-    if indptr[-1] >= np.iinfo(np.int32).max:
-        raise ValueError(f"{indptr[-1]} dose-influence entries: more than int32 indices hold; use a coarser dose grid")
-    csc = sparse.csc_matrix((np.concatenate(data), np.concatenate(indices), indptr.astype(np.int32)),
-                            shape=(rows_flat.size, cols_done))
-    del indices, data
-    matrix = csc.tocsr()
-    del csc
-    matrix.sort_indices()
-    matrix.indices = matrix.indices.astype(np.int32, copy=False)
-    matrix.indptr = matrix.indptr.astype(np.int32, copy=False)
+    matrix = stack.finish()
     return Dij(matrix, dose_grid, rows_flat, tuple(beamlets), tuple(slices), float(beamlet_mm), factor, case.grid)
 
 

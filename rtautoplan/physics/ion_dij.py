@@ -71,7 +71,8 @@ from rtautoplan.case import Case, Grid
 from rtautoplan.physics import cache as dij_cache
 from rtautoplan.physics import ion_dose, rbe
 from rtautoplan.physics import ion_range as ir
-from rtautoplan.physics.dij import Dij, _atomic, _target_mask, cache_dir_default, dose_grid_of, row_depths
+from rtautoplan.physics.dij import (CsrStack, Dij, _atomic, _target_mask, cache_dir_default, dose_grid_of,
+                                    row_depths)
 from rtautoplan.physics.geometry import beam_frame, radiological_depth
 from rtautoplan.plan import Beam, Modality
 
@@ -133,8 +134,9 @@ def _beam_spots(case: Case, frame, spr_ct: np.ndarray, target: np.ndarray, ion: 
 
 
 def _beam_entries(spots, xb, yb, t, wet, ion: str, sad_mm: float, cutoff_sigma: float, n_per_mu: float,
-                  tissue: rbe.Tissue | None):
-    """(row, col, dose, alpha·dose or None) of one beam's spots; rows index the given voxels."""
+                  tissue: rbe.Tissue | None, spot_group: int = 32):
+    """(row, col, dose, alpha·dose or None) of one beam's spots; rows index the given voxels. The pairs of
+    ``spot_group`` spots of a layer are evaluated at a time (the same entries, in another order)."""
     out_r, out_c, out_v, out_a = [], [], [], []
     norm_trunc = 1.0 / (1.0 - np.exp(-0.5 * cutoff_sigma**2))
     iso_per_mm = sad_mm / t  # BEV (isocentre-plane) mm per physical mm at the voxel
@@ -147,23 +149,27 @@ def _beam_entries(spots, xb, yb, t, wet, ion: str, sad_mm: float, cutoff_sigma: 
         sigma = ion_dose.lateral_sigma(wet[reached], energy, ion)
         radius_iso = cutoff_sigma * sigma * iso_per_mm[reached]  # cutoff radius in BEV mm
         vox_tree = cKDTree(np.stack([xb[reached], yb[reached]], axis=-1))
-        spot_tree = cKDTree(spots[cols, :2])
-        pairs = spot_tree.sparse_distance_matrix(vox_tree, float(radius_iso.max()), output_type="ndarray")
-        if pairs.size == 0:
-            continue
-        s_local, v_local = pairs["i"].astype(np.int64), pairs["j"].astype(np.int64)
-        r_iso = pairs["v"]
-        keep = r_iso <= radius_iso[v_local]
-        s_local, v_local, r_iso = s_local[keep], v_local[keep], r_iso[keep]
-        sg = sigma[v_local]
-        r_mm = r_iso / iso_per_mm[reached][v_local]
-        val = (n_per_mu * norm_trunc) * d[reached][v_local] * np.exp(-0.5 * (r_mm / sg) ** 2) / (2.0 * np.pi * sg**2)
-        out_r.append(reached[v_local].astype(np.int32))
-        out_c.append(cols[s_local].astype(np.int32))
-        out_v.append(val.astype(np.float32))
-        if tissue is not None:
-            alpha = rbe.carbon_alpha(wet[reached], energy, tissue)
-            out_a.append((val * alpha[v_local]).astype(np.float32))
+        alpha = rbe.carbon_alpha(wet[reached], energy, tissue) if tissue is not None else None
+        for g in range(0, cols.size, spot_group):  # a few spots at a time: the pair temporaries stay small
+            group = cols[g:g + spot_group]
+            pairs = cKDTree(spots[group, :2]).sparse_distance_matrix(vox_tree, float(radius_iso.max()),
+                                                                     output_type="ndarray")
+            if pairs.size == 0:
+                continue
+            s_local, v_local = pairs["i"].astype(np.int64), pairs["j"].astype(np.int64)
+            r_iso = pairs["v"]
+            del pairs
+            keep = r_iso <= radius_iso[v_local]
+            s_local, v_local, r_iso = s_local[keep], v_local[keep], r_iso[keep]
+            sg = sigma[v_local]
+            r_mm = r_iso / iso_per_mm[reached][v_local]
+            val = ((n_per_mu * norm_trunc) * d[reached][v_local] * np.exp(-0.5 * (r_mm / sg) ** 2)
+                   / (2.0 * np.pi * sg**2))
+            out_r.append(reached[v_local].astype(np.int32))
+            out_c.append(group[s_local].astype(np.int32))
+            out_v.append(val.astype(np.float32))
+            if alpha is not None:
+                out_a.append((val * alpha[v_local]).astype(np.float32))
     cat = (lambda parts, dt: np.concatenate(parts) if parts else np.zeros(0, dt))
     return (cat(out_r, np.int32), cat(out_c, np.int32), cat(out_v, np.float32),
             cat(out_a, np.float32) if tissue is not None else None)
@@ -203,7 +209,8 @@ def spot_influence(case: Case, beams, ion: str | ir.Ion = ir.PROTON, spot_spacin
     kji = np.stack(np.unravel_index(rows_flat, dose_grid.shape), axis=-1)
     xyz = dose_grid.index_to_patient(kji)
     target = _target_mask(case) if spots is None else None
-    cols_done, parts, spot_sets, slices = 0, [], [], []
+    stack, alpha_stack = CsrStack(rows_flat.size), (CsrStack(rows_flat.size) if tissue is not None else None)
+    spot_sets, slices = [], []
     for b, beam in enumerate(beams):
         frame = beam_frame(beam, case.refs.patient_position, sad_mm)
         if spots is None:
@@ -213,18 +220,17 @@ def spot_influence(case: Case, beams, ion: str | ir.Ion = ir.PROTON, spot_spacin
         xb, yb, t = frame.to_beam(xyz)
         wet = row_depths(spr, ext, dose_grid, rows_flat, frame, case.grid).astype(np.float64)
         r, c, v, a = _beam_entries(beam_spots, xb, yb, t, wet, name, sad_mm, cutoff_sigma, n_per_mu, tissue)
-        parts.append((r, c + cols_done, v, a))
+        shape = (rows_flat.size, len(beam_spots))
+        slices.append(slice(stack.n_cols, stack.n_cols + len(beam_spots)))
+        stack.add(_csr(r, c, v, shape), len(beam_spots))
+        if alpha_stack is not None:
+            alpha_stack.add(_csr(r, c, a, shape), len(beam_spots))
+        del r, c, v, a
         spot_sets.append(beam_spots)
-        slices.append(slice(cols_done, cols_done + len(beam_spots)))
-        cols_done += len(beam_spots)
-    rows = np.concatenate([p[0] for p in parts])
-    cols = np.concatenate([p[1] for p in parts])
-    vals = np.concatenate([p[2] for p in parts])
-    shape = (rows_flat.size, cols_done)
-    matrix = _csr(rows, cols, vals, shape)
+    matrix = stack.finish()
     alpha_m = sqrt_beta_m = None
     if tissue is not None:
-        alpha_m = _csr(rows, cols, np.concatenate([p[3] for p in parts]), shape)
+        alpha_m = alpha_stack.finish()
         sqrt_beta_m = matrix * np.float32(np.sqrt(tissue.beta_x))
         sqrt_beta_m.indices = sqrt_beta_m.indices.astype(np.int32, copy=False)
         sqrt_beta_m.indptr = sqrt_beta_m.indptr.astype(np.int32, copy=False)
