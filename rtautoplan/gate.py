@@ -67,6 +67,14 @@ class GateResult:
     def acceptable(self) -> bool:
         return not self.reasons
 
+    @property
+    def violation(self) -> float:
+        """How far the plan is from acceptable: the relative excess of every missed must-goal and
+        hot-spot rule, summed (0 when acceptable); ranks plans of which none passes."""
+        goals = sum(-r.margin / max(abs(r.goal.upper if r.goal.upper is not None else r.goal.lower or 0.0), 1.0)
+                    for r in self.goals if not r.met and r.goal.priority == 1)
+        return float(goals + sum((h.value_gy - h.limit_gy) / h.limit_gy for h in self.hotspots if not h.met))
+
     def all_warnings(self) -> tuple[str, ...]:
         missed = [f"desired goal {r.goal} not met: {r.value:.2f}" for r in self.goals
                   if not r.met and r.goal.priority != 1]

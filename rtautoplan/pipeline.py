@@ -219,17 +219,17 @@ def sequential_course(case: Case, setup: Setup, env_options: dict | None = None)
 def choose_plan(finals: dict, verdicts: dict) -> str:
     """Which candidate leaves (name in ``finals``: "best", "initial", "acceptable", each (step, plan,
     score, …) after sequencing and normalisation): the best-scoring one that passes the clinical gate;
-    when none does, the best-scoring one. Sequencing can reorder near-equal plans, so the scores are
-    compared after it; the initial plan is the fallback, never worse than where the loop started."""
-    def rank(name):
-        return finals[name][2]
-
+    when none does, the one nearest to passing (``GateResult.violation``: a plan that misses a hot-spot
+    rule by 0.05 Gy is closer to treatable than a better-scoring one that misses it by 3 Gy), the
+    score breaking ties. Sequencing can reorder near-equal plans, so all is judged after it."""
     names = sorted(finals, key=lambda n: (n != "best", n != "acceptable"))
     passing = [n for n in names if verdicts[n].acceptable]
-    pool = passing or names
-    chosen = pool[0]
-    for name in pool[1:]:
-        if is_better(rank(name), rank(chosen)):
+    if not passing:
+        nearest = min(verdicts[n].violation for n in names)
+        passing = [n for n in names if verdicts[n].violation <= nearest + 1e-9]
+    chosen = passing[0]
+    for name in passing[1:]:
+        if is_better(finals[name][2], finals[chosen][2]):
             chosen = name
     return chosen
 

@@ -238,3 +238,22 @@ def test_adapters_the_command_line_cannot_drive_are_refused_in_one_line(tmp_path
     assert "adapter 'dicom-export'" in err and "exchange" in err and "\n" not in err.strip()
     assert main(["plan", str(SAMPLE), "-o", str(tmp_path / "b"), "--adapter", "phoenix"]) == 2
     assert "plans carbon beams, not photon" in capsys.readouterr().err
+
+
+def test_when_no_plan_passes_the_one_nearest_to_passing_leaves():
+    """A plan 0.05 Gy over a hot-spot limit beats a better-scoring one 3 Gy over it."""
+    from rtautoplan.pipeline import choose_plan
+
+    def verdict(value):
+        return gate.GateResult((), (gate.HotSpot("max outside the targets", value, 74.9),))
+
+    class Score:
+        def __init__(self, total):
+            self.total, self.higher_is_better = total, True
+
+    finals = {"best": (3, None, Score(-1.5)), "initial": (0, None, Score(-3.0))}
+    verdicts = {"best": verdict(77.9), "initial": verdict(74.95)}
+    assert verdicts["best"].violation > verdicts["initial"].violation > 0
+    assert choose_plan(finals, verdicts) == "initial"
+    verdicts["best"] = verdict(74.0)
+    assert verdicts["best"].violation == 0 and choose_plan(finals, verdicts) == "best"
