@@ -23,7 +23,7 @@ import numpy as np
 
 from rtautoplan import dvh
 from rtautoplan.case import Case, Goal, Role
-from rtautoplan.goals import GoalResult, measure_all
+from rtautoplan.goals import ROUNDING, GoalResult, measure_all
 
 OUTSIDE_MAX = 1.07  # × Rx_max: ICRU 83's near-maximum bound, applied outside the targets as a point maximum
 TARGET_D2 = 1.07  # × Rx: ICRU 83 D2% of each target
@@ -41,7 +41,7 @@ class HotSpot:
 
     @property
     def met(self) -> bool:
-        return self.value_gy <= self.limit_gy + 1e-9
+        return self.value_gy <= self.limit_gy + ROUNDING
 
     def as_json(self) -> dict:
         return {"rule": self.rule, "value_gy": round(self.value_gy, 3), "limit_gy": round(self.limit_gy, 3),

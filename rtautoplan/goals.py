@@ -146,12 +146,13 @@ class GoalResult:
                 "margin": round(self.margin, 3)}
 
 
-ROUNDING = 1e-3  # in the goal's unit (Gy, %, cm³): float32 dose; a normalised D95 of 49.99999 Gy meets "≥ 50 Gy"
+ROUNDING = 0.005  # in the goal's unit (Gy, %, cm³): half the 0.01 the report, log and stdout print, so a value
+# shown equal to its bound is met (a normalised D95 of 49.99999 Gy meets "≥ 50 Gy"); not a clinical allowance
 
 
 def measure(goal: Goal, dose_gy: np.ndarray, case: Case, tolerance: float = ROUNDING) -> GoalResult:
     """``goal`` measured on ``dose_gy`` (on the case grid). ``tolerance`` (in the goal's unit) is the
-    rounding a clinic accepts: 0.001 Gy (% or cm³), the float32 dose's, not a clinical allowance."""
+    rounding of the printed values (``ROUNDING``), not a clinical allowance."""
     s = find_structure(case, goal.roi)
     if s is None:
         raise InputError(f"goal {goal}", f"names ROI {goal.roi!r}, which the case does not have",
