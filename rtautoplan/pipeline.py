@@ -265,17 +265,16 @@ def plan_case(case: Case, site: str = "hn", modality: str = "photon", adapter: s
     if tps is None:
         tps = tps_with_options(setup, adapter, {}, modality)
     env = make_env(setup, case, tps=tps, adapter=adapter, max_steps=max(1, steps), **(env_options or {}))
-    goals = protocols.goals_for(env.case_for(None), site)  # before the loop: a goal naming no ROI stops here
     from rtautoplan.goals import check_rois
 
-    check_rois(goals, env.case_for(None))
+    planned = env.case_for(None)  # the case after the structure rules, as the loop will plan it
+    goals = protocols.goals_for(planned, site)
+    check_rois(goals, planned)  # before the loop: a goal naming no ROI stops here
     planner = make_policy(policy or setup.policy, env, seed)
-    planned = env.case_for(None)
     notes = (protocols.fractionation_note(planned),)
     loop = run_loop(env, planner, steps, seed=seed, on_step=on_step,
                     acceptable=lambda e: gate.check(planned, final_plan(e, planned, scaled_plan(e))[0].dose.gy,
                                                     goals).acceptable)
-    planned = env.case
     candidates = {"best": (loop.best_step, loop.best_plan), "initial": (0, loop.initial_plan)}
     if loop.best_acceptable is not None and loop.best_acceptable[0] != loop.best_step:
         candidates["acceptable"] = loop.best_acceptable[:2]
