@@ -196,7 +196,8 @@ class Prescription:
     goals: clinical goals (``prescription.json`` ``goals``, else the site's default protocol).
     normalisation: the final-dose scaling rule. phases: a sequential course, when the prescription
     states one (empty: one simultaneous plan of every level). site: the protocol named in
-    ``prescription.json`` (None: chosen from the ROIs).
+    ``prescription.json`` (None: chosen from the ROIs). source: where levels and fractions were read
+    (prescription.json, an RTPLAN, the target names), printed with the plan.
     """
 
     levels: tuple[DoseLevel, ...]
@@ -205,9 +206,16 @@ class Prescription:
     normalisation: Normalisation = Normalisation()
     phases: tuple[Phase, ...] = ()
     site: str | None = None
+    source: str = field(default="", compare=False, repr=False)
 
     def __post_init__(self):
         object.__setattr__(self, "levels", tuple(sorted(self.levels, key=lambda lv: -lv.dose_gy)))
+
+    @property
+    def summary(self) -> str:
+        """One line: every level (Gy), the fractions, and where they were read."""
+        levels = ", ".join(f"{lv.target} {lv.dose_gy:g} Gy" for lv in self.levels)
+        return f"{levels} in {self.fractions} fractions" + (f" (from {self.source})" if self.source else "")
 
     @property
     def rx_max(self) -> float:

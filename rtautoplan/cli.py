@@ -72,7 +72,7 @@ def _structures(args) -> int:
 
     case = read_case(args.case)
     args.site, reason = choose_site(case, args.site)
-    print(f"site {args.site} ({reason})")
+    print(f"prescription: {case.prescription.summary}\nsite {args.site} ({reason})")
     planned = apply_rules(case, site=args.site, ctv_oar_crop_mm=args.ctv_crop_mm)
     from rtautoplan.protocols import goals_for
     from rtautoplan.structures.objectives import goal_objectives
@@ -126,6 +126,8 @@ def _plan(args) -> int:
 
         planned = plan_folder(args.case, args.output, _plan_options(args), on_step=on_step)
     result = planned.result
+    if planned.case is not None:
+        console.print(f"prescription: {escape(planned.case.prescription.summary)}")
     console.print(f"site {planned.site} ({planned.site_reason}); {result.score.system}: "
                   f"{result.initial_score.total:.4g} → {result.score.total:.4g} (best at step {result.best_step}, "
                   f"{result.n_steps} steps, {time.perf_counter() - start:.1f} s)")

@@ -69,7 +69,7 @@ def write_outputs(case: Case, result: Result, out: str | Path, extra: dict | Non
     out = Path(out)
     paths = write_result(case, result, out, uid_seed=uid_seed)
     plan = result.plan
-    info = {"case": case.case_id, "modality": plan.modality.value, "adapter": plan.adapter, "policy": result.policy,
+    info = {"case": case.case_id, "prescription": case.prescription.summary, "modality": plan.modality.value, "adapter": plan.adapter, "policy": result.policy,
             "scoring": result.score.system, "initial score": round(float(result.initial_score.total), 4),
             "final score": round(float(result.score.total), 4), "best step": result.best_step,
             "normalisation": str(result.normalisation) if result.normalisation else "none",

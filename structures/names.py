@@ -55,6 +55,7 @@ _TABLE: tuple[tuple[str, int, str, tuple[str, ...]], ...] = (
     ("Larynx", 3, "Dmean", ("LARYNX", "LARYNX_GLOTTIC")),
     ("Lips", 3, "Dmean", ("LIPS", "LIP")),
     ("Lungs", 3, "Dmean", ("LUNGS", "LUNG_TOTAL", "LUNG")),
+    ("Lung" + _LATERAL, 3, "Dmean", ("LUNG", "PULMO", "LUNGE")),
     ("Musc_Constrict", 3, "Dmean", ("CONSTRICTORS", "PHARYNGEAL_CONSTRICTORS", "MUSC_CONSTRICTOR", "PCM")),
     ("Parotid" + _LATERAL, 3, "Dmean", ("PAROTID", "PAROTIS", "PAROTID_GLAND")),
     ("Oropharynx", 3, "Dmean", ("OROPHARYNX",)),
@@ -113,6 +114,7 @@ def _expand() -> dict[str, Organ]:
 ORGANS: dict[str, Organ] = _expand()
 
 _SIDE = re.compile(r"(?:^|_)(L|R|LT|RT|LEFT|RIGHT|LI|RE|LINKS|RECHTS|SIN|DX)$")
+_SIDE_FIRST = re.compile(r"^(L|R|LT|RT|LEFT|RIGHT)_(?=.)")  # Eclipse's "Lt Lung", "Rt Kidney"
 _SIDE_WORD = {"L": "_L", "LT": "_L", "LEFT": "_L", "LI": "_L", "LINKS": "_L", "SIN": "_L",
               "R": "_R", "RT": "_R", "RIGHT": "_R", "RE": "_R", "RECHTS": "_R", "DX": "_R"}
 
@@ -193,11 +195,11 @@ def parse(roi_name: str) -> ParsedName | None:
         return ParsedName(target_name(role, dose, (suffix or "").capitalize() if not number else ""), role, dose)
     if roi_name.startswith(("z", "Z", "_")) or key in NON_ANATOMICAL or key.rstrip("_0123456789") in NON_ANATOMICAL:
         return ParsedName(roi_name, Role.OTHER)
-    side = _SIDE.search(key)
     candidates = [key]
-    if side:
-        stem = key[: side.start()].rstrip("_")
-        candidates += [stem + _SIDE_WORD[side.group(1)], stem.replace("_", "") + _SIDE_WORD[side.group(1)]]
+    for side in (_SIDE.search(key), _SIDE_FIRST.match(key)):
+        if side:
+            stem = (key[: side.start()] + key[side.end():]).strip("_")
+            candidates += [stem + _SIDE_WORD[side.group(1)], stem.replace("_", "") + _SIDE_WORD[side.group(1)]]
     candidates.append(key.replace("_", ""))
     for candidate in candidates:
         if candidate in _ALIASES:

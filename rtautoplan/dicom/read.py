@@ -27,6 +27,7 @@ from rtautoplan.dicom.contours import roi_mask
 from rtautoplan.dicom.ct import write_ct
 from rtautoplan.dicom.prescription import (PRESCRIPTION_FILE, PrescriptionFile, Target, prescribe,
                                            read_prescription_file, write_prescription)
+from rtautoplan.dicom.rtplan_prescription import PLAN_MODALITIES, complete_from_plan
 from rtautoplan.dicom.rtstruct import RoiContours, StructureSet, read_rtstruct, write_rtstruct
 from rtautoplan.dicom.series import Slice, describe, grid_of, read_hu, refs_of
 from rtautoplan.dicom.uid import complete_refs
@@ -65,7 +66,7 @@ def read_case(folder: str | Path, case_id: str | None = None, unknown_rois: str 
     folder = Path(folder)
     if not folder.is_dir():
         raise InputError(str(folder), "is not a folder", "Give the folder that holds the CT series and the RTSTRUCT")
-    rtstructs, series = _scan(folder)
+    rtstructs, series, plans = _scan(folder)
     if not rtstructs:
         from rtautoplan.labelmap import find_label_map  # SimpleITK is imported only for a label-map case
 
@@ -83,9 +84,11 @@ def read_case(folder: str | Path, case_id: str | None = None, unknown_rois: str 
                          "Export the RTSTRUCT drawn on this CT, or register and re-contour in the TPS")
     rx_path = folder / PRESCRIPTION_FILE
     rx_file = read_prescription_file(rx_path) if rx_path.is_file() else PrescriptionFile()
+    rx_file, rx_source = complete_from_plan(rx_file, plans, rtstructs[rtstruct_path],
+                                              structure_set.frame_of_reference_uid)
     structures, prescription = _structures(structure_set, grid, rx_file, f"RTSTRUCT {rtstruct_path}", unknown_rois)
     return Case(case_id=case_id or folder.resolve().name, grid=grid, hu=read_hu(slices, where),
-                structures=structures, prescription=prescription, refs=refs)
+                structures=structures, prescription=replace(prescription, source=rx_source), refs=refs)
 
 
 def _read_label_map_case(folder: Path, series: dict[str, list[Slice]], image: Path, table_path: Path,
@@ -144,9 +147,10 @@ def _label_masks(interpreted: list[tuple[RoiContours, str, ParsedName]], labelle
     return masks
 
 
-def _scan(folder: Path) -> tuple[dict[Path, pydicom.Dataset], dict[str, list[Slice]]]:
-    """Every RTSTRUCT and every image series (by SeriesInstanceUID) under ``folder``."""
+def _scan(folder: Path) -> tuple[dict[Path, pydicom.Dataset], dict[str, list[Slice]], dict[Path, pydicom.Dataset]]:
+    """Every RTSTRUCT, every image series (by SeriesInstanceUID) and every RTPLAN under ``folder``."""
     rtstructs: dict[Path, pydicom.Dataset] = {}
+    plans: dict[Path, pydicom.Dataset] = {}
     series: dict[str, list[Slice]] = {}
     seen: dict[str, Path] = {}
     for path in sorted(p for p in folder.rglob("*") if p.is_file()):
@@ -156,6 +160,8 @@ def _scan(folder: Path) -> tuple[dict[Path, pydicom.Dataset], dict[str, list[Sli
         modality = str(ds.get("Modality", ""))
         if ds.get("SOPClassUID") == RTStructureSetStorage or modality == "RTSTRUCT":
             rtstructs[path] = ds
+        elif modality in PLAN_MODALITIES:
+            plans[path] = ds
         elif "ImagePositionPatient" in ds and not modality.startswith("RT") and "SeriesInstanceUID" in ds:
             sop = str(ds.get("SOPInstanceUID", path))
             if sop in seen:  # the same instance twice (a copied file) is one slice
@@ -164,7 +170,7 @@ def _scan(folder: Path) -> tuple[dict[Path, pydicom.Dataset], dict[str, list[Sli
                 continue
             seen[sop] = path
             series.setdefault(str(ds.SeriesInstanceUID), []).append(Slice(path, ds))
-    return rtstructs, series
+    return rtstructs, series, plans
 
 
 def _check_same_instance(first: Path, second: Path, sop: str) -> None:

@@ -1,0 +1,103 @@
+"""Fetch the public DICOM-RT exports the held-out tests plan (tests/test_real_exports.py).
+
+The files are not committed (their licences allow it, but this repository keeps third-party data out
+of its history): this script downloads them from the projects' GitHub repositories at a pinned commit,
+checks each file's SHA-256 and writes them under ``tests/data/real/cache/`` (or ``--to DIR``; the
+tests read ``$RTAUTOPLAN_REAL_EXPORTS`` when it is set). ``--from-git NAME=DIR`` copies from a local
+clone instead of the network (e.g. ``--from-git dicompyler-core=~/src/dicompyler-core``).
+Sources and licences: tests/data/real/README.md.
+
+    python tests/data/real/fetch.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import subprocess
+import sys
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+CACHE = Path(__file__).resolve().parent / "cache"
+
+
+@dataclass(frozen=True)
+class Source:
+    """One public repository at a pinned commit, and the files taken from it (path → local name, SHA-256)."""
+
+    name: str
+    repo: str
+    commit: str
+    files: tuple[tuple[str, str, str], ...]
+
+
+SOURCES = (
+    Source("dicompyler-core", "dicompyler/dicompyler-core", "0d5729d7a2412e1c3f1e4cb4f6b07f7407eb8b06", (
+        ("tests/testdata/example_data/ct.0.dcm", "ct.0.dcm",
+         "6eb080ed6a1f4c850706418582a0b40e6d10dc831c7f3e3fc7d7b0bdd404e542"),
+        ("tests/testdata/example_data/rtss.dcm", "rtss.dcm",
+         "8fe3e3a20d1acf911f5c284dc40288d46f97acd43e4a63753cd6e3e1dac398cb"),
+        ("tests/testdata/example_data/rtplan.dcm", "rtplan.dcm",
+         "d518fc976a225cbf05f8747d0067b52e7b1faa147da8e53b2b0bce01eaa21977"))),
+    Source("rt-utils", "qurit/rt-utils", "026e6645e851dab7cea2c424165ffc62c38d34c6", (
+        ("tests/mock_data/ct_1.dcm", "ct_1.dcm", "5a4b2fbb9ace7f9dd6bfcf438f82bf5a0867ce5220c143288e593084fb33c763"),
+        ("tests/mock_data/ct_2.dcm", "ct_2.dcm", "a77ea1836fb99f623d41a2d2f464781fd0dbca2fa5488bdcfff5014858283440"),
+        ("tests/mock_data/invalid_reference_rt.dcm", "rtstruct_mim.dcm",
+         "d2389ed9574e70835fb2fd6fa65812948a8ed59ccd70a0d6284e0f2661abde66"),
+        ("tests/oriented_data/0.dcm", "oblique_0.dcm",
+         "195be699a282491af64dc276628f31c5404e7fa2421e89c5f273f43b50893716"),
+        ("tests/oriented_data/1.dcm", "oblique_1.dcm",
+         "8aa88e189005487e56f32d36065748fef9ec5d8af393ecce0e6600068198f612"),
+        ("tests/oriented_data/2.dcm", "oblique_2.dcm",
+         "642cb8e8210819958a2938fb421923d4b311def65d44280910270dbff98f43b7"))),
+)
+
+
+def _download(source: Source, path: str) -> bytes:
+    url = f"https://raw.githubusercontent.com/{source.repo}/{source.commit}/{path}"
+    with urllib.request.urlopen(url, timeout=60) as response:
+        return response.read()
+
+
+def _from_git(clone: Path, source: Source, path: str) -> bytes:
+    return subprocess.run(["git", "-C", str(clone), "show", f"{source.commit}:{path}"], check=True,
+                          capture_output=True).stdout
+
+
+def fetch(to: Path = CACHE, clones: dict[str, Path] | None = None) -> list[Path]:
+    """Write every source's files to ``to/<source name>/``, each checked against its SHA-256."""
+    clones = clones or {}
+    written = []
+    for source in SOURCES:
+        folder = to / source.name
+        folder.mkdir(parents=True, exist_ok=True)
+        for path, local, sha256 in source.files:
+            target = folder / local
+            if target.is_file() and hashlib.sha256(target.read_bytes()).hexdigest() == sha256:
+                written.append(target)
+                continue
+            clone = clones.get(source.name)
+            data = _from_git(clone, source, path) if clone else _download(source, path)
+            if hashlib.sha256(data).hexdigest() != sha256:
+                raise SystemExit(f"{source.repo}@{source.commit[:7]}:{path}: SHA-256 differs from the pinned one")
+            target.write_bytes(data)
+            written.append(target)
+    return written
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--to", type=Path, default=CACHE, help="where to write (default: %(default)s)")
+    parser.add_argument("--from-git", action="append", default=[], metavar="NAME=DIR",
+                        help="copy source NAME from a local git clone DIR instead of downloading")
+    args = parser.parse_args(argv)
+    clones = dict(item.split("=", 1) for item in args.from_git)
+    paths = fetch(args.to, {name: Path(d).expanduser() for name, d in clones.items()})
+    print(f"{len(paths)} files under {args.to}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
