@@ -41,31 +41,26 @@ def copy_case(files, folder: Path) -> Path:
     return folder
 
 
-def _planes(rtss: pydicom.Dataset) -> dict[float, str]:
-    """z (mm, rounded to 0.01) → referenced CT SOPInstanceUID, over every contour of the RTSTRUCT."""
-    planes = {}
+def _contours(rtss: pydicom.Dataset) -> tuple[dict[float, str], dict[str, list[tuple[float, np.ndarray]]]]:
+    """z (mm, to 0.01) → referenced CT SOPInstanceUID; ROIName → its contours as (z, xy points) in mm."""
+    names = {r.ROINumber: r.ROIName for r in rtss.StructureSetROISequence}
+    planes, contours = {}, {}
     for roi in rtss.ROIContourSequence:
-        for contour in roi.get("ContourSequence", []):
-            z = round(float(contour.ContourData[2]), 2)
-            planes.setdefault(z, str(contour.ContourImageSequence[0].ReferencedSOPInstanceUID))
-    return planes
-
-
-def _inside(rtss: pydicom.Dataset, roi_names: set[str], z: float, x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """Points (x, y) inside any contour of the named ROIs on plane z (even-odd within one ROI)."""
-    numbers = {r.ROINumber for r in rtss.StructureSetROISequence if r.ROIName in roi_names}
-    points = np.column_stack([x.ravel(), y.ravel()])
-    inside = np.zeros(len(points), bool)
-    for roi in rtss.ROIContourSequence:
-        if roi.ReferencedROINumber not in numbers:
-            continue
-        roi_inside = np.zeros(len(points), bool)
         for contour in roi.get("ContourSequence", []):
             xyz = np.asarray(contour.ContourData, float).reshape(-1, 3)
-            if abs(xyz[0, 2] - z) < 0.01:
-                roi_inside ^= Polygon(xyz[:, :2]).contains_points(points)
-        inside |= roi_inside
-    return inside.reshape(x.shape)
+            z = round(float(xyz[0, 2]), 2)
+            planes.setdefault(z, str(contour.ContourImageSequence[0].ReferencedSOPInstanceUID))
+            contours.setdefault(names[roi.ReferencedROINumber], []).append((z, xyz[:, :2]))
+    return planes, contours
+
+
+def _inside(contours: list[tuple[float, np.ndarray]], z: float, points: np.ndarray) -> np.ndarray:
+    """Which points (x, y) lie inside the contours on plane z (even-odd, as RTSTRUCT holes are drawn)."""
+    inside = np.zeros(len(points), bool)
+    for plane, xy in contours:
+        if abs(plane - z) < 0.01:
+            inside ^= Polygon(xy).contains_points(points)
+    return inside
 
 
 def density_ct_case(source: Path, folder: Path, factor: int = 4, with_rtplan: bool = True) -> Path:
@@ -82,10 +77,13 @@ def density_ct_case(source: Path, folder: Path, factor: int = 4, with_rtplan: bo
     x0 = float(template.ImagePositionPatient[0]) + shift[1]
     y0 = float(template.ImagePositionPatient[1]) + shift[0]
     x, y = np.meshgrid(x0 + dx * np.arange(cols), y0 + dy * np.arange(rows))
-    lungs = {r.ROIName for r in rtss.StructureSetROISequence if "lung" in r.ROIName.lower()}
-    for n, (z, sop) in enumerate(sorted(_planes(rtss).items())):
-        hu = np.where(_inside(rtss, {"BODY"}, z, x, y), 0, AIR_HU)
-        hu[_inside(rtss, lungs, z, x, y)] = LUNG_HU
+    planes, contours = _contours(rtss)
+    lungs = [c for name, roi in contours.items() if "lung" in name.lower() for c in roi]
+    points = np.column_stack([x.ravel(), y.ravel()])
+    for n, (z, sop) in enumerate(sorted(planes.items())):
+        hu = np.where(_inside(contours["BODY"], z, points), 0, AIR_HU)
+        hu[_inside(lungs, z, points)] = LUNG_HU
+        hu = hu.reshape(x.shape)
         ds = copy.deepcopy(template)
         ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = sop
         ds.ImagePositionPatient = [x0, y0, z]

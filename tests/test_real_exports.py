@@ -1,0 +1,132 @@
+"""Held-out real TPS exports (issue 12): what the product does with DICOM-RT nobody here wrote.
+
+pydicom's own RT test files ship with pydicom and always run; the Eclipse breast export of dicompyler-core
+and the MIM structure set of rt-utils are fetched by tests/data/real/fetch.py (skipped when absent).
+Sources, licences and what each case shows: tests/data/real/README.md.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import pydicom
+import pytest
+from pydicom.data import get_testdata_file
+
+from real_exports import copy_case, density_ct_case, real_export
+from rtautoplan.cli import main
+from rtautoplan.dicom.read import read_case
+from rtautoplan.dicom.rtplan_prescription import plan_for, read_plan_prescription
+from rtautoplan.errors import InputError
+from rtautoplan.structures.names import parse
+
+TUMOUR_BED_ROI = 9  # ROINumber of 'Tumor Bed' in the dicompyler-core RTSTRUCT
+IGNORED = ["Areola", "Nodes", "Scar", "Borders"]  # unknown names (Areola has no contour) and a 2-slice helper CTV
+
+
+@pytest.mark.parametrize("roi_name, tg263", [("Lt Lung", "Lung_L"), ("Rt Lung", "Lung_R"), ("Lung_L", "Lung_L"),
+                                             ("LUNG RT", "Lung_R"), ("Lung", "Lungs"), ("Left Kidney", "Kidney_L")])
+def test_side_first_and_lung_names(roi_name, tg263):
+    assert parse(roi_name).name == tg263
+
+
+def test_side_first_never_makes_a_midline_organ_lateral():
+    assert parse("L_Lips") is None and parse("Lt") is None
+
+
+def test_pydicom_rtplan_point_prescription_is_no_level():
+    """pydicom's rtplan.dcm prescribes 30.8 Gy to a COORDINATES point named 'PTV' in 30 fractions."""
+    rtstruct = pydicom.dcmread(get_testdata_file("rtstruct.dcm"), force=True)
+    plan = read_plan_prescription(get_testdata_file("rtplan.dcm", read=False), rtstruct)
+    assert plan.levels == () and plan.fractions == 30
+    assert plan.points == ("DoseReference 2 'PTV' (COORDINATES): 30.8262 Gy",)
+
+
+def test_rtplan_of_another_structure_set_is_not_used(caplog):
+    """pydicom's rtplan.dcm references an RTSTRUCT other than pydicom's rtstruct.dcm."""
+    rtplan = pydicom.dcmread(get_testdata_file("rtplan.dcm"))
+    with caplog.at_level(logging.WARNING):
+        assert plan_for({"rtplan.dcm": rtplan}, "1.2.826.0.1.3680043.8.498.2010020400001", "1.2.3") is None
+    assert "references another structure set" in caplog.text
+
+
+@pytest.fixture(scope="module")
+def breast(tmp_path_factory):
+    """The Eclipse breast export on a density-override CT (tests/real_exports.py), with its RTPLAN."""
+    return density_ct_case(real_export("dicompyler-core"), tmp_path_factory.mktemp("real") / "breast")
+
+
+def _variant(breast, tmp_path, rx: dict | None = None, volume_roi: int | None = None):
+    """A copy of the breast case with ``rx`` as prescription.json; ``volume_roi``: the RTPLAN's first dose
+    reference made a VOLUME reference to that ROINumber (as a TPS that links the prescription writes it)."""
+    case = copy_case(breast.iterdir(), tmp_path / "case")
+    if rx is not None:
+        (case / "prescription.json").write_text(json.dumps(rx))
+    if volume_roi is not None:
+        plan = pydicom.dcmread(case / "rtplan.dcm")
+        plan.DoseReferenceSequence[0].DoseReferenceStructureType = "VOLUME"
+        plan.DoseReferenceSequence[0].ReferencedROINumber = volume_roi
+        plan.save_as(case / "rtplan.dcm")
+    return case
+
+
+def test_eclipse_export_with_one_ct_slice_is_an_input_error(tmp_path):
+    case = copy_case(real_export("dicompyler-core").iterdir(), tmp_path / "breast")
+    with pytest.raises(InputError, match="has 1 slice. Export the complete CT series"):
+        read_case(case)
+
+
+def test_site_prescription_in_the_rtplan_is_stated_not_guessed(breast, tmp_path):
+    """Eclipse writes the reference point 'Breast' as a SITE dose reference: it names no ROI, so the case
+    stops with the RTPLAN's doses and fractions rather than planning a guessed target."""
+    with pytest.raises(InputError) as error:
+        read_case(_variant(breast, tmp_path, {"ignore": IGNORED}))
+    message = str(error.value)
+    assert "rtplan.dcm" in message and "DoseReference 1 'Breast' (SITE): 14 Gy" in message
+    assert "which names no ROI" in message and "(7 in the RTPLAN)" in message
+
+
+def test_unknown_names_of_a_real_export_stop_with_the_fix(breast, tmp_path):
+    with pytest.raises(InputError, match="'Areola', 'Nodes', 'Scar': unknown structure name"):
+        read_case(_variant(breast, tmp_path, volume_roi=TUMOUR_BED_ROI))
+
+
+def test_volume_prescription_in_the_rtplan_is_read_and_stated(breast, tmp_path):
+    case = read_case(_variant(breast, tmp_path, {"ignore": IGNORED}, volume_roi=TUMOUR_BED_ROI))
+    rx = case.prescription
+    assert [(lv.target, lv.dose_gy) for lv in rx.levels] == [("CTV_1400", 14.0)] and rx.fractions == 7
+    assert rx.source.startswith("RTPLAN rtplan.dcm: 14 Gy to 'Tumor Bed' in 7 fractions")
+    by_roi = {s.roi_name: s for s in case.structures}
+    assert by_roi["Lt Lung"].name == "Lung_L" and by_roi["Tumor Bed"].rx_gy == 14.0
+    assert {"Breast", "Heart", "BODY", "Tumor Bed Block"} <= set(by_roi)
+
+
+def test_prescription_json_levels_win_over_the_rtplan(breast, tmp_path):
+    rx = {"fractions": 5, "levels": [{"target": "Tumor Bed", "dose_gy": 10}], "ignore": IGNORED}
+    case = read_case(_variant(breast, tmp_path, rx, volume_roi=TUMOUR_BED_ROI))
+    assert case.prescription.levels[0].dose_gy == 10.0 and case.prescription.fractions == 5
+    assert case.prescription.source.endswith("prescription.json")
+
+
+def test_mim_structure_set_on_a_two_slice_ct(tmp_path):
+    """rt-utils' MIM export: four ROIs named ROI-1 … ROI-4 with no RTROIInterpretedType."""
+    source = real_export("rt-utils")
+    case = copy_case([source / "ct_1.dcm", source / "ct_2.dcm", source / "rtstruct_mim.dcm"], tmp_path / "mim")
+    with pytest.raises(InputError, match="'ROI-1', 'ROI-2', 'ROI-3', 'ROI-4': unknown structure name"):
+        read_case(case)
+
+
+def test_oblique_ct_without_rtstruct(tmp_path):
+    source = real_export("rt-utils")
+    case = copy_case(sorted(source.glob("oblique_*.dcm")), tmp_path / "oblique")
+    with pytest.raises(InputError, match="no RTSTRUCT found"):
+        read_case(case)
+
+
+def test_cli_states_the_rtplan_prescription(breast, tmp_path, capsys):
+    case = _variant(breast, tmp_path, {"ignore": IGNORED}, volume_roi=TUMOUR_BED_ROI)
+    assert main(["structures", str(case), "-o", str(tmp_path / "out")]) == 0
+    out = capsys.readouterr().out
+    assert "prescription: CTV_1400 14 Gy in 7 fractions (from RTPLAN rtplan.dcm: 14 Gy to 'Tumor Bed'" in out
+    assert "site generic" in out
