@@ -1,10 +1,10 @@
 """The public DICOM-RT exports of tests/data/real (fetched by tests/data/real/fetch.py) as case folders.
 
-The dicompyler-core export (a Varian Eclipse breast boost: RTSTRUCT of 10 ROIs on 98 slices, an RTPLAN,
-and one of its 98 CT slices) lacks 97 CT slices. ``density_ct_case`` rebuilds a CT series under the
-real RTSTRUCT: one slice per contour plane (the RTSTRUCT's own referenced SOPInstanceUIDs), on the real
-slice's frame, pixel grid coarsened by an integer factor, water (0 HU) inside BODY and lung (-750 HU)
-inside the lung contours, air elsewhere: a density-override CT, as a physicist builds for a phantom.
+The Eclipse exports lack their CT: dicompyler-core's breast (RTSTRUCT of 10 ROIs on 98 slices, RTPLAN) has
+one of its 98 CT slices, SlicerRT's prostate phantom (RTSTRUCT of 16 ROIs on 92 slices, RTPLAN) none.
+``density_ct_case`` rebuilds a CT series under the real RTSTRUCT: one slice per contour plane (the
+RTSTRUCT's own referenced SOPInstanceUIDs) on its frame of reference, water (0 HU) inside BODY and lung
+(-750 HU) inside the lung contours, air elsewhere: a density-override CT, as a physicist builds for a phantom.
 """
 
 from __future__ import annotations
@@ -63,35 +63,40 @@ def _inside(contours: list[tuple[float, np.ndarray]], z: float, points: np.ndarr
     return inside
 
 
-def density_ct_case(source: Path, folder: Path, factor: int = 4, with_rtplan: bool = True) -> Path:
-    """``folder`` with the real RTSTRUCT (and RTPLAN) and a density-override CT series under it."""
+def density_ct_case(source: Path, folder: Path, template: Path, spacing_mm: float = 4.0,
+                    with_rtplan: bool = True) -> Path:
+    """``folder`` with ``source``'s rtss.dcm (and rtplan.dcm) and a density-override CT series under it: one
+    slice per contour plane with the SOPInstanceUIDs the RTSTRUCT references, on its frame of reference, the
+    BODY's bounding box (+ 10 mm) in pixels of ``spacing_mm``; ``template``: a CT slice lending the modules
+    the RTSTRUCT does not fix (pixel format, PatientPosition)."""
     folder.mkdir(parents=True, exist_ok=True)
     rtss = pydicom.dcmread(source / "rtss.dcm")
-    template = pydicom.dcmread(source / "ct.0.dcm")
+    ct = pydicom.dcmread(template)
+    dtype = ct.pixel_array.dtype
     shutil.copy(source / "rtss.dcm", folder / "rtss.dcm")
     if with_rtplan:
         shutil.copy(source / "rtplan.dcm", folder / "rtplan.dcm")
-    dy, dx = (float(v) * factor for v in template.PixelSpacing)
-    rows, cols = template.Rows // factor, template.Columns // factor
-    shift = (factor - 1) / 2 * np.asarray(template.PixelSpacing, float)
-    x0 = float(template.ImagePositionPatient[0]) + shift[1]
-    y0 = float(template.ImagePositionPatient[1]) + shift[0]
-    x, y = np.meshgrid(x0 + dx * np.arange(cols), y0 + dy * np.arange(rows))
     planes, contours = _contours(rtss)
-    lungs = [c for name, roi in contours.items() if "lung" in name.lower() for c in roi]
+    body = np.concatenate([xy for _, xy in contours["BODY"]])
+    lo, hi = body.min(axis=0) - 10.0, body.max(axis=0) + 10.0
+    x, y = np.meshgrid(np.arange(lo[0], hi[0], spacing_mm), np.arange(lo[1], hi[1], spacing_mm))
     points = np.column_stack([x.ravel(), y.ravel()])
+    lungs = [c for name, roi in contours.items() if "lung" in name.lower() for c in roi]
+    frame = rtss.ReferencedFrameOfReferenceSequence[0]
+    ct.FrameOfReferenceUID = frame.FrameOfReferenceUID
+    ct.SeriesInstanceUID = frame.RTReferencedStudySequence[0].RTReferencedSeriesSequence[0].SeriesInstanceUID
+    for keyword in ("StudyInstanceUID", "PatientID", "PatientName"):
+        setattr(ct, keyword, rtss.get(keyword))
+    ct.Rows, ct.Columns = x.shape
+    ct.PixelSpacing = [spacing_mm, spacing_mm]
     for n, (z, sop) in enumerate(sorted(planes.items())):
         hu = np.where(_inside(contours["BODY"], z, points), 0, AIR_HU)
         hu[_inside(lungs, z, points)] = LUNG_HU
-        hu = hu.reshape(x.shape)
-        ds = copy.deepcopy(template)
+        ds = copy.deepcopy(ct)
         ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = sop
-        ds.ImagePositionPatient = [x0, y0, z]
-        ds.SliceLocation = z
-        ds.InstanceNumber = n + 1
-        ds.Rows, ds.Columns, ds.PixelSpacing = rows, cols, [dy, dx]
-        stored = (hu - float(template.RescaleIntercept)) / float(template.RescaleSlope)
-        ds.PixelData = stored.astype(template.pixel_array.dtype).tobytes()
+        ds.ImagePositionPatient = [float(lo[0]), float(lo[1]), z]
+        ds.SliceLocation, ds.InstanceNumber = z, n + 1
+        stored = (hu.reshape(x.shape) - float(ct.RescaleIntercept)) / float(ct.RescaleSlope)
+        ds.PixelData = stored.astype(dtype).tobytes()
         ds.save_as(folder / f"ct.{n}.dcm")
     return folder
-

@@ -54,7 +54,8 @@ def test_rtplan_of_another_structure_set_is_not_used(caplog):
 @pytest.fixture(scope="module")
 def breast(tmp_path_factory):
     """The Eclipse breast export on a density-override CT (tests/real_exports.py), with its RTPLAN."""
-    return density_ct_case(real_export("dicompyler-core"), tmp_path_factory.mktemp("real") / "breast")
+    source = real_export("dicompyler-core")
+    return density_ct_case(source, tmp_path_factory.mktemp("real") / "breast", source / "ct.0.dcm")
 
 
 def _variant(breast, tmp_path, rx: dict | None = None, volume_roi: int | None = None):

@@ -2,10 +2,11 @@
 
 A TPS export often holds the plan beside the CT and the RTSTRUCT; its DoseReferenceSequence carries the
 prescribed dose and its FractionGroupSequence the fractions. A dose reference becomes a level only when it
-names a ROI of the RTSTRUCT: DoseReferenceStructureType VOLUME with its ReferencedROINumber (PS3.3 C.8.8.10).
-A SITE reference names a treatment site, not a volume (Eclipse writes its primary reference point so, e.g.
-'Breast' for a boost to the tumour bed), and a POINT or COORDINATES reference is a point dose: neither is
-matched to a ROI by its description. TargetPrescriptionDose (300A,0026) is the
+names a ROI of the RTSTRUCT: DoseReferenceStructureType VOLUME with its ReferencedROINumber (PS3.3 C.8.8.10),
+or SITE (Eclipse's primary reference point) whose DoseReferenceDescription is exactly the ROIName of a ROI
+typed PTV or CTV (RTROIInterpretedType), as Eclipse names a reference point after its target. A SITE named
+otherwise (e.g. 'Breast' beside a whole breast typed GTV and a tumour bed typed CTV) names a site, not a
+volume, and a POINT or COORDINATES reference is a point dose: neither is matched. TargetPrescriptionDose (300A,0026) is the
 course's dose in Gy (PS3.3 C.8.8.10). Whatever is read is stated (``PlanPrescription.source``); what cannot be
 tied to a ROI is listed for the error message, never guessed. docs/decisions.md, "Held-out real exports".
 """
@@ -25,6 +26,7 @@ log = logging.getLogger(__name__)
 
 PLAN_MODALITIES = ("RTPLAN", "RTIONPLAN")
 _VOLUME_TYPES = ("VOLUME", "SITE")  # a volume or a site: a reference that names no ROI must be stated
+_SITE_TARGET_TYPES = ("PTV", "CTV")  # a SITE reference named exactly like a ROI of these types is its level
 
 
 @dataclass(frozen=True)
@@ -37,13 +39,14 @@ class PlanPrescription:
     fractions: int | None
     unmatched: tuple[str, ...]
     points: tuple[str, ...] = ()
+    matched: tuple[str, ...] = ()  # how each level was read: "DoseReference 1 'PROS' (SITE) → ROI 'PROS'"
 
     @property
     def source(self) -> str:
         """One line: where the prescription came from."""
         levels = ", ".join(f"{dose:g} Gy to '{roi}'" for roi, dose in self.levels)
         fractions = f" in {self.fractions} fractions" if self.fractions else ""
-        return f"RTPLAN {self.path.name}: {levels}{fractions} (DoseReferenceSequence, FractionGroupSequence)"
+        return f"RTPLAN {self.path.name}: {levels}{fractions}; {'; '.join(self.matched)}"
 
 
 def complete_from_plan(rx_file: PrescriptionFile, plans: dict[Path, pydicom.Dataset], rtstruct: pydicom.Dataset,
@@ -67,6 +70,11 @@ def complete_from_plan(rx_file: PrescriptionFile, plans: dict[Path, pydicom.Data
                          f'"dose_gy": ...}}] and "fractions"{in_plan}')
     if not plan.levels:
         return rx_file, f"target ROI names, {fractions}; {plan.path.name} states no target dose"
+    ignored = [f"{dose:g} Gy to ROI '{roi}'" for roi, dose in plan.levels if roi in rx_file.ignore]
+    if ignored:
+        raise InputError(f"RTPLAN {plan.path}", f"prescribes {', '.join(ignored)}, which {rx_file.path} ignores",
+                         f'Write the prescription to plan in {PRESCRIPTION_FILE}: "levels": [{{"target": '
+                         f'"<target ROIName>", "dose_gy": ...}}] and "fractions"')
     for text in plan.unmatched:
         log.warning("RTPLAN %s also prescribes %s, which names no ROI: not planned", plan.path, text)
     for text in plan.points:
@@ -104,7 +112,11 @@ def read_plan_prescription(path: Path, rtstruct: pydicom.Dataset) -> PlanPrescri
     where = f"RTPLAN {path}"
     roi_names = {int(roi.ROINumber): str(roi.ROIName) for roi in rtstruct.get("StructureSetROISequence", [])
                  if roi.get("ROINumber") is not None}
+    typed = {int(o.ReferencedROINumber): str(o.get("RTROIInterpretedType", "") or "").upper()
+             for o in rtstruct.get("RTROIObservationsSequence", []) if o.get("ReferencedROINumber") is not None}
+    site_targets = {name: name for number, name in roi_names.items() if typed.get(number) in _SITE_TARGET_TYPES}
     levels: dict[str, float] = {}
+    how: list[str] = []
     unmatched, points = [], []
     for item in ds.get("DoseReferenceSequence", []):
         if str(item.get("DoseReferenceType", "")).upper() != "TARGET" or item.get("TargetPrescriptionDose") is None:
@@ -116,6 +128,8 @@ def read_plan_prescription(path: Path, rtstruct: pydicom.Dataset) -> PlanPrescri
         roi = None
         if kind == "VOLUME" and item.get("ReferencedROINumber") is not None:
             roi = roi_names.get(int(item.ReferencedROINumber))
+        elif kind == "SITE":
+            roi = site_targets.get(description)
         if roi is None or dose <= 0:
             (unmatched if kind in _VOLUME_TYPES else points).append(f"{label}: {dose:g} Gy")
             continue
@@ -123,8 +137,9 @@ def read_plan_prescription(path: Path, rtstruct: pydicom.Dataset) -> PlanPrescri
             raise InputError(where, f"prescribes both {levels[roi]:g} Gy and {dose:g} Gy to ROI '{roi}'",
                              'Write the intended "levels" in prescription.json')
         levels[roi] = dose
-        log.info("%s: %s → %g Gy to ROI '%s'", where, label, dose, roi)
-    return PlanPrescription(path, tuple(levels.items()), _fractions(ds, where), tuple(unmatched), tuple(points))
+        how.append(f"{label} → ROI '{roi}'")
+    return PlanPrescription(path, tuple(levels.items()), _fractions(ds, where), tuple(unmatched), tuple(points),
+                            tuple(how))
 
 
 def _fractions(ds: pydicom.Dataset, where: str) -> int | None:

@@ -351,10 +351,14 @@ def dose_to_grid(dose: np.ndarray, src: Grid, dst: Grid, block: int = 8) -> np.n
 
 
 def _target_mask(case: Case) -> np.ndarray:
+    """Where beamlets and spots go: every target with a dose level; all targets when none has one. A target
+    without a dose (a whole breast typed GTV beside a boosted tumour bed) is not irradiated for its own
+    sake: beamlets through it alone would deliver dose where no objective reads it."""
     targets = case.by_role(Role.GTV, Role.CTV, Role.PTV)
     if not targets:
         raise ValueError(f"case {case.case_id!r} has no target (GTV, CTV or PTV) to place beamlets on")
-    return np.logical_or.reduce([s.mask for s in targets])
+    dosed = [s for s in targets if s.rx_gy is not None and s.mask.any()]
+    return np.logical_or.reduce([s.mask for s in dosed or targets])
 
 
 def isocentre(case: Case) -> tuple[float, float, float]:
@@ -508,10 +512,10 @@ def dose_influence(case: Case, beams, beamlet_mm: float = 5.0, dose_grid_factor=
                    margin_mm: float = MARGIN_MM, model: PhotonModel = SIX_MV, dose_grid_mm=None) -> Dij:
     """The photon dose-influence matrix of ``beams`` on ``case`` (module docstring).
 
-    beamlet_mm: beamlet side at the isocentre plane; beamlets cover the targets (all GTV, CTV,
-    PTV masks) + ``margin_mm`` in each beam's eye view. dose_grid_factor: int or (k, j, i) block
-    size of the dose grid; dose_grid_mm: or a dose grid in mm (module docstring); neither: the CT
-    grid. cutoff_mm: lateral kernel cutoff (BEV, isocentre plane).
+    beamlet_mm: beamlet side at the isocentre plane; beamlets cover the targets with a dose level
+    (GTV, CTV, PTV; all of them when none has one) + ``margin_mm`` in each beam's eye view.
+    dose_grid_factor: int or (k, j, i) block size of the dose grid; dose_grid_mm: or a dose grid in mm
+    (module docstring); neither: the CT grid. cutoff_mm: lateral kernel cutoff (BEV, isocentre plane).
 
     Memory: each beam's entries are gathered column by column (CSC), converted to CSR and stacked
     (:class:`CsrStack`): about the finished matrix plus two copies of one beam at the peak (no COO

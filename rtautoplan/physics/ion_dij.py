@@ -182,7 +182,7 @@ def spot_influence(case: Case, beams, ion: str | ir.Ion = ir.PROTON, spot_spacin
     """The spot-influence matrix of ``beams`` on ``case`` (module docstring), Gy per MU.
 
     ion: 'proton' / 'carbon' or an ``ion_range.Ion``. spot_spacing_mm, layer_spacing_mm,
-    margin_mm: spot placement (``ion_dose.spots_for`` over the union of all GTV/CTV/PTV masks).
+    margin_mm: spot placement (``ion_dose.spots_for`` over the targets with a dose level, ``dij._target_mask``).
     dose_grid_factor: int or (k, j, i) block size of the dose grid (default (1, 2, 2)); dose_grid_mm:
     or a dose grid in mm (``dij.dose_grid_in_mm``), exclusive with the factor. cutoff_sigma: lateral
     truncation in units of σ. sad_mm: virtual source–axis distance. particles_per_mu: MU

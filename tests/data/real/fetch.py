@@ -41,6 +41,11 @@ SOURCES = (
          "8fe3e3a20d1acf911f5c284dc40288d46f97acd43e4a63753cd6e3e1dac398cb"),
         ("tests/testdata/example_data/rtplan.dcm", "rtplan.dcm",
          "d518fc976a225cbf05f8747d0067b52e7b1faa147da8e53b2b0bce01eaa21977"))),
+    Source("slicerrt", "SlicerRt/SlicerRT", "e24f2a0419e853e9560f9d92e00d3e77f4f4b073", (
+        ("Testing/Data/DICOM/EclipseProstatePhantomRtData/RS.1.2.246.352.71.4.2088656855.2404649.20110920153449.dcm",
+         "rtss.dcm", "3de77a83ab03a6131b4cc104ecc0d0eb32ac94d032e567fb2d6886056e53e333"),
+        ("Testing/Data/DICOM/EclipseProstatePhantomRtData/RP.1.2.246.352.71.5.2088656855.377401.20110920153647.dcm",
+         "rtplan.dcm", "f36a4f8482b5c9ed039dad3358df8a07075afbe5a5d4354323cb13fa2e9bdd09"))),
     Source("rt-utils", "qurit/rt-utils", "026e6645e851dab7cea2c424165ffc62c38d34c6", (
         ("tests/mock_data/ct_1.dcm", "ct_1.dcm", "5a4b2fbb9ace7f9dd6bfcf438f82bf5a0867ce5220c143288e593084fb33c763"),
         ("tests/mock_data/ct_2.dcm", "ct_2.dcm", "a77ea1836fb99f623d41a2d2f464781fd0dbca2fa5488bdcfff5014858283440"),
