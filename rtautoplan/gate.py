@@ -3,7 +3,9 @@
 ``check(case, dose_gy, goals)`` measures every goal (``rtautoplan.goals``) and the hot-spot rules on
 the final, normalised dose:
 
-- global maximum outside the targets (External minus every CTV/PTV) ≤ ``OUTSIDE_MAX`` × Rx_max;
+- global maximum outside the targets (External minus every CTV/PTV/GTV with a dose level; a target
+  without one, such as a whole breast typed GTV beside a boosted tumour bed, has no Rx to be hot
+  against and counts as outside) ≤ ``OUTSIDE_MAX`` × Rx_max;
 - each target's D2% ≤ ``TARGET_D2`` × its Rx (ICRU 83 near-maximum). A lower level of a
   simultaneous integrated boost is evaluated outside the higher levels' targets expanded by
   ``BOOST_FALLOFF_MM``: the dose falls from the boost to the elective level over that distance by
@@ -101,7 +103,7 @@ def lower_level_region(case: Case, target) -> np.ndarray | None:
 
 def hotspots(case: Case, dose_gy: np.ndarray) -> tuple[HotSpot, ...]:
     """The hot-spot rules of the module docstring, measured on ``dose_gy`` (Gy, case grid)."""
-    targets = [s for s in case.by_role(Role.CTV, Role.PTV, Role.GTV) if s.mask.any()]
+    targets = [s for s in case.by_role(Role.CTV, Role.PTV, Role.GTV) if s.mask.any() and s.rx_gy is not None]
     out = []
     inside = np.logical_or.reduce([s.mask for s in targets]) if targets else np.zeros(case.grid.shape, bool)
     body = case.external.mask if case.by_role(Role.EXTERNAL) else np.ones(case.grid.shape, bool)
