@@ -14,15 +14,22 @@ import pydicom
 import pytest
 from pydicom.data import get_testdata_file
 
+import numpy as np
 from real_exports import copy_case, density_ct_case, real_export
+from rtautoplan.case import Role, Structure
 from rtautoplan.cli import main
 from rtautoplan.dicom.read import read_case
 from rtautoplan.dicom.rtplan_prescription import plan_for, read_plan_prescription
 from rtautoplan.errors import InputError
+from rtautoplan.gate import OUTSIDE_MAX, hotspots
+from rtautoplan.physics.dij import _target_mask
 from rtautoplan.structures.names import parse
+from structure_cases import SHAPE, cuboid, ctv, make_case
 
 TUMOUR_BED_ROI = 9  # ROINumber of 'Tumor Bed' in the dicompyler-core RTSTRUCT
 IGNORED = ["Areola", "Nodes", "Scar", "Borders"]  # unknown names (Areola has no contour) and a 2-slice helper CTV
+# the SlicerRT prostate's unknown names and its empty ROIs (PROS, the RTPLAN's SITE target, has no contour)
+PROSTATE_UNKNOWN = ["Vessels - left", "Vessels - right", "X1", "X2", "X3", "optBladder", "optRectum"]
 
 
 @pytest.mark.parametrize("roi_name, tg263", [("Lt Lung", "Lung_L"), ("Rt Lung", "Lung_R"), ("Lung_L", "Lung_L"),
@@ -33,6 +40,25 @@ def test_side_first_and_lung_names(roi_name, tg263):
 
 def test_side_first_never_makes_a_midline_organ_lateral():
     assert parse("L_Lips") is None and parse("Lt") is None
+
+
+def _boost_beside_a_doseless_gtv():
+    """A 60 Gy CTV and, apart from it, a GTV without a dose level (a whole breast typed GTV)."""
+    gtv = Structure("Breast", cuboid((2, 18), (5, 25), (35, 55)), Role.GTV, 2, roi_name="Breast")
+    return make_case(ctv(60.0, cuboid((5, 15), (30, 45), (5, 20))), gtv, levels=(60.0,))
+
+
+def test_beamlets_go_only_on_targets_with_a_dose_level():
+    case = _boost_beside_a_doseless_gtv()
+    assert np.array_equal(_target_mask(case), case.structure("CTV_6000").mask)
+
+
+def test_a_hot_spot_in_a_doseless_target_fails_the_gate():
+    case = _boost_beside_a_doseless_gtv()
+    dose = np.where(case.structure("CTV_6000").mask, 60.0, 0.0)
+    dose[case.structure("Breast").mask] = 90.0
+    outside = next(h for h in hotspots(case, dose) if h.rule == "max outside the targets")
+    assert outside.value_gy == 90.0 and outside.limit_gy == OUTSIDE_MAX * 60.0 and not outside.met
 
 
 def test_pydicom_rtplan_point_prescription_is_no_level():
@@ -108,6 +134,44 @@ def test_prescription_json_levels_win_over_the_rtplan(breast, tmp_path):
     case = read_case(_variant(breast, tmp_path, rx, volume_roi=TUMOUR_BED_ROI))
     assert case.prescription.levels[0].dose_gy == 10.0 and case.prescription.fractions == 5
     assert case.prescription.source.endswith("prescription.json")
+
+
+@pytest.fixture(scope="module")
+def prostate(tmp_path_factory):
+    """SlicerRT's Eclipse prostate phantom export on a density-override CT, with its RTPLAN."""
+    template = real_export("dicompyler-core") / "ct.0.dcm"
+    return density_ct_case(real_export("slicerrt"), tmp_path_factory.mktemp("real") / "prostate", template)
+
+
+def test_site_reference_named_like_a_ptv_is_its_level(prostate):
+    plan = read_plan_prescription(prostate / "rtplan.dcm", pydicom.dcmread(prostate / "rtss.dcm"))
+    assert plan.levels == (("PROS", 46.0),) and plan.fractions == 23
+    assert plan.matched == ("DoseReference 1 'PROS' (SITE) → ROI 'PROS'",)
+
+
+def test_rtplan_target_without_contours(prostate, tmp_path):
+    """The RTPLAN prescribes to 'PROS', a PTV with no contour: the empty target stops the read, and
+    ignoring it leaves the RTPLAN's prescription unplannable, which is said too."""
+    rx = {"ignore": PROSTATE_UNKNOWN + ["CTV"]}
+    with pytest.raises(InputError, match="ROI 'PROS': is empty"):
+        read_case(_prostate(prostate, tmp_path / "a", rx))
+    rx["ignore"].append("PROS")
+    with pytest.raises(InputError, match="prescribes 46 Gy to ROI 'PROS', which .*prescription.json ignores"):
+        read_case(_prostate(prostate, tmp_path / "b", rx))
+
+
+def test_prostate_phantom_reads_with_its_prescription_json(prostate, tmp_path):
+    rx = {"fractions": 23, "levels": [{"target": "PTV", "dose_gy": 46}], "ignore": PROSTATE_UNKNOWN + ["CTV", "PROS"]}
+    case = read_case(_prostate(prostate, tmp_path, rx))
+    by_roi = {s.roi_name: s.name for s in case.structures}
+    assert by_roi["Femoral Head Lt"] == "Femur_Head_L" and by_roi["Femoral Head RT"] == "Femur_Head_R"
+    assert by_roi["PTV"] == "PTV_4600" and case.prescription.fractions == 23
+
+
+def _prostate(prostate, folder, rx):
+    case = copy_case(prostate.iterdir(), folder)
+    (case / "prescription.json").write_text(json.dumps(rx))
+    return case
 
 
 def test_mim_structure_set_on_a_two_slice_ct(tmp_path):
