@@ -195,3 +195,16 @@ def test_cli_states_the_rtplan_prescription(breast, tmp_path, capsys):
     out = capsys.readouterr().out
     assert "prescription: CTV_1400 14 Gy in 7 fractions (from RTPLAN rtplan.dcm: 14 Gy to 'Tumor Bed'" in out
     assert "site generic" in out
+
+
+@pytest.mark.slow
+def test_eclipse_breast_boost_plans_within_the_gate(breast, tmp_path, capsys):
+    """The tumour-bed boost beside a whole breast typed GTV: with beamlets over the whole breast the
+    photon plan had 120 Gy at the skin for 14 Gy (docs/results.md, "Held-out real exports")."""
+    case = _variant(breast, tmp_path, {"ignore": IGNORED}, volume_roi=TUMOUR_BED_ROI)
+    code = main(["plan", str(case), "-o", str(tmp_path / "out"), "--dose-grid-mm", "5", "--max-steps", "0"])
+    log = json.loads((tmp_path / "out" / "plan_log.json").read_text())
+    outside = next(h for h in log["hotspots"] if h["rule"] == "max outside the targets")
+    assert outside["value_gy"] <= OUTSIDE_MAX * 14.0 + 0.005
+    assert code == 0 and log["acceptable"] is True
+    assert log["prescription"].startswith("CTV_1400 14 Gy in 7 fractions (from RTPLAN rtplan.dcm")
