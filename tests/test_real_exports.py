@@ -24,7 +24,7 @@ from rtautoplan.errors import InputError
 from rtautoplan.gate import OUTSIDE_MAX, hotspots
 from rtautoplan.physics.dij import _target_mask
 from rtautoplan.structures.names import parse
-from structure_cases import SHAPE, cuboid, ctv, make_case
+from structure_cases import cuboid, ctv, make_case
 
 TUMOUR_BED_ROI = 9  # ROINumber of 'Tumor Bed' in the dicompyler-core RTSTRUCT
 IGNORED = ["Areola", "Nodes", "Scar", "Borders"]  # unknown names (Areola has no contour) and a 2-slice helper CTV
