@@ -129,6 +129,15 @@ def test_volume_prescription_in_the_rtplan_is_read_and_stated(breast, tmp_path):
     assert {"Breast", "Heart", "BODY", "Tumor Bed Block"} <= set(by_roi)
 
 
+def test_a_target_the_rtplan_leaves_without_dose(breast, tmp_path):
+    """'Borders' (typed CTV) has no dose: levels written in prescription.json replace the RTPLAN's, so the
+    message lists the RTPLAN's levels to write with it."""
+    rx = {"ignore": ["Areola", "Nodes", "Scar"]}
+    with pytest.raises(InputError, match="ROI 'Borders': this target has no dose level.*with every level of the "
+                                         r"RTPLAN \(Tumor Bed 14 Gy\)"):
+        read_case(_variant(breast, tmp_path, rx, volume_roi=TUMOUR_BED_ROI))
+
+
 def test_prescription_json_levels_win_over_the_rtplan(breast, tmp_path):
     rx = {"fractions": 5, "levels": [{"target": "Tumor Bed", "dose_gy": 10}], "ignore": IGNORED}
     case = read_case(_variant(breast, tmp_path, rx, volume_roi=TUMOUR_BED_ROI))

@@ -203,10 +203,12 @@ def prescribe(targets: Sequence[Target],
     for t in targets:
         dose = json_dose.get(t.roi_name, t.parsed.dose_gy)
         if dose is None and t.parsed.role is not Role.GTV:
+            others = (f", with every level of the {rx_file.path.split()[0]} (" + ", ".join(
+                f"{n} {d:g} Gy" for n, d in rx_file.levels) + ")") if rx_file.path.startswith("RTPLAN") else ""
             raise InputError(f"RTSTRUCT ROI '{t.roi_name}'", "this target has no dose level",
                              f'Name it with its dose (e.g. {target_name(t.parsed.role, 70.0)}) or add '
-                             f'{{"target": "{t.roi_name}", "dose_gy": ...}} to "levels" in {PRESCRIPTION_FILE} '
-                             f'(or, for a helper volume not to plan on, add it to "ignore")')
+                             f'{{"target": "{t.roi_name}", "dose_gy": ...}} to "levels" in {PRESCRIPTION_FILE}'
+                             f'{others} (or, for a helper volume not to plan on, add it to "ignore")')
         name = target_name(t.parsed.role, dose) if t.parsed.dose_gy is None and dose is not None else t.parsed.name
         resolved[t.roi_name] = (name, dose)
     levels = [DoseLevel(resolved[r][0], d) for r, d in json_dose.items()]
