@@ -159,12 +159,12 @@ def test_site_reference_named_like_a_ptv_is_its_level(prostate):
 
 
 def test_rtplan_target_without_contours(prostate, tmp_path):
-    """The RTPLAN prescribes to 'PROS', a PTV with no contour: the empty target stops the read, and
-    ignoring it leaves the RTPLAN's prescription unplannable, which is said too."""
-    rx = {"ignore": PROSTATE_UNKNOWN + ["CTV"]}
-    with pytest.raises(InputError, match="ROI 'PROS': is empty"):
+    """The RTPLAN prescribes to 'PROS', a PTV with no contour: the empty ROIs stop the read (all named at
+    once), and ignoring them leaves the RTPLAN's prescription unplannable, which is said too."""
+    rx = {"ignore": list(PROSTATE_UNKNOWN)}
+    with pytest.raises(InputError, match=r"ROIs 'CTV', 'PROS': are empty .*\"ignore\": \[\"CTV\", \"PROS\"\]"):
         read_case(_prostate(prostate, tmp_path / "a", rx))
-    rx["ignore"].append("PROS")
+    rx["ignore"] += ["CTV", "PROS"]
     with pytest.raises(InputError, match="prescribes 46 Gy to ROI 'PROS', which .*prescription.json ignores"):
         read_case(_prostate(prostate, tmp_path / "b", rx))
 

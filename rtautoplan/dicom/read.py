@@ -10,6 +10,7 @@ what to do.
 
 from __future__ import annotations
 
+import json
 import logging
 import struct
 from collections import Counter
@@ -353,7 +354,7 @@ def _masks(interpreted: list[tuple[RoiContours, str, ParsedName]], grid: Grid) -
     """The mask of every ROI on the CT by ROIName. An empty ROI, or one wholly outside the CT, is an
     InputError unless it is not anatomy (then dropped); one partly outside keeps its part on the CT
     with a warning, except a target, which could not be covered."""
-    masks = {}
+    masks, empty = {}, []
     for roi, _, meaning in interpreted:
         where = f"RTSTRUCT ROI '{roi.name}'"
         mask, outside = roi_mask(roi.contours, grid, roi.name)
@@ -366,9 +367,8 @@ def _masks(interpreted: list[tuple[RoiContours, str, ParsedName]], grid: Grid) -
                                         f"{outside.ct_extent}",
                                  "Export the RTSTRUCT together with the CT it was drawn on (same FrameOfReferenceUID "
                                  "and patient position), or a CT that covers the ROI")
-            raise InputError(where, "is empty (no closed contour on this CT)",
-                             f"Contour it on this CT in the TPS and re-export, or add it to \"ignore\" in "
-                             f"{PRESCRIPTION_FILE} if it is not needed for planning")
+            empty.append(roi.name)
+            continue
         if outside and meaning.role.is_target:
             raise InputError(where, f"extends outside the CT ({outside}); a target must lie wholly on the CT to be "
                                     "covered", "Export a CT that covers the whole target (longer scan, larger "
@@ -376,6 +376,12 @@ def _masks(interpreted: list[tuple[RoiContours, str, ParsedName]], grid: Grid) -
         if outside:
             log.warning("%s: %s; only its part on the CT is kept", where, outside)
         masks[roi.name] = mask
+    if empty:  # all at once: a TPS template leaves many placeholder ROIs without contours
+        them = "it" if len(empty) == 1 else "them"
+        raise InputError(f"RTSTRUCT ROI{'s' if len(empty) > 1 else ''} {', '.join(repr(n) for n in empty)}",
+                         f"{'is' if len(empty) == 1 else 'are'} empty (no closed contour on this CT)",
+                         f"Contour {them} on this CT in the TPS and re-export, or, if not needed for planning, add to "
+                         f"{PRESCRIPTION_FILE}: \"ignore\": {json.dumps(empty)}")
     return masks
 
 
