@@ -22,7 +22,7 @@ import re
 import secrets
 import shutil
 import time
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Callable
 
@@ -99,6 +99,19 @@ def options_fingerprint(options: PlanOptions) -> str:
     return repr(sorted(values.items()))
 
 
+def _site_setup(case, options: PlanOptions):
+    """(site, how it was chosen, its setup). A site read from the ROIs that has no setup for the modality
+    (a prostate for protons) falls back to generic, said in the reason; one the user named stops."""
+    site, reason = choose_site(case, options.site)
+    try:
+        return site, reason, setup_for(site, options.modality, options.policy)
+    except ValueError as error:
+        if options.site or case.prescription.site or site == "generic":
+            raise InputError("site/modality", str(error), "Choose a site and modality from that list") from None
+    generic, _, setup = _site_setup(case, replace(options, site="generic"))
+    return generic, f"{reason}, but {site} has no {options.modality} setup", setup
+
+
 def plan_folder(case_dir: str | Path, out: str | Path, options: PlanOptions,
                 on_step: Callable[[Step], None] | None = None, uid_seed: str | None = None,
                 marker: dict | None = None) -> Planned:
@@ -112,12 +125,8 @@ def plan_folder(case_dir: str | Path, out: str | Path, options: PlanOptions,
     case = read_case(case_dir, unknown_rois=options.unknown_rois)
     if uid_seed is None:
         uid_seed = hashlib.sha256(f"{case_hash(case)}|{case.refs!r}|{options_fingerprint(options)}".encode()).hexdigest()
-    site, reason = choose_site(case, options.site)
+    site, reason, setup = _site_setup(case, options)
     log.info("%s: site %s (%s)", case.case_id, site, reason)
-    try:
-        setup = setup_for(site, options.modality, options.policy)
-    except ValueError as error:
-        raise InputError("site/modality", str(error), "Choose a site and modality from that list") from None
     if options.tps is not None:
         tps = options.tps()
     elif options.adapter_options:

@@ -217,3 +217,17 @@ def test_eclipse_breast_boost_plans_within_the_gate(breast, tmp_path, capsys):
     assert outside["value_gy"] <= OUTSIDE_MAX * 14.0 + 0.005
     assert code == 0 and log["acceptable"] is True
     assert log["prescription"].startswith("CTV_1400 14 Gy in 7 fractions (from RTPLAN rtplan.dcm")
+
+
+def test_a_site_read_from_the_rois_without_a_setup_falls_back_to_generic():
+    """Bladder and Rectum make a prostate, which has no proton setup: generic plans it, and says so; a
+    site the user names stops instead."""
+    from rtautoplan.folder import PlanOptions, _site_setup
+    from rtautoplan.phantom import make_case as phantom
+
+    case = phantom("prostate", 1)
+    site, reason, setup = _site_setup(case, PlanOptions(modality="proton"))
+    assert site == "generic" and reason.endswith("but prostate has no proton setup")
+    assert setup.adapter == "inhouse-proton"
+    with pytest.raises(InputError, match="no planning setup for site 'prostate' with 'proton'"):
+        _site_setup(case, PlanOptions(site="prostate", modality="proton"))
