@@ -138,6 +138,13 @@ def test_a_target_the_rtplan_leaves_without_dose(breast, tmp_path):
         read_case(_variant(breast, tmp_path, rx, volume_roi=TUMOUR_BED_ROI))
 
 
+def test_prescription_json_fractions_over_the_rtplans_are_stated(breast, tmp_path):
+    case = read_case(_variant(breast, tmp_path, {"fractions": 5, "ignore": IGNORED}, volume_roi=TUMOUR_BED_ROI))
+    assert case.prescription.fractions == 5 and case.prescription.levels[0].dose_gy == 14.0
+    assert case.prescription.source.endswith("5 fractions from " + str(tmp_path / "case" / "prescription.json")
+                                             + ", not the RTPLAN's 7")
+
+
 def test_prescription_json_levels_win_over_the_rtplan(breast, tmp_path):
     rx = {"fractions": 5, "levels": [{"target": "Tumor Bed", "dose_gy": 10}], "ignore": IGNORED}
     case = read_case(_variant(breast, tmp_path, rx, volume_roi=TUMOUR_BED_ROI))

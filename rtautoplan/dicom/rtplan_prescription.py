@@ -79,9 +79,13 @@ def complete_from_plan(rx_file: PrescriptionFile, plans: dict[Path, pydicom.Data
         log.warning("RTPLAN %s also prescribes %s, which names no ROI: not planned", plan.path, text)
     for text in plan.points:
         log.info("RTPLAN %s: %s is a point dose, not a level", plan.path, text)
+    source = plan.source
+    if rx_file.fractions and rx_file.fractions != plan.fractions:
+        source += f"; {rx_file.fractions} fractions from {rx_file.path}, not the RTPLAN's {plan.fractions or 'none'}"
+        log.warning("%s: %s", plan.path, source)
     rx_file = replace(rx_file, levels=plan.levels, fractions=rx_file.fractions or plan.fractions,
                       path=f"RTPLAN {plan.path}")
-    return rx_file, plan.source
+    return rx_file, source
 
 
 def plan_for(plans: dict[Path, pydicom.Dataset], rtstruct_sop: str, frame_of_reference_uid: str
