@@ -238,3 +238,10 @@ def test_a_site_read_from_the_rois_without_a_setup_falls_back_to_generic():
     assert setup.adapter == "inhouse-proton"
     with pytest.raises(InputError, match="no planning setup for site 'prostate' with 'proton'"):
         _site_setup(case, PlanOptions(site="prostate", modality="proton"))
+
+
+def test_eclipse_16_structure_set_without_a_target(tmp_path):
+    """DicomRTTool's anonymised Eclipse 16.1 RTSTRUCT (BODY, SpinalCord) on 4 CT slices of 1 mm."""
+    case = copy_case(sorted(real_export("dicomrttool").glob("*.dcm")), tmp_path / "eclipse16")
+    with pytest.raises(InputError, match="no prescription: no target ROI carries a dose"):
+        read_case(case)

@@ -46,6 +46,17 @@ SOURCES = (
          "rtss.dcm", "3de77a83ab03a6131b4cc104ecc0d0eb32ac94d032e567fb2d6886056e53e333"),
         ("Testing/Data/DICOM/EclipseProstatePhantomRtData/RP.1.2.246.352.71.5.2088656855.377401.20110920153647.dcm",
          "rtplan.dcm", "f36a4f8482b5c9ed039dad3358df8a07075afbe5a5d4354323cb13fa2e9bdd09"))),
+    Source("dicomrttool", "brianmanderson/Dicom_RT_and_Images_to_Mask", "bbcec7275aea41af0b783c7135e90f8281ea45f0", (
+        ("AnonDICOM/CT.1.2.246.352.221.4626773895497922739.17556984125564420260.dcm",
+         "ct_0.dcm", "477e89b79122e5d3f7b6e9141df5c4e155e71e0fefb0daef02405ea0f186a2d8"),
+        ("AnonDICOM/CT.1.2.246.352.221.5016377589247482231.17397796449061008539.dcm",
+         "ct_1.dcm", "2460a8cb0eae5ce9f3efbf231c3df9e0aab3ca1d49a714d80c81f8c3b3b98930"),
+        ("AnonDICOM/CT.1.2.246.352.221.5412657151867525968.14004713486715152817.dcm",
+         "ct_2.dcm", "a4bc614897dd8ada722f5e3d853e4d96c44e5ad2f20557dfc6e86ca841c8fc3b"),
+        ("AnonDICOM/CT.1.2.246.352.221.5639662398897860285.10020668819012843167.dcm",
+         "ct_3.dcm", "3120e0185f92a57c415408b27b9cb59d705bab6a845914247eb67076a74784d9"),
+        ("AnonDICOM/RS.1.2.246.352.221.5295756759917696191.17297108549342758074.dcm",
+         "rtstruct.dcm", "5bb70c8928aaa732c2efa54044141166957751d4eb8766f7ba8c900d131e817d"))),
     Source("rt-utils", "qurit/rt-utils", "026e6645e851dab7cea2c424165ffc62c38d34c6", (
         ("tests/mock_data/ct_1.dcm", "ct_1.dcm", "5a4b2fbb9ace7f9dd6bfcf438f82bf5a0867ce5220c143288e593084fb33c763"),
         ("tests/mock_data/ct_2.dcm", "ct_2.dcm", "a77ea1836fb99f623d41a2d2f464781fd0dbca2fa5488bdcfff5014858283440"),
