@@ -115,7 +115,7 @@ def test_site_prescription_in_the_rtplan_is_stated_not_guessed(breast, tmp_path)
 
 
 def test_unknown_names_of_a_real_export_stop_with_the_fix(breast, tmp_path):
-    with pytest.raises(InputError, match="'Areola', 'Nodes', 'Scar': unknown structure name"):
+    with pytest.raises(InputError, match="'Areola' \\(no contour\\), 'Nodes', 'Scar': unknown structure name"):
         read_case(_variant(breast, tmp_path, volume_roi=TUMOUR_BED_ROI))
 
 

@@ -283,7 +283,8 @@ def _interpret(structure_set: StructureSet, rx_file: PrescriptionFile, unknown_r
         log.warning("%ss %s match no TG-263 name: kept, never planned on", source.kind, ", ".join(map(repr, unknown)))
         return [(roi, name, meaning or names.ParsedName(name, Role.OTHER)) for roi, name, meaning in interpreted]
     if unknown:
-        raise _unknown_names(unknown, source)
+        empty = {roi.name for roi in structure_set.rois if not roi.contours} if source is _RTSTRUCT else set()
+        raise _unknown_names(unknown, source, empty)
     return interpreted
 
 
@@ -331,11 +332,12 @@ def _meaning(roi_name: str, name: str, interpreted_type: str, level_targets: set
     return names.ParsedName(name, Role.OAR) if named else None
 
 
-def _unknown_names(unknown: list[str], source: _Source = _RTSTRUCT) -> InputError:
+def _unknown_names(unknown: list[str], source: _Source = _RTSTRUCT, empty: set[str] = frozenset()) -> InputError:
     """The error for ROI names that match nothing: a suggestion only for a misspelt TG-263 name, else
-    the explicit fixes (a guessed organ, once followed, would plan on the wrong structure)."""
+    the explicit fixes (a guessed organ, once followed, would plan on the wrong structure). ``empty``: ROIs
+    without a contour (a TPS template's placeholders), marked so."""
     hints = ", ".join(f"'{n}'" + (f" (did you mean {names.suggest(n)}?)" if names.suggest(n) else "")
-                      for n in unknown)
+                      + (" (no contour)" if n in empty else "") for n in unknown)
     first, guess = unknown[0], names.suggest(unknown[0])
     ignore = f'or, if it is not needed for planning, "ignore": ["{first}"]'
     if guess:
