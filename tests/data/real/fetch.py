@@ -110,7 +110,11 @@ def main(argv: list[str] | None = None) -> int:
                         help="copy source NAME from a local git clone DIR instead of downloading")
     args = parser.parse_args(argv)
     clones = dict(item.split("=", 1) for item in args.from_git)
-    paths = fetch(args.to, {name: Path(d).expanduser() for name, d in clones.items()})
+    try:
+        paths = fetch(args.to, {name: Path(d).expanduser() for name, d in clones.items()})
+    except (OSError, subprocess.CalledProcessError) as error:  # offline, or a clone without the commit
+        print(f"not fetched: {error}", file=sys.stderr)
+        return 1
     print(f"{len(paths)} files under {args.to}")
     return 0
 
