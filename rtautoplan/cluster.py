@@ -44,7 +44,7 @@ if TYPE_CHECKING:  # the batch's modules are imported when a runner runs: the CL
 
 log = logging.getLogger(__name__)
 
-BASE_BYTES = 768 * 2**20  # a worker's Python, numpy, scipy, numba, torch and the report's matplotlib (≈ 0.5 GB measured)
+BASE_BYTES = 1024 * 2**20  # a worker's interpreter and libraries, and a small case's planning (hn01 peaked at 0.9 GB)
 BYTES_PER_CT_VOXEL = 100  # planning peak per CT voxel at the default 3 mm dose grid (clinical: ≈ 85, docs/cluster.md)
 
 
@@ -82,7 +82,8 @@ def ct_voxels(case_dir: Path) -> int:
 
 def estimate_memory(case_dir: Path) -> int:
     """Memory (bytes) a worker needs to plan the case: BASE_BYTES + BYTES_PER_CT_VOXEL × CT voxels.
-    hn01 (0.5 M voxels): 0.8 GB; a clinical H&N CT (512 × 512 × 180 = 47 M voxels): 5.2 GB."""
+    hn01 (0.5 M voxels): 1.05 GB (measured peak 0.91 GB); a clinical H&N CT (512 × 512 × 180 = 47 M
+    voxels): 5.4 GB (measured stage peaks 3.8–4.0 GB, benchmarks/RESULTS.md)."""
     return BASE_BYTES + BYTES_PER_CT_VOXEL * ct_voxels(case_dir)
 
 
