@@ -123,18 +123,22 @@ def main() -> int:
     print(f"summaries equal: {same}; Σ case seconds on the workers {case_s:.0f} s, idle share {idle:.0%}; "
           f"no-op task {overhead_s * 1000:.1f} ms; load {load_before} → {load_after}")
     per_case = [r.seconds for r in serial]
+    slowdown = (case_s / len(on_ray)) / (sum(per_case) / len(per_case))
+    print(f"a case on a worker took {slowdown:.2f}× its serial time (≈ 1 on a machine with 2 free cores; "
+          "≈ 2 when the cores were already busy)")
     model = [(n, cost_model(1000, n, 16, 64, a.clinical_case_s, overhead_s, start_s)) for n in (1, 4, 16, 64)]
     per_node = max(1, min(16, int(64 * 2**30 // _clinical_bytes())))
     for n, t in model:
         print(f"1 000 clinical cases on {n:>2} nodes of 16 CPUs / 64 GB: {t / 3600:7.1f} h")
 
-    opts = ", ".join(f"{k} {v}" for k, v in options.items() if v) or "defaults"
+    opts = ", ".join(f"{k} {v}" for k, v in options.items() if v is not None) or "defaults"
     m = machine()
     text = "\n".join([
         "## Ray batch (issue 15)",
         "",
         f"`python benchmarks/bench_ray.py --cases {a.cases}{' --max-steps ' + str(a.max_steps) if a.max_steps is not None else ''}"
-        f"{' --dose-grid-factor ' + ' '.join(map(str, a.dose_grid_factor)) if a.dose_grid_factor else ''} --write`, "
+        f"{' --dose-grid-factor ' + ' '.join(map(str, a.dose_grid_factor)) if a.dose_grid_factor else ''}"
+        f"{' --write' if a.write else ''}`, "
         f"nproc {m['nproc']}, {m['cpu']}, python {m['python']}, ray {ray.__version__}, {m['date']}; "
         f"load average before {' / '.join(f'{v:.1f}' for v in load_before)}, after "
         f"{' / '.join(f'{v:.1f}' for v in load_after)} (a machine shared with other jobs: the ratio is what counts).",
@@ -153,7 +157,8 @@ def main() -> int:
         "",
         f"Summaries equal (case, status, acceptable, message): {same}. Serial seconds per case: "
         f"{min(per_case):.0f}–{max(per_case):.0f}. Serial process peak RSS {serial_peak_mb:.0f} MB "
-        f"(the estimate per case: {estimate_memory(root / 'hn01') / 2**20:.0f} MB).",
+        f"(the estimate per case: {estimate_memory(root / 'hn01') / 2**20:.0f} MB). A case on a Ray worker took "
+        f"{slowdown:.2f}× its serial time (≈ 1 when the machine has 2 free cores; ≈ 2 when they were busy already).",
         "",
         f"Scheduling overhead: local cluster start {start_s:.1f} s; a no-op task declared like a case "
         f"{overhead_s * 1000:.1f} ms per task at 2 workers; in the batch, the workers were idle "

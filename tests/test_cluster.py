@@ -195,3 +195,11 @@ def test_acer_actors_on_ray_give_the_same_weights_bit_for_bit(ray_cluster, tmp_p
     assert all(hasattr(env, "t") for env in local_envs) and not any(hasattr(env, "t") for env in remote_envs)
     for p, q in zip(net_local.parameters(), net_ray.parameters()):
         assert torch.equal(p, q)
+
+
+def test_cli_batch_with_ray_reports_rows_and_exit_code(ray_cluster, root, tmp_path):
+    """``rtautoplan batch ROOT -o OUT --ray`` (the connected cluster is reused): the half case is an error row, exit 2."""
+    from rtautoplan.cli import main
+
+    assert main(["batch", str(root / "ct_only"), "-o", str(tmp_path), "--ray", "--ray-retries", "0"]) == 2
+    assert [(r["case"], r["status"]) for r in _table(tmp_path)] == [(".", "error")]
