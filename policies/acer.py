@@ -14,8 +14,8 @@
   training case), stores it in replay (t_rep = 100 k steps), makes one on-policy update on it, then
   n ∼ Poisson(p = 4) off-policy updates, each on ≥ t_B = 16 replayed steps (whole episodes), once
   replay holds t_s = 2 000 steps. RMSprop (lr 7e-4, α 0.99, ε 1e-5, Atari-57 ACER values §1.10).
-* **Actors**: ``n_actors`` environments (own TPS and episode stream) played in turn in one process (same
-  seed → same weights on CPU). **Environment**: ``ProstateEnv(InHousePhoton(warm_start=False))``,
+* **Actors**: ``n_actors`` environments (own TPS and episode stream) played in turn, in this process or as
+  Ray actors (``actors="ray"``, ``policies/workers.py``); same seed → same weights on CPU, either way. **Environment**: ``ProstateEnv(InHousePhoton(warm_start=False))``,
   binary Δψ, masked π.
 * **Checkpoint selection** (§1.11): every t_eval steps the greedy policy plans the validation cases
   (binary ψ); the best weights are kept (ties: the later), not the last ones.
@@ -24,8 +24,8 @@
 from __future__ import annotations
 
 import copy
+import functools
 import json
-import os
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -33,6 +33,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from rtautoplan.policies.acer_parts import TrainProgress
+from rtautoplan.policies.workers import deterministic, env_spaces, env_workers, given
 from torch import nn
 
 WEIGHTS = Path(__file__).resolve().parent / "weights" / "acer_prostate.pt"
@@ -80,6 +81,8 @@ class Args:
     init_from: str | None = None  # start from these weights (.pt of ``train``), e.g. to fine-tune on another case
     engine_threads: int = 1  # $RTAUTOPLAN_THREADS of the TPS: its sparse sums depend on it (same value, same weights)
     wall_budget_s: float | None = None  # stop after this wall time (s), T_max or not (the selected weights are kept)
+    actors: str = "local"  # where the actors' environments run: "local" (this process) or "ray" (one Ray actor each)
+    ray_address: str | None = None  # with actors="ray": the cluster (auto, HOST:PORT, ray://…); None: a local one
 
 
 class AcerNet(nn.Module):
@@ -296,17 +299,30 @@ class TrainRecord:
 def train(args: Args, envs=None, val_env=None, validate_fn=validate) -> TrainRecord:
     """Train ACER (module docstring); write the selected weights, the JSON record and the curve.
     ``envs`` (one per actor) and ``val_env`` default to prostate environments of ``args``."""
-    os.environ["RTAUTOPLAN_THREADS"] = str(args.engine_threads)
+    deterministic(args.engine_threads)
     torch.manual_seed(args.seed)
-    torch.set_num_threads(1)
-    torch.use_deterministic_algorithms(True)
+    factories = [functools.partial(given, env) for env in envs] if envs else args.n_actors * [functools.partial(
+        make_env, args.train_seeds, args.dose_grid_factor, args.max_iter, t_epi=args.t_epi,
+        cold_start=args.cold_start, partial_band=args.partial_band)]
+    workers = env_workers(args.actors, factories, functools.partial(deterministic, args.engine_threads),
+                          args.ray_address)
+    try:
+        return _train(args, workers, len(factories), val_env, validate_fn)
+    finally:
+        workers.close()
+
+
+def play_on(env, net: AcerNet, rng: np.random.Generator, seed: int, options, mask_no_ops: bool):
+    """``play`` as a worker call: (Episode, return, the advanced ``rng``), so a Ray actor hands its state back."""
+    ep, ret = play(env, net, rng, seed, options, mask_no_ops)
+    return ep, ret, rng
+
+
+def _train(args: Args, workers, n_actors: int, val_env, validate_fn) -> TrainRecord:
     rng = np.random.default_rng(args.seed)
-    envs = envs or [make_env(args.train_seeds, args.dose_grid_factor, args.max_iter, t_epi=args.t_epi,
-                             cold_start=args.cold_start, partial_band=args.partial_band) for _ in range(args.n_actors)]
     val_env = val_env if val_env is not None or validate_fn is None else make_env(
         args.val_seeds, args.dose_grid_factor, args.max_iter, t_epi=args.t_epi, cold_start=args.cold_start)
-    obs_dim = int(np.prod(envs[0].observation_space.shape))
-    net = AcerNet(obs_dim, int(envs[0].action_space.n))
+    net = AcerNet(*workers.run([(0, env_spaces, ())])[0])
     if args.init_from:
         net.load_state_dict(load_net(args.init_from).state_dict())
     opt = torch.optim.RMSprop(net.parameters(), lr=args.lr, alpha=args.rms_alpha, eps=args.rms_eps)
@@ -332,9 +348,9 @@ def train(args: Args, envs=None, val_env=None, validate_fn=validate) -> TrainRec
 
     with TrainProgress(args) as bar:
         while steps < args.T_max and (args.wall_budget_s is None or time.perf_counter() - start < args.wall_budget_s):
-            env = envs[episodes % len(envs)]
             options = {"init": "trivial"} if args.p_trivial > 0 and rng.random() < args.p_trivial else None
-            ep, ret = play(env, net, rng, int(rng.integers(2 ** 31)), options, args.mask_no_ops)
+            call = (net, rng, int(rng.integers(2 ** 31)), options, args.mask_no_ops)
+            ep, ret, rng = workers.run([(episodes % n_actors, play_on, call)])[0]
             replay.add(ep), returns.append(ret)
             steps, episodes = steps + len(ep), episodes + 1
             update([ep], True)

@@ -26,7 +26,7 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterable, Iterator
 
 import pydicom
 from pydicom.errors import InvalidDicomError
@@ -61,7 +61,7 @@ class BatchRow:
     acceptable: str = ""
 
 
-def _kind(path: Path) -> str | None:
+def dicom_kind(path: Path) -> str | None:
     """"ct", "rtstruct" or None (not DICOM, unreadable, or another object), from the header alone.
     The rule is read_case's: an image with a position that is not an RT object is a CT slice."""
     try:
@@ -85,7 +85,7 @@ def find_cases(root: str | Path, exclude: Path | None = None) -> tuple[list[Path
         here = Path(dirpath)
         dirnames[:] = sorted(d for d in dirnames if exclude is None or (here / d).resolve() != exclude)
         for name in filenames:
-            kind = _kind(here / name)
+            kind = dicom_kind(here / name)
             if kind:
                 held.setdefault(here, set()).add(kind)
     subtree: dict[Path, set[str]] = {}
@@ -127,44 +127,76 @@ def _check_out(root: Path, out: Path, cases: list[Path]) -> None:
                          + (f" ({inside[0]})" if inside else ""), "Write the outputs to a folder of their own")
 
 
-def _run_case(case_dir: Path, target: Path, name: str, options: PlanOptions, force: bool,
-              on_step: Callable[[Step], None]) -> BatchRow:
-    """Plan one case into ``target`` and describe the outcome; every failure becomes an error row."""
-    finished = target / LOG_FILE
-    if is_finished(target) and not force:
-        try:
-            done = json.loads(finished.read_text())
-        except (OSError, ValueError):
-            done = {}
-        verdict = {True: "yes", False: "no"}.get(done.get("acceptable"), "")
-        return BatchRow(name, "skipped", target, done.get("scoring", ""), done.get("initial score"),
-                        done.get("final score"), 0.0, f"already planned ({finished} exists); --force re-plans it",
-                        verdict)
+@dataclass(frozen=True)
+class Job:
+    """One case to plan: its folder, its output folder and its name in the summary (the relative path)."""
+
+    case_dir: Path
+    target: Path
+    name: str
+
+
+def skipped_row(job: Job) -> BatchRow | None:
+    """The row of a case whose output is finished (kept: not planned again), else None."""
+    finished = job.target / LOG_FILE
+    if not is_finished(job.target):
+        return None
+    try:
+        done = json.loads(finished.read_text())
+    except (OSError, ValueError):
+        done = {}
+    verdict = {True: "yes", False: "no"}.get(done.get("acceptable"), "")
+    return BatchRow(job.name, "skipped", job.target, done.get("scoring", ""), done.get("initial score"),
+                    done.get("final score"), 0.0, f"already planned ({finished} exists); --force re-plans it",
+                    verdict)
+
+
+def plan_row(job: Job, options: PlanOptions, on_step: Callable[[Step], None] | None = None) -> BatchRow:
+    """Plan one case into its output folder and describe the outcome; every failure becomes an error row."""
     start = time.perf_counter()
     try:
-        planned = plan_folder(case_dir, target, options, on_step=on_step)
+        planned = plan_folder(job.case_dir, job.target, options, on_step=on_step)
     except InputError as error:
-        return BatchRow(name, "error", target, seconds=round(time.perf_counter() - start, 2),
+        return BatchRow(job.name, "error", job.target, seconds=round(time.perf_counter() - start, 2),
                         message=_one_line(str(error)))
     except Exception as error:  # batch boundary: one case's crash is that case's error row, the rest go on
-        log.debug("case %s failed", name, exc_info=True)
-        return BatchRow(name, "error", target, seconds=round(time.perf_counter() - start, 2),
+        log.debug("case %s failed", job.name, exc_info=True)
+        return BatchRow(job.name, "error", job.target, seconds=round(time.perf_counter() - start, 2),
                         message=_one_line(f"internal error: {type(error).__name__}: {error}"))
     r = planned.result
-    return BatchRow(name, "ok" if r.acceptable else "unacceptable", target, r.score.system,
+    return BatchRow(job.name, "ok" if r.acceptable else "unacceptable", job.target, r.score.system,
                     round(float(r.initial_score.total), 4), round(float(r.score.total), 4), round(planned.seconds, 2),
                     _one_line("; ".join(r.gate.reasons)), "yes" if r.acceptable else "no")
+
+
+def run_serially(jobs: list[Job], options: PlanOptions, force: bool, status: Callable[[str], None]) -> Iterator[BatchRow]:
+    """The default runner: one case after another in this process, rows in case order."""
+    for job in jobs:
+        row = None if force else skipped_row(job)
+        if row is None:
+            def on_step(step: Step, name=job.name) -> None:
+                status(f"{name}: step {step.step}, score {step.score:.4g}")
+
+            status(f"{job.name}: dose influence …")
+            row = plan_row(job, options, on_step)
+        yield row
 
 
 def _one_line(text: str) -> str:
     return " ".join(text.split())
 
 
+Runner = Callable[[list[Job], PlanOptions, bool, Callable[[str], None]], Iterable[BatchRow]]
+
+
 def replan_folder(root: str | Path, out: str | Path, *, force: bool = False, console=None,
-                  **plan_options) -> list[BatchRow]:
+                  runner: Runner = run_serially, **plan_options) -> list[BatchRow]:
     """Plan every case below ``root`` into ``out/<relative path>/``; returns one row per case folder
     (and per incomplete folder), as written to ``out/batch_summary.csv``. ``plan_options`` are
-    PlanOptions' fields; ``console`` is the rich Console of the progress bar (default: stderr)."""
+    PlanOptions' fields; ``console`` is the rich Console of the progress bar (default: stderr).
+    ``runner(jobs, options, force, status)`` plans the cases and yields their rows in any order
+    (default: ``run_serially``; ``cluster.ray_runner`` runs each case as a Ray task); the summary is
+    written row by row as they come, then in case order."""
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -186,8 +218,7 @@ def replan_folder(root: str | Path, out: str | Path, *, force: bool = False, con
 
         def record(row: BatchRow) -> None:
             rows.append(row)
-            writer.writerow([row.case, row.status, row.acceptable, row.scoring, row.initial, row.final, row.seconds,
-                             row.message])
+            writer.writerow(_csv_row(row))
             summary.flush()
             progress.update(task, advance=1, status=f"{row.case}: {row.status}")
             log.debug("%s: %s %s", row.case, row.status, row.message)
@@ -195,12 +226,26 @@ def replan_folder(root: str | Path, out: str | Path, *, force: bool = False, con
         for folder, kinds in incomplete.items():
             name = folder.relative_to(root).as_posix()
             record(BatchRow(name, "error", out / name, message=f"{folder}: {_incomplete_message(kinds)}"))
-        for case_dir in cases:
-            name = case_dir.relative_to(root).as_posix() if case_dir != root else root.name
+        jobs = [Job(c, out / n, n) for c in cases
+                for n in [c.relative_to(root).as_posix() if c != root else root.name]]
+        for row in runner(jobs, options, force, lambda text: progress.update(task, status=text)):
+            record(row)
+    order = {name: k for k, name in enumerate([r.case for r in rows[:len(incomplete)]] + [j.name for j in jobs])}
+    ordered = sorted(rows, key=lambda r: order[r.case])
+    if ordered != rows:
+        _rewrite_summary(out / SUMMARY_FILE, ordered)
+    return ordered
 
-            def on_step(step: Step, name=name) -> None:
-                progress.update(task, status=f"{name}: step {step.step}, score {step.score:.4g}")
 
-            progress.update(task, status=f"{name}: dose influence …")
-            record(_run_case(case_dir, out / name, name, options, force, on_step))
-    return rows
+def _csv_row(row: BatchRow) -> list:
+    return [row.case, row.status, row.acceptable, row.scoring, row.initial, row.final, row.seconds, row.message]
+
+
+def _rewrite_summary(path: Path, rows: list[BatchRow]) -> None:
+    """The summary in case order, replacing the one written as rows came (a temporary file renamed over it)."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    with tmp.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(SUMMARY_COLUMNS)
+        writer.writerows(_csv_row(r) for r in rows)
+    os.replace(tmp, path)

@@ -268,10 +268,15 @@ def _batch(args) -> int:
     from rich.console import Console
     from rich.markup import escape
 
-    from rtautoplan.batch import SUMMARY_FILE, replan_folder
+    from rtautoplan.batch import SUMMARY_FILE, replan_folder, run_serially
 
     _service_logging(args, "rtautoplan.batch")
-    rows = replan_folder(args.root, args.output, force=args.force, **vars(_plan_options(args)))
+    runner = run_serially
+    if args.ray is not None:  # Ray is imported only here (rtautoplan/cluster.py)
+        from rtautoplan.cluster import ray_runner, settings_from
+
+        runner = ray_runner(settings_from(args))
+    rows = replan_folder(args.root, args.output, force=args.force, runner=runner, **vars(_plan_options(args)))
     console = Console(width=160)
     counts = {status: sum(r.status == status for r in rows) for status in ("ok", "unacceptable", "skipped", "error")}
     for row in rows:
@@ -405,6 +410,9 @@ def parser() -> argparse.ArgumentParser:
     ba.add_argument("-o", "--output", type=Path, required=True, help="OUT/<case path>/ per case, OUT/batch_summary.csv")
     ba.add_argument("--force", action="store_true", help="re-plan cases whose output is already finished")
     _add_plan_options(ba, engine=True)
+    from rtautoplan import cluster
+
+    cluster.add_options(ba)
     ba.set_defaults(run=_batch)
 
     from rtautoplan.phantom.tg119 import CASES as TG119_CASES

@@ -21,6 +21,7 @@ import os
 import re
 import secrets
 import shutil
+import socket
 import time
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -38,7 +39,8 @@ from rtautoplan.policies import POLICIES
 log = logging.getLogger(__name__)
 
 MARKER = ".rtautoplan-complete.json"  # written last inside the temporary folder: the output is finished
-_TEMP = re.compile(r"\.(?P<name>.+)\.(?:partial|old)-(?P<pid>\d+)-[0-9a-f]+")
+_TEMP = re.compile(r"\.(?P<name>.+)\.(?:partial|old)-(?P<pid>\d+)-(?P<token>[0-9a-f]+)")
+_HOST = hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]  # a pid means something on its own host only
 
 
 @dataclass(frozen=True)
@@ -182,13 +184,16 @@ def _alive(pid: int) -> bool:
 def clean_stale(parent: Path, everything: bool = False) -> list[Path]:
     """Remove the temporary folders a crashed writer left in ``parent`` (``.<name>.partial-<pid>-…``,
     ``.<name>.old-<pid>-…`` and the ``.partial-*`` folders of older versions inside outputs) whose
-    process is gone, or all of them with ``everything`` (the node, which owns its outbox)."""
+    process is gone, or all of them with ``everything`` (the node, which owns its outbox). A folder written
+    on another host (its token starts with that host's id: outputs on shared storage, rtautoplan.cluster) is
+    left alone: its pid says nothing here."""
     removed = []
     if not parent.is_dir():
         return removed
     for path in parent.iterdir():
         match = _TEMP.fullmatch(path.name)
-        stale = match and (everything or int(match["pid"]) != os.getpid() and not _alive(int(match["pid"])))
+        here = match and (len(match["token"]) != 16 or match["token"][:8] == _HOST)  # not another host's writer
+        stale = match and (everything or here and int(match["pid"]) != os.getpid() and not _alive(int(match["pid"])))
         legacy = [p for p in path.glob(".partial-*")] if path.is_dir() and not path.name.startswith(".") else []
         for victim in ([path] if stale else []) + legacy:
             shutil.rmtree(victim, ignore_errors=True)
@@ -218,7 +223,7 @@ def write_folder(out: Path, write: Callable[[Path], dict[str, Path]], marker: di
     place (module docstring); returns ``write``'s name → path mapped into ``out``. A file-system
     failure (permissions, a full disk, ``out`` a file) is an InputError naming ``out``."""
     out = Path(out).absolute()
-    token = f"{os.getpid()}-{secrets.token_hex(4)}"
+    token = f"{os.getpid()}-{_HOST}{secrets.token_hex(4)}"  # 16 hex digits: host id, then random
     tmp, aside = out.parent / f".{out.name}.partial-{token}", out.parent / f".{out.name}.old-{token}"
     try:
         out.parent.mkdir(parents=True, exist_ok=True)

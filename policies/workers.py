@@ -1,0 +1,113 @@
+"""Environment workers of the trainers: in the trainer's process, or as Ray actors on a cluster.
+
+A trainer hands ``env_workers`` one environment factory per worker (picklable: a module-level function
+or a ``functools.partial`` of one) and then asks ``run(calls)``: each call ``(k, fn, args)`` is
+``fn(env_k, *args)`` on worker k, and the results come back in the order of the calls. Locally the calls
+run one after another on the environments in this process (what the trainers always did); on Ray each
+worker is an actor holding its environment, the calls to different workers run at once, and the
+arguments and results travel pickled.
+
+Reproducibility is the trainer's rule, kept here: a worker process first runs ``setup`` (the trainer's
+thread and determinism settings), a call gets all of its randomness in its arguments (seeds, a
+``numpy.random.Generator``, which it returns when it advanced it), and results are consumed in call
+order, never completion order. Then the same seed gives bit-identical weights with and without Ray
+(tested for ACER). PPO rollout workers and QMIX data workers use the same two calls: build the pool
+from their environment factories, and ship each rollout as ``(k, fn, args)``.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any, Callable, Sequence
+
+Call = tuple[int, Callable[..., Any], tuple]
+BACKENDS = ("local", "ray")
+
+
+class LocalWorkers:
+    """The environments in this process; ``run`` calls them one after another."""
+
+    def __init__(self, factories: Sequence[Callable[[], Any]], setup: Callable[[], None] | None = None):
+        if setup is not None:
+            setup()
+        self.envs = [make() for make in factories]
+
+    def run(self, calls: Sequence[Call]) -> list:
+        return [fn(self.envs[k], *args) for k, fn, args in calls]
+
+    def close(self) -> None:
+        pass
+
+
+class _Worker:
+    """The Ray actor: one environment, built in the actor's process after ``setup``."""
+
+    def __init__(self, factory, setup):
+        if setup is not None:
+            setup()
+        self.env = factory()
+
+    def call(self, fn, args):
+        return fn(self.env, *args)
+
+
+class RayWorkers:
+    """One Ray actor per environment (1 CPU each); ``run`` dispatches every call, then gathers in order."""
+
+    def __init__(self, factories: Sequence[Callable[[], Any]], setup: Callable[[], None] | None = None,
+                 address: str | None = None):
+        try:
+            import ray
+        except ImportError:
+            raise RuntimeError('Ray actors need Ray: pip install "rtautoplan[ray]"') from None
+        self.ray, self.started = ray, not ray.is_initialized()
+        if self.started:
+            ray.init(address=address or None, logging_level="warning", log_to_driver=False)
+        actor = ray.remote(num_cpus=1)(_Worker)
+        self.actors = [actor.remote(make, setup) for make in factories]
+
+    def run(self, calls: Sequence[Call]) -> list:
+        """The results, copied out of Ray's object store (writable arrays that do not pin it while kept)."""
+        return copy.deepcopy(self.ray.get([self.actors[k].call.remote(fn, args) for k, fn, args in calls]))
+
+    def close(self) -> None:
+        for actor in self.actors:
+            self.ray.kill(actor)
+        self.actors = []
+        if self.started:
+            self.ray.shutdown()
+
+
+def given(env):
+    """A factory of an environment built already (``functools.partial(given, env)``): local use as it is, Ray
+    ships a copy."""
+    return env
+
+
+def deterministic(engine_threads: int) -> None:
+    """The process settings of reproducible training, in the trainer's process and in each worker's: one torch
+    thread, deterministic algorithms, the engine's thread count (its sparse sums depend on it)."""
+    import os
+
+    import torch
+
+    os.environ["RTAUTOPLAN_THREADS"] = str(engine_threads)
+    torch.set_num_threads(1)
+    torch.use_deterministic_algorithms(True)
+
+
+def env_spaces(env) -> tuple[int, int]:
+    """(observation size, number of actions) of a worker's environment (a discrete action space)."""
+    import numpy as np
+
+    return int(np.prod(env.observation_space.shape)), int(env.action_space.n)
+
+
+def env_workers(backend: str, factories: Sequence[Callable[[], Any]], setup: Callable[[], None] | None = None,
+                address: str | None = None):
+    """LocalWorkers or RayWorkers (``backend`` "local" or "ray"; ``address``: a Ray cluster, None: a local one)."""
+    if backend == "local":
+        return LocalWorkers(factories, setup)
+    if backend == "ray":
+        return RayWorkers(factories, setup, address)
+    raise ValueError(f"actors {backend!r} is not known; use one of: {', '.join(BACKENDS)}")
