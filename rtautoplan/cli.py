@@ -236,7 +236,7 @@ def _plan_options(args):
 
     return PlanOptions(site=args.site, modality=args.modality, adapter=args.adapter, policy=args.policy,
                        max_steps=args.max_steps, seed=args.seed, adapter_options=_grid_options(args),
-                       unknown_rois=args.unknown_rois)
+                       unknown_rois=args.unknown_rois, conservative=args.conservative)
 
 
 def _grid_options(args) -> dict:
@@ -338,6 +338,19 @@ def _export(args) -> int:
     paths = export_nifti(args.source, args.nifti, ct_case=args.ct, unknown_rois=args.unknown_rois)
     print(f"wrote {len(paths)} files to {args.nifti}: " + ", ".join(p.name for p in paths.values()))
     return 0
+
+
+def _audit(args) -> int:
+    from rtautoplan.audit import EXIT_MISMATCH, trail, verify
+
+    log, checks = verify(args.log, args.case)
+    for line in trail(log):
+        print(line)
+    for c in checks:
+        print(f"{'ok      ' if c.ok else 'MISMATCH'} {c.item}" + (f": {c.detail}" if c.detail else ""))
+    bad = [c for c in checks if not c.ok]
+    print(f"audit: {len(checks) - len(bad)} of {len(checks)} checks pass" + (", NOT VERIFIED" if bad else ""))
+    return EXIT_MISMATCH if bad else 0
 
 
 def _objective_json(o) -> dict:
@@ -455,6 +468,12 @@ def parser() -> argparse.ArgumentParser:
     _add_plan_options(no, engine=True)
     no.set_defaults(run=_node)
 
+    au = sub.add_parser("audit", help="verify a plan log's hashes (log, input files, weights) and print the "
+                        f"decision trail (exit {4} on a mismatch)")
+    au.add_argument("log", type=Path, help="plan_log.json, or the output folder holding it")
+    au.add_argument("--case", type=Path, default=None, help="the case folder, when it moved since planning")
+    au.set_defaults(run=_audit)
+
     ca = sub.add_parser("cache", help="the dose-influence cache: info (folder, entries, size, cap) or clear")
     ca.add_argument("action", choices=["info", "clear"])
     _add_cache_options(ca)
@@ -482,6 +501,8 @@ def _add_plan_options(p: argparse.ArgumentParser, engine: bool = False) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the initial parameters")
     p.add_argument("--unknown-rois", choices=["error", "keep"], default="error",
                    help="a ROI name with no TG-263 match: stop with the fix (default), or keep it unplanned")
+    p.add_argument("--conservative", type=int, default=None, metavar="K", help="conservative mode: only actions "
+                   "both the planner and the rule-based planner rank in their top K (discrete-action planners)")
     if engine:
         p.add_argument("--dose-grid-factor", type=int, nargs=3, default=None, metavar=("K", "J", "I"),
                        help="dose grid as a block of CT voxels (e.g. 2 4 4: coarse and fast); not with --dose-grid-mm")

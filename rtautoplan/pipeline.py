@@ -24,6 +24,8 @@ from rtautoplan.case import Case
 from rtautoplan.normalisation import normalise
 from rtautoplan.errors import InputError
 from rtautoplan.loop import is_better, run_loop, scaled_plan
+from rtautoplan.oversight import Oversight, conservative_reference
+from rtautoplan.safety import level1_limits
 from rtautoplan.plan import Modality, Result, Step
 from rtautoplan.policies import POLICIES
 from rtautoplan.policies.env import ENVS
@@ -247,11 +249,13 @@ def final_plan(env, case: Case, plan):
 
 def plan_case(case: Case, site: str = "hn", modality: str = "photon", adapter: str | None = None,
               policy: str | None = None, max_steps: int | None = None, seed: int = 0, tps=None,
-              on_step: Callable[[Step], None] | None = None, env_options: dict | None = None) -> tuple[Case, Result]:
+              on_step: Callable[[Step], None] | None = None, env_options: dict | None = None,
+              conservative: int | None = None) -> tuple[Case, Result]:
     """Plan ``case`` (as read, before the structure rules) in the closed loop; returns the case
     with its planning structures and the Result: the best plan, leaf-sequenced (photons),
     normalised (``rtautoplan.normalisation``) and checked by the clinical gate (``rtautoplan.gate``).
-    ``max_steps`` 0 gives the initial plan without policy steps."""
+    ``max_steps`` 0 gives the initial plan without policy steps. ``conservative``: K of conservative
+    mode (``rtautoplan.oversight``); the level-1 organs' limits and the planner's ensemble always apply."""
     setup = setup_for(site, modality, policy)
     if sequential_course(case, setup, env_options):
         from rtautoplan.phases import plan_phases
@@ -272,7 +276,9 @@ def plan_case(case: Case, site: str = "hn", modality: str = "photon", adapter: s
     check_rois(goals, planned)  # before the loop: a goal naming no ROI stops here
     planner = make_policy(policy or setup.policy, env, seed)
     notes = (protocols.fractionation_note(planned),)
-    loop = run_loop(env, planner, steps, seed=seed, on_step=on_step,
+    watch, audit = oversight_for(policy or setup.policy, planner, env, conservative)
+    limits = level1_limits(planned, goals)
+    loop = run_loop(env, planner, steps, seed=seed, on_step=on_step, level1=limits, oversight=watch,
                     acceptable=lambda e: gate.check(planned, final_plan(e, planned, scaled_plan(e))[0].dose.gy,
                                                     goals).acceptable)
     candidates = {"best": (loop.best_step, loop.best_plan), "initial": (0, loop.initial_plan)}
@@ -284,5 +290,19 @@ def plan_case(case: Case, site: str = "hn", modality: str = "photon", adapter: s
     best_step, plan, score, sequenced, normalised = finals[chosen]
     initial = finals["initial"]
     result = Result(plan, initial[2], score, loop.steps, planner.name, best_step, initial[1].dose, sequenced,
-                    gate=verdicts[chosen], normalisation=normalised, site=site)
+                    gate=verdicts[chosen], normalisation=normalised, site=site,
+                    audit={**audit, "level-1 limits": [str(g) for g in limits]})
     return planned, result
+
+
+def oversight_for(name: str, planner, env, conservative: int | None = None) -> tuple[Oversight, dict]:
+    """(the loop's Oversight: the planner's ensemble, conservative mode's reference; the weights of the
+    planner and every member for the audit log)."""
+    from rtautoplan.audit import weights_record
+    from rtautoplan.policies import ensemble_for
+
+    members = ensemble_for(name, env)
+    watch = Oversight(ensemble=members, reference=conservative_reference(env, conservative),
+                      conservative_k=conservative)
+    weights = [w for w in map(weights_record, (planner, *members)) if w is not None]
+    return watch, {"weights": weights, "conservative": conservative}
