@@ -55,3 +55,30 @@ class EpsilonGreedy:
 
     def act(self, observation) -> int:
         return self.rank(observation)[0][0]
+
+
+class Sampling:
+    """A planner with a distribution (``probabilities(observation)``, e.g. ACER's π) acting by
+    sampling it rather than by its argmax: the stochastic policy whose value off-policy evaluation
+    estimates, run for real to measure it. ``rank``: the drawn action first, valued by π(a|s)."""
+
+    stochastic = True
+    greedy = False
+    value_kind = "probability"
+
+    def __init__(self, policy, seed: int = 0):
+        self.policy, self.rng = policy, np.random.default_rng(seed)
+        self.name = f"{policy.name}-sampled"
+
+    def reset(self) -> None:
+        reset_policy(self.policy)
+
+    def rank(self, observation) -> list[tuple[Any, float]]:
+        pi = np.asarray(self.policy.probabilities(observation), float)
+        pi = pi / pi.sum()
+        drawn = int(self.rng.choice(pi.size, p=pi))
+        rest = [int(a) for a in np.argsort(-pi, kind="stable") if int(a) != drawn and pi[a] > 0]
+        return [(drawn, float(pi[drawn]))] + [(a, float(pi[a])) for a in rest]
+
+    def act(self, observation) -> int:
+        return self.rank(observation)[0][0]

@@ -353,6 +353,32 @@ def _audit(args) -> int:
     return EXIT_MISMATCH if bad else 0
 
 
+def _ope(args) -> int:
+    from rtautoplan import ope
+
+    if args.bootstrap < 1:
+        raise InputError("--bootstrap", f"{args.bootstrap} resamples", "Give 1 or more (1000 is usual)")
+    result = ope.run(args.logs, args.policy, args.bootstrap)
+    truth = ope.measured(args.measured, args.bootstrap) if args.measured else None
+    print(f"{args.policy} from {result['episodes']} logged episodes (behaviour mean return "
+          f"{result['behaviour mean return']:.4g}, effective sample size {result['effective sample size']:.4g})")
+    for name in ope.ESTIMATORS:
+        e = result[name]
+        lo, hi = e["ci95"]
+        note = ""
+        if truth is not None:
+            note = f"  {'within' if ope.within(e['estimate'], truth['value']) else 'OUTSIDE'} ±10 %, CI " \
+                   f"{'covers' if lo <= truth['value'] <= hi else 'misses'} it"
+        print(f"  {name:<5} {e['estimate']:>9.4g}  95 % CI [{lo:.4g}, {hi:.4g}]{note}")
+    if truth is not None:
+        print(f"  measured {truth['value']:.4g} (95 % CI {truth['ci95'][0]:.4g}–{truth['ci95'][1]:.4g}, "
+              f"{truth['episodes']} episodes)")
+        result["measured"] = truth
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=1))
+    return 0
+
+
 def _objective_json(o) -> dict:
     return {"structure": o.structure, "kind": o.kind.value, "dose_gy": round(o.dose_gy, 3), "weight": o.weight,
             "volume": o.volume, "adjustable": o.adjustable}
@@ -473,6 +499,17 @@ def parser() -> argparse.ArgumentParser:
     au.add_argument("log", type=Path, help="plan_log.json, or the output folder holding it")
     au.add_argument("--case", type=Path, default=None, help="the case folder, when it moved since planning")
     au.set_defaults(run=_audit)
+
+    op = sub.add_parser("ope", help="off-policy evaluation: a planner's value from logged runs (IS, WIS, "
+                        "per-decision IS, doubly robust) with bootstrap CIs")
+    op.add_argument("--logs", type=Path, required=True, help="folder of logged runs (plan_log.json / episode logs "
+                    "with μ(a|s) and the state per step)")
+    op.add_argument("--policy", required=True, help="the planner to evaluate (acer)")
+    op.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the 95 %% CIs")
+    op.add_argument("--measured", type=Path, default=None, help="folder of runs of the policy itself: its measured "
+                    "value, printed beside the estimates")
+    op.add_argument("--json", type=Path, default=None, help="also write the results here")
+    op.set_defaults(run=_ope)
 
     ca = sub.add_parser("cache", help="the dose-influence cache: info (folder, entries, size, cap) or clear")
     ca.add_argument("action", choices=["info", "clear"])

@@ -178,7 +178,8 @@ def run_loop(env, policy: Policy, max_steps: int, seed: int = 0, options: dict |
         allowed, refused = oversight.admit(observation, moving)
         alternatives = allowed[:3]
         labelled = tuple((describe(env, a), float(v)) for a, v in moving[:3])
-        record = dict(alternatives=labelled, state=observation, uncertainty=uncertainty)
+        record = dict(alternatives=labelled, state=observation, uncertainty=uncertainty,
+                      available=tuple(a for a, _ in moving if isinstance(a, (int, np.integer))))
         if refused:
             a, v = moving[0]
             steps.append(Step(t, describe(env, a), False, float(env.last_score.total), 0.0, refused,

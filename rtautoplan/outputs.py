@@ -57,7 +57,8 @@ def step_record(step: Step) -> dict:
             "alternatives": [list(a) for a in step.alternatives],
             "parameters": {k: float(v) for k, v in step.parameters.items()},
             "action_id": jsonable(step.action_id), "mu": jsonable(step.mu), "state": jsonable(step.state, 5),
-            "uncertainty": step.uncertainty, "convergence": step.convergence, "override": step.override}
+            "uncertainty": step.uncertainty, "convergence": step.convergence, "override": step.override,
+            "available": [int(a) for a in step.available]}
 
 
 def _grid_json(grid) -> dict:

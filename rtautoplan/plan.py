@@ -125,7 +125,8 @@ class Step:
     observation s the policy acted on; convergence: the optimiser's report of this step's
     optimisation (empty when the TPS did not run); uncertainty: entropy, margin, ensemble
     disagreement and flags (``rtautoplan.uncertainty``); override: the clinician's decision in
-    suggest mode ("accepted", "edited: …", "rejected"; empty in autonomous mode).
+    suggest mode ("accepted", "edited: …", "rejected"; empty in autonomous mode); available: the
+    discrete actions that would move a parameter in s (the support μ and π are judged over).
     """
 
     step: int
@@ -144,6 +145,7 @@ class Step:
     convergence: dict = field(default_factory=dict)
     uncertainty: dict = field(default_factory=dict)
     override: str = ""
+    available: tuple = ()
 
 
 @dataclass(frozen=True, eq=False)
