@@ -353,6 +353,15 @@ def _audit(args) -> int:
     return EXIT_MISMATCH if bad else 0
 
 
+def _review(args) -> int:
+    from rtautoplan.review import serve_review
+
+    finished = serve_review(args.case, args.output, _plan_options(args), args.k, args.port,
+                            on_ready=lambda url: print(f"review {args.case} at {url} (Ctrl-C stops)", flush=True))
+    print(f"{finished['status']}: wrote " + ", ".join(finished["files"].values()))
+    return 0 if finished["acceptable"] else EXIT_UNACCEPTABLE
+
+
 def _ope(args) -> int:
     from rtautoplan import ope
 
@@ -499,6 +508,15 @@ def parser() -> argparse.ArgumentParser:
     au.add_argument("log", type=Path, help="plan_log.json, or the output folder holding it")
     au.add_argument("--case", type=Path, default=None, help="the case folder, when it moved since planning")
     au.set_defaults(run=_audit)
+
+    rv = sub.add_parser("review", help="suggest mode on a local web page: the planner's top-k with DVH what-ifs, "
+                        "accept / edit / reject, then the plan (UNAPPROVED)")
+    rv.add_argument("case", type=Path, help="folder with the CT series, RTSTRUCT and optional prescription.json")
+    rv.add_argument("-o", "--output", type=Path, required=True, help="folder for the plan, dose, report and log")
+    rv.add_argument("--port", type=int, default=8765, help="port on 127.0.0.1 (0: any free port)")
+    rv.add_argument("-k", type=int, default=3, help="suggestions per step")
+    _add_plan_options(rv, engine=True)
+    rv.set_defaults(run=_review)
 
     op = sub.add_parser("ope", help="off-policy evaluation: a planner's value from logged runs (IS, WIS, "
                         "per-decision IS, doubly robust) with bootstrap CIs")

@@ -60,6 +60,7 @@ def session(fast, tmp_path_factory):
     return out, responses
 
 
+@pytest.mark.slow
 def test_suggestions_carry_their_what_if_and_the_step_its_uncertainty(session):
     _, (first, *_) = session
     assert first["status"] == "suggest" and first["step"] == 1 and len(first["suggestions"]) == 2
@@ -83,6 +84,7 @@ def test_what_if_does_not_change_the_plan(fast):
     assert np.array_equal(s.env.last_dose.gy, before)
 
 
+@pytest.mark.slow
 def test_decisions_are_recorded_as_overrides_in_the_responses_and_the_log(session):
     out, (first, accepted, edited, rejected, finished) = session
     assert accepted["last"]["override"] == "accepted" and accepted["last"]["action"] == first["suggestions"][1]["action"]
@@ -120,7 +122,13 @@ def test_follow_ups_on_an_open_session_are_checked(fast, tmp_path):
                            ({"session": sid, "decision": "approve"}, "not a decision")):
         response = ask(request, fast)
         assert response["status"] == "error" and where in response["error"], response
-    assert ask({"session": sid, "decision": "accept"}, fast)["status"] == "suggest"
+    accepted = ask({"session": sid, "decision": "accept"}, fast)
+    assert accepted["status"] == "suggest" and accepted["last"]["override"] == "accepted" and accepted["step"] == 2
+    finished = ask({"session": sid, "decision": "finish"}, fast)
+    assert finished["overrides"] == [{"step": 1, "action": first["suggestions"][0]["action"], "decision": "accepted"}]
+    log = json.loads((tmp_path / "p" / "plan_log.json").read_text())
+    assert log["overrides"][0]["decision"] == "accepted" and log["steps"][0]["override"] == "accepted"
+    assert ask({"session": sid, "decision": "accept"}, fast)["kind"] == "input"  # closed
 
 
 def test_every_response_of_the_json_lines_hook_matches_the_schema(fast, tmp_path):
