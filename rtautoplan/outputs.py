@@ -84,7 +84,8 @@ def write_outputs(case: Case, result: Result, out: str | Path, extra: dict | Non
     header = {**{k: v for k, v in info.items() if k != "inputs"},
               "safety filter": f"{safety['rejected']} of {safety['attempts']} attempts rejected ({100 * safety['rate']:.1f} %)",
               "flagged steps": sum(1 for s in result.steps if s.uncertainty.get("flags"))}
-    steps = [step_record(s) for s in result.steps]
+    attribution = result.audit.get("attribution", {})
+    steps = [{**step_record(s), "attribution": attribution.get(s.step) if s.accepted else None} for s in result.steps]
     gate = result.gate.as_json() if result.gate is not None else None
     paths["report"] = write_report(out, case, plan.dose, applicable_scores(case, plan.dose.gy), steps,
                                    title=f"rtautoplan plan: {case.case_id}", extra=header, gate=gate)

@@ -325,9 +325,13 @@ def conclude(planning: Planning, loop) -> Result:
     chosen = choose_plan(finals, verdicts)
     best_step, plan, score, sequenced, normalised = finals[chosen]
     initial = finals["initial"]
+    from rtautoplan.attribution import explain_env
+
+    attribution = explain_env(planning.planner, env, loop.steps)
     return Result(plan, initial[2], score, loop.steps, planning.planner.name, best_step, initial[1].dose, sequenced,
                   gate=verdicts[chosen], normalisation=normalised, site=planning.site,
-                  audit={**planning.audit, "level-1 limits": [str(g) for g in planning.limits]})
+                  audit={**planning.audit, "level-1 limits": [str(g) for g in planning.limits],
+                         "attribution": attribution})
 
 
 def oversight_for(name: str, planner, env, conservative: int | None = None) -> tuple[Oversight, dict]:

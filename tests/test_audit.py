@@ -27,7 +27,7 @@ def planned(tmp_path_factory):
     case = root / "case"
     shutil.copytree(SAMPLE, case)
     options = PlanOptions(tps=lambda: InHousePhoton(n_beams=5, dose_grid_factor=(2, 4, 4), max_iter=30,
-                                                    cache_dir=root / "dij"), max_steps=2, policy="acer")
+                                                    cache_dir=root / "dij"), max_steps=1, policy="acer")
     plan_folder(case, root / "out", options)
     return case, root / "out"
 
@@ -49,6 +49,8 @@ def test_the_log_records_mu_state_convergence_weights_and_safety(planned):
         assert u["kind"] == "probability" and 0.0 <= u["margin"] <= 1.0 and 0.0 <= u["entropy"] <= np.log(18) + 1e-9
         assert u["ensemble"] >= 1 and 0.0 <= u["disagreement"] <= 1.0
         assert ("low margin" in u["flags"]) == (u["margin"] < 0.1)
+        if s["accepted"]:
+            assert set(s["attribution"]) >= {"Rectum", "top"}  # integrated gradients of the chosen action
     assert log["safety"]["attempts"] == len(log["steps"]) and 0.0 <= log["safety"]["rate"] <= 1.0
     assert log["inputs"]["files"]["prescription.json"] == sha256_file(planned[0] / "prescription.json")
     assert "Uncertainty" in (out / "report.html").read_text()

@@ -118,6 +118,15 @@ def uncertainty_html(u: Mapping | None) -> str:
     return "<br>".join(_e(p) for p in parts) + flags
 
 
+def attribution_html(a: Mapping | None) -> str:
+    """Integrated gradients of the chosen action (``rtautoplan.attribution``): per structure, and the top input."""
+    if not a:
+        return ""
+    structure, dose, value = a["top"]
+    parts = [f"{_e(k)} {v:+.3f}" for k, v in a.items() if k != "top"]
+    return "<br>".join(parts) + f"<br>top: {_e(structure)} at {dose:.1f} Gy ({value:+.3f})"
+
+
 def decisions_html(steps: Sequence[Mapping]) -> str:
     """The closed-loop decisions, one row per step: action, score, accepted or why not (the rule), the
     top alternatives with their probability or Q-value, the uncertainty (flagged steps marked), the
@@ -134,10 +143,11 @@ def decisions_html(steps: Sequence[Mapping]) -> str:
                     f"{_e(s.get('step', ''))}</td><td>{_e(s.get('action', ''))}</td><td class=\"num\">"
                     f"{_num(s.get('score'))}</td>{YES if accepted else NO}"
                     f"<td>{_e(rule + s.get('reason', ''))}</td><td>{alternatives}</td>"
-                    f"<td>{uncertainty_html(s.get('uncertainty'))}</td><td>{parameters}</td>"
+                    f"<td>{uncertainty_html(s.get('uncertainty'))}</td><td>{attribution_html(s.get('attribution'))}</td>"
+                    f"<td>{parameters}</td>"
                     f"<td class=\"num\">{_num(s.get('time_s'))}</td></tr>")
-    return _table(("Step", "Action", "Score", "Accepted", "Reason", "Alternatives", "Uncertainty", "Parameters",
-                   "Time (s)"), body, "decisions")
+    return _table(("Step", "Action", "Score", "Accepted", "Reason", "Alternatives", "Uncertainty",
+                   "Why (integrated gradients of log π over the DVH state)", "Parameters", "Time (s)"), body, "decisions")
 
 
 def _image(path: Path, alt: str) -> str:
