@@ -21,7 +21,7 @@ from rtautoplan.case import Case
 from rtautoplan.dicom.modules import software_version
 from rtautoplan.dicom.write import write_result
 from rtautoplan.plan import Result, Step
-from rtautoplan.safety import rejection_rate
+from rtautoplan.safety import hard_constraints, rejection_rate
 
 LOG_FILE = "plan_log.json"
 
@@ -80,10 +80,12 @@ def write_outputs(case: Case, result: Result, out: str | Path, extra: dict | Non
             "final score": round(float(result.score.total), 4), "best step": result.best_step,
             "normalisation": str(result.normalisation) if result.normalisation else "none",
             "dose grid": _grid_json(plan.dose.as_computed.grid), **(extra or {})}
-    safety = rejection_rate(result.steps)
+    safety = {**rejection_rate(result.steps), "hard constraints": hard_constraints(case, result)}
+    broken = [c["detail"] for c in safety["hard constraints"] if not c["met"]]
     header = {**{k: v for k, v in info.items() if k != "inputs"},
               "safety filter": f"{safety['rejected']} of {safety['attempts']} attempts rejected ({100 * safety['rate']:.1f} %)",
-              "flagged steps": sum(1 for s in result.steps if s.uncertainty.get("flags"))}
+              "flagged steps": sum(1 for s in result.steps if s.uncertainty.get("flags")),
+              **({"HARD CONSTRAINTS BROKEN": "; ".join(broken)} if broken else {})}
     attribution = result.audit.get("attribution", {})
     steps = [{**step_record(s), "attribution": attribution.get(s.step) if s.accepted else None} for s in result.steps]
     gate = result.gate.as_json() if result.gate is not None else None

@@ -143,3 +143,32 @@ def rejection_rate(steps) -> dict:
     rejected = sum(per_rule.values())
     return {"attempts": attempts, "rejected": rejected, "rate": round(rejected / attempts, 4) if attempts else 0.0,
             "per_rule": per_rule}
+
+
+MIN_MU_PER_SPOT = 3.0  # MU per fraction, SPEC §2.1 (adapters/inhouse_proton.py)
+NORMALISATION_TOLERANCE = 0.005  # relative: the normalised metric within 0.5 % of its target [CONVENTION]
+
+
+def hard_constraints(case: Case, result) -> list[dict]:
+    """The hard plan constraints of the plan that leaves (SPEC §5.2), each {rule, met, detail}: every
+    delivered ion spot at 0 or ≥ ``MIN_MU_PER_SPOT`` MU per fraction (normalisation scales the spots
+    too); the normalised target metric at its target dose. A failure is reported (log, report), the
+    plan stays UNAPPROVED."""
+    from rtautoplan.goals import find_structure, metric_value
+    from rtautoplan.plan import Modality
+
+    checks = []
+    plan = result.plan
+    if plan.modality is not Modality.PHOTON and plan.weights:
+        mu = np.concatenate([np.asarray(w, float).ravel() for w in plan.weights])
+        low = int(np.count_nonzero((mu > 0) & (mu < MIN_MU_PER_SPOT * (1 - 1e-6))))
+        checks.append({"rule": "minimum MU per spot", "met": low == 0,
+                       "detail": f"{low} of {int(np.count_nonzero(mu))} spots below {MIN_MU_PER_SPOT:g} MU per fraction"})
+    n = result.normalisation
+    if n is not None:
+        roi = find_structure(case, n.roi)
+        value = metric_value(n.metric, "Gy", plan.dose.gy, roi.mask, case.grid.voxel_volume_cm3) if roi else math.nan
+        met = math.isfinite(value) and abs(value - n.dose_gy) <= NORMALISATION_TOLERANCE * n.dose_gy
+        checks.append({"rule": "target normalisation", "met": bool(met),
+                       "detail": f"{n.roi} {n.metric} = {value:.2f} Gy, normalised to {n.dose_gy:g} Gy"})
+    return checks

@@ -176,3 +176,22 @@ def test_every_step_logs_mu_state_convergence_and_the_ensembles_view(small_case)
         assert s.uncertainty["ensemble"] == 1 and s.uncertainty["disagreement"] == 1.0
         assert "ensemble disagrees" in s.uncertainty["flags"]
         assert s.convergence == {"iterations": 7, "converged": True}
+
+
+def test_hard_constraints_catch_spots_below_the_minimum_mu_and_a_plan_off_its_normalisation(small_case):
+    from types import SimpleNamespace
+
+    from rtautoplan.normalisation import Normalised
+    from rtautoplan.safety import hard_constraints
+
+    ctv = small_case.structure("CTV_6000").mask
+    dose = Dose(small_case.grid, np.where(ctv, 60.0, 5.0).astype(np.float32))
+    ion = Plan("small", Modality.PROTON, (), (), (np.array([0.0, 3.0, 4.5]), np.array([2.9])), dose)
+    at_rx = Normalised("CTV_6000", "D95%", 60.0, 58.0, 1.03)
+    checks = {c["rule"]: c for c in hard_constraints(small_case, SimpleNamespace(plan=ion, normalisation=at_rx))}
+    assert not checks["minimum MU per spot"]["met"] and "1 of 3 spots" in checks["minimum MU per spot"]["detail"]
+    assert checks["target normalisation"]["met"]
+    off = Normalised("CTV_6000", "D95%", 62.0, 58.0, 1.07)
+    photon = Plan("small", Modality.PHOTON, (), (), (np.array([0.5]),), dose)
+    checks = hard_constraints(small_case, SimpleNamespace(plan=photon, normalisation=off))
+    assert [c["rule"] for c in checks] == ["target normalisation"] and not checks[0]["met"]
