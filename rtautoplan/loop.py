@@ -209,6 +209,8 @@ def run_loop(env, policy: Policy, max_steps: int, seed: int = 0, options: dict |
             if acceptable is not None and (passing is None or is_better(env.last_score, passing[3])) \
                     and (keep is not None or acceptable(env)):
                 passing = (t, scaled_plan(env), env.last_dose, env.last_score)
-        if done or not alternatives or not (accepted or undone == len(alternatives)):
+        if not alternatives:  # conservative mode refused all: the plan stays, the planners move on
+            continue
+        if done or not (accepted or undone == len(alternatives)):
             break
     return LoopResult(tuple(steps), best[0], *best[1:], *initial[1:], passing)

@@ -9,7 +9,8 @@ opinions, and conservative mode.
 * ``admit`` (conservative mode, ``conservative_k`` set): only actions that both the policy and the
   reference planner (the rule-based one) rank in their top K moving actions are allowed; the policy's
   first choice, when refused, is logged with rule "conservative mode". With no action in both lists
-  the loop stops: nothing is both learned-preferred and clinically conventional.
+  the step passes with the plan unchanged (the step budget counts it); the planners, asked again,
+  move on (the rule-based planner to its next handle, a recurrent policy's state advances).
 """
 
 from __future__ import annotations

@@ -19,7 +19,7 @@ import numpy as np
 SEEDS = tuple(range(1000, 1020))
 
 
-def run(out: str | Path, seeds: Sequence[int] = SEEDS, k: int = 3, max_steps: int = 20,
+def run(out: str | Path, seeds: Sequence[int] = SEEDS, ks: Sequence[int] = (3, 6), max_steps: int = 20,
         dose_grid_factor=(2, 4, 4)) -> None:
     from rich.progress import Progress
 
@@ -35,7 +35,8 @@ def run(out: str | Path, seeds: Sequence[int] = SEEDS, k: int = 3, max_steps: in
     env = make_env(seeds, dose_grid_factor, init="random", t_epi=max_steps)
     policy, members = acer.load(env), acer.ensemble(env)
     modes = {"acer": lambda: Oversight(ensemble=members),
-             f"conservative{k}": lambda: Oversight(ensemble=members, reference=RuleBased(env), conservative_k=k)}
+             **{f"conservative{k}": (lambda k=k: Oversight(ensemble=members, reference=RuleBased(env),
+                                                           conservative_k=k)) for k in ks}}
     with Progress() as bar:
         task = bar.add_task("acer / conservative", total=len(seeds) * len(modes))
         for s in seeds:
@@ -65,15 +66,24 @@ def summary(out: str | Path) -> dict:
                         "mean best": float(np.mean([r["best score"] for r in runs])),
                         "attempts": len(steps), "conservative refusals": sum(s["rule"] == CONSERVATIVE for s in steps),
                         "level-1 rejections": sum(s["rule"] == LEVEL1 for s in steps)}
-    flagged, plain = [], []
+    undone, margins, flags = [], [], []
     for r in logs.get("acer", []):
         previous = r["initial score"]
         for s in (s for s in r["steps"] if s["accepted"]):
-            worse = s["score"] <= previous + 1e-9  # a greedy planner would undo it
-            (flagged if "low margin" in s["uncertainty"].get("flags", []) else plain).append(worse)
+            undone.append(s["score"] <= previous + 1e-9)  # a greedy planner would undo it
+            margins.append(s["uncertainty"].get("margin") or 0.0)
+            flags.append(s["uncertainty"].get("flags", []))
             previous = s["score"]
-    result["flags"] = {"flagged steps": len(flagged), "flagged not improving": float(np.mean(flagged)) if flagged else None,
-                       "unflagged steps": len(plain), "unflagged not improving": float(np.mean(plain)) if plain else None}
+    undone, margins = np.array(undone, bool), np.array(margins)
+    relation = {"steps": int(undone.size), "not improving": float(undone.mean()) if undone.size else None,
+                "mean margin, not improving": float(margins[undone].mean()) if undone.any() else None,
+                "mean margin, improving": float(margins[~undone].mean()) if (~undone).any() else None}
+    for flag in ("low margin", "ensemble disagrees"):
+        hit = np.array([flag in f for f in flags], bool)
+        relation[flag] = {"steps": int(hit.sum()),
+                          "not improving when flagged": float(undone[hit].mean()) if hit.any() else None,
+                          "not improving when not": float(undone[~hit].mean()) if (~hit).any() else None}
+    result["flags vs greedy undo"] = relation
     return result
 
 

@@ -140,8 +140,9 @@ def test_conservative_mode_takes_only_actions_both_planners_rank_in_their_top_k(
     assert refused and all(s.action == "3" for s in refused)  # the policy's first choice is not in {1, 2}
     assert {s.action for s in result.steps if s.accepted} == {"2"}  # in both top-2 lists
     disjoint = Oversight(reference=Fixed([(1, 1.0)], "rule-based"), conservative_k=1)
-    stopped = run_loop(ToyEnv(small_case), BIG_FIRST, 4, oversight=disjoint)
-    assert not any(s.accepted for s in stopped.steps) and {s.step for s in stopped.steps} == {1}
+    kept = run_loop(ToyEnv(small_case), BIG_FIRST, 4, oversight=disjoint)  # nothing shared: the plan stays
+    assert not any(s.accepted for s in kept.steps) and [s.step for s in kept.steps] == [1, 2, 3, 4]
+    assert kept.best_score.total == kept.initial_score.total
 
 
 def test_conservative_mode_needs_discrete_actions_and_a_k(small_case):
