@@ -88,6 +88,8 @@ def _parse(request: object, defaults: PlanOptions) -> tuple[str, str, PlanOption
                          "of the case)", "Give an output folder outside the case folder")
     if request.get("mode", "autonomous") not in MODES:
         raise InputError("request key 'mode'", f"{request['mode']!r} is not a mode", f"Use one of {', '.join(MODES)}")
+    if "k" in request and request.get("mode") != "suggest":
+        raise InputError("request key 'k'", "is for suggest mode only", 'Add "mode": "suggest", or leave "k" out')
     given = {k: v for k, v in request.items() if k not in ("case", "output", "mode", "k") and v is not None}
     try:
         options = replace(defaults, **given)

@@ -106,6 +106,7 @@ def test_decisions_are_recorded_as_overrides_in_the_responses_and_the_log(sessio
     ({"mode": "tinker", "case": "x", "output": "y"}, "request key 'mode'"),
     ({"mode": "suggest", "case": "x", "output": "y", "k": "3"}, "request key 'k'"),
     ({"session": "nope", "decision": "accept", "colour": 1}, "unknown key(s) 'colour'"),
+    ({"case": "x", "output": "y", "k": 2}, "suggest mode only"),
 ])
 def test_bad_suggest_requests_are_input_errors_matching_the_schema(request_, where):
     response = run_request(request_)
