@@ -18,6 +18,13 @@ Request (a JSON object; paths relative to the hook's working directory)::
      "site": "prostate", "modality": "photon", "adapter": "inhouse-photon",
      "policy": "rule-based", "max_steps": 20, "seed": 0}          optional: as ``rtautoplan plan``
 
+Suggest mode (``rtautoplan.suggest``; the protocol's JSON Schema, versioned: ``docs/hook.schema.json``)::
+
+    {"mode": "suggest", "case": …, "output": …, "k": 3}           open a session → {"status": "suggest",
+                                                                  "session": id, "suggestions": [...], …}
+    {"session": id, "decision": "accept" | "edit" | "reject", "index": 0, "action": "t_rec-"}
+    {"session": id, "decision": "finish"}                         → the plan response below, with "overrides"
+
 Responses::
 
     {"status": "ok", "files": {"rtstruct": path, "plan": path, "rtdose": path, "report": path,
