@@ -115,6 +115,9 @@ class InHousePhoton:
             solution = solve_admm(f, x0=x0, state=self._admm_state)
             self._admm_state = solution.state
         self._x = np.asarray(solution.x, float)
+        self.convergence = {"solver": self.solver, "iterations": int(solution.iterations),
+                            "converged": bool(solution.converged), "objective": float(solution.value),
+                            "time_s": round(float(solution.time_s), 3), "message": str(solution.message)}
         dose = self._dose(self._x)
         weights = tuple(self._x[s] for s in self._dij.beam_slices)
         self._plan = Plan(self._case.case_id, self.modality, self._beams, tuple(objectives), weights, dose, self.name,

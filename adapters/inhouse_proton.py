@@ -196,6 +196,9 @@ class InHouseProton:
         self.last_run = MURun(first.value, value, rounds, removed, forced, int(np.count_nonzero(x)),
                               iterations + its, seconds + secs)
         self._x = x
+        self.convergence = {"solver": "lbfgs", "iterations": int(iterations + its), "converged": bool(first.converged),
+                            "objective": value, "time_s": round(float(seconds + secs), 3),
+                            "message": str(first.message), "min_mu_rounds": int(rounds), "spots_removed": int(removed)}
         dij = self._dij
         dose = dose_of_dij(dij, x, self._case.grid, scale=self.rbe, kind="EFFECTIVE")
         mu = x / self._case.prescription.fractions

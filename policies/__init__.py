@@ -26,8 +26,18 @@ POLICIES = {
     "sarsa": _trained("sarsa"),  # seed 004 H&N IMRT, model 2 (policies/weights/sarsa_model2.npz)
 }
 
+
+
+def ensemble_for(name: str, env) -> list:
+    """Other trained seeds of planner ``name`` (its module's ``ensemble(env)``), [] when it has none."""
+    module = {"acer": "acer"}.get(name)
+    if module is None:
+        return []
+    return importlib.import_module(f"rtautoplan.policies.{module}").ensemble(env)
+
+
 # ``rtautoplan train NAME``: the module whose ``Args`` dataclass and ``train(args)`` reproduce the weights.
 TRAINERS = {"acer": "rtautoplan.policies.acer", "sarsa": "rtautoplan.policies.sarsa",
             "dqn": "rtautoplan.policies.dqn"}  # dqn: the FGSM contrast of seed 000 (docs/results.md)
 
-__all__ = ["POLICIES", "TRAINERS", "Policy", "RandomPolicy", "RuleBased"]
+__all__ = ["ensemble_for", "POLICIES", "TRAINERS", "Policy", "RandomPolicy", "RuleBased"]

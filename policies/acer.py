@@ -224,6 +224,7 @@ class AcerPolicy:
     ``mask_no_ops``); the order of the moving actions, hence the loop's choice, is the same either way."""
 
     name = "acer"
+    value_kind = "probability"
 
     def __init__(self, net: AcerNet, mask_env=None):
         self.net, self.mask_env = net.eval(), mask_env
@@ -414,4 +415,14 @@ def load(env=None, seed: int = 0, path: str | Path = WEIGHTS) -> AcerPolicy:
     record = Path(path).with_suffix(".json")
     trained = json.loads(record.read_text()).get("args", {}) if record.exists() else {}
     masked_env = env if trained.get("mask_no_ops") and hasattr(env, "action_mask") else None
-    return AcerPolicy(load_net(path), masked_env)
+    policy = AcerPolicy(load_net(path), masked_env)
+    policy.weights_path = Path(path)
+    return policy
+
+
+def ensemble(env=None, path: str | Path = WEIGHTS) -> list[AcerPolicy]:
+    """The other trained ACER seeds beside ``path`` (``acer_prostate_seed*.pt``): the ensemble whose
+    disagreement with the committed planner is its epistemic uncertainty (SPEC §5.4)."""
+    path = Path(path)
+    others = sorted(p for p in path.parent.glob(f"{path.stem}_seed*.pt") if p != path)
+    return [load(env, path=p) for p in others]

@@ -4,7 +4,10 @@
 ``rank(observation) -> [(action, value), …]`` best first — probabilities (ACER, PPO), Q values
 (QMIX, SARSA) or heuristic priorities (rule-based) — which the report shows as the top-3
 alternatives of every step (SPEC §5.3). ``reset()``, when present, is called at the start of each
-episode (recurrent policies clear their hidden state).
+episode (recurrent policies clear their hidden state). ``value_kind`` says what the ranked values
+are ("probability", "q" or "priority"; ``rtautoplan.uncertainty``). A ``stochastic`` planner's
+``rank`` puts the action it drew first, valued by its probability: that is the behaviour
+probability μ(a|s) the audit log records for off-policy evaluation (``behaviour_probability``).
 """
 
 from __future__ import annotations
@@ -29,6 +32,12 @@ def ranked(policy: Policy, observation: np.ndarray, k: int | None = 3) -> list[t
     if rank is None:
         return [(policy.act(observation), float("nan"))]
     return list(rank(observation))[:k]
+
+
+def behaviour_probability(policy: Policy, value: float) -> float:
+    """μ(a|s) of the action the loop takes, given its ranked ``value``: the value itself for a
+    ``stochastic`` planner; 1 for a deterministic one (its choice is a function of the state)."""
+    return float(value) if getattr(policy, "stochastic", False) else 1.0
 
 
 def reset(policy: Policy) -> None:

@@ -78,6 +78,7 @@ class DqnPolicy:
     """Greedy argmax Q (Policy protocol); ``rank`` gives (action, Q value) best first."""
 
     name = "dqn"
+    value_kind = "q"
 
     def __init__(self, net: QNet):
         self.net = net.eval()

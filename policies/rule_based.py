@@ -41,6 +41,7 @@ class RuleBased:
 
     name = "rule-based"
     greedy = True
+    value_kind = "priority"
 
     def __init__(self, env, seed: int = 0):
         self.env = env

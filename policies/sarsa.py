@@ -334,6 +334,8 @@ def plot_validation(record: TrainRecord, path: Path) -> None:
 class SarsaPolicy:
     """The greedy policy of a trained W (Policy protocol, ``policies/base.py``)."""
 
+    value_kind = "q"
+
     def __init__(self, W: np.ndarray, model: int):
         if W.shape != (n_actions(model), DIM_X):
             raise ValueError(f"model {model} needs W of shape {(n_actions(model), DIM_X)}, got {W.shape}")
@@ -362,4 +364,6 @@ def load(env=None, seed: int = 0, model: int | None = None) -> SarsaPolicy:
         raise FileNotFoundError(f"no committed SARSA weights at {path}: train them with "
                                 f"policies.sarsa.train(Args(model={model}, out='{path.with_suffix('')}'))")
     with np.load(path) as data:
-        return SarsaPolicy(data["W"], model)
+        policy = SarsaPolicy(data["W"], model)
+    policy.weights_path = path
+    return policy

@@ -238,7 +238,7 @@ def _plan_options(args):
 
     return PlanOptions(site=args.site, modality=args.modality, adapter=args.adapter, policy=args.policy,
                        max_steps=args.max_steps, seed=args.seed, adapter_options=_grid_options(args),
-                       unknown_rois=args.unknown_rois)
+                       unknown_rois=args.unknown_rois, conservative=args.conservative)
 
 
 def _grid_options(args) -> dict:
@@ -344,6 +344,54 @@ def _export(args) -> int:
 
     paths = export_nifti(args.source, args.nifti, ct_case=args.ct, unknown_rois=args.unknown_rois)
     print(f"wrote {len(paths)} files to {args.nifti}: " + ", ".join(p.name for p in paths.values()))
+    return 0
+
+
+def _audit(args) -> int:
+    from rtautoplan.audit import EXIT_MISMATCH, trail, verify
+
+    log, checks = verify(args.log, args.case)
+    for line in trail(log):
+        print(line)
+    for c in checks:
+        print(f"{'ok      ' if c.ok else 'MISMATCH'} {c.item}" + (f": {c.detail}" if c.detail else ""))
+    bad = [c for c in checks if not c.ok]
+    print(f"audit: {len(checks) - len(bad)} of {len(checks)} checks pass" + (", NOT VERIFIED" if bad else ""))
+    return EXIT_MISMATCH if bad else 0
+
+
+def _review(args) -> int:
+    from rtautoplan.review import serve_review
+
+    finished = serve_review(args.case, args.output, _plan_options(args), args.k, args.port,
+                            on_ready=lambda url: print(f"review {args.case} at {url} (Ctrl-C stops)", flush=True))
+    print(f"{finished['status']}: wrote " + ", ".join(finished["files"].values()))
+    return 0 if finished["acceptable"] else EXIT_UNACCEPTABLE
+
+
+def _ope(args) -> int:
+    from rtautoplan import ope
+
+    if args.bootstrap < 1:
+        raise InputError("--bootstrap", f"{args.bootstrap} resamples", "Give 1 or more (1000 is usual)")
+    result = ope.run(args.logs, args.policy, args.bootstrap)
+    truth = ope.measured(args.measured, args.bootstrap) if args.measured else None
+    print(f"{args.policy} from {result['episodes']} logged episodes (behaviour mean return "
+          f"{result['behaviour mean return']:.4g}, effective sample size {result['effective sample size']:.4g})")
+    for name in ope.ESTIMATORS:
+        e = result[name]
+        lo, hi = e["ci95"]
+        note = ""
+        if truth is not None:
+            note = f"  {'within' if ope.within(e['estimate'], truth['value']) else 'OUTSIDE'} ±10 %, CI " \
+                   f"{'covers' if lo <= truth['value'] <= hi else 'misses'} it"
+        print(f"  {name:<5} {e['estimate']:>9.4g}  95 % CI [{lo:.4g}, {hi:.4g}]{note}")
+    if truth is not None:
+        print(f"  measured {truth['value']:.4g} (95 % CI {truth['ci95'][0]:.4g}–{truth['ci95'][1]:.4g}, "
+              f"{truth['episodes']} episodes)")
+        result["measured"] = truth
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=1))
     return 0
 
 
@@ -465,6 +513,32 @@ def parser() -> argparse.ArgumentParser:
     _add_plan_options(no, engine=True)
     no.set_defaults(run=_node)
 
+    au = sub.add_parser("audit", help="verify a plan log's hashes (log, input files, weights) and print the "
+                        f"decision trail (exit {4} on a mismatch)")
+    au.add_argument("log", type=Path, help="plan_log.json, or the output folder holding it")
+    au.add_argument("--case", type=Path, default=None, help="the case folder, when it moved since planning")
+    au.set_defaults(run=_audit)
+
+    rv = sub.add_parser("review", help="suggest mode on a local web page: the planner's top-k with DVH what-ifs, "
+                        "accept / edit / reject, then the plan (UNAPPROVED)")
+    rv.add_argument("case", type=Path, help="folder with the CT series, RTSTRUCT and optional prescription.json")
+    rv.add_argument("-o", "--output", type=Path, required=True, help="folder for the plan, dose, report and log")
+    rv.add_argument("--port", type=int, default=8765, help="port on 127.0.0.1 (0: any free port)")
+    rv.add_argument("-k", type=int, default=3, help="suggestions per step")
+    _add_plan_options(rv, engine=True)
+    rv.set_defaults(run=_review)
+
+    op = sub.add_parser("ope", help="off-policy evaluation: a planner's value from logged runs (IS, WIS, "
+                        "per-decision IS, doubly robust) with bootstrap CIs")
+    op.add_argument("--logs", type=Path, required=True, help="folder of logged runs (plan_log.json / episode logs "
+                    "with μ(a|s) and the state per step)")
+    op.add_argument("--policy", required=True, help="the planner to evaluate (acer)")
+    op.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the 95 %% CIs")
+    op.add_argument("--measured", type=Path, default=None, help="folder of runs of the policy itself: its measured "
+                    "value, printed beside the estimates")
+    op.add_argument("--json", type=Path, default=None, help="also write the results here")
+    op.set_defaults(run=_ope)
+
     ca = sub.add_parser("cache", help="the dose-influence cache: info (folder, entries, size, cap) or clear")
     ca.add_argument("action", choices=["info", "clear"])
     _add_cache_options(ca)
@@ -492,6 +566,8 @@ def _add_plan_options(p: argparse.ArgumentParser, engine: bool = False) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the initial parameters")
     p.add_argument("--unknown-rois", choices=["error", "keep"], default="error",
                    help="a ROI name with no TG-263 match: stop with the fix (default), or keep it unplanned")
+    p.add_argument("--conservative", type=int, default=None, metavar="K", help="conservative mode: only actions "
+                   "both the planner and the rule-based planner rank in their top K (discrete-action planners)")
     if engine:
         p.add_argument("--dose-grid-factor", type=int, nargs=3, default=None, metavar=("K", "J", "I"),
                        help="dose grid as a block of CT voxels (e.g. 2 4 4: coarse and fast); not with --dose-grid-mm")

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Callable
 
 from rtautoplan.adapters import ADAPTERS
+from rtautoplan.audit import input_files
 from rtautoplan.case import Case
 from rtautoplan.dicom.read import read_case
 from rtautoplan.errors import InputError
@@ -61,6 +62,7 @@ class PlanOptions:
     tps: Callable[[], object] | None = None
     adapter_options: dict = field(default_factory=dict)
     unknown_rois: str = "error"  # read_case: "error" stops on a ROI name with no TG-263 match, "keep" keeps it unplanned
+    conservative: int | None = None  # K of conservative mode (rtautoplan.oversight); None: off
 
     def __post_init__(self):
         checks = (("site", self.site is None or self.site in SITES, ", ".join(SITES)),
@@ -71,6 +73,8 @@ class PlanOptions:
         for name, ok, known in checks:
             if not ok:
                 raise InputError(name, f"{getattr(self, name)!r} is not known", f"Use one of: {known}")
+        if self.conservative is not None and self.conservative < 1:
+            raise InputError("conservative", f"K = {self.conservative} allows no action", "Give K ≥ 1")
         if self.max_steps is not None and self.max_steps < 0:
             raise InputError("max_steps", f"{self.max_steps} is not a number of steps",
                              "Give 0 (the initial plan) or more")
@@ -137,8 +141,8 @@ def plan_folder(case_dir: str | Path, out: str | Path, options: PlanOptions,
         tps = None
     planned, result = plan_case(case, site=site, modality=options.modality, adapter=options.adapter,
                                 policy=options.policy, max_steps=options.max_steps, seed=options.seed, tps=tps,
-                                on_step=on_step)
-    extra = {"site": site, "site chosen by": reason, "seed": options.seed}
+                                on_step=on_step, conservative=options.conservative)
+    extra = {"site": site, "site chosen by": reason, "seed": options.seed, "inputs": input_files(case_dir)}
     done = {"uid_seed": uid_seed, "acceptable": bool(result.acceptable), **(marker or {})}
     files = write_folder(out, lambda tmp: write_outputs(planned, result, tmp, extra=extra, uid_seed=uid_seed), done)
     return Planned(site, result, files, time.perf_counter() - start, reason, planned)

@@ -18,6 +18,13 @@ Request (a JSON object; paths relative to the hook's working directory)::
      "site": "prostate", "modality": "photon", "adapter": "inhouse-photon",
      "policy": "rule-based", "max_steps": 20, "seed": 0}          optional: as ``rtautoplan plan``
 
+Suggest mode (``rtautoplan.suggest``; the protocol's JSON Schema, versioned: ``docs/hook.schema.json``)::
+
+    {"mode": "suggest", "case": …, "output": …, "k": 3}           open a session → {"status": "suggest",
+                                                                  "session": id, "suggestions": [...], …}
+    {"session": id, "decision": "accept" | "edit" | "reject", "index": 0, "action": "t_rec-"}
+    {"session": id, "decision": "finish"}                         → the plan response below, with "overrides"
+
 Responses::
 
     {"status": "ok", "files": {"rtstruct": path, "plan": path, "rtdose": path, "report": path,
@@ -55,8 +62,9 @@ MAX_LINE_BYTES = 1 << 20  # a request is a few hundred bytes; a longer line is a
 REQUEST_KEYS: dict[str, tuple[type, bool]] = {
     "case": (str, True), "output": (str, True), "site": (str, False), "modality": (str, False),
     "adapter": (str, False), "policy": (str, False), "max_steps": (int, False), "seed": (int, False),
-    "unknown_rois": (str, False),
+    "unknown_rois": (str, False), "conservative": (int, False), "mode": (str, False), "k": (int, False),
 }
+MODES = ("autonomous", "suggest")  # "suggest": rtautoplan.suggest (its follow-ups carry "session" instead)
 _TYPE_NAMES = {str: "a non-empty string", int: "an integer"}
 
 
@@ -85,7 +93,11 @@ def _parse(request: object, defaults: PlanOptions) -> tuple[str, str, PlanOption
     if Path(request["output"]).resolve().is_relative_to(Path(request["case"]).resolve()):
         raise InputError("request key 'output'", "is the case folder or inside it (the outputs would become part "
                          "of the case)", "Give an output folder outside the case folder")
-    given = {k: v for k, v in request.items() if k not in ("case", "output") and v is not None}
+    if request.get("mode", "autonomous") not in MODES:
+        raise InputError("request key 'mode'", f"{request['mode']!r} is not a mode", f"Use one of {', '.join(MODES)}")
+    if "k" in request and request.get("mode") != "suggest":
+        raise InputError("request key 'k'", "is for suggest mode only", 'Add "mode": "suggest", or leave "k" out')
+    given = {k: v for k, v in request.items() if k not in ("case", "output", "mode", "k") and v is not None}
     try:
         options = replace(defaults, **given)
     except InputError as error:
@@ -104,11 +116,27 @@ def _error(message: str, kind: str) -> dict:
 
 def run_request(request: dict, defaults: PlanOptions | None = None) -> dict:
     """Plan the request's case into its output folder; never raises for a bad request or case.
-    ``defaults``: options (and the TPS factory) for whatever the request leaves out."""
-    try:
-        case, output, options = _parse(request, defaults or PlanOptions())
+    ``defaults``: options (and the TPS factory) for whatever the request leaves out. A request with
+    ``"mode": "suggest"``, or a follow-up naming a ``"session"``, is suggest mode (``rtautoplan.suggest``)."""
+    defaults = defaults or PlanOptions()
+    if isinstance(request, dict) and (request.get("mode") == "suggest" or "session" in request):
+        from rtautoplan import suggest
+
+        return _guarded(lambda: suggest.answer(request, defaults, lambda r: _parse(r, defaults)), request)
+
+    def plan() -> dict:
+        case, output, options = _parse(request, defaults)
         log.info("planning %s → %s", case, output)
         planned = plan_folder(case, output, options, on_step=_log_step)
+        return response(planned.result, planned.files)
+
+    return _guarded(plan, request)
+
+
+def _guarded(work: Callable[[], dict], request) -> dict:
+    """``work()``, with every failure turned into an error response (never raises for a bad request)."""
+    try:
+        return work()
     except InputError as error:
         return _error(str(error), "input")
     except (OSError, UnicodeError) as error:  # the file system or a file name: the request's paths
@@ -119,10 +147,13 @@ def run_request(request: dict, defaults: PlanOptions | None = None) -> dict:
         log.debug("internal error on request %r", request, exc_info=True)
         log.error("internal error: %s: %s", type(error).__name__, error)
         return _error(f"{type(error).__name__}: {error}", "internal")
-    r = planned.result
+
+
+def response(r, files: dict) -> dict:
+    """The response for a written plan (``Result``, name → path): ok or unacceptable, with the gate's goals."""
     gate = r.gate.as_json()
     return {"status": "ok" if r.acceptable else "unacceptable",
-            "files": {name: str(path) for name, path in planned.files.items()},
+            "files": {name: str(path) for name, path in files.items()},
             "score": {"system": r.score.system, "initial": float(r.initial_score.total), "final": float(r.score.total)},
             "steps": r.n_steps, "acceptable": gate["acceptable"], "reasons": gate["reasons"],
             "warnings": gate["warnings"], "goals": gate["goals"]}

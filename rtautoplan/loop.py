@@ -17,6 +17,12 @@ Each step:
 4. the best plan by the active score is kept (the initial plan counts), so the result is never
    worse than where the loop started.
 
+With an ``Oversight`` (``rtautoplan.oversight``) each step also carries its uncertainty (an
+ensemble's disagreement among it) and, in conservative mode, only actions the rule-based planner
+ranks in its top K too are tried. Every Step records what the audit and off-policy evaluation need:
+the observation, the action as taken, μ(a|s), the optimiser's convergence report and the rule of a
+rejection (``Step``).
+
 A policy with ``greedy = True`` (the rule-based planner) works as a dosimetrist does: a step that
 does not improve the score is undone (rolled back, logged "no improvement: undone") and the
 policy, seeing the unchanged plan, proposes something else at the next step. Learned policies are
@@ -27,14 +33,14 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, replace
-from itertools import islice
 from typing import Any, Callable
 
 import numpy as np
 
+from rtautoplan.oversight import Oversight
 from rtautoplan.plan import Dose, Plan, Step
-from rtautoplan.policies.base import Policy, ranked, reset as reset_policy
-from rtautoplan.safety import COVERAGE_FLOOR, SafetyFilter, Verdict
+from rtautoplan.policies.base import Policy, behaviour_probability, ranked, reset as reset_policy
+from rtautoplan.safety import CONSERVATIVE, COVERAGE_FLOOR, GATE, UNDO, SafetyFilter, Verdict
 
 
 @dataclass(frozen=True, eq=False)
@@ -105,31 +111,41 @@ UNDONE = "no improvement: undone (greedy planner)"
 BREAKS_GATE = "rejected: the plan passed the clinical gate and this step fails it"
 
 
+def convergence(tps) -> dict:
+    """The optimiser's report of the TPS's last optimisation (``TPS.convergence``, {} when it gives none)."""
+    report = getattr(tps, "convergence", None)
+    return dict(report) if isinstance(report, dict) else {}
+
+
 def _attempt(env, action, safety: SafetyFilter, greedy: bool = False, keep_passing=None):
-    """Try one action: (verdict, observation or None, reward, done). A rejected plan is rolled back;
-    for a greedy planner so is a plan that does not improve the score; with ``keep_passing`` (the
-    clinical gate, when the current plan passes it) so is a plan that fails it."""
+    """Try one action: (verdict, observation or None, reward, done, convergence). A rejected plan is
+    rolled back; for a greedy planner so is a plan that does not improve the score; with
+    ``keep_passing`` (the clinical gate, when the current plan passes it) so is a plan that fails it."""
     verdict = safety.check_parameters(env.preview(action), env.parameters)
     if not verdict.accepted:
-        return verdict, None, 0.0, False
+        return verdict, None, 0.0, False, {}
     score_before, dose_before = env.last_score, env.last_dose
     snapshot = env.snapshot()
     observation, reward, terminated, truncated, _ = env.step(action)
+    report = convergence(env.tps) if hasattr(env, "tps") else {}
     improved = is_better(env.last_score, score_before)
     verdict = safety.check_plan(env.case, dose_before.gy, env.last_dose.gy, improved)
+    if verdict.accepted and safety.level1:
+        verdict = safety.check_level1(env.case, getattr(env, "objectives", ()), dose_before.gy, env.last_dose.gy)
     if verdict.accepted and greedy and not improved:
-        verdict = Verdict(False, UNDONE)
+        verdict = Verdict(False, UNDONE, UNDO)
     if verdict.accepted and keep_passing is not None and not keep_passing(env):
-        verdict = Verdict(False, BREAKS_GATE)
+        verdict = Verdict(False, BREAKS_GATE, GATE)
     if not verdict.accepted:
         env.restore(snapshot)
-        return verdict, None, 0.0, False
-    return verdict, observation, _team(reward), _done(terminated, truncated)
+        return verdict, None, 0.0, False, report
+    return verdict, observation, _team(reward), _done(terminated, truncated), report
 
 
 def run_loop(env, policy: Policy, max_steps: int, seed: int = 0, options: dict | None = None,
              on_step: Callable[[Step], None] | None = None, coverage_floor: float = COVERAGE_FLOOR,
-             acceptable: Callable[[Any], bool] | None = None) -> LoopResult:
+             acceptable: Callable[[Any], bool] | None = None, level1: tuple = (),
+             oversight: Oversight | None = None) -> LoopResult:
     """Run ``policy`` on ``env`` for at most ``max_steps`` steps (module docstring). The safety
     filter takes the environment's bounds table (``env.bounds``) and ``coverage_floor`` (fraction
     of Rx for CTV D98). When it rejects the policy's first choice, the next-ranked alternatives are
@@ -139,10 +155,14 @@ def run_loop(env, policy: Policy, max_steps: int, seed: int = 0, options: dict |
     best plan it passes is kept too,
     since the best-scoring plan by the environment's score may fail a goal the score does not see; and
     while the current plan is the best one that passes, a step that fails the gate is rejected (rolled
-    back, logged), as the safety filter rejects a step that drops coverage."""
+    back, logged), as the safety filter rejects a step that drops coverage. ``level1``: the hard
+    limits of the level-1 organs (``safety.level1_limits``); ``oversight``: uncertainty and
+    conservative mode (module docstring)."""
     observation, _ = env.reset(seed=seed, options=options)
-    safety = SafetyFilter(bounds=env.bounds, coverage_floor=coverage_floor)
+    safety = SafetyFilter(bounds=env.bounds, coverage_floor=coverage_floor, level1=tuple(level1))
     reset_policy(policy)
+    oversight = oversight or Oversight()
+    oversight.reset()
     best = initial = (0, scaled_plan(env), env.last_dose, env.last_score)
     passing = initial if acceptable is not None and acceptable(env) else None
     current = 0  # the step whose plan the environment holds
@@ -151,18 +171,32 @@ def run_loop(env, policy: Policy, max_steps: int, seed: int = 0, options: dict |
         if reached_best(env.last_score):
             break
         start = time.perf_counter()
-        alternatives = list(islice(((a, v) for a, v in ranked(policy, observation, k=None) if _moves(env, a)), 3))
-        if not alternatives:  # the policy's only proposal changes nothing (a random draw): ask again
+        moving = [(a, v) for a, v in ranked(policy, observation, k=None) if _moves(env, a)]
+        if not moving:  # the policy's only proposal changes nothing (a random draw): ask again
             continue
-        labelled = tuple((describe(env, a), float(v)) for a, v in alternatives)
+        uncertainty = oversight.assess(policy, observation, moving)
+        allowed, refused = oversight.admit(observation, moving)
+        alternatives = allowed[:3]
+        labelled = tuple((describe(env, a), float(v)) for a, v in moving[:3])
+        record = dict(alternatives=labelled, state=observation, uncertainty=uncertainty,
+                      available=tuple(a for a, _ in moving if isinstance(a, (int, np.integer))))
+        if refused:
+            a, v = moving[0]
+            steps.append(Step(t, describe(env, a), False, float(env.last_score.total), 0.0, refused,
+                              parameters=dict(env.parameters), time_s=time.perf_counter() - start, rule=CONSERVATIVE,
+                              action_id=a, mu=behaviour_probability(policy, v), **record))
+            if on_step is not None:
+                on_step(steps[-1])
         done = accepted = False
         greedy, undone = bool(getattr(policy, "greedy", False)), 0
         keep = acceptable if passing is not None and passing[0] == current else None
-        for action, _ in alternatives:
-            verdict, next_observation, reward, done = _attempt(env, action, safety, greedy, keep)
-            undone += verdict.reason in (UNDONE, BREAKS_GATE)
+        for action, value in alternatives:
+            verdict, next_observation, reward, done, report = _attempt(env, action, safety, greedy, keep)
+            undone += verdict.rule in (UNDO, GATE)
             steps.append(Step(t, describe(env, action), verdict.accepted, float(env.last_score.total), reward,
-                              verdict.reason, labelled, dict(env.parameters), time.perf_counter() - start))
+                              verdict.reason, parameters=dict(env.parameters), time_s=time.perf_counter() - start,
+                              rule=verdict.rule, action_id=action, mu=behaviour_probability(policy, value),
+                              convergence=report, **record))
             if on_step is not None:
                 on_step(steps[-1])
             if verdict.accepted:
@@ -175,6 +209,8 @@ def run_loop(env, policy: Policy, max_steps: int, seed: int = 0, options: dict |
             if acceptable is not None and (passing is None or is_better(env.last_score, passing[3])) \
                     and (keep is not None or acceptable(env)):
                 passing = (t, scaled_plan(env), env.last_dose, env.last_score)
+        if not alternatives:  # conservative mode refused all: the plan stays, the planners move on
+            continue
         if done or not (accepted or undone == len(alternatives)):
             break
     return LoopResult(tuple(steps), best[0], *best[1:], *initial[1:], passing)

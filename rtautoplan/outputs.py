@@ -16,10 +16,12 @@ from pathlib import Path
 
 import numpy as np
 
+from rtautoplan.audit import jsonable, seal
 from rtautoplan.case import Case
 from rtautoplan.dicom.modules import software_version
 from rtautoplan.dicom.write import write_result
 from rtautoplan.plan import Result, Step
+from rtautoplan.safety import hard_constraints, rejection_rate
 
 LOG_FILE = "plan_log.json"
 
@@ -49,10 +51,14 @@ def applicable_scores(case: Case, dose_gy: np.ndarray) -> list:
 
 
 def step_record(step: Step) -> dict:
+    """One step as the log keeps it (``Step``; ``rtautoplan.audit``)."""
     return {"step": step.step, "action": step.action, "accepted": step.accepted, "reason": step.reason,
-            "score": step.score, "reward": step.reward, "time_s": round(step.time_s, 3),
+            "rule": step.rule, "score": step.score, "reward": step.reward, "time_s": round(step.time_s, 3),
             "alternatives": [list(a) for a in step.alternatives],
-            "parameters": {k: float(v) for k, v in step.parameters.items()}}
+            "parameters": {k: float(v) for k, v in step.parameters.items()},
+            "action_id": jsonable(step.action_id), "mu": jsonable(step.mu), "state": jsonable(step.state, 5),
+            "uncertainty": step.uncertainty, "convergence": step.convergence, "override": step.override,
+            "available": [int(a) for a in step.available]}
 
 
 def _grid_json(grid) -> dict:
@@ -74,10 +80,17 @@ def write_outputs(case: Case, result: Result, out: str | Path, extra: dict | Non
             "final score": round(float(result.score.total), 4), "best step": result.best_step,
             "normalisation": str(result.normalisation) if result.normalisation else "none",
             "dose grid": _grid_json(plan.dose.as_computed.grid), **(extra or {})}
-    steps = [step_record(s) for s in result.steps]
+    safety = {**rejection_rate(result.steps), "hard constraints": hard_constraints(case, result)}
+    broken = [c["detail"] for c in safety["hard constraints"] if not c["met"]]
+    header = {**{k: v for k, v in info.items() if k != "inputs"},
+              "safety filter": f"{safety['rejected']} of {safety['attempts']} attempts rejected ({100 * safety['rate']:.1f} %)",
+              "flagged steps": sum(1 for s in result.steps if s.uncertainty.get("flags")),
+              **({"HARD CONSTRAINTS BROKEN": "; ".join(broken)} if broken else {})}
+    attribution = result.audit.get("attribution", {})
+    steps = [{**step_record(s), "attribution": attribution.get(s.step) if s.accepted else None} for s in result.steps]
     gate = result.gate.as_json() if result.gate is not None else None
     paths["report"] = write_report(out, case, plan.dose, applicable_scores(case, plan.dose.gy), steps,
-                                   title=f"rtautoplan plan: {case.case_id}", extra=info, gate=gate)
+                                   title=f"rtautoplan plan: {case.case_id}", extra=header, gate=gate)
     log = {"software": software_version(), "input_sha256": case_hash(case),
            "acceptable": bool(result.acceptable), **(gate or {"reasons": ["the plan was not checked by the gate"]}),
            **info,
@@ -85,11 +98,15 @@ def write_outputs(case: Case, result: Result, out: str | Path, extra: dict | Non
                         for b, s in zip(plan.beams, result.delivery)],
            "objectives": [{"structure": o.structure, "kind": o.kind.value, "dose_gy": o.dose_gy, "weight": o.weight,
                            "volume": o.volume, "adjustable": o.adjustable} for o in plan.objectives],
+           "weights": result.audit.get("weights", []), "safety": safety,
+           "level-1 limits": result.audit.get("level-1 limits", []),
+           "overrides": [{"step": s.step, "action": s.action, "decision": s.override} for s in result.steps
+                         if s.override],
            "steps": steps, "files": {k: str(v.name) for k, v in paths.items()}}
     if result.phases:
         from rtautoplan.phases import phase_records
 
         log.update(phase_records(case, result))
     paths["log"] = out / LOG_FILE
-    paths["log"].write_text(json.dumps(log, indent=1))
+    paths["log"].write_text(json.dumps(seal(log), indent=1))
     return paths

@@ -24,6 +24,8 @@ from rtautoplan.case import Case
 from rtautoplan.normalisation import normalise
 from rtautoplan.errors import InputError
 from rtautoplan.loop import is_better, run_loop, scaled_plan
+from rtautoplan.oversight import Oversight, conservative_reference
+from rtautoplan.safety import level1_limits
 from rtautoplan.plan import Modality, Result, Step
 from rtautoplan.policies import POLICIES
 from rtautoplan.policies.env import ENVS
@@ -247,11 +249,13 @@ def final_plan(env, case: Case, plan):
 
 def plan_case(case: Case, site: str = "hn", modality: str = "photon", adapter: str | None = None,
               policy: str | None = None, max_steps: int | None = None, seed: int = 0, tps=None,
-              on_step: Callable[[Step], None] | None = None, env_options: dict | None = None) -> tuple[Case, Result]:
+              on_step: Callable[[Step], None] | None = None, env_options: dict | None = None,
+              conservative: int | None = None) -> tuple[Case, Result]:
     """Plan ``case`` (as read, before the structure rules) in the closed loop; returns the case
     with its planning structures and the Result: the best plan, leaf-sequenced (photons),
     normalised (``rtautoplan.normalisation``) and checked by the clinical gate (``rtautoplan.gate``).
-    ``max_steps`` 0 gives the initial plan without policy steps."""
+    ``max_steps`` 0 gives the initial plan without policy steps. ``conservative``: K of conservative
+    mode (``rtautoplan.oversight``); the level-1 organs' limits and the planner's ensemble always apply."""
     setup = setup_for(site, modality, policy)
     if sequential_course(case, setup, env_options):
         from rtautoplan.phases import plan_phases
@@ -261,6 +265,39 @@ def plan_case(case: Case, site: str = "hn", modality: str = "photon", adapter: s
         goals = protocols.goals_for(planned, site)
         verdict = gate.check(planned, course.plan.dose.gy, goals, notes=(protocols.fractionation_note(planned),))
         return planned, replace(course, gate=verdict, site=site)
+    planning = prepare(case, site, modality, adapter, policy, max_steps, seed, tps, env_options, conservative)
+    loop = run_loop(planning.env, planning.planner, planning.steps, seed=seed, on_step=on_step,
+                    level1=planning.limits, oversight=planning.oversight, acceptable=planning.acceptable)
+    return planning.planned, conclude(planning, loop)
+
+
+@dataclass(frozen=True, eq=False)
+class Planning:
+    """One case ready for the closed loop (autonomous, ``run_loop``, or suggest mode, ``rtautoplan.suggest``):
+    its environment, the case after the structure rules, the goals, the planner, the level-1 limits, the
+    oversight (ensemble, conservative mode), the audit record and the number of steps."""
+
+    site: str
+    env: object
+    planned: Case
+    goals: tuple
+    planner: object
+    limits: tuple
+    oversight: Oversight
+    audit: dict
+    steps: int
+
+    def acceptable(self, env) -> bool:
+        """The clinical gate on the plan ``env`` holds, as it would leave (sequenced, normalised)."""
+        return gate.check(self.planned, final_plan(env, self.planned, scaled_plan(env))[0].dose.gy,
+                          self.goals).acceptable
+
+
+def prepare(case: Case, site: str = "hn", modality: str = "photon", adapter: str | None = None,
+            policy: str | None = None, max_steps: int | None = None, seed: int = 0, tps=None,
+            env_options: dict | None = None, conservative: int | None = None) -> Planning:
+    """The environment, planner and checks for ``case`` (``plan_case``'s arguments; not a sequential course)."""
+    setup = setup_for(site, modality, policy)
     steps = setup.max_steps if max_steps is None else int(max_steps)
     if tps is None:
         tps = tps_with_options(setup, adapter, {}, modality)
@@ -271,10 +308,15 @@ def plan_case(case: Case, site: str = "hn", modality: str = "photon", adapter: s
     goals = protocols.goals_for(planned, site)
     check_rois(goals, planned)  # before the loop: a goal naming no ROI stops here
     planner = make_policy(policy or setup.policy, env, seed)
+    watch, audit = oversight_for(policy or setup.policy, planner, env, conservative)
+    return Planning(site, env, planned, goals, planner, level1_limits(planned, goals), watch, audit, steps)
+
+
+def conclude(planning: Planning, loop) -> Result:
+    """The Result of a finished loop (``loop.LoopResult``): the best, initial and best-passing plans made
+    deliverable and normalised, the one that leaves chosen by the clinical gate (``choose_plan``)."""
+    env, planned, goals = planning.env, planning.planned, planning.goals
     notes = (protocols.fractionation_note(planned),)
-    loop = run_loop(env, planner, steps, seed=seed, on_step=on_step,
-                    acceptable=lambda e: gate.check(planned, final_plan(e, planned, scaled_plan(e))[0].dose.gy,
-                                                    goals).acceptable)
     candidates = {"best": (loop.best_step, loop.best_plan), "initial": (0, loop.initial_plan)}
     if loop.best_acceptable is not None and loop.best_acceptable[0] != loop.best_step:
         candidates["acceptable"] = loop.best_acceptable[:2]
@@ -283,6 +325,23 @@ def plan_case(case: Case, site: str = "hn", modality: str = "photon", adapter: s
     chosen = choose_plan(finals, verdicts)
     best_step, plan, score, sequenced, normalised = finals[chosen]
     initial = finals["initial"]
-    result = Result(plan, initial[2], score, loop.steps, planner.name, best_step, initial[1].dose, sequenced,
-                    gate=verdicts[chosen], normalisation=normalised, site=site)
-    return planned, result
+    from rtautoplan.attribution import explain_env
+
+    attribution = explain_env(planning.planner, env, loop.steps)
+    return Result(plan, initial[2], score, loop.steps, planning.planner.name, best_step, initial[1].dose, sequenced,
+                  gate=verdicts[chosen], normalisation=normalised, site=planning.site,
+                  audit={**planning.audit, "level-1 limits": [str(g) for g in planning.limits],
+                         "attribution": attribution})
+
+
+def oversight_for(name: str, planner, env, conservative: int | None = None) -> tuple[Oversight, dict]:
+    """(the loop's Oversight: the planner's ensemble, conservative mode's reference; the weights of the
+    planner and every member for the audit log)."""
+    from rtautoplan.audit import weights_record
+    from rtautoplan.policies import ensemble_for
+
+    members = ensemble_for(name, env)
+    watch = Oversight(ensemble=members, reference=conservative_reference(env, conservative),
+                      conservative_k=conservative)
+    weights = [w for w in map(weights_record, (planner, *members)) if w is not None]
+    return watch, {"weights": weights, "conservative": conservative}

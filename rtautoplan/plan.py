@@ -118,6 +118,15 @@ class Step:
     safety filter let it through; reason: why not. score: the active score after the step (the
     previous score when rejected). alternatives: the policy's top candidates, best first, as
     (action, probability or value). parameters: the planning parameters after the step.
+
+    The audit trail (SPEC §5.5, §5.7): rule: the rule that rejected it (``rtautoplan.safety``);
+    action_id: the action as the environment takes it (index, vector or per-agent dict); mu: the
+    behaviour probability μ(a|s) of the action taken (1 for a deterministic planner); state: the
+    observation s the policy acted on; convergence: the optimiser's report of this step's
+    optimisation (empty when the TPS did not run); uncertainty: entropy, margin, ensemble
+    disagreement and flags (``rtautoplan.uncertainty``); override: the clinician's decision in
+    suggest mode ("accepted", "edited: …", "rejected"; empty in autonomous mode); available: the
+    discrete actions that would move a parameter in s (the support μ and π are judged over).
     """
 
     step: int
@@ -129,6 +138,14 @@ class Step:
     alternatives: tuple[tuple[str, float], ...] = ()
     parameters: dict = field(default_factory=dict)
     time_s: float = 0.0
+    rule: str = ""
+    action_id: object = None
+    mu: float = float("nan")
+    state: object = None
+    convergence: dict = field(default_factory=dict)
+    uncertainty: dict = field(default_factory=dict)
+    override: str = ""
+    available: tuple = ()
 
 
 @dataclass(frozen=True, eq=False)
@@ -150,6 +167,7 @@ class Result:
     gate: object = None  # rtautoplan.gate.GateResult: goals and hot spots of the final dose
     normalisation: object = None  # rtautoplan.normalisation.Normalised, None when not normalised
     site: str = ""
+    audit: dict = field(default_factory=dict)  # weights (file, SHA-256, version), safety metrics (outputs.py)
 
     @property
     def acceptable(self) -> bool:

@@ -26,7 +26,7 @@ YES, NO = '<td class="pass">yes</td>', '<td class="fail">no</td>'
 CSS = """body{font-family:system-ui,sans-serif;margin:1.5em;color:#222}
 table{border-collapse:collapse;margin:.5em 0 1.5em}th,td{border:1px solid #ccc;padding:.25em .6em;
 text-align:left;vertical-align:top;font-size:.9em}th{background:#f0f0f0}td.num{text-align:right}
-.pass{color:#17702a}.fail{color:#b00020;font-weight:bold}tr.rejected{background:#fff3f3}
+.pass{color:#17702a}.fail{color:#b00020;font-weight:bold}tr.rejected{background:#fff3f3}tr.flagged td:first-child{border-left:4px solid #e0a000}.flag{color:#8a5a00}
 img{max-width:100%;height:auto;display:block;margin:.5em 0}.note{color:#666;font-size:.85em}
 .banner{padding:.8em 1em;margin:.5em 0 1em;border:2px solid;font-size:1.05em}
 .banner.fail{background:#fde8ea;border-color:#b00020}.banner.pass{background:#eaf6ec;border-color:#17702a}
@@ -106,22 +106,48 @@ def statistics_html(case: Case, dose: Dose) -> str:
     return _table(head, body, "statistics")
 
 
+def uncertainty_html(u: Mapping | None) -> str:
+    """A step's uncertainty (``rtautoplan.uncertainty.assess``): margin, entropy, ensemble disagreement, flags."""
+    if not u:
+        return ""
+    parts = [f"margin {_num(u.get('margin'))}", f"H {_num(u.get('entropy'))}"] if u.get("entropy") is not None \
+        else [f"margin {_num(u.get('margin'))}"]
+    if u.get("ensemble"):
+        parts.append(f"ensemble ({u['ensemble']}) disagrees {_num(u.get('disagreement'))}")
+    flags = "".join(f'<br><strong class="flag">{_e(f)}</strong>' for f in u.get("flags") or ())
+    return "<br>".join(_e(p) for p in parts) + flags
+
+
+def attribution_html(a: Mapping | None) -> str:
+    """Integrated gradients of the chosen action (``rtautoplan.attribution``): per structure, and the top input."""
+    if not a:
+        return ""
+    structure, dose, value = a["top"]
+    parts = [f"{_e(k)} {v:+.3f}" for k, v in a.items() if k != "top"]
+    return "<br>".join(parts) + f"<br>top: {_e(structure)} at {dose:.1f} Gy ({value:+.3f})"
+
+
 def decisions_html(steps: Sequence[Mapping]) -> str:
-    """The closed-loop decisions, one row per step: action, score, accepted or why not, the top
-    alternatives with their probability or Q-value, the parameters after the step, time (s)."""
+    """The closed-loop decisions, one row per step: action, score, accepted or why not (the rule), the
+    top alternatives with their probability or Q-value, the uncertainty (flagged steps marked), the
+    parameters after the step, time (s)."""
     body = []
     for s in steps:
         accepted = bool(s.get("accepted", True))
+        flagged = " flagged" if (s.get("uncertainty") or {}).get("flags") else ""
+        rule = f"[{s['rule']}] " if s.get("rule") else ""
         alternatives = "<br>".join(f"{_e(a)}: {_num(v)}" for a, v in s.get("alternatives", ()))
         parameters = "<br>".join(f"{_e(k)} = {_e(_num(v) if _is_number(v) else v)}"
                                  for k, v in dict(s.get("parameters", {})).items())
-        body.append(f"<tr class=\"{'accepted' if accepted else 'rejected'}\"><td class=\"num\">{_e(s.get('step', ''))}"
-                    f"</td><td>{_e(s.get('action', ''))}</td><td class=\"num\">{_num(s.get('score'))}</td>"
-                    f"{YES if accepted else NO}"
-                    f"<td>{_e(s.get('reason', ''))}</td><td>{alternatives}</td><td>{parameters}</td>"
+        body.append(f"<tr class=\"{'accepted' if accepted else 'rejected'}{flagged}\"><td class=\"num\">"
+                    f"{_e(s.get('step', ''))}</td><td>{_e(s.get('action', ''))}</td><td class=\"num\">"
+                    f"{_num(s.get('score'))}</td>{YES if accepted else NO}"
+                    f"<td>{_e(rule + s.get('reason', ''))}</td><td>{alternatives}</td>"
+                    f"<td>{uncertainty_html(s.get('uncertainty'))}</td><td>{attribution_html(s.get('attribution'))}</td>"
+                    f"<td>{parameters}</td>"
                     f"<td class=\"num\">{_num(s.get('time_s'))}</td></tr>")
-    return _table(("Step", "Action", "Score", "Accepted", "Reason", "Alternatives", "Parameters", "Time (s)"),
-                  body, "decisions")
+    return _table(("Step", "Action", "Score", "Accepted", "Reason", "Alternatives", "Uncertainty",
+                   "Why (integrated gradients of log π over the DVH state)", "Parameters", "Time (s)"), body, "decisions")
 
 
 def _image(path: Path, alt: str) -> str:
