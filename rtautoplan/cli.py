@@ -459,6 +459,13 @@ def parser() -> argparse.ArgumentParser:
     ca.add_argument("action", choices=["info", "clear"])
     _add_cache_options(ca)
     ca.set_defaults(run=_cache)
+
+    px = sub.add_parser("phoenix-server", help="the PHOENIX-like carbon-ion TPS as an HTTP/JSON server "
+                        "(docs/phoenix_api.md)")
+    from rtautoplan.adapters.phoenix_api import http_api
+
+    http_api.add_arguments(px)
+    px.set_defaults(run=http_api.run)
     return p
 
 
