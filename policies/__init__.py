@@ -28,6 +28,6 @@ POLICIES = {
 
 # ``rtautoplan train NAME``: the module whose ``Args`` dataclass and ``train(args)`` reproduce the weights.
 TRAINERS = {"acer": "rtautoplan.policies.acer", "sarsa": "rtautoplan.policies.sarsa",
-            "dqn": "rtautoplan.policies.dqn"}  # dqn: the FGSM contrast of seed 000 (docs/results.md)
+            "dqn": "rtautoplan.policies.dqn", "qmix": "rtautoplan.policies.qmix"}  # dqn: the FGSM contrast of seed 000 (docs/results.md)
 
 __all__ = ["POLICIES", "TRAINERS", "Policy", "RandomPolicy", "RuleBased"]
