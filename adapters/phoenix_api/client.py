@@ -16,6 +16,7 @@ import subprocess
 import sys
 import threading
 import time
+import weakref
 from pathlib import Path
 from typing import Sequence
 from urllib.parse import quote, urlencode, urlsplit
@@ -226,7 +227,9 @@ class RemoteSession:
 
 class LocalServerProcess:
     """``rtautoplan phoenix-server`` on a free loopback port as a child process (niced like its
-    parent); ``url`` once started, ``close()`` (or the context) stops it."""
+    parent); ``url`` once started, ``close()`` (or the context, or garbage collection) stops it.
+    The child also stops when this process ends, however it ends: it watches its standard input,
+    a pipe from here that the kernel closes."""
 
     def __init__(self, workers: int = 2, start_timeout_s: float = 120.0, **server_options):
         """server_options: the ``PhoenixServer`` options (dose_grid_mm, store_dir, spot_spacing_mm,
@@ -237,12 +240,13 @@ class LocalServerProcess:
         if unknown:
             raise TypeError(f"phoenix-server takes no option {', '.join(unknown)}")
         cmd = [sys.executable, "-m", "rtautoplan.cli", "phoenix-server", "--port", "0",
-               "--workers", str(int(workers))]
+               "--workers", str(int(workers)), "--exit-on-stdin-eof"]
         for name, value in server_options.items():
             if value is not None:
                 cmd += [flags[name], str(value)]
-        self.process = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=None, text=True,
+        self.process = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=None, text=True,
                                         env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        self._finalizer = weakref.finalize(self, _stop, self.process)
         line = _read_line(self.process, start_timeout_s)
         if "listening on " not in line:
             self.close()
@@ -257,21 +261,26 @@ class LocalServerProcess:
         self.close()
 
     def close(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        if self.process.stdout:
-            self.process.stdout.close()
+        self._finalizer()
 
     def __enter__(self):
         return self
 
     def __exit__(self, *exc):
         self.close()
+
+
+def _stop(process: subprocess.Popen) -> None:
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+    for stream in (process.stdin, process.stdout):
+        if stream:
+            stream.close()
 
 
 def _read_line(process: subprocess.Popen, timeout_s: float) -> str:

@@ -328,8 +328,10 @@ def make_http_server(server: PhoenixServer, host: str = "127.0.0.1", port: int =
     return httpd
 
 
-def serve(host: str = "127.0.0.1", port: int = 8642, workers: int = 2, ready=print, **server_options) -> None:
-    """Run the TPS until SIGINT / SIGTERM: prints ``PHOENIX server listening on http://host:port``
+def serve(host: str = "127.0.0.1", port: int = 8642, workers: int = 2, ready=print, watch_stdin: bool = False,
+          **server_options) -> None:
+    """Run the TPS until SIGINT / SIGTERM (or, with ``watch_stdin``, until its standard input closes:
+    the parent that started it has gone): prints ``PHOENIX server listening on http://host:port``
     (the actual port when ``port`` is 0) once it accepts requests."""
     with PhoenixServer(workers=workers, **server_options) as tps:
         tps._jobs.start()  # fork the workers now, before the request threads exist
@@ -342,6 +344,8 @@ def serve(host: str = "127.0.0.1", port: int = 8642, workers: int = 2, ready=pri
 
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, on_signal)
+        if watch_stdin:
+            threading.Thread(target=lambda: (sys.stdin.read(), on_signal()), daemon=True).start()
         h, p = httpd.server_address[:2]
         ready(f"PHOENIX server listening on http://{h}:{p} ({workers} workers)", flush=True)
         try:
@@ -360,6 +364,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--spot-spacing-mm", type=float, default=5.0, help="lateral spot spacing (mm, default 5)")
     p.add_argument("--layer-spacing-mm", type=float, default=3.0, help="energy layer spacing (mm WET, default 3)")
     p.add_argument("--margin-mm", type=float, default=4.0, help="spot margin around the targets (mm, default 4)")
+    p.add_argument("--exit-on-stdin-eof", action="store_true",
+                   help="stop when standard input closes (a parent process that started the server has exited)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -371,7 +377,8 @@ def run(args: argparse.Namespace) -> int:
         return 2
     try:
         serve(args.host, args.port, args.workers, dose_grid_mm=args.dose_grid_mm, store_dir=args.store,
-              spot_spacing_mm=args.spot_spacing_mm, layer_spacing_mm=args.layer_spacing_mm, margin_mm=args.margin_mm)
+              spot_spacing_mm=args.spot_spacing_mm, layer_spacing_mm=args.layer_spacing_mm, margin_mm=args.margin_mm,
+              watch_stdin=args.exit_on_stdin_eof)
     except OSError as error:
         print(f"phoenix-server: cannot listen on {args.host}:{args.port}: {error}", file=sys.stderr)
         return 1
