@@ -52,7 +52,7 @@ class Args:
 
     seed: int = 0
     """torch / numpy / episode seed"""
-    episodes: int = 100
+    episodes: int = 40
     """episodes in total (the paper: 500; its policy settled between 200 and 300)"""
     data_workers: int = 10
     """episodes collected in parallel per round (§3.6: 10 data workers)"""
@@ -72,7 +72,7 @@ class Args:
     """Adam learning rate"""
     batch: int = 8
     """episodes per gradient step"""
-    updates: int = 10
+    updates: int = 20
     """gradient steps after each round of collection"""
     bank: int = 500
     """data bank capacity (episodes)"""
@@ -94,6 +94,8 @@ class Args:
     """PHOENIX dose grid (mm)"""
     url: str = ""
     """a running phoenix-server to use instead of starting one"""
+    max_wall_s: float = 0.0
+    """stop after the round that passes this wall time (s; 0: no limit); the record says so"""
     out: str = str(WEIGHTS)
     """weights path (a .json record beside it)"""
     progress: bool = True
@@ -261,6 +263,9 @@ class _Progress:
     def show(self, **fields) -> None:
         if self.bar is not None:
             self.bar.update(self.task, **fields)
+            if not self.bar.console.is_terminal:  # a log file: one line per round
+                print(f"QMIX {fields['completed']}/{self.args.episodes} episodes: return {fields['ret']:.1f}, best "
+                      f"φ/φmax {fields['rel']:.3f}, ε {fields['eps']:.3f}, loss {fields['loss']:.3g}", flush=True)
 
     def __exit__(self, *exc):
         if self.bar is not None:
@@ -288,10 +293,10 @@ def train(args: Args, case=None, server=None) -> dict:
     rounds, updates, seen = [], 0, {}
     start = time.perf_counter()
     workers: list[DataWorker] = []
+    done = 0
     try:
         workers = make_workers(args, server, case)
         with _Progress(args) as bar, ThreadPoolExecutor(args.data_workers) as pool:
-            done = 0
             while done < args.episodes:
                 n = min(args.data_workers, args.episodes - done)
                 agent.eval()
@@ -322,6 +327,8 @@ def train(args: Args, case=None, server=None) -> dict:
                 done += n
                 bar.show(completed=done, ret=rounds[-1]["mean_return"], rel=rounds[-1]["mean_relative_best"],
                          eps=epsilon(done, args), loss=rounds[-1]["loss"] if losses else float("nan"))
+                if args.max_wall_s and time.perf_counter() - start > args.max_wall_s:
+                    break
         engine = _engine(args, server)
     finally:
         for w in workers:
@@ -333,7 +340,7 @@ def train(args: Args, case=None, server=None) -> dict:
               "engine": engine, "population": {"site": "hn" if case is None else None,
                                                "case_seeds": list(args.case_seeds) if case is None else None,
                                                "episodes_per_case": seen},
-              "episodes": args.episodes, "updates": updates, "wall_s": time.perf_counter() - start,
+              "episodes": done, "stopped_by_wall_time": done < args.episodes, "updates": updates, "wall_s": time.perf_counter() - start,
               "rounds": rounds, "torch_version": torch.__version__}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
