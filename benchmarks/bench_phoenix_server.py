@@ -159,7 +159,8 @@ def main(argv=None) -> int:
         f"{', '.join(f'{t:.1f}' for t, _ in serial)} | {1000 * per_it_serial:.1f} |",
         f"| parallel: {args.clients} clients at once | {', '.join(f'{t:.1f}' for t, _ in parallel)} | "
         f"{1000 * per_it_parallel:.1f} |",
-        f"| **speed-up** | | **{speedup:.2f}×** |",
+        f"| **speed-up** (per round: {', '.join(f'{(ts / ns) / (tp / np_):.2f}×' for (ts, ns), (tp, np_) in zip(serial, parallel))}) "
+        f"| | **{speedup:.2f}×** |",
         f"| control: 2 pure-Python processes vs 1 (before / after) | | {controls[0]:.2f}× / {controls[1]:.2f}× |",
         "",
         "The speed-up cannot exceed what the machine gives two processes at that moment (the control); on "
