@@ -313,7 +313,7 @@ def train(args: Args, case=None, server=None) -> dict:
                     loss.backward()
                     nn.utils.clip_grad_norm_(list(agent.parameters()) + list(mixer.parameters()), args.grad_clip)
                     opt.step()
-                    losses.append(float(loss))
+                    losses.append(loss.item())
                     updates += 1
                     if updates % args.target_every == 0:
                         target_agent.load_state_dict(agent.state_dict())

@@ -73,3 +73,14 @@ def test_short_training_twice_gives_identical_weights(make_small_case, tmp_path)
 def test_missing_weights_say_how_to_train(tmp_path):
     with pytest.raises(FileNotFoundError, match="rtautoplan train qmix"):
         Q.load(path=tmp_path / "none.pt")
+
+
+def test_planning_setup_matches_training():
+    """``--policy qmix`` plans carbon H&N on the engine settings the weights were trained with."""
+    from rtautoplan.pipeline import setup_for
+    from rtautoplan.policies import POLICIES, TRAINERS
+
+    setup = setup_for("hn", "carbon", "qmix")
+    assert setup.env == "carbon_hn" and setup.max_steps == Q.Args().t_steps
+    assert setup.adapter_options["max_iterations"] == Q.Args().max_iterations
+    assert "qmix" in POLICIES and TRAINERS["qmix"] == "rtautoplan.policies.qmix"
