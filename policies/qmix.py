@@ -336,7 +336,8 @@ def train(args: Args, case=None, server=None) -> dict:
         if started is not None:
             started.close()
     record = {"algorithm": "QMIX (SPEC §3.4–§3.6)", "weights": Path(args.out).name,
-              "args": {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(args).items()},
+              "args": {k: list(v) if isinstance(v, tuple) else _shown(v) if k == "out" else v
+                       for k, v in asdict(args).items()},
               "engine": engine, "population": {"site": "hn" if case is None else None,
                                                "case_seeds": list(args.case_seeds) if case is None else None,
                                                "episodes_per_case": seen},
@@ -348,6 +349,13 @@ def train(args: Args, case=None, server=None) -> dict:
                 "shape": {"hidden": args.hidden, "mix_embed": args.mix_embed, "n_agents": N_AGENTS}}, out)
     out.with_suffix(".json").write_text(json.dumps(record, indent=2) + "\n")
     return record
+
+
+def _shown(path: str) -> str:
+    """A weights path as recorded: relative to the repository when inside it."""
+    root = WEIGHTS.parents[2]
+    p = Path(path).resolve()
+    return str(p.relative_to(root)) if p.is_relative_to(root) else path
 
 
 def _engine(args: Args, server) -> dict:
