@@ -1,7 +1,11 @@
 """PHOENIX (carbon ions, LQ RBE, PBS; seed 003, SPEC §3.1–§3.3) behind the TPS protocol.
 
-A thin translation onto the vendor-style API of ``phoenix_api`` (the simulator, or a real client
-with the same calls):
+A thin translation onto the vendor-style API of ``phoenix_api``. The adapter is a client of the
+TPS's wire API (HTTP/JSON, ``docs/phoenix_api.md``): of the server at ``url`` (or
+``$RTAUTOPLAN_PHOENIX_URL``), or, with neither, of a ``phoenix-server`` process it starts on the
+loopback and stops at ``close()``. ``server=`` takes any object with ``connect(user)``: an
+in-process ``PhoenixServer`` (tests), a ``RemoteServer`` or ``LocalServerProcess`` shared by
+several adapters (parallel data workers).
 
 * ``prepare(case, beams)``: connect, import the patient (the in-memory Case), create a plan with
   one field per beam (gantry, couch; default 45° and 315°), the case's prescription, and spots over
@@ -26,9 +30,11 @@ from __future__ import annotations
 
 import inspect
 import logging
+import os
 from typing import Sequence
 
 from rtautoplan.adapters.phoenix_api import FieldSpec, PhoenixError, PhoenixServer
+from rtautoplan.adapters.phoenix_api.client import LocalServerProcess, RemoteServer
 from rtautoplan.adapters.phoenix_api.errors import REQUEST_ERRORS
 from rtautoplan.case import Case, Role
 from rtautoplan.plan import Beam, Dose, Modality, Objective, ObjectiveKind, Plan
@@ -60,8 +66,10 @@ def _translate(error: PhoenixError) -> Exception:
 class PhoenixAdapter:
     """Carbon-ion plans on a PHOENIX server.
 
-    server: a shared ``PhoenixServer`` (several adapters, e.g. parallel data workers, then optimise
-    in parallel on its pool); None: the adapter starts its own with ``workers`` processes.
+    server: a shared server (``PhoenixServer``, ``RemoteServer``, ``LocalServerProcess``: several
+    adapters, e.g. parallel data workers, then optimise in parallel on its pool). url: a running
+    ``phoenix-server`` (default ``$RTAUTOPLAN_PHOENIX_URL``). Neither: the adapter starts its own
+    server process with ``workers`` optimisation processes.
     max_iterations, timeout_s: per optimisation job. unsupported: what to do with DMEAN / DV_MAX
     objectives ("error", "skip", "max"; module docstring). server_options: passed to a server the
     adapter starts (dose_grid_mm, spot_spacing_mm, …).
@@ -70,14 +78,17 @@ class PhoenixAdapter:
     name = "phoenix"
     modality = Modality.CARBON
 
-    def __init__(self, server: PhoenixServer | None = None, workers: int = 1, user: str = "rtautoplan",
+    def __init__(self, server=None, workers: int = 1, user: str = "rtautoplan",
                  max_iterations: int = 200, timeout_s: float = 600.0, unsupported: str = "error",
-                 **server_options):
+                 url: str | None = None, **server_options):
         if unsupported not in ("error", "skip", "max"):
             raise ValueError(f"unsupported must be 'error', 'skip' or 'max', not {unsupported!r}")
         unknown = sorted(set(server_options) - set(inspect.signature(PhoenixServer).parameters))
         if unknown:  # the server starts later, in prepare(): refuse its bad options now
             raise TypeError(f"PhoenixServer takes no option {', '.join(unknown)}")
+        url = url or (os.environ.get("RTAUTOPLAN_PHOENIX_URL") if server is None else None)
+        if server is None and url:
+            server = RemoteServer(url, timeout_s=timeout_s)
         self._server, self._own = server, server is None
         self._workers, self._server_options = workers, server_options
         self.user, self.max_iterations, self.timeout_s, self.unsupported = user, max_iterations, timeout_s, unsupported
@@ -91,7 +102,7 @@ class PhoenixAdapter:
     # -- TPS protocol
     def prepare(self, case: Case, beams: Sequence[Beam] | None = None) -> None:
         if self._server is None:
-            self._server = PhoenixServer(workers=self._workers, **self._server_options)
+            self._server = LocalServerProcess(workers=self._workers, **self._server_options)
         try:
             if self._session is None:
                 self._session = self._server.connect(self.user)

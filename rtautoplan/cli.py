@@ -225,8 +225,9 @@ def _train(args) -> int:
     from rtautoplan.training import run
 
     record = run(args.algorithm, args.options)
-    summary = {k: getattr(record, k) for k in ("iterations", "episodes", "steps", "wall_s", "best_step")
-               if hasattr(record, k)}
+    fields = record if isinstance(record, dict) else vars(record) if hasattr(record, "__dict__") else {}
+    summary = {k: fields[k] for k in ("iterations", "episodes", "steps", "updates", "wall_s", "best_step")
+               if fields.get(k) is not None}
     print(f"trained {args.algorithm}: " + ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
                                                    for k, v in summary.items()))
     return 0
@@ -447,9 +448,9 @@ def parser() -> argparse.ArgumentParser:
     ev.set_defaults(run=_evaluate)
 
     tr = sub.add_parser("train", help="train a planner; its defaults reproduce the committed weights",
-                        description="rtautoplan train acer|sarsa|dqn [--field value …]: every field of the trainer's "
+                        description="rtautoplan train acer|sarsa|dqn|qmix [--field value …]: every field of the trainer's "
                                     "Args is an option (rtautoplan train NAME --help lists them)")
-    tr.add_argument("algorithm", choices=["acer", "sarsa", "dqn"])
+    tr.add_argument("algorithm", choices=["acer", "sarsa", "dqn", "qmix"])
     tr.add_argument("options", nargs=argparse.REMAINDER, help="--field value … of the trainer's Args")
     tr.set_defaults(run=_train)
 
@@ -543,6 +544,13 @@ def parser() -> argparse.ArgumentParser:
     ca.add_argument("action", choices=["info", "clear"])
     _add_cache_options(ca)
     ca.set_defaults(run=_cache)
+
+    px = sub.add_parser("phoenix-server", help="the PHOENIX-like carbon-ion TPS as an HTTP/JSON server "
+                        "(docs/phoenix_api.md)")
+    from rtautoplan.adapters.phoenix_api import http_api
+
+    http_api.add_arguments(px)
+    px.set_defaults(run=http_api.run)
     return p
 
 

@@ -75,6 +75,8 @@ MODALITIES = ("photon", "proton", "carbon")
 POLICY_SETUPS: dict[tuple[str, str, str], Setup] = {
     ("hn", "photon", "sarsa"): Setup("hn_imrt", "inhouse-photon", "sarsa", 35, env_options={"model": 2},
                                      adapter_options={"objective_points": "dose_grid", **TRAINED_GRID}),
+    # seed 003's QMIX, with the optimiser iterations it was trained on (policies/weights/qmix_carbon.json)
+    ("hn", "carbon", "qmix"): Setup("carbon_hn", "phoenix", "qmix", 10, adapter_options={"max_iterations": 100}),
 }
 
 

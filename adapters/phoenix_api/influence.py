@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,7 +41,7 @@ class Influence:
         return tuple(out)
 
     def save(self, path: Path) -> None:
-        tmp = path.with_suffix(f".{os.getpid()}.tmp.npz")
+        tmp = path.with_suffix(f".{os.getpid()}-{threading.get_ident()}.tmp.npz")  # concurrent create_plan calls
         np.savez(tmp, d_data=self.d.data, h_data=self.h.data, indices=self.d.indices, indptr=self.d.indptr,
                  shape=np.array(self.d.shape), sizes=np.array([len(s) for s in self.spots]),
                  spots=np.concatenate(self.spots) if self.spots else np.zeros((0, 3)))

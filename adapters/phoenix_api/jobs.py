@@ -4,14 +4,21 @@ job records and their outcomes.
 Optimisations run in a ``ProcessPoolExecutor`` (fork on Linux) whose workers run
 ``worker.run_job``. Each job in flight holds a slot: its progress and its started and cancel flags
 are entries of shared-memory arrays (``multiprocessing.RawArray``) that the workers receive when
-they start, so a status query or a cancel never waits for a worker.
+they start, so a status query or a cancel never waits for a worker. The process id of the worker
+running a job is kept the same way (``JobStatus.worker_pid``).
+
+A worker process that dies (killed, out of memory, a crash in native code) breaks the executor:
+the job it ran, and any other job in flight then, end FAILED with PHX-3005 and a message saying
+so; the next submission starts a fresh pool. No job hangs.
 """
 
 from __future__ import annotations
 
 import multiprocessing as mp
+import os
 import traceback
 from concurrent.futures import CancelledError, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 
@@ -52,27 +59,49 @@ class JobPool:
         self._progress = mp.RawArray("d", N_SLOTS)
         self._started = mp.RawArray("b", N_SLOTS)
         self._cancel = mp.RawArray("b", N_SLOTS)
+        self._pid = mp.RawArray("i", N_SLOTS)
         self._free_slots = list(range(N_SLOTS))
+        self._workers = workers
+        self._pool = self._new_pool()
+        self.restarts = 0
+
+    def _new_pool(self) -> ProcessPoolExecutor:
         method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
-        self._pool = ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context(method),
-                                         initializer=worker.init_worker,
-                                         initargs=(self._progress, self._started, self._cancel))
+        return ProcessPoolExecutor(max_workers=self._workers, mp_context=mp.get_context(method),
+                                   initializer=worker.init_worker,
+                                   initargs=(self._progress, self._started, self._cancel, self._pid))
+
+    def start(self) -> None:
+        """Start the worker processes now (the pool otherwise forks them at the first job)."""
+        for f in [self._pool.submit(os.getpid) for _ in range(self._workers)]:
+            f.result()
 
     def reserve_slot(self) -> int:
         """A free slot, its progress and flags cleared (the caller holds the lock)."""
         if not self._free_slots:
             raise PhoenixError(E.SERVER_DOWN, f"more than {N_SLOTS} jobs in flight")
         slot = self._free_slots.pop()
-        self._progress[slot], self._started[slot], self._cancel[slot] = 0.0, 0, 0
+        self._progress[slot], self._started[slot], self._cancel[slot], self._pid[slot] = 0.0, 0, 0, 0
         return slot
 
     def submit(self, job_id: str, plan_id: str, slot: int, payload: dict, max_iterations: int) -> JobRecord:
         """Queue ``worker.run_job(slot, payload)`` (the caller holds the lock; ``watch`` the job once
         it has released it and the plan records the job)."""
-        future = self._pool.submit(worker.run_job, slot, payload)
+        if getattr(self._pool, "_broken", False):  # a worker died: the old pool refuses work
+            self._restart()
+        try:
+            future = self._pool.submit(worker.run_job, slot, payload)
+        except BrokenProcessPool:
+            self._restart()
+            future = self._pool.submit(worker.run_job, slot, payload)
         job = JobRecord(job_id, plan_id, slot, future, max_iterations, obj_ids=payload["obj_ids"])
         self._jobs[job_id] = job
         return job
+
+    def _restart(self) -> None:
+        old, self._pool = self._pool, self._new_pool()
+        self.restarts += 1
+        old.shutdown(wait=False, cancel_futures=True)
 
     def watch(self, job: JobRecord) -> None:
         """Finalise the job as soon as it ends (at once if it already has)."""
@@ -89,12 +118,20 @@ class JobPool:
                 outcome = f.result()
             except (CancelledError, engine.Cancelled):
                 job.state, job.error_code, job.error = "CANCELLED", E.CANCELLED, f"job {job.job_id} was cancelled"
+            except BrokenProcessPool as error:
+                pid = self._pid[job.slot]
+                where = f"while it ran in worker process {pid}" if self._started[job.slot] else "before it started"
+                job.state, job.error_code = "FAILED", E.WORKER_LOST
+                job.error = (f"an optimisation worker process died {where} (killed, out of memory or crashed: "
+                             f"{error}); the job did not finish and the plan keeps its previous result. The server "
+                             f"starts a new worker pool: submit the job again")
             except Exception as error:  # noqa: BLE001 - any failure in the worker is the job's failure
                 job.state, job.error_code = "FAILED", E.JOB_FAILED
                 job.error = f"{type(error).__name__}: {error}"
                 job.traceback = "".join(traceback.format_exception(error))
             else:
                 job.state, job.result = "DONE", {k: outcome[k] for k in ("iterations", "value", "message", "seconds")}
+                job.result["worker_pid"] = self._pid[job.slot] or None
                 result = outcome
             self._on_finish(job, result)
             self._free_slots.append(job.slot)
@@ -112,10 +149,11 @@ class JobPool:
         with self._lock:
             if job.state is None:
                 state = "RUNNING" if self._started[job.slot] else "QUEUED"
-                return JobStatus(job_id, job.plan_id, state, float(self._progress[job.slot]))
+                return JobStatus(job_id, job.plan_id, state, float(self._progress[job.slot]),
+                                 worker_pid=self._pid[job.slot] or None)
             r = job.result or {}
             return JobStatus(job_id, job.plan_id, job.state, 1.0 if job.state == "DONE" else 0.0, job.error,
-                             job.error_code, r.get("iterations"), r.get("value"))
+                             job.error_code, r.get("iterations"), r.get("value"), r.get("worker_pid"))
 
     def wait(self, job_id: str, timeout_s: float | None = None) -> JobStatus:
         job = self.job(job_id)

@@ -9,7 +9,9 @@ target and fields share them and a worker loads each once (``worker``). Look-ups
 
 from __future__ import annotations
 
+import os
 import pickle
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -61,7 +63,7 @@ def store_geometry(model: engine.DoseGridModel, geometry, store: Path,
     influence_path, influence = engine.influence_cached(model, geometry, store, **spot_options)
     rois_path = influence_path.with_name(f"rois-{model.rois_key()}.pkl")
     if not rois_path.is_file():
-        tmp = rois_path.with_suffix(".tmp")
+        tmp = rois_path.with_suffix(f".{os.getpid()}-{threading.get_ident()}.tmp")  # concurrent create_plan calls
         with open(tmp, "wb") as f:
             pickle.dump(model.rois, f, protocol=pickle.HIGHEST_PROTOCOL)
         tmp.replace(rois_path)

@@ -56,7 +56,8 @@ class PlanInfo:
 @dataclass(frozen=True)
 class JobStatus:
     """state: QUEUED, RUNNING, DONE, FAILED or CANCELLED; progress 0–1 (iterations / max_iterations,
-    1 when DONE); error: the failure (FAILED) with ``error_code``."""
+    1 when DONE); error: the failure (FAILED) with ``error_code``; worker_pid: the process that runs
+    (or ran) the job."""
 
     job_id: str
     plan_id: str
@@ -66,3 +67,4 @@ class JobStatus:
     error_code: str | None = None
     iterations: int | None = None
     objective_value: float | None = None
+    worker_pid: int | None = None

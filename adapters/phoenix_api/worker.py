@@ -11,6 +11,7 @@ them by name.
 
 from __future__ import annotations
 
+import os
 import pickle
 from pathlib import Path
 
@@ -24,12 +25,12 @@ _SHARED: dict = {}
 _WORKER_CACHE: dict = {}
 
 
-def init_worker(progress, started, cancel) -> None:
+def init_worker(progress, started, cancel, pid=None) -> None:
     # One BLAS thread per worker: the pool already runs one job per core, and a forked worker would
     # otherwise keep the parent's BLAS thread count and oversubscribe the CPUs (4 jobs on 2 cores
     # then run slower in parallel than one after another).
     threadpoolctl.threadpool_limits(1)
-    _SHARED.update(progress=progress, started=started, cancel=cancel)
+    _SHARED.update(progress=progress, started=started, cancel=cancel, pid=pid)
 
 
 def _worker_data(influence_path: str, rois_path: str):
@@ -51,6 +52,8 @@ def _worker_data(influence_path: str, rois_path: str):
 def run_job(slot: int, job: dict) -> dict:
     """Optimise one plan in a worker; returns weights and the dose-grid products D·w, H·w."""
     progress, started, cancel = _SHARED.get("progress"), _SHARED.get("started"), _SHARED.get("cancel")
+    if _SHARED.get("pid") is not None:
+        _SHARED["pid"][slot] = os.getpid()
     if started is not None:
         started[slot] = 1
     if cancel is not None and cancel[slot]:
