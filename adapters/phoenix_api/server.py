@@ -16,7 +16,7 @@ import itertools
 import shutil
 import threading
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
@@ -31,6 +31,9 @@ from rtautoplan.adapters.phoenix_api.records import (DEFAULT_FIELDS, FieldSpec, 
                                                      RoiInfo)
 
 __all__ = ["DEFAULT_FIELDS", "FieldSpec", "JobStatus", "ObjectiveInfo", "PhoenixServer", "PlanInfo", "RoiInfo"]
+
+if TYPE_CHECKING:  # session imports this module
+    from rtautoplan.adapters.phoenix_api.session import Session
 
 
 class PhoenixServer:
