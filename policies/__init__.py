@@ -24,10 +24,12 @@ POLICIES = {
     "random": RandomPolicy,
     "acer": _trained("acer"),  # seed 000 prostate (policies/weights/acer_prostate.pt)
     "sarsa": _trained("sarsa"),  # seed 004 H&N IMRT, model 2 (policies/weights/sarsa_model2.npz)
+    "ppo": _trained("ppo"),  # seed 002 proton H&N (policies/weights/ppo_proton_hn.pt)
 }
 
 # ``rtautoplan train NAME``: the module whose ``Args`` dataclass and ``train(args)`` reproduce the weights.
 TRAINERS = {"acer": "rtautoplan.policies.acer", "sarsa": "rtautoplan.policies.sarsa",
-            "dqn": "rtautoplan.policies.dqn"}  # dqn: the FGSM contrast of seed 000 (docs/results.md)
+            "dqn": "rtautoplan.policies.dqn",
+            "ppo": "rtautoplan.policies.ppo"}  # dqn: the FGSM contrast of seed 000 (docs/results.md)
 
 __all__ = ["POLICIES", "TRAINERS", "Policy", "RandomPolicy", "RuleBased"]

@@ -392,9 +392,9 @@ def parser() -> argparse.ArgumentParser:
     ev.set_defaults(run=_evaluate)
 
     tr = sub.add_parser("train", help="train a planner; its defaults reproduce the committed weights",
-                        description="rtautoplan train acer|sarsa|dqn [--field value …]: every field of the trainer's "
+                        description="rtautoplan train acer|sarsa|dqn|ppo [--field value …]: every field of the trainer's "
                                     "Args is an option (rtautoplan train NAME --help lists them)")
-    tr.add_argument("algorithm", choices=["acer", "sarsa", "dqn"])
+    tr.add_argument("algorithm", choices=["acer", "sarsa", "dqn", "ppo"])
     tr.add_argument("options", nargs=argparse.REMAINDER, help="--field value … of the trainer's Args")
     tr.set_defaults(run=_train)
 

@@ -28,6 +28,7 @@ from rtautoplan.plan import Modality, Result, Step
 from rtautoplan.policies import POLICIES
 from rtautoplan.policies.env import ENVS
 from rtautoplan.policies.env_prostate import ENGINE as PROSTATE_ENGINE
+from rtautoplan.policies.env_proton import PPO_ENGINE
 
 
 @dataclass(frozen=True)
@@ -73,6 +74,7 @@ MODALITIES = ("photon", "proton", "carbon")
 POLICY_SETUPS: dict[tuple[str, str, str], Setup] = {
     ("hn", "photon", "sarsa"): Setup("hn_imrt", "inhouse-photon", "sarsa", 35, env_options={"model": 2},
                                      adapter_options={"objective_points": "dose_grid", **TRAINED_GRID}),
+    ("hn", "proton", "ppo"): Setup("proton_hn", "inhouse-proton", "ppo", 4, adapter_options=PPO_ENGINE),
 }
 
 

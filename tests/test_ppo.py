@@ -1,0 +1,122 @@
+"""PPO + Transformer of seed 002 (policies/ppo.py, SPEC §2.8, §2.10–§2.11): feature selection, GAE, the
+loss, action semantics, the cheap environment, reproducible training and rollout backends."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from gymnasium.utils.env_checker import check_env
+
+from rtautoplan.policies import ppo
+from rtautoplan.policies.env_proton import DVH_POINTS, M_MAX, rows_of
+
+
+@pytest.fixture(scope="module")
+def env():
+    return ppo.make_env((1000,))
+
+
+def test_network_selects_the_rows_the_environment_adjusts(env):
+    """The actor's slots are the env's ``selected`` OARs, in the same order (worst score first)."""
+    for reset_seed in (0, 3):
+        obs, _ = env.reset(seed=reset_seed)
+        idx, valid = ppo.selected_rows(torch.as_tensor(obs)[None])
+        rows = rows_of(env.case)
+        names = tuple(rows[i].name for i, v in zip(idx[0].tolist(), valid[0].tolist()) if v)
+        assert names == env.selected and len(names) == 8
+
+
+def test_selection_skips_targets_and_marks_missing_slots():
+    """Targets and Rings are never selected, however low their score; fewer OARs than K leave empty slots."""
+    obs = torch.zeros(1, M_MAX, DVH_POINTS + 4)
+    obs[0, :3, ppo.TYPE_COL] = 0.25  # CTVs with the worst scores
+    obs[0, :3, ppo.SCORE_COL] = -10.0
+    obs[0, 3:6, ppo.TYPE_COL] = 1.0  # three OARs
+    obs[0, 3:6, ppo.SCORE_COL] = torch.tensor([-0.1, -0.5, 0.0])
+    idx, valid = ppo.selected_rows(obs, k=5)
+    assert idx[0, :3].tolist() == [4, 3, 5]
+    assert valid[0].tolist() == [True, True, True, False, False]
+
+
+def test_gae_matches_hand_computation():
+    """Eq. 7 with γ = 0.9, λ = 0.5 on a 3-step episode ending in a truncation (V(s_3) = 2 bootstraps)."""
+    r, v = np.array([1.0, 0.0, -1.0]), np.array([0.5, 1.0, 0.0, 2.0])
+    d = r + 0.9 * v[1:] - v[:-1]  # δ = [1.4, −1.0, 0.8]
+    a2 = d[2]
+    a1 = d[1] + 0.45 * a2
+    a0 = d[0] + 0.45 * a1
+    assert np.allclose(ppo.gae(r, v, 0.9, 0.5), [a0, a1, a2])
+
+
+def test_std_is_state_independent_and_greedy_action_respects_section_2_8():
+    torch.manual_seed(0)
+    net = ppo.PPONet(d_model=16, n_layers=1, n_heads=2, ffn=16)
+    obs = torch.rand(3, M_MAX, DVH_POINTS + 4)
+    obs[..., ppo.TYPE_COL] = 1.0
+    dist, value = net.dist(obs)
+    assert dist.mean.shape == (3, 16) and value.shape == (3,)
+    assert torch.equal(dist.stddev[0], dist.stddev[1])
+    a = ppo.greedy_action(np.array([0.9, 0.3, -0.2, -0.9] * 4))
+    assert a[:4].tolist() == pytest.approx([0.5, 0.0, 0.0, -0.5])
+
+
+def test_clipped_objective_stops_the_gradient_beyond_the_clip_range():
+    """With a ratio already above 1 + μ and a positive advantage the policy term has no gradient."""
+    torch.manual_seed(0)
+    net = ppo.PPONet(d_model=16, n_layers=1, n_heads=2, ffn=16)
+    obs = torch.rand(2, M_MAX, DVH_POINTS + 4)
+    obs[..., ppo.TYPE_COL] = 1.0
+    args = ppo.Args(vf_coef=0.0, ent_coef=0.0, norm_adv=False)
+    with torch.no_grad():
+        dist, _ = net.dist(obs)
+        actions = dist.mean.clone()
+        old = dist.log_prob(actions).sum(-1) - 1.0  # ratio e ≈ 2.7 > 1.3
+    loss, stats = ppo.ppo_loss(net, obs, actions, old, torch.ones(2), torch.zeros(2), args)
+    net.zero_grad()
+    loss.backward()
+    assert stats["clipfrac"] == 1.0
+    assert all(p.grad is None or float(p.grad.abs().max()) == 0.0 for p in net.parameters())
+
+
+def test_cheap_environment_passes_check_env():
+    check_env(ppo.make_env((1001,)), skip_render_check=True)
+
+
+def _tiny(tmp_path, name, **kw):
+    return ppo.Args(total_steps=4, n_envs=2, episodes_per_env=1, t_epi=1, batch_size=2, d_model=16, n_layers=1,
+                    n_heads=2, ffn=16, train_seeds=(1000,), out=str(tmp_path / name / "w.pt"), progress=False, **kw)
+
+
+@pytest.mark.slow
+def test_short_training_run_is_bit_identical_twice(tmp_path):
+    records = [ppo.train(_tiny(tmp_path, n), validate_fn=None) for n in ("a", "b")]
+    a, b = (torch.load(tmp_path / n / "w.pt", weights_only=True)["state_dict"] for n in ("a", "b"))
+    assert records[0].steps == records[1].steps == 4
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert (tmp_path / "a" / "w.json").exists()
+
+
+@pytest.mark.slow
+def test_process_rollouts_give_the_serial_batch(tmp_path):
+    """Two worker processes play the same jobs to the same trajectories as one process."""
+    args = _tiny(tmp_path, "p")
+    jobs = [ppo.Job(e, 11 + e, 21 + e) for e in range(2)]
+    net = ppo._net_for(args)
+    serial = ppo.SerialRollouts(args).play(net.state_dict(), jobs)
+    pool = ppo.ProcessRollouts(ppo.Args(**{**args.__dict__, "rollout": "process"}))
+    try:
+        parallel = pool.play(net.state_dict(), jobs)
+    finally:
+        pool.close()
+    for s, p in zip(serial, parallel):
+        assert np.array_equal(s.obs, p.obs) and np.array_equal(s.actions, p.actions)
+        assert np.array_equal(s.rewards, p.rewards)
+
+
+def test_train_command_reads_args():
+    from rtautoplan.training import parse
+
+    args = parse(ppo.Args, ["--total-steps", "48", "--rollout", "process", "--val-seeds", "900"], "t")
+    assert args.total_steps == 48 and args.rollout == "process" and args.val_seeds == (900,)
+    assert args.clip == 0.3 and args.vf_coef == 0.8 and args.ent_coef == 0.005
