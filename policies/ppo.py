@@ -2,9 +2,9 @@
 file, ``train(Args)``.
 
 * **Environment**: ``ProtonHNEnv`` (Box(50, 104) state, Box(16) actions, Δscore_plan reward, T = 4) over
-  ``InHouseProton`` with the cheap engine ``ENGINE`` (coarse dose grid, 12 mm spots, objectives on the dose
-  grid, L-BFGS-B capped at 20 iterations and warm-started within an episode, one minimum-MU round):
-  ≈ 0.2 s per step on one core (``benchmarks/ppo_env_step.py``), so training fits on 2 shared cores.
+  ``InHouseProton`` with the cheap engine ``ENGINE`` (coarse dose grid, 12 mm spots, L-BFGS-B capped at
+  20 iterations and warm-started within an episode, one minimum-MU round): well under a second per step on
+  one core (``benchmarks/ppo_env_step.py``), so training fits on 2 shared cores.
 * **Network** (§2.10, Fig. 3): state + learnable positional encoding [M, N+4], a learnable global token
   prepended, a linear projection N+4 → d_model, a pre-LayerNorm Transformer encoder (padding rows masked),
   the critic V(s) on the encoded global token. **Feature selection**: the K = 8 OAR rows with the lowest
@@ -90,7 +90,8 @@ class Args:
 
 def engine_options(args: Args) -> dict:
     return {"dose_grid_factor": tuple(args.dose_grid_factor), "spot_spacing_mm": float(args.spot_spacing_mm),
-            "max_iter": int(args.max_iter), "mu_rounds": int(args.mu_rounds), "objective_points": "dose_grid"}
+            "max_iter": int(args.max_iter), "mu_rounds": int(args.mu_rounds),
+            "objective_points": ENGINE["objective_points"]}
 
 
 def make_env(seeds: Sequence[int], engine: dict | None = None, t_epi: int = 4):
@@ -405,7 +406,7 @@ def train(args: Args, validate_fn=validate) -> TrainRecord:
                     curve.append((steps, score, float(np.mean(returns[-24:]))))
                     if score >= best[0]:
                         best = (score, steps, copy.deepcopy(net.state_dict()))
-                        _save(args, best[2], _record(args, steps, episodes, start, best, curve, step_s))
+                    _save(args, best[2], _record(args, steps, episodes, start, best, curve, step_s))
                     if not args.progress:
                         print(f"step {steps} episodes {episodes} wall {time.perf_counter() - start:.0f} s  validation "
                               f"Δscore {score:.3f}  return {curve[-1][2]:.3f}  best {best[0]:.3f} at {best[1]}",
