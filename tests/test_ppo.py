@@ -120,3 +120,59 @@ def test_train_command_reads_args():
     args = parse(ppo.Args, ["--total-steps", "48", "--rollout", "process", "--val-seeds", "900"], "t")
     assert args.total_steps == 48 and args.rollout == "process" and args.val_seeds == (900,)
     assert args.clip == 0.3 and args.vf_coef == 0.8 and args.ent_coef == 0.005
+
+
+def _fig6_plans():
+    """A plan with full coverage (CTVs 1.012–1.03 Rx, PTVs at Rx, OARs at 30 Gy) and the same plan with
+    Fig. 6's coverage loss on the highest-dose CTV (coldest 1.2 % of voxels at 0.927–0.985 Rx: D99 < Rx,
+    V99 ≈ 98.8 %); returns (case, plan, plan with lost coverage, dose·voxels taken from the CTV)."""
+    from rtautoplan.case import Role
+    from rtautoplan.phantom import make_case
+    from rtautoplan.scoring.base import evaluation_mask
+    from rtautoplan.structures.rules import apply_rules
+
+    case = apply_rules(make_case("hn", 1000), "hn")
+    gy = np.full(case.structures[0].mask.shape, 5.0)
+    for s in case.by_role(Role.OAR):
+        gy[evaluation_mask(s)] = 30.0
+    for s in sorted(case.by_role(Role.PTV), key=lambda s: s.rx_gy):
+        gy[s.mask] = s.rx_gy
+    rng = np.random.default_rng(0)
+    for s in sorted(case.by_role(Role.CTV), key=lambda s: s.rx_gy):
+        gy[s.mask] = s.rx_gy * rng.uniform(1.012, 1.03, int(s.mask.sum()))
+    top = max(case.by_role(Role.CTV), key=lambda s: s.rx_gy)
+    lost, m = gy.copy(), evaluation_mask(top)
+    d = lost[m]
+    cold = np.argsort(d)[: int(round(0.012 * d.size))]
+    new = top.rx_gy * np.linspace(0.927, 0.985, cold.size)
+    energy = float((d[cold] - new).sum())
+    d[cold] = new
+    lost[m] = d
+    return case, gy, lost, energy
+
+
+def test_fig6_lower_oar_dose_bought_with_coverage_gets_a_negative_reward():
+    """SPEC §2.14 Fig. 6: the dose taken from the CTV's cold tail spent on sparing a level-3 OAR (Parotid_L,
+    Cavity_Oral: the same Gy·voxels off their non-target voxels) is a net loss; spent on a level-1 OAR
+    (SpinalCord, Brainstem), which ranks above the targets (§2.4) and is summed, not averaged, it pays."""
+    from rtautoplan import scoring
+    from rtautoplan.case import Role
+    from rtautoplan.policies.ppo_eval import coverage
+    from rtautoplan.scoring.base import evaluation_mask
+
+    case, plan, lost, energy = _fig6_plans()
+    top = max(case.by_role(Role.CTV), key=lambda s: s.rx_gy).name
+    rx, d99, v99 = coverage(lost, case)[top]
+    assert d99 < rx and 98.0 < v99 < 99.5 and coverage(plan, case)[top][2] == 100.0
+    targets = np.logical_or.reduce([s.mask for s in case.by_role(Role.CTV, Role.PTV)])
+
+    def reward(organ):
+        spared = lost.copy()
+        idx = np.flatnonzero(evaluation_mask(case.structure(organ)) & ~targets)
+        spared.flat[idx] -= energy / idx.size
+        assert spared.flat[idx].mean() < plan.flat[idx].mean()
+        score = scoring.SCORERS["dose_distribution"]
+        return scoring.reward("dose_distribution", score(plan, case), score(spared, case))
+
+    assert reward("Parotid_L") < 0 and reward("Cavity_Oral") < 0
+    assert reward("SpinalCord") > 0 and reward("Brainstem") > 0
