@@ -68,7 +68,7 @@ class Args:
     ent_coef: float = 0.005  # β (§2.11)
     max_grad_norm: float = 0.5  # gradient-norm clip (CleanRL)
     norm_adv: bool = True  # advantages normalised per minibatch (CleanRL)
-    d_model: int = 128  # encoder width (the paper: 512; 128 keeps the weights at 3 MB and CPU updates fast)
+    d_model: int = 128  # encoder width (the paper: 512; 128 keeps the weights at 2.4 MB and CPU updates fast)
     n_layers: int = 4  # encoder layers (§2.10)
     n_heads: int = 8  # attention heads (§2.10)
     ffn: int = 256  # feed-forward width (the paper: 1024, with d_model 512)
