@@ -176,3 +176,32 @@ def test_fig6_lower_oar_dose_bought_with_coverage_gets_a_negative_reward():
 
     assert reward("Parotid_L") < 0 and reward("Cavity_Oral") < 0
     assert reward("SpinalCord") > 0 and reward("Brainstem") > 0
+
+
+def test_committed_weights_plan_within_section_2_8(env):
+    """The committed planner loads through ``POLICIES`` and its moves stay in §2.8's ranges."""
+    from rtautoplan.pipeline import make_policy
+
+    policy = make_policy("ppo", env)
+    obs, _ = env.reset(seed=0)
+    ranked = policy.rank(obs)
+    a = ranked[0][0].reshape(-1, 2)
+    assert a.shape == (8, 2) and ranked[0][1] == pytest.approx(1.0)
+    assert (a[:, 0] >= 0).all() and (a[:, 0] <= 0.5).all() and (a[:, 1] >= -0.5).all() and (a[:, 1] <= 0).all()
+    assert np.allclose(ranked[1][0], ranked[0][0] * 0.5)
+
+
+def test_evaluation_table_counts_coverage_and_improvement():
+    from rtautoplan.policies import ppo_eval
+
+    def row(policy, seed, after, ctv, d99, v99):
+        return {"policy": policy, "case_seed": seed, "before": -1.0, "after": after, "steps": 2, "time_s": 3.0,
+                "ctv": ctv, "rx_gy": 70.0, "d99_before": 70.0, "d99_after": d99, "v99_before": 99.0, "v99_after": v99,
+                "oar_dmean_change_gy": -1.0}
+
+    rows = [row("ppo", 1000, -0.5, "CTV_7000", 69.4, 99.0), row("ppo", 1001, -1.2, "CTV_7000", 68.0, 96.0),
+            row("rule-based", 1000, -0.8, "CTV_7000", 70.0, 99.5), row("rule-based", 1001, -0.9, "CTV_7000", 70.0, 99.5)]
+    text = ppo_eval.table(rows)
+    assert "| ppo | 2 | -0.850 ± 0.495 | 1/2 |" in text and "| 1/2 | 1/2 | -1.00 |" in text
+    assert "| initial L-BFGS | 2 | -1.000 ± 0.000 | – |" in text
+    assert ppo_eval.head_to_head(rows).startswith("ppo vs rule-based on 2 cases: eq. 9 score better on 1, worse on 1")
