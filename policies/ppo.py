@@ -54,7 +54,7 @@ class Args:
     """SPEC §2.11 unless noted; defaults = the committed run (policies/weights/ppo_proton_hn.json)."""
 
     seed: int = 0  # torch / numpy / episode seed; same seed → same weights (CPU, one thread)
-    total_steps: int = 2_400  # environment steps (the paper: 2 epochs × 30 patients × T = 4 = 240)
+    total_steps: int = 1_200  # environment steps (the paper: 2 epochs × 30 patients × T = 4 = 240)
     n_envs: int = 2  # environment copies whose episodes form one batch (§2.11)
     episodes_per_env: int = 3  # episodes per copy per rollout ([NOT SPECIFIED]; 24 steps per rollout)
     t_epi: int = 4  # adjustments per episode (T, §2.11)
