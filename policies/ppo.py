@@ -157,7 +157,7 @@ def greedy_action(mean: np.ndarray) -> np.ndarray:
 class PPOPolicy:
     """The trained planner (Policy protocol): the clipped Gaussian mean. ``rank`` offers the mean and a
     half-size step (tried when the safety filter rejects the first), each with its density relative to
-    the mean's (1 for the mean)."""
+    the clipped mean's (1 for it)."""
 
     name = "ppo"
 
@@ -168,12 +168,10 @@ class PPOPolicy:
         obs = torch.as_tensor(np.asarray(observation, np.float32))[None]
         with torch.no_grad():
             dist, _ = self.net.dist(obs)
-            mean = dist.mean[0].numpy()
-            out = []
-            for a in (greedy_action(mean), greedy_action(mean) * 0.5):
-                ratio = (dist.log_prob(torch.as_tensor(a)[None]) - dist.log_prob(dist.mean)).sum().exp()
-                out.append((a, float(ratio)))
-        return out
+            first = greedy_action(dist.mean[0].numpy())
+            moves = (first, first * 0.5)
+            logp = [float(dist.log_prob(torch.as_tensor(a)[None]).sum()) for a in moves]
+        return [(a, float(np.exp(lp - logp[0]))) for a, lp in zip(moves, logp)]
 
     def act(self, observation: np.ndarray) -> np.ndarray:
         return self.rank(observation)[0][0]
