@@ -25,6 +25,7 @@ POLICIES = {
     "acer": _trained("acer"),  # seed 000 prostate (policies/weights/acer_prostate.pt)
     "sarsa": _trained("sarsa"),  # seed 004 H&N IMRT, model 2 (policies/weights/sarsa_model2.npz)
     "qmix": _trained("qmix"),  # seed 003 carbon H&N, 45 agents (policies/weights/qmix_carbon.pt)
+    "ppo": _trained("ppo"),  # seed 002 proton H&N (policies/weights/ppo_proton_hn.pt)
 }
 
 
@@ -39,6 +40,7 @@ def ensemble_for(name: str, env) -> list:
 
 # ``rtautoplan train NAME``: the module whose ``Args`` dataclass and ``train(args)`` reproduce the weights.
 TRAINERS = {"acer": "rtautoplan.policies.acer", "sarsa": "rtautoplan.policies.sarsa",
-            "dqn": "rtautoplan.policies.dqn", "qmix": "rtautoplan.policies.qmix"}  # dqn: the FGSM contrast of seed 000 (docs/results.md)
+            "dqn": "rtautoplan.policies.dqn", "qmix": "rtautoplan.policies.qmix",
+            "ppo": "rtautoplan.policies.ppo"}  # dqn: the FGSM contrast of seed 000 (docs/results.md)
 
 __all__ = ["ensemble_for", "POLICIES", "TRAINERS", "Policy", "RandomPolicy", "RuleBased"]

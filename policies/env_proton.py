@@ -38,6 +38,12 @@ K_SELECTED = 8  # SPEC §2.7 [DERIVED]: 16 parameters = 8 structures × (w, D)
 WEIGHT_RANGE = (0.0, 0.5)  # SPEC §2.8
 LIMIT_RANGE = (-0.5, 0.0)  # SPEC §2.8
 MAX_STEPS = 4  # SPEC §2.11
+# The cheap engine of the PPO planner (``policies/ppo.py``, trained and planned with it): coarse dose grid,
+# 12 mm spots, ≤ 20 L-BFGS-B iterations per solve (warm-started within an episode), one minimum-MU round;
+# the objectives read the dose at the CT voxels (on the coarse grid's own points CTV D99 ends near 0.9 Rx);
+# benchmarks/ppo_env_step.py measures a step.
+PPO_ENGINE = {"dose_grid_factor": (2, 4, 4), "spot_spacing_mm": 12.0, "max_iter": 20, "mu_rounds": 1,
+              "objective_points": "ct"}
 W_MAX = 100.0  # safety bound on an OAR weight (ours, SPEC §5.2): 1.5⁸ ≈ 26 after 8 maximal steps
 DOSE_UNIT_GY = 100.0  # the reference-dose column is R / 100 Gy
 # Type and importance columns ([NOT SPECIFIED] §2.10): type code / 4, SPEC §2.4 level / 3; 0 = padding.

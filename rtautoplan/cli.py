@@ -174,6 +174,8 @@ def _evaluate(args) -> int:
 
     if args.table1:
         return _table1(args)
+    if args.policy == "ppo" and (args.site, args.modality) == ("hn", "proton"):
+        return _ppo_table(args)
     tps = None
     if args.dose_grid_factor:  # the setup's adapter options (e.g. the trained planner's engine) plus the grid
         tps = tps_with_options(ev.setup_for(args.site, args.modality, args.policy), args.adapter,
@@ -218,6 +220,20 @@ def _table1(args) -> int:
                               records=False)
     Console(width=160).print(md.read_text())
     print(f"wrote {out / 'sarsa_table1.csv'}, {md}")
+    return 0
+
+
+def _ppo_table(args) -> int:
+    """Seed 002's table on held-out H&N variants: PPO, rule-based and random against the initial L-BFGS plan."""
+    from rich.console import Console
+
+    from rtautoplan.policies import ppo_eval
+
+    seeds = range(args.seed, args.seed + args.cases)
+    csv_path = Path(args.output) / "ppo_hn_proton.csv"
+    rows = ppo_eval.evaluate(seeds, csv_path=csv_path, progress=lambda p: print(f"planned {args.cases} cases: {p}"))
+    Console(width=200).print(ppo_eval.table(rows) + "\n\n" + ppo_eval.head_to_head(rows))
+    print(f"wrote {csv_path}")
     return 0
 
 
@@ -448,9 +464,9 @@ def parser() -> argparse.ArgumentParser:
     ev.set_defaults(run=_evaluate)
 
     tr = sub.add_parser("train", help="train a planner; its defaults reproduce the committed weights",
-                        description="rtautoplan train acer|sarsa|dqn|qmix [--field value …]: every field of the trainer's "
+                        description="rtautoplan train acer|sarsa|dqn|ppo|qmix [--field value …]: every field of the trainer's "
                                     "Args is an option (rtautoplan train NAME --help lists them)")
-    tr.add_argument("algorithm", choices=["acer", "sarsa", "dqn", "qmix"])
+    tr.add_argument("algorithm", choices=["acer", "sarsa", "dqn", "ppo", "qmix"])
     tr.add_argument("options", nargs=argparse.REMAINDER, help="--field value … of the trainer's Args")
     tr.set_defaults(run=_train)
 

@@ -30,6 +30,7 @@ from rtautoplan.plan import Modality, Result, Step
 from rtautoplan.policies import POLICIES
 from rtautoplan.policies.env import ENVS
 from rtautoplan.policies.env_prostate import ENGINE as PROSTATE_ENGINE
+from rtautoplan.policies.env_proton import PPO_ENGINE
 
 
 @dataclass(frozen=True)
@@ -77,6 +78,7 @@ POLICY_SETUPS: dict[tuple[str, str, str], Setup] = {
                                      adapter_options={"objective_points": "dose_grid", **TRAINED_GRID}),
     # seed 003's QMIX, with the optimiser iterations it was trained on (policies/weights/qmix_carbon.json)
     ("hn", "carbon", "qmix"): Setup("carbon_hn", "phoenix", "qmix", 10, adapter_options={"max_iterations": 100}),
+    ("hn", "proton", "ppo"): Setup("proton_hn", "inhouse-proton", "ppo", 4, adapter_options=PPO_ENGINE),
 }
 
 
