@@ -244,8 +244,25 @@ class DicomRefs:
 
 
 @dataclass(frozen=True, eq=False)
+class UnplannedRoi:
+    """An input ROI that is not planned on (ignored in prescription.json, or empty / outside the CT), kept so
+    that it leaves in the output RTSTRUCT as it came in.
+
+    contours: its closed planar contours as read, each (n, 3) patient mm. interpreted_type: its
+    RTROIInterpretedType ("" when none). why: why it is not planned on, for the log.
+    """
+
+    name: str
+    contours: tuple[np.ndarray, ...]
+    color: tuple[int, int, int] | None
+    interpreted_type: str
+    why: str
+
+
+@dataclass(frozen=True, eq=False)
 class Case:
-    """A patient case ready to plan: CT (HU) on its grid, structures and prescription."""
+    """A patient case ready to plan: CT (HU) on its grid, structures and prescription.
+    unplanned: the input ROIs it does not plan on, written back unchanged."""
 
     case_id: str
     grid: Grid
@@ -253,6 +270,7 @@ class Case:
     structures: tuple[Structure, ...]
     prescription: Prescription
     refs: DicomRefs = DicomRefs()
+    unplanned: tuple[UnplannedRoi, ...] = ()
 
     def structure(self, name: str) -> Structure:
         for s in self.structures:

@@ -81,7 +81,7 @@ def _structures(args) -> int:
     objectives += goal_objectives(planned, goals_for(planned, args.site))
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
-    rtstruct = write_rtstruct(planned, out / "RS_rtautoplan.dcm", label="rtautoplan aux")
+    rtstruct = write_rtstruct(planned, out / "RS_rtautoplan.dcm", label="rtautoplan aux", unplanned=True)
     png = contour_slices(planned, out / "structures.png")
     (out / "objectives.json").write_text(json.dumps([_objective_json(o) for o in objectives], indent=1))
 

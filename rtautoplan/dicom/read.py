@@ -23,7 +23,7 @@ import pydicom
 from pydicom.errors import InvalidDicomError
 from pydicom.uid import RTStructureSetStorage
 
-from rtautoplan.case import Case, Grid, Prescription, Role, Structure
+from rtautoplan.case import Case, Grid, Prescription, Role, Structure, UnplannedRoi
 from rtautoplan.dicom.contours import roi_mask
 from rtautoplan.dicom.ct import write_ct
 from rtautoplan.dicom.prescription import (PRESCRIPTION_FILE, PrescriptionFile, Target, prescribe,
@@ -89,7 +89,19 @@ def read_case(folder: str | Path, case_id: str | None = None, unknown_rois: str 
                                               structure_set.frame_of_reference_uid)
     structures, prescription = _structures(structure_set, grid, rx_file, f"RTSTRUCT {rtstruct_path}", unknown_rois)
     return Case(case_id=case_id or folder.resolve().name, grid=grid, hu=read_hu(slices, where),
-                structures=structures, prescription=replace(prescription, source=rx_source), refs=refs)
+                structures=structures, prescription=replace(prescription, source=rx_source), refs=refs,
+                unplanned=_unplanned(structure_set, structures, rx_file))
+
+
+def _unplanned(structure_set: StructureSet, structures: tuple[Structure, ...],
+               rx_file: PrescriptionFile) -> tuple[UnplannedRoi, ...]:
+    """The ROIs of ``structure_set`` that no structure plans on, with their contours as read: they leave in
+    the output RTSTRUCT unchanged (an ignored or empty ROI is never dropped from the patient's record)."""
+    planned = {s.roi_name for s in structures}
+    return tuple(UnplannedRoi(roi.name, tuple(roi.contours), roi.color, structure_set.interpreted_type(n),
+                              f"ignored in {rx_file.path}" if roi.name in rx_file.ignore
+                              else "empty or outside the CT")
+                 for n, roi in enumerate(structure_set.rois) if roi.name not in planned)
 
 
 def _read_label_map_case(folder: Path, series: dict[str, list[Slice]], image: Path, table_path: Path,
@@ -362,7 +374,8 @@ def _masks(interpreted: list[tuple[RoiContours, str, ParsedName]], grid: Grid) -
         mask, outside = roi_mask(roi.contours, grid, roi.name)
         if not mask.any():
             if meaning.role is Role.OTHER:
-                log.warning("%s is %s; dropped", where, "outside the CT" if outside else "empty on this CT")
+                log.warning("%s is %s: not planned on, written back unchanged", where,
+                            "outside the CT" if outside else "empty on this CT")
                 continue
             if outside:
                 raise InputError(where, f"lies outside the CT: the ROI spans {outside.roi_extent}, the CT "

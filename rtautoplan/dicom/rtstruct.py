@@ -20,7 +20,7 @@ from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence as DicomSequence
 from pydicom.uid import RTStructureSetStorage
 
-from rtautoplan.case import Case, Structure
+from rtautoplan.case import Case, Structure, UnplannedRoi
 from rtautoplan.dicom import modules
 from rtautoplan.dicom.contours import mask_to_contours
 from rtautoplan.dicom.uid import check_refs, new_uid
@@ -48,12 +48,15 @@ def _item(**attributes) -> Dataset:
 
 
 def write_rtstruct(case: Case, path: str | Path, structures: Sequence[Structure] | None = None,
-                   label: str = "rtautoplan", uid_seed: str | None = None) -> Path:
+                   label: str = "rtautoplan", uid_seed: str | None = None, unplanned: bool = False) -> Path:
     """Write ``structures`` (default: all of the case's) as an RTSTRUCT at ``path`` referencing the CT
-    series of ``case.refs``. ``uid_seed`` makes its SOP instance and series UIDs reproducible."""
+    series of ``case.refs``; with ``unplanned``, also the input ROIs the case does not plan on
+    (``case.unplanned``), after them, with their contours as read. ``uid_seed`` makes its SOP instance
+    and series UIDs reproducible."""
     refs, grid = case.refs, case.grid
     check_refs(refs, grid.shape[0])
     structures = case.structures if structures is None else tuple(structures)
+    kept = case.unplanned if unplanned else ()
     when = _dt.datetime.now()
     seeded = (lambda what: new_uid(f"{uid_seed}/{what}")) if uid_seed is not None else (lambda what: new_uid())
     ds = modules.new_dataset(RTStructureSetStorage, seeded("rtstruct"), when)
@@ -71,13 +74,19 @@ def write_rtstruct(case: Case, path: str | Path, structures: Sequence[Structure]
     ds.StructureSetROISequence = [
         _item(ROINumber=n, ReferencedFrameOfReferenceUID=refs.frame_of_reference_uid, ROIName=s.name,
               ROIGenerationAlgorithm="AUTOMATIC" if s.roi_name == "" else "MANUAL")
-        for n, s in enumerate(structures, start=1)]
+        for n, s in enumerate(structures, start=1)] + [
+        _item(ROINumber=n, ReferencedFrameOfReferenceUID=refs.frame_of_reference_uid, ROIName=r.name,
+              ROIGenerationAlgorithm="MANUAL")
+        for n, r in enumerate(kept, start=len(structures) + 1)]
     # ROI Contour (C.8.8.6)
-    ds.ROIContourSequence = [_roi_contour(case, s, n) for n, s in enumerate(structures, start=1)]
+    ds.ROIContourSequence = [_roi_contour(case, s, n) for n, s in enumerate(structures, start=1)] + [
+        _unplanned_contour(case, r, n) for n, r in enumerate(kept, start=len(structures) + 1)]
     # RT ROI Observations (C.8.8.8)
     ds.RTROIObservationsSequence = [
         _item(ObservationNumber=n, ReferencedROINumber=n, RTROIInterpretedType=s.role.dicom_type, ROIInterpreter="")
-        for n, s in enumerate(structures, start=1)]
+        for n, s in enumerate(structures, start=1)] + [
+        _item(ObservationNumber=n, ReferencedROINumber=n, RTROIInterpretedType=r.interpreted_type, ROIInterpreter="")
+        for n, r in enumerate(kept, start=len(structures) + 1)]
     return modules.save(ds, path)
 
 
@@ -104,6 +113,21 @@ def _roi_contour(case: Case, structure: Structure, number: int) -> Dataset:
             _item(ContourImageSequence=_image_refs(case, [k]), ContourGeometricType="CLOSED_PLANAR",
                   NumberOfContourPoints=len(points), ContourNumber=c, ContourData=_ds_mm(points))
             for c, (k, points) in enumerate(contours, start=1)]
+    return item
+
+
+def _unplanned_contour(case: Case, roi: UnplannedRoi, number: int) -> Dataset:
+    """ROI Contour item of an input ROI written back as read: its ContourData unchanged, referencing the
+    CT slice a contour lies on when there is one (within half a slice)."""
+    item = _item(ReferencedROINumber=number, ROIDisplayColor=[int(c) for c in (roi.color or (255, 255, 0))])
+    if roi.contours:
+        slices = [case.grid.patient_to_index(points[0])[0] for points in roi.contours]
+        item.ContourSequence = [
+            _item(**({"ContourImageSequence": _image_refs(case, [int(round(k))])}
+                     if 0 <= round(k) < case.grid.shape[0] and abs(k - round(k)) <= 0.25 else {}),
+                  ContourGeometricType="CLOSED_PLANAR", NumberOfContourPoints=len(points), ContourNumber=c,
+                  ContourData=_ds_mm(points))
+            for c, (k, points) in enumerate(zip(slices, roi.contours), start=1)]
     return item
 
 

@@ -59,7 +59,7 @@ def write_result(case: Case, result: Result, out: str | Path, uid_seed: str | No
     seed = (lambda what: None if uid_seed is None else f"{uid_seed}/{what}")
     plan = result.plan
     rtstruct = write_rtstruct(case, out / RTSTRUCT_FILE, as_drawn(case), label="rtautoplan aux",
-                              uid_seed=seed("rtstruct"))
+                              uid_seed=seed("rtstruct"), unplanned=True)
     plan_path = _write_plan(case, result, out / PLAN_FILE, _sop_instance_uid(rtstruct), seed("plan"), machine)
     header = pydicom.dcmread(plan_path, stop_before_pixels=True)
     rtdose = write_rtdose(case, plan.dose.as_computed, out / DOSE_FILE,
@@ -97,7 +97,7 @@ def write_course(case: Case, result: Result, out: str | Path, uid_seed: str | No
     out.mkdir(parents=True, exist_ok=True)
     seed = (lambda what: None if uid_seed is None else f"{uid_seed}/{what}")
     rtstruct = write_rtstruct(case, out / RTSTRUCT_FILE, as_drawn(case), label="rtautoplan aux",
-                              uid_seed=seed("rtstruct"))
+                              uid_seed=seed("rtstruct"), unplanned=True)
     structure_set_uid = _sop_instance_uid(rtstruct)
     paths, plan_uids, plan_class = {"rtstruct": rtstruct}, [], ""
     for phase, phase_result in zip(case.prescription.phases, result.phases, strict=True):
