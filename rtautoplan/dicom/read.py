@@ -31,6 +31,7 @@ from rtautoplan.dicom.rtstruct import RoiContours, StructureSet, read_rtstruct, 
 from rtautoplan.dicom.series import Slice, describe, grid_of, read_hu, refs_of
 from rtautoplan.dicom.uid import complete_refs
 from rtautoplan.errors import InputError
+from rtautoplan.mask import Mask
 from rtautoplan.structures import names
 from rtautoplan.structures.names import ParsedName
 
@@ -343,7 +344,7 @@ def _unknown_names(unknown: list[str], source: _Source = _RTSTRUCT) -> InputErro
     return InputError(f"{source.kind}{'s' if len(unknown) > 1 else ''} {hints}", "unknown structure name", fix + ignore)
 
 
-def _masks(interpreted: list[tuple[RoiContours, str, ParsedName]], grid: Grid) -> dict[str, np.ndarray]:
+def _masks(interpreted: list[tuple[RoiContours, str, ParsedName]], grid: Grid) -> dict[str, Mask]:
     """The mask of every ROI on the CT by ROIName. An empty ROI, or one wholly outside the CT, is an
     InputError unless it is not anatomy (then dropped); one partly outside keeps its part on the CT
     with a warning, except a target, which could not be covered."""
@@ -369,7 +370,7 @@ def _masks(interpreted: list[tuple[RoiContours, str, ParsedName]], grid: Grid) -
                                                "reconstruction diameter) with the RTSTRUCT drawn on it")
         if outside:
             log.warning("%s: %s; only its part on the CT is kept", where, outside)
-        masks[roi.name] = mask
+        masks[roi.name] = Mask.from_full(mask)
     return masks
 
 

@@ -278,14 +278,15 @@ def dose_grid_of(case: Case, dose_grid_factor=None, dose_grid_mm=None, density=h
         raise ValueError("give dose_grid_factor or dose_grid_mm, not both")
     if dose_grid_mm is None:
         factor = _factor3(1 if dose_grid_factor is None else dose_grid_factor)
-        ext = resample_mask(case.external.mask, factor, "any")
+        ext = resample_mask(case.external.mask.to_full(), factor, "any")
         return (coarse_grid(case.grid, factor), _block_mean(density(case.hu), factor).astype(np.float32), ext,
                 np.flatnonzero(ext), factor)
-    grid = dose_grid_in_mm(case.grid, case.external.mask, dose_grid_mm)
+    external = case.external.mask.to_full()
+    grid = dose_grid_in_mm(case.grid, external, dose_grid_mm)
     rho = np.empty(case.hu.shape, np.float32)
     for k in range(0, rho.shape[0], 16):
         rho[k:k + 16] = density(case.hu[k:k + 16])
-    return grid, rho, None, np.flatnonzero(stencil_mask(case.external.mask, case.grid, grid)), None
+    return grid, rho, None, np.flatnonzero(stencil_mask(external, case.grid, grid)), None
 
 
 def row_depths(density: np.ndarray, ext, dose_grid: Grid, rows_flat: np.ndarray, frame, ct_grid: Grid) -> np.ndarray:
@@ -354,7 +355,7 @@ def _target_mask(case: Case) -> np.ndarray:
     targets = case.by_role(Role.GTV, Role.CTV, Role.PTV)
     if not targets:
         raise ValueError(f"case {case.case_id!r} has no target (GTV, CTV or PTV) to place beamlets on")
-    return np.logical_or.reduce([s.mask for s in targets])
+    return np.logical_or.reduce([s.mask.to_full() for s in targets])
 
 
 def isocentre(case: Case) -> tuple[float, float, float]:
@@ -364,10 +365,10 @@ def isocentre(case: Case) -> tuple[float, float, float]:
         dosed = [s for s in case.by_role(role) if s.rx_gy is not None and s.mask.any()]
         if dosed:
             mask = max(dosed, key=lambda s: s.rx_gy).mask
+            centre = (np.argwhere(mask.crop) + mask.start).mean(axis=0)
             break
     else:
-        mask = _target_mask(case)
-    centre = np.argwhere(mask).mean(axis=0)
+        centre = np.argwhere(_target_mask(case)).mean(axis=0)
     return tuple(float(v) for v in case.grid.index_to_patient(centre))
 
 
@@ -555,7 +556,7 @@ def dij_key(case: Case, beams, beamlet_mm=5.0, dose_grid_factor=None, cutoff_mm=
     add("version", DIJ_VERSION.encode())
     add("hu", np.ascontiguousarray(case.hu).tobytes() + str(case.hu.dtype).encode())
     add("grid", repr(case.grid).encode())
-    add("external", np.packbits(case.external.mask).tobytes())
+    add("external", np.packbits(case.external.mask.to_full()).tobytes())
     add("target", np.packbits(_target_mask(case)).tobytes())
     add("position", case.refs.patient_position.encode())
     add("beams", repr(tuple(beams)).encode())

@@ -33,6 +33,7 @@ import numpy as np
 
 from rtautoplan import dvh
 from rtautoplan.case import Case, Role, Structure
+from rtautoplan.mask import Mask
 from rtautoplan.scoring.base import (Criterion, Score, check_dose, evaluation_mask, make_score, not_scored,
                                      rx_of)
 
@@ -110,15 +111,15 @@ def uniformity(dose_gy: np.ndarray, mask: np.ndarray, rx_gy: float) -> float:
     return -(dvh.d2(dose_gy, mask) - dvh.d98(dose_gy, mask)) / rx_gy
 
 
-def own_level_mask(s: Structure, case: Case) -> np.ndarray:
+def own_level_mask(s: Structure, case: Case) -> Mask | np.ndarray:
     """A CTV as drawn without the CTVs and PTVs of higher prescriptions: the voxels its uniformity is read on.
 
     Nested targets are drawn overlapping (SPEC §2.5 rule 3 exists because they do); a CTV_6000 drawn
     around a CTV_7000 boost would otherwise score D2% − D98% = 10 Gy on a perfect SIB plan.
     """
     rx = rx_of(s, case)
-    higher = [t.mask for t in case.by_role(Role.CTV, Role.PTV) if t.rx_gy is not None and t.rx_gy > rx]
-    return s.mask & ~np.logical_or.reduce(higher) if higher else s.mask
+    higher = [t.mask.to_full() for t in case.by_role(Role.CTV, Role.PTV) if t.rx_gy is not None and t.rx_gy > rx]
+    return s.mask.to_full() & ~np.logical_or.reduce(higher) if higher else s.mask
 
 
 def _check(ring_rx: str, bin_width: float) -> None:
@@ -134,7 +135,7 @@ def _penalties(dose: np.ndarray, case: Case, ring_rx: str,
     rows = []
     for s in (t for t in case.structures if t.role in BANDS):
         mask, band = evaluation_mask(s), BANDS[s.role](s, case, ring_rx)
-        rows.append((s, band, penalty(dose[mask], band, bin_width) if np.any(mask) else None))
+        rows.append((s, band, penalty(mask.take(dose), band, bin_width) if mask.any() else None))
     return rows
 
 
@@ -175,7 +176,7 @@ def score(dose_gy: np.ndarray, case: Case, ring_rx: str = "generating", bin_widt
                                   -p * weights[band.group], 0.0, p == 0.0))
     for s in ctvs:
         own = own_level_mask(s, case)
-        u = uniformity(dose, own if np.any(own) else s.mask, rx_of(s, case))
+        u = uniformity(dose, own if own.any() else s.mask, rx_of(s, case))
         criteria.append(Criterion(f"{s.name} uniformity", s.name, "uniformity", u, "",
                                   f"−(D2% − D98%)/Rx = 0; averaged over {len(ctvs)} CTVs (S3)",
                                   u / len(ctvs), 0.0, None))
