@@ -5,7 +5,8 @@ organ's box is a few percent of the grid. ``Mask`` keeps the grid shape, the box
 and the bool array of the box, and reads arrays on the grid without materialising the mask:
 ``take(array)`` gives the values at the mask's voxels in C order, exactly ``array[full]``;
 ``indices`` the flat indices, exactly ``np.flatnonzero(full)``; ``window(box)`` the mask on
-another box. ``to_full()`` (and ``np.asarray(mask)``) builds the full array when one is needed.
+another box. ``to_full()`` builds the full array when one is needed; ``np.asarray(mask)``, indexing
+and ``& | ~`` do too (numpy interop for scripts and tests: the product's hot paths use the crop).
 
 A Mask is a value: its arrays are never edited after construction.
 """
@@ -120,6 +121,20 @@ class Mask:
     def __array__(self, dtype=None, copy=None):
         full = self.to_full()
         return full if dtype is None else full.astype(dtype)
+
+    def __getitem__(self, key):
+        return self.to_full()[key]
+
+    def __and__(self, other):
+        return np.logical_and(self.to_full(), np.asarray(other))
+
+    def __or__(self, other):
+        return np.logical_or(self.to_full(), np.asarray(other))
+
+    def __invert__(self):
+        return ~self.to_full()
+
+    __rand__, __ror__ = __and__, __or__
 
     def take(self, array: np.ndarray) -> np.ndarray:
         """Values of a full-grid array at the mask's voxels, in C order: ``array[self.to_full()]``."""
