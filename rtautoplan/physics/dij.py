@@ -80,6 +80,7 @@ from scipy.spatial import cKDTree
 from scipy.special import erf
 
 from rtautoplan.case import Case, Grid, Role
+from rtautoplan.mask import Mask
 from rtautoplan.plan import Beam, Modality
 from rtautoplan.physics import cache as dij_cache
 from rtautoplan.physics.geometry import (beam_frame, beamlet_grid, hu_to_red, radiological_depth,
@@ -133,12 +134,15 @@ class Dij:
         lookup[self.row_voxels] = np.arange(self.row_voxels.size)
         return lookup
 
-    def rows_of(self, mask: np.ndarray) -> np.ndarray:
-        """Rows (int64, sorted) of a structure given as a bool mask on the CT grid or on the dose grid.
+    def rows_of(self, mask: Mask | np.ndarray) -> np.ndarray:
+        """Rows (int64, sorted) of a structure given as a Mask or bool array on the CT grid, or on the dose grid.
         A CT mask is resampled by :func:`resample_mask` (block factor: rule "half" with the "any"
         fallback) or :func:`mask_on_grid` (dose grid in mm: the centre rule with the "any" fallback).
         Voxels that are not rows (outside the External) are dropped."""
-        mask = np.asarray(mask, bool)
+        if not isinstance(mask, Mask):
+            mask = np.asarray(mask, bool)
+        elif self.factor is not None or self.ct_grid is None:
+            mask = mask.to_full()
         if self.factor is None and self.ct_grid is not None and mask.shape == tuple(self.ct_grid.shape):
             mask = mask_on_grid(mask, self.ct_grid, self.dose_grid)
         elif mask.shape != tuple(self.dose_grid.shape):
@@ -227,21 +231,24 @@ def _axis_map(src: Grid, dst: Grid) -> tuple[np.ndarray, np.ndarray]:
     return src.patient_to_index(np.asarray(dst.origin, float)), np.asarray(dst.spacing) / np.asarray(src.spacing)
 
 
-def mask_on_grid(mask: np.ndarray, src: Grid, dst: Grid) -> np.ndarray:
-    """A bool mask on ``src`` (the CT) on ``dst`` (the dose grid): a ``dst`` voxel is in when its
-    centre lies in a mask voxel (nearest ``src`` voxel); when none is, every ``dst`` voxel that
+def mask_on_grid(mask: Mask | np.ndarray, src: Grid, dst: Grid) -> np.ndarray:
+    """A Mask or bool array on ``src`` (the CT) on ``dst`` (the dose grid): a ``dst`` voxel is in when
+    its centre lies in a mask voxel (nearest ``src`` voxel); when none is, every ``dst`` voxel that
     contains a mask voxel's centre ("any"), so a small structure never vanishes."""
-    mask = np.asarray(mask, bool)
+    if not isinstance(mask, Mask):
+        mask = Mask(np.shape(mask), (0, 0, 0), np.asarray(mask, bool))
     start, step = _axis_map(src, dst)
     index, inside = [], []
-    for a in range(3):
-        c = np.rint(start[a] + np.arange(dst.shape[a]) * step[a])
-        inside.append((c >= 0) & (c < src.shape[a]))
-        index.append(np.clip(c, 0, src.shape[a] - 1).astype(np.intp))
-    out = mask[np.ix_(*index)] & inside[0][:, None, None] & inside[1][None, :, None] & inside[2][None, None, :]
-    if out.any() or not mask.any():
+    for a in range(3):  # nearest CT index of each dose-voxel centre, then its place in the mask's box
+        c = np.rint(start[a] + np.arange(dst.shape[a]) * step[a]) - mask.start[a]
+        inside.append((c >= 0) & (c < mask.crop.shape[a]))
+        index.append(np.clip(c, 0, max(mask.crop.shape[a] - 1, 0)).astype(np.intp))
+    if not mask.any():
+        return np.zeros(dst.shape, bool)
+    out = mask.crop[np.ix_(*index)] & inside[0][:, None, None] & inside[1][None, :, None] & inside[2][None, None, :]
+    if out.any():
         return out
-    kji = np.rint((np.argwhere(mask) - start) / step).astype(np.intp)
+    kji = np.rint((np.argwhere(mask.crop) + mask.start - start) / step).astype(np.intp)
     keep = np.all((kji >= 0) & (kji < np.asarray(dst.shape)), axis=1)
     out[tuple(kji[keep].T)] = True
     return out
