@@ -111,15 +111,18 @@ def uniformity(dose_gy: np.ndarray, mask: np.ndarray, rx_gy: float) -> float:
     return -(dvh.d2(dose_gy, mask) - dvh.d98(dose_gy, mask)) / rx_gy
 
 
-def own_level_mask(s: Structure, case: Case) -> Mask | np.ndarray:
+def own_level_mask(s: Structure, case: Case) -> Mask:
     """A CTV as drawn without the CTVs and PTVs of higher prescriptions: the voxels its uniformity is read on.
 
     Nested targets are drawn overlapping (SPEC §2.5 rule 3 exists because they do); a CTV_6000 drawn
     around a CTV_7000 boost would otherwise score D2% − D98% = 10 Gy on a perfect SIB plan.
     """
     rx = rx_of(s, case)
-    higher = [t.mask.to_full() for t in case.by_role(Role.CTV, Role.PTV) if t.rx_gy is not None and t.rx_gy > rx]
-    return s.mask.to_full() & ~np.logical_or.reduce(higher) if higher else s.mask
+    higher = [t.mask for t in case.by_role(Role.CTV, Role.PTV) if t.rx_gy is not None and t.rx_gy > rx]
+    if not higher:
+        return s.mask
+    box = s.mask.box
+    return Mask(s.mask.shape, s.mask.start, s.mask.crop & ~np.logical_or.reduce([t.window(box) for t in higher]))
 
 
 def _check(ring_rx: str, bin_width: float) -> None:
