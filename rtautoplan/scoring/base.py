@@ -93,9 +93,9 @@ def not_scored(name: str, structure: str, metric: str, unit: str, goal: str, why
     return Criterion(name, structure, metric, NOT_SCORED, unit, f"{goal} ({why}: not scored)", 0.0, None, None)
 
 
-def check_dose(dose_gy: np.ndarray, case: Case) -> np.ndarray:
-    """The dose as a float array (Gy), checked to lie on the case grid."""
-    dose = np.asarray(dose_gy, dtype=float)
+def check_dose(dose_gy: np.ndarray, case: Case, dtype=float) -> np.ndarray:
+    """The dose as an array (Gy) of ``dtype`` (None: as given), checked to lie on the case grid."""
+    dose = np.asarray(dose_gy, dtype=dtype)
     if dose.shape != tuple(case.grid.shape):
         raise ValueError(f"dose shape {dose.shape} differs from the grid of case {case.case_id!r} "
                          f"{tuple(case.grid.shape)}: score the dose on the case grid")

@@ -106,9 +106,16 @@ def penalty(doses_gy: np.ndarray, band: Band, bin_width: float = BIN_WIDTH) -> f
     return float(total)
 
 
-def uniformity(dose_gy: np.ndarray, mask: np.ndarray, rx_gy: float) -> float:
-    """uniform = −(D2% − D98%)/Rx (≤ 0, 0 perfectly uniform), SPEC §2.12."""
-    return -(dvh.d2(dose_gy, mask) - dvh.d98(dose_gy, mask)) / rx_gy
+def uniformity(dose_gy: np.ndarray, mask: Mask | np.ndarray, rx_gy: float) -> float:
+    """uniform = −(D2% − D98%)/Rx (≤ 0, 0 perfectly uniform), SPEC §2.12; the doses read in float64."""
+    doses = _float64(dose_gy, mask)
+    every = np.ones(doses.shape, bool)
+    return -(dvh.d2(doses, every) - dvh.d98(doses, every)) / rx_gy
+
+
+def _float64(dose_gy: np.ndarray, mask: Mask | np.ndarray) -> np.ndarray:
+    """The structure's doses as float64: only its voxels are converted, not the whole grid."""
+    return dvh.structure_doses(dose_gy, mask).astype(np.float64)
 
 
 def own_level_mask(s: Structure, case: Case) -> Mask:
@@ -138,7 +145,7 @@ def _penalties(dose: np.ndarray, case: Case, ring_rx: str,
     rows = []
     for s in (t for t in case.structures if t.role in BANDS):
         mask, band = evaluation_mask(s), BANDS[s.role](s, case, ring_rx)
-        rows.append((s, band, penalty(mask.take(dose), band, bin_width) if mask.any() else None))
+        rows.append((s, band, penalty(_float64(dose, mask), band, bin_width) if mask.any() else None))
     return rows
 
 
@@ -149,7 +156,7 @@ def structure_scores(dose_gy: np.ndarray, case: Case, ring_rx: str = "generating
     The 4th PPO state column and the feature-selection signal of seed 002 (SPEC §2.12).
     """
     _check(ring_rx, bin_width)
-    rows = _penalties(check_dose(dose_gy, case), case, ring_rx, bin_width)
+    rows = _penalties(check_dose(dose_gy, case, None), case, ring_rx, bin_width)
     return {s.name: -p for s, _, p in rows if p is not None}
 
 
@@ -165,7 +172,7 @@ def score(dose_gy: np.ndarray, case: Case, ring_rx: str = "generating", bin_widt
     "uniformity", weight 1/|S3|), so total = Σ criterion scores. Empty structures are listed, not scored.
     """
     _check(ring_rx, bin_width)
-    dose = check_dose(dose_gy, case)
+    dose = check_dose(dose_gy, case, None)
     everything = _penalties(dose, case, ring_rx, bin_width)
     rows = [(s, band, p) for s, band, p in everything if p is not None]
     criteria = [not_scored(f"{s.name} penalty", s.name, "penalty", "", _interval(band), "empty")
