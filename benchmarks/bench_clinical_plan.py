@@ -8,7 +8,7 @@ Every measurement runs in a fresh process, single-threaded (OMP/MKL/NUMBA thread
   2 mm, 35 structures after the rules); what the masks hold (their arrays, counted once) against the same masks
   as full-grid bool arrays (one per distinct mask, as before issue 13, materialised in the same process), and the
   process's resident set.
-- estimate_dose: the clinical case, and on the reduced case (every axis halved) the previous all-offsets distance
+- estimate_dose: the clinical case, and on a reduced case (every third voxel per axis) the previous all-offsets distance
   transform (kept here only as the baseline) against the current one, same run, results compared bit for bit.
 - The plan: ``/usr/bin/time -v rtautoplan plan CASE -o OUT`` with the default options (wall time, peak RSS);
   with py-spy installed (``pip install py-spy``) it runs under ``py-spy record`` (sampling from another process,
@@ -38,22 +38,20 @@ from common import ROOT, load_average, machine, write_results
 THREADS = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "NUMBA_NUM_THREADS": "1", "TORCH_NUM_THREADS": "1"}
 HEADING = "## Clinical size: cropped masks, estimate_dose and the closed loop (issue 13)"
 
-# Pipeline stages of the profile: (label, function names whose samples count for it); a sample counts for the
-# first stage whose function is on its stack.
+# Pipeline stages of the profile: (label, function names whose samples count for it); a main-thread sample
+# counts for the first stage with one of its functions on the stack (a method matches by its name).
 STAGES = (
     ("read_case (CT, RTSTRUCT → masks)", ("read_case",)),
-    ("apply_rules (PTV, Gap, Ring, overlaps)", ("apply_rules", "resolve")),
+    ("apply_rules (PTV, Gap, Ring, overlaps)", ("apply_rules",)),
     ("estimate_dose (rule-11 reference)", ("estimate_dose",)),
     ("dose influence (prepare)", ("prepare",)),
-    ("objective points", ("structure_points",)),
+    ("deliverable plan (sequencing, segment weights, its score)", ("deliverable",)),
     ("optimisation (optimize)", ("optimize",)),
-    ("deliverable plan (sequencing, segment weights)", ("deliverable",)),
-    ("clinical gate and scores", ("verdict", "evaluate_gate", "score", "hotspots")),
-    ("dose on the CT grid (dose_of)", ("dose_of",)),
-    ("outputs (DICOM, report)", ("write_result", "write_outputs", "write_report")),
-    ("progress display (rich refresh thread)", ("_RefreshThread.run",)),
+    ("scores and clinical gate", ("score", "structure_scores", "hotspots", "evaluate_goals")),
+    ("outputs (DICOM, report)", ("write_result", "write_report", "write_outputs")),
 )
-
+WORKERS = "engine worker threads (row products, beside the main thread)"
+DISPLAY = "progress display thread (rich)"
 
 def previous_box_distance(mask: np.ndarray, spacing, limit_mm: float | None = None) -> np.ndarray:
     """The distance transform before this change (every offset up to the reach, over the whole box): baseline."""
@@ -128,15 +126,18 @@ def child_estimate(case_dir: Path) -> dict:
             "reduced_previous_s": before_s, "identical": bool(np.array_equal(now, before))}
 
 
+REDUCE = 3  # the baseline's case: every third voxel of each axis (the previous transform costs voxels × reach)
+
+
 def _reduced(case):
-    """The case on every second voxel of each axis (spacing doubled): the baseline's size."""
+    """The case on every REDUCE-th voxel of each axis (spacing × REDUCE): the baseline's size."""
     from dataclasses import replace
 
     from rtautoplan.case import Grid
 
     g = case.grid
-    grid = Grid(g.origin, tuple(2 * s for s in g.spacing), tuple((n + 1) // 2 for n in g.shape), g.orientation)
-    every = (slice(None, None, 2),) * 3
+    grid = Grid(g.origin, tuple(REDUCE * s for s in g.spacing), tuple(-(-n // REDUCE) for n in g.shape), g.orientation)
+    every = (slice(None, None, REDUCE),) * 3
     structures = tuple(replace(s, mask=s.mask.to_full()[every], planning_mask=None if s.planning_mask is None
                                else s.planning_mask.to_full()[every]) for s in case.structures)
     return replace(case, grid=grid, hu=case.hu[every], structures=structures)
@@ -168,13 +169,20 @@ def run_plan(case_dir: Path, out: Path, extra: list[str]) -> dict:
 
 
 def stage_seconds(profile: Path) -> dict[str, float]:
-    """Seconds (samples / 10 Hz) per stage of STAGES from py-spy's raw output; the rest as "other"."""
-    out = {label: 0.0 for label, _ in STAGES} | {"other": 0.0}
+    """Seconds (samples / 10 Hz) per stage of STAGES from py-spy's raw output, main thread ("other": the rest);
+    the engine's worker threads and the progress display apart, their idle waits left out."""
+    out = {label: 0.0 for label, _ in STAGES} | {"other (main thread)": 0.0, WORKERS: 0.0, DISPLAY: 0.0}
     for line in profile.read_text().splitlines():
         stack, count = line.rsplit(" ", 1)
         names = [frame.split(" (")[0] for frame in stack.split(";")]
-        label = next((label for label, funcs in STAGES if any(f in names for f in funcs)), "other")
-        out[label] += int(count) / 10.0
+        seconds = int(count) / 10.0
+        if names[0].startswith("Thread._bootstrap"):
+            if not (names[-1] == "_worker" or any(n.endswith(".wait") for n in names)):  # idle
+                out[DISPLAY if any(n.endswith("_RefreshThread.run") for n in names) else WORKERS] += seconds
+            continue
+        label = next((label for label, funcs in STAGES
+                      if any(n == f or n.endswith("." + f) for n in names for f in funcs)), "other (main thread)")
+        out[label] += seconds
     return out
 
 
