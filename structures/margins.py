@@ -79,8 +79,27 @@ def _box_distance(mask: np.ndarray, spacing, limit_mm: float | None = None) -> n
         reach = mask.shape[axis] - 1 if limit_mm is None else min(int(math.ceil(limit_mm / step + 0.5)),
                                                                     mask.shape[axis] - 1)
         costs = np.array([0.0] + [((n - 0.5) * step) ** 2 for n in range(1, reach + 1)])
-        _min_plus_lines(np.moveaxis(squared, axis, 2), costs)
+        if axis == 2:
+            _min_plus_lines(squared, costs)
+        else:  # (outer, line, columns): whole rows of the last axis are read and written at a time
+            _min_plus_columns(squared if axis == 1 else np.moveaxis(squared, 0, 1), costs)
     return np.sqrt(squared, out=squared)
+
+
+@njit(nogil=True, cache=True)
+def _min_plus_columns(a, costs):
+    """:func:`_min_plus_lines` along the middle axis of ``a`` (outer, line, columns), the columns copied
+    slab by slab into contiguous lines so that memory is read row by row, not one page per value."""
+    outer, length, width = a.shape
+    lines = np.empty((1, width, length))
+    for p in range(outer):
+        for m in range(length):
+            for w in range(width):
+                lines[0, w, m] = a[p, m, w]
+        _min_plus_lines(lines, costs)
+        for m in range(length):
+            for w in range(width):
+                a[p, m, w] = lines[0, w, m]
 
 
 @njit(nogil=True, cache=True)
