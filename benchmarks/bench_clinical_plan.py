@@ -213,15 +213,16 @@ def report(memory: dict, estimate: dict, plan: dict | None, extra: list[str]) ->
     if plan is None:
         return "\n".join(lines)
     options = " ".join(extra) or "default options"
-    lines += [f"**Closed-loop photon plan** (`rtautoplan plan` of that case, {options}; {plan['steps']} loop steps): "
+    lines += [f"**Closed-loop photon plan** (`rtautoplan plan` of that case, {options}; {plan['steps']} loop step attempts logged): "
               f"wall **{plan['wall_s']:.0f} s**, peak RSS **{plan['peak_mb'] / 1024:.2f} GB**, CPU {plan['cpu_s']:.0f} s "
               f"(targets ≤ 300 s, ≤ 6 GB on 2 cores); load average before {plan['load_before']}, after "
               f"{plan['load_after']}" + (" (under py-spy, 10 Hz sampling from another process)." if plan["profiled"]
                                          else ".")]
     if plan["stages"]:
-        total = sum(plan["stages"].values())
-        lines += ["", "| stage | sampled s | share |", "| --- | ---: | ---: |"]
-        lines += [f"| {label} | {s:.1f} | {100 * s / total:.0f} % |" for label, s in plan["stages"].items() if s]
+        main = sum(s for label, s in plan["stages"].items() if label not in (WORKERS, DISPLAY))
+        lines += ["", "| stage | sampled s | share of the main thread |", "| --- | ---: | ---: |"]
+        lines += [f"| {label} | {s:.1f} | " + ("—" if label in (WORKERS, DISPLAY) else f"{100 * s / main:.0f} %") + " |"
+                  for label, s in plan["stages"].items() if s]
     return "\n".join(lines) + "\n"
 
 
