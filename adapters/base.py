@@ -83,7 +83,7 @@ def check_tps(tps: TPS, case: Case, objectives: Sequence[Objective], beams: Sequ
     tightened = tps.optimize(squeezed)
     _check_dose(tightened, case)
     organ = case.structure(adjustable[0].structure).voxels
-    _require(tightened.gy[organ].mean() < first.gy[organ].mean() - 1e-3,
+    _require(organ.take(tightened.gy).mean() < organ.take(first.gy).mean() - 1e-3,
              f"tightening {adjustable[0].structure} to 0 Gy ×100 must lower its mean dose")
 
 
@@ -93,7 +93,7 @@ def objective_value(dose: Dose, case: Case, objectives: Sequence[Objective]) -> 
 
     total = 0.0
     for o in objectives:
-        d = dose.gy[case.structure(o.structure).voxels].astype(float)
+        d = case.structure(o.structure).voxels.take(dose.gy).astype(float)
         if d.size:
             total += o.weight * PENALTIES[o.kind](d, o.dose_gy, o.volume)[0]
     return total

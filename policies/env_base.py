@@ -56,7 +56,7 @@ def single_level(case: Case, dose_gy: float, fractions: int, targets: Sequence[s
     if not ctvs:
         raise ValueError(f"case {case.case_id!r} has no CTV among {targets or 'its structures'}")
     name = target_name(Role.CTV, dose_gy)
-    merged = Structure(name, np.logical_or.reduce([s.mask for s in ctvs]), Role.CTV, level=2, rx_gy=float(dose_gy),
+    merged = Structure(name, np.logical_or.reduce([s.mask.to_full() for s in ctvs]), Role.CTV, level=2, rx_gy=float(dose_gy),
                        roi_name=name, color=ctvs[0].color)
     kept = tuple(s for s in case.structures if s.role not in (Role.CTV, Role.PTV))
     return replace(case, structures=kept + (merged,), prescription=Prescription((DoseLevel(name, float(dose_gy)),),
@@ -108,7 +108,7 @@ class Voxels:
         if name not in self._idx:
             from rtautoplan.scoring.base import evaluation_mask
 
-            self._idx[name] = np.flatnonzero(evaluation_mask(self.case.structure(name)))
+            self._idx[name] = evaluation_mask(self.case.structure(name)).indices
         return self._idx[name]
 
 

@@ -143,11 +143,11 @@ def normal_tissue_objectives(case: Case) -> tuple[Objective, ...]:
 def normal_tissue_gaps(case: Case) -> Case:
     """The case with every Gap's planning voxels outside all CTVs and PTVs (as drawn): a lower
     level's Gap may lie inside a higher level's target, where its NTO must not act."""
-    targets = [s.mask for s in case.by_role(Role.CTV, Role.PTV)]
+    targets = [s.mask.to_full() for s in case.by_role(Role.CTV, Role.PTV)]
     if not targets:
         return case
     inside = np.logical_or.reduce(targets)
-    return case.with_structures(tuple(s.with_planning_mask(s.voxels & ~inside) if s.role is Role.GAP else s
+    return case.with_structures(tuple(s.with_planning_mask(s.voxels.to_full() & ~inside) if s.role is Role.GAP else s
                                       for s in case.structures))
 
 
@@ -301,7 +301,8 @@ class CarbonHNEnv(LoopHooks, ParallelEnv):
         CTVs counts in the one of highest Rx (rule 3 on the drawn masks)."""
         relative, seen = np.zeros(gy.size, np.float32), np.zeros(gy.size, bool)
         for name, rx in ctv_levels(self.case):
-            flat = np.flatnonzero(self.case.structure(name).mask.ravel() & ~seen)
+            flat = self.case.structure(name).mask.indices
+            flat = flat[~seen[flat]]
             relative[flat] = gy.ravel()[flat] / rx
             seen[flat] = True
         return relative.reshape(gy.shape), np.flatnonzero(seen)

@@ -12,6 +12,8 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
+from rtautoplan.mask import Mask
+
 AXIAL_HFS = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
 
 
@@ -105,7 +107,8 @@ class Structure:
     """One region of interest on the case grid.
 
     name: TG-263 name (targets: ``CTV_7000`` with the dose in cGy).
-    mask: voxels as delineated (input ROIs) or as generated (PTV, Gap, Ring); bool [k, j, i].
+    mask: voxels as delineated (input ROIs) or as generated (PTV, Gap, Ring), on their bounding box
+        (a full-grid bool [k, j, i] array given here is cropped: see ``rtautoplan.mask``).
     role: what the structure is for.
     level: priority level of SPEC §2.4 (1 highest, 2 targets, 3 other OARs and Rings); None: never optimised.
     rx_gy: targets, Gaps and Rings: the prescription dose (Gy) of the dose level they belong to.
@@ -114,23 +117,32 @@ class Structure:
     """
 
     name: str
-    mask: np.ndarray
+    mask: Mask
     role: Role
     level: int | None = None
     rx_gy: float | None = None
     roi_name: str = ""
     color: tuple[int, int, int] = (255, 0, 0)
-    planning_mask: np.ndarray | None = None
+    planning_mask: Mask | None = None
+
+    def __post_init__(self):
+        for attribute in ("mask", "planning_mask"):
+            value = getattr(self, attribute)
+            if value is not None and not isinstance(value, Mask):
+                try:
+                    object.__setattr__(self, attribute, Mask.from_full(value))
+                except ValueError as error:
+                    raise ValueError(f"structure {self.name!r}: {error}") from None
 
     @property
-    def voxels(self) -> np.ndarray:
+    def voxels(self) -> Mask:
         """The mask objectives and plan evaluation act on: planning_mask once the rules ran, else mask."""
         return self.mask if self.planning_mask is None else self.planning_mask
 
     def volume_cm3(self, grid: Grid) -> float:
-        return float(np.count_nonzero(self.mask)) * grid.voxel_volume_cm3
+        return self.mask.count * grid.voxel_volume_cm3
 
-    def with_planning_mask(self, planning_mask: np.ndarray) -> "Structure":
+    def with_planning_mask(self, planning_mask: Mask | np.ndarray) -> "Structure":
         return replace(self, planning_mask=planning_mask)
 
 

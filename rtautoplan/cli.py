@@ -96,7 +96,7 @@ def _structures(args) -> int:
     for s in planned.structures:
         table.add_row(s.name, s.roi_name or "(generated)", s.role.value, "" if s.level is None else str(s.level),
                       f"{s.volume_cm3(planned.grid):.2f}",
-                      "" if s.planning_mask is None else f"{s.voxels.sum() * planned.grid.voxel_volume_cm3:.2f}",
+                      "" if s.planning_mask is None else f"{s.voxels.count * planned.grid.voxel_volume_cm3:.2f}",
                       "; ".join(by_structure.get(s.name, [])))
     console = Console(width=160)
     console.print(table)

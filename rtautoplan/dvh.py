@@ -13,9 +13,9 @@ a structure, sorted once, define everything:
 * ``Dx cm³``: Dx% with x = 100 · (x cm³ / structure volume); a request larger than the structure
   gives Dmin.
 
-``mask`` is either a bool array of the dose's shape or the flat voxel indices
-``np.flatnonzero(mask)``; the indices are the fast form for calls repeated every step of a loop,
-since a bool mask costs a pass over the whole grid. Doses are in Gy, volumes in cm³.
+``mask`` is a ``Mask`` (a structure's, read on its bounding box), a bool array of the dose's
+shape or the flat voxel indices ``np.flatnonzero(mask)``; a Mask or the indices are the fast forms
+for calls repeated every step of a loop, since a full bool array costs a pass over the whole grid. Doses are in Gy, volumes in cm³.
 """
 
 from __future__ import annotations
@@ -24,6 +24,8 @@ from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
+
+from rtautoplan.mask import Mask
 
 
 @dataclass(frozen=True, eq=False)
@@ -52,10 +54,11 @@ class DVH:
 
 
 def structure_doses(dose_gy: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """The doses (Gy, 1-D) of the voxels in ``mask`` (bool array or flat indices)."""
+    """The doses (Gy, 1-D) of the voxels in ``mask`` (Mask, bool array or flat indices)."""
     dose_gy = np.asarray(dose_gy)
-    mask = np.asarray(mask)
-    if mask.dtype == bool:
+    if isinstance(mask, Mask):
+        values = mask.take(dose_gy)
+    elif (mask := np.asarray(mask)).dtype == bool:
         if mask.shape != dose_gy.shape:
             raise ValueError(f"mask shape {mask.shape} differs from dose shape {dose_gy.shape}: both must be on one grid")
         values = dose_gy[mask]

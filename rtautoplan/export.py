@@ -56,7 +56,7 @@ def export_nifti(source: str | Path, out: str | Path, ct_case: str | Path | None
         raise InputError(str(source), "is not a folder", "Give a case folder or an rtautoplan output folder")
     if not is_output_folder(source):
         case = read_case(source, unknown_rois=unknown_rois)
-        return _write_case(case, [(s.name, s.mask) for s in case.structures], out)
+        return _write_case(case, [(s.name, s.mask.to_full()) for s in case.structures], out)
     if ct_case is None:
         raise InputError(str(source), "is an rtautoplan output folder, which holds no CT",
                          "Give the case folder it was planned from: --ct CASE")

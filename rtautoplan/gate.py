@@ -94,19 +94,19 @@ def lower_level_region(case: Case, target) -> np.ndarray | None:
 
     if target.rx_gy is None:
         return None
-    higher = [t.mask for t in case.by_role(Role.CTV, Role.PTV, Role.GTV)
+    higher = [t.mask.to_full() for t in case.by_role(Role.CTV, Role.PTV, Role.GTV)
               if t.rx_gy is not None and t.rx_gy > target.rx_gy + 1e-6 and t.mask.any()]
     if not higher:
         return None
-    return target.mask & ~expand(np.logical_or.reduce(higher), case.grid.spacing, BOOST_FALLOFF_MM)
+    return target.mask.to_full() & ~expand(np.logical_or.reduce(higher), case.grid.spacing, BOOST_FALLOFF_MM)
 
 
 def hotspots(case: Case, dose_gy: np.ndarray) -> tuple[HotSpot, ...]:
     """The hot-spot rules of the module docstring, measured on ``dose_gy`` (Gy, case grid)."""
     targets = [s for s in case.by_role(Role.CTV, Role.PTV, Role.GTV) if s.mask.any() and s.rx_gy is not None]
     out = []
-    inside = np.logical_or.reduce([s.mask for s in targets]) if targets else np.zeros(case.grid.shape, bool)
-    body = case.external.mask if case.by_role(Role.EXTERNAL) else np.ones(case.grid.shape, bool)
+    inside = np.logical_or.reduce([s.mask.to_full() for s in targets]) if targets else np.zeros(case.grid.shape, bool)
+    body = case.external.mask.to_full() if case.by_role(Role.EXTERNAL) else np.ones(case.grid.shape, bool)
     outside = body & ~inside
     if outside.any():
         limit = OUTSIDE_MAX * case.prescription.rx_max

@@ -33,7 +33,7 @@ def case_hash(case: Case) -> str:
     h.update(repr((case.grid, case.prescription)).encode())
     for s in case.structures:
         h.update(s.name.encode())
-        h.update(np.packbits(s.mask).tobytes())
+        h.update(np.packbits(s.mask.to_full()).tobytes())
     return h.hexdigest()
 
 

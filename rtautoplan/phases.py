@@ -119,7 +119,7 @@ def phase_view(case: Case, phase: Phase) -> Case:
     for dose in phase_doses(phase):
         targets = [phase_target(case, lv.target) for lv in phase.levels if abs(lv.dose_gy - dose) <= DOSE_TOL_GY]
         name = auxiliary_name(phase, dose)
-        aux.append(Structure(name, np.logical_or.reduce([t.mask for t in targets]), Role.CTV, level=2,
+        aux.append(Structure(name, np.logical_or.reduce([t.mask.to_full() for t in targets]), Role.CTV, level=2,
                              rx_gy=float(dose), color=targets[0].color))
         levels.append(DoseLevel(name, float(dose)))
     prescription = Prescription(tuple(levels), phase.fractions, site=case.prescription.site)
@@ -160,7 +160,7 @@ def normalised(result: Result, planned: Case) -> Result:
     initial plan by its own, both re-scored on the phase's planning case. The loop's steps keep the
     scores of the unscaled plans it compared."""
     level = planned.prescription.levels[0]
-    voxels = np.flatnonzero(planned.structure(target_name(Role.PTV, level.dose_gy)).mask)
+    voxels = planned.structure(target_name(Role.PTV, level.dose_gy)).mask.indices
 
     def factor(dose: Dose) -> float:
         d95 = dvh.d_percent(dose.gy, voxels, 95.0)

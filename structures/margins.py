@@ -22,6 +22,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+from numba import njit
 
 Box = tuple[slice, slice, slice]
 
@@ -70,23 +71,76 @@ def _box_distance(mask: np.ndarray, spacing, limit_mm: float | None = None) -> n
     half a spacing for a face neighbour.
 
     Exact, by a separable transform: the squared distance to a box is a sum of per-axis terms
-    ((|n| − ½)·s)² for an offset of n ≥ 1 voxels, so three 1-D min-convolutions (one per axis,
-    each a few vectorised shifts) give the minimum over all mask voxels. Distances ≤ limit_mm are
+    ((|n| − ½)·s)² for an offset of n ≥ 1 voxels, so three 1-D min-plus convolutions (one per axis,
+    :func:`_min_plus_lines`) give the minimum over all mask voxels. Distances ≤ limit_mm are
     exact; larger ones come back as some value > limit_mm (or +inf)."""
     squared = np.where(mask, 0.0, np.inf)
-    scratch = np.empty_like(squared)  # one buffer for every shifted sum: no allocation per offset
     for axis, step in enumerate(spacing):
         reach = mask.shape[axis] - 1 if limit_mm is None else min(int(math.ceil(limit_mm / step + 0.5)),
                                                                     mask.shape[axis] - 1)
-        moved = np.moveaxis(squared, axis, 0)
-        best = moved.copy()
-        shifted = np.moveaxis(scratch, axis, 0)
-        for n in range(1, reach + 1):  # offsets along one axis, each vectorised over the volume
-            cost = ((n - 0.5) * step) ** 2
-            np.minimum(best[n:], np.add(moved[:-n], cost, out=shifted[n:]), out=best[n:])
-            np.minimum(best[:-n], np.add(moved[n:], cost, out=shifted[:-n]), out=best[:-n])
-        squared = np.moveaxis(best, 0, axis)
-    return np.sqrt(squared)
+        costs = np.array([0.0] + [((n - 0.5) * step) ** 2 for n in range(1, reach + 1)])
+        if axis == 2:
+            _min_plus_lines(squared, costs)
+        else:  # (outer, line, columns): whole rows of the last axis are read and written at a time
+            _min_plus_columns(squared if axis == 1 else np.moveaxis(squared, 0, 1), costs)
+    return np.sqrt(squared, out=squared)
+
+
+@njit(nogil=True, cache=True)
+def _min_plus_columns(a, costs):
+    """:func:`_min_plus_lines` along the middle axis of ``a`` (outer, line, columns), the columns copied
+    slab by slab into contiguous lines so that memory is read row by row, not one page per value."""
+    outer, length, width = a.shape
+    lines = np.empty((1, width, length))
+    for p in range(outer):
+        for m in range(length):
+            for w in range(width):
+                lines[0, w, m] = a[p, m, w]
+        _min_plus_lines(lines, costs)
+        for m in range(length):
+            for w in range(width):
+                a[p, m, w] = lines[0, w, m]
+
+
+@njit(nogil=True, cache=True)
+def _min_plus_lines(a, costs):
+    """In place along the last axis of ``a`` (squared mm, ≥ 0 or +inf): a[m] ← min(a[m], a[m ± n] +
+    costs[n]) for 1 ≤ n < len(costs), costs increasing. Offsets are visited from the nearest finite
+    value outwards and the search stops once costs[n] ≥ the best value (no farther value can be
+    lower), so a voxel costs its distance to its minimum, not the reach; the candidates and their
+    sums are those of the all-offsets loop, so the result is the same to the bit."""
+    n0, n1, length = a.shape
+    reach = costs.size - 1
+    line = np.empty(length)
+    before = np.empty(length, np.int64)
+    after = np.empty(length, np.int64)
+    for p in range(n0):
+        for q in range(n1):
+            last = -1
+            for m in range(length):
+                line[m] = a[p, q, m]
+                if line[m] < np.inf:
+                    last = m
+                before[m] = last
+            if last < 0:
+                continue
+            nearest = -1
+            for m in range(length - 1, -1, -1):
+                if line[m] < np.inf:
+                    nearest = m
+                after[m] = nearest
+            for m in range(length):
+                best = line[m]
+                left = m - before[m] if before[m] >= 0 else length
+                right = after[m] - m if after[m] >= 0 else length
+                n = max(1, min(left, right))
+                while n <= reach and costs[n] < best:
+                    if m - n >= 0 and line[m - n] + costs[n] < best:
+                        best = line[m - n] + costs[n]
+                    if m + n < length and line[m + n] + costs[n] < best:
+                        best = line[m + n] + costs[n]
+                    n += 1
+                a[p, q, m] = best
 
 
 def _near(mask: np.ndarray, spacing, mm: float) -> tuple[Box | None, np.ndarray | None]:

@@ -20,6 +20,7 @@ import numpy as np
 
 from rtautoplan.case import Case, Role, Structure
 from rtautoplan.errors import InputError
+from rtautoplan.mask import Mask
 from rtautoplan.plan import Objective, ObjectiveKind
 from rtautoplan.structures.margins import distance_mm
 from rtautoplan.structures.names import organ
@@ -49,7 +50,7 @@ def estimate_dose(case: Case, falloff_mm: float = FALLOFF_MM) -> np.ndarray:
     targets (CTVs and PTVs, as drawn or generated), so Rx_i inside them. Rule-11 fallback."""
     dose = np.zeros(case.grid.shape)
     for level in case.prescription.levels:
-        mine = [s.mask for s in case.by_role(Role.CTV, Role.PTV) if s.rx_gy == level.dose_gy]
+        mine = [s.mask.to_full() for s in case.by_role(Role.CTV, Role.PTV) if s.rx_gy == level.dose_gy]
         if mine:
             d = distance_mm(np.logical_or.reduce(mine), case.grid.spacing, within_mm=8 * falloff_mm)
             np.maximum(dose, level.dose_gy * np.exp(-d / falloff_mm), out=dose)
@@ -89,7 +90,7 @@ def objectives_for(case: Case, rng: np.random.Generator,
     adjustable = []
     for s in oars:
         kind = ObjectiveKind(organ(s.name).objective)  # rule 9
-        limit = float(_METRIC[kind](dose[s.voxels])) * rng.uniform(*LIMIT_FACTOR)  # rule 11
+        limit = float(_METRIC[kind](s.voxels.take(dose))) * rng.uniform(*LIMIT_FACTOR)  # rule 11
         adjustable.append(Objective(s.name, kind, limit, OAR_WEIGHT, adjustable=True))
     return tuple(fixed + adjustable)
 
@@ -120,7 +121,7 @@ def goal_objectives(case: Case, goals) -> tuple[Objective, ...]:
         if s is None or s.role not in (Role.OAR, Role.CTV, Role.PTV, Role.GTV) or not s.voxels.any():
             continue
         weight = GOAL_WEIGHT.get(goal.priority, 1.0)
-        volume_cm3 = float(np.count_nonzero(s.mask)) * case.grid.voxel_volume_cm3
+        volume_cm3 = s.mask.count * case.grid.voxel_volume_cm3
         fraction = _goal_fraction(goal, volume_cm3)
         if goal.upper is not None:
             limit = goal.upper * GOAL_MARGIN
@@ -171,6 +172,7 @@ def hotspot_regions(case: Case) -> Case:
     for s in case.by_role(Role.CTV, Role.PTV):
         region = lower_level_region(case, s)
         if region is not None and region.any():
+            region = Mask.from_full(region)
             regions.append(Structure(f"z{s.name}{EVAL_SUFFIX}", region, Role.CONTROL, level=None, rx_gy=s.rx_gy,
                                      color=(255, 160, 160), planning_mask=region))
     names = {r.name for r in regions}

@@ -47,7 +47,8 @@ import numpy as np
 
 from rtautoplan.case import Case, Role, Structure
 from rtautoplan.errors import InputError
-from rtautoplan.structures.margins import Box, bounding_box, expand, intersect, shell
+from rtautoplan.mask import Mask
+from rtautoplan.structures.margins import expand, intersect, shell
 from rtautoplan.structures.names import organ, planning_name, target_name
 
 
@@ -94,15 +95,13 @@ class RuleLog:
 @dataclass(eq=False)
 class Planning:
     """Working state of the rules. masks: planning masks being resolved (None: not planned on);
-    rx: level dose (Gy) of targets, Gaps and Rings; boxes: bounding boxes of the initial masks
-    (masks only shrink, so they stay valid). A planning mask starts as the drawn mask itself and
-    is copied when a rule first removes voxels from it (``owned``), so a structure no rule changes
-    keeps one full-grid array, not two."""
+    rx: level dose (Gy) of targets, Gaps and Rings. A planning mask starts as the drawn Mask itself
+    and its box's array is copied when a rule first removes voxels from it (``owned``), so a
+    structure no rule changes shares its drawn mask; masks only shrink, so their boxes stay valid."""
 
     structures: tuple[Structure, ...]
-    masks: list[np.ndarray | None]
+    masks: list[Mask | None]
     rx: list[float | None]
-    boxes: list[Box | None]
     spacing: tuple[float, float, float]
     crop_mm: float | None = None
     owned: set[int] = field(default_factory=set)
@@ -112,26 +111,36 @@ class Planning:
         hits = [i for i, s in enumerate(self.structures) if s.role in roles and self.masks[i] is not None]
         return sorted(hits, key=lambda i: -(self.rx[i] or 0.0))
 
-    def take(self, rule: str, loser: int, region: np.ndarray, box: Box | None, by: str) -> list[RuleLog]:
-        """Remove ``region`` (full-grid bool, True within ``box``) from the planning mask of ``loser``."""
-        box = intersect(self.boxes[loser], box)
+    def take(self, rule: str, loser: int, region: Mask, by: str) -> list[RuleLog]:
+        """Remove ``region`` from the planning mask of ``loser``."""
+        mask = self.masks[loser]
+        box = intersect(mask.box, region.box)
         if box is None:
             return []
-        mine = self.masks[loser][box]  # a view: edited in place
-        hit = mine & region[box]
+        local = tuple(slice(b.start - a, b.stop - a) for b, a in zip(box, mask.start))
+        hit = mask.crop[local] & region.window(box)
         removed = int(np.count_nonzero(hit))
         if not removed:
             return []
         if loser not in self.owned:  # the drawn mask is never edited
-            self.masks[loser] = self.masks[loser].copy()
+            mask = self.masks[loser] = Mask(mask.shape, mask.start, mask.crop.copy())
             self.owned.add(loser)
-            mine = self.masks[loser][box]
-        mine &= ~hit
+        mask.crop[local] &= ~hit
         return [RuleLog(rule, self.structures[loser].name, by, removed)]
 
     def lose_to(self, rule: str, loser: int, winner: int) -> list[RuleLog]:
         """Remove the winner's current planning voxels from the loser's."""
-        return self.take(rule, loser, self.masks[winner], self.boxes[winner], self.structures[winner].name)
+        return self.take(rule, loser, self.masks[winner], self.structures[winner].name)
+
+    def resolved(self) -> list[Mask | None]:
+        """The planning masks, each edited one on its own bounding box and frozen."""
+        out = []
+        for i, mask in enumerate(self.masks):
+            if i in self.owned:
+                mask = mask.tight()
+                mask.crop.flags.writeable = False
+            out.append(mask)
+        return out
 
 
 def priority(structure: Structure) -> int:
@@ -145,19 +154,18 @@ def crop_ctv(p: Planning) -> list[RuleLog]:
     oars = [o for o in p.where(Role.OAR) if priority(p.structures[o]) == 1]
     if p.crop_mm is None or not oars:
         return []
-    near = expand(np.logical_or.reduce([p.structures[o].mask for o in oars]), p.spacing, p.crop_mm)
-    box = bounding_box(near)
-    return [log for c in p.where(Role.CTV) for log in p.take("crop", c, near, box, f"OAR ⊕ {p.crop_mm:g} mm")]
+    near = Mask.from_full(expand(np.logical_or.reduce([p.structures[o].mask.to_full() for o in oars]), p.spacing,
+                                 p.crop_mm))
+    return [log for c in p.where(Role.CTV) for log in p.take("crop", c, near, f"OAR ⊕ {p.crop_mm:g} mm")]
 
 
 def rule_1(p: Planning) -> list[RuleLog]:
     """Every planned structure loses what lies outside the External."""
-    external = [s.mask for s in p.structures if s.role is Role.EXTERNAL]
+    external = [s.mask.to_full() for s in p.structures if s.role is Role.EXTERNAL]
     if not external:
         return []
-    outside = ~np.logical_or.reduce(external)
-    box = bounding_box(outside)
-    return [log for i in p.where(*_PLANNED) for log in p.take("1", i, outside, box, "outside External")]
+    outside = Mask.from_full(~np.logical_or.reduce(external))
+    return [log for i in p.where(*_PLANNED) for log in p.take("1", i, outside, "outside External")]
 
 
 def rule_2(p: Planning) -> list[RuleLog]:
@@ -279,7 +287,7 @@ def _auxiliary(case: Case, structures: list[Structure], rx: list[float | None], 
     """Per level, high → low: the PTV (if none was drawn), Gap and Ring (SPEC §2.3), each
     clipped to the External so the written contours stay inside the patient."""
     spacing, out = case.grid.spacing, []
-    external = [s.mask for s in structures if s.role is Role.EXTERNAL]
+    external = [s.mask.to_full() for s in structures if s.role is Role.EXTERNAL]
     inside = external[0] if external else np.ones(case.grid.shape, bool)
     for n, level in enumerate(case.prescription.levels):
         dose, c = level.dose_gy, n % len(_PTV_COLORS)
@@ -289,11 +297,11 @@ def _auxiliary(case: Case, structures: list[Structure], rx: list[float | None], 
             raise InputError(f"prescription level {dose:g} Gy", f"no CTV or PTV for target {level.target!r} "
                              f"(targets in the case: {found})", f"contour it as {target_name(Role.CTV, dose)} or "
                              f"{target_name(Role.PTV, dose)}, or correct the prescription")
-        ptvs = [s.mask for s in mine if s.role is Role.PTV]
+        ptvs = [s.mask.to_full() for s in mine if s.role is Role.PTV]
         if ptvs:
             ptv = np.logical_or.reduce(ptvs)
         else:
-            ptv = expand(np.logical_or.reduce([s.mask for s in mine]), spacing, site.ptv_mm) & inside
+            ptv = expand(np.logical_or.reduce([s.mask.to_full() for s in mine]), spacing, site.ptv_mm) & inside
             out.append(Structure(target_name(Role.PTV, dose), ptv, Role.PTV, 2, dose, "", _PTV_COLORS[c]))
         gap = shell(ptv, spacing, 0.0, site.gap_mm) & inside
         ring = shell(ptv, spacing, site.gap_mm, site.gap_mm + site.ring_mm) & inside
@@ -318,11 +326,11 @@ def resolve(case: Case, site: str | SiteRules = "hn", ctv_oar_crop_mm: float | N
     structures = tuple(kept + generated)
     rx += [s.rx_gy for s in generated]
     masks = [s.mask if s.role in _PLANNED else None for s in structures]  # copied by Planning.take on first change
-    p = Planning(structures, masks, rx, [bounding_box(s.mask) for s in structures], case.grid.spacing, ctv_oar_crop_mm)
-    log = [RuleLog("replaced", s.name, s.name, int(np.count_nonzero(s.mask))) for s in stale]
+    p = Planning(structures, masks, rx, case.grid.spacing, ctv_oar_crop_mm)
+    log = [RuleLog("replaced", s.name, s.name, s.mask.count) for s in stale]
     for rule in RULES:
         log += rule.apply(p)
-    final = tuple(s if m is None else s.with_planning_mask(m) for s, m in zip(structures, masks))
+    final = tuple(s if m is None else s.with_planning_mask(m) for s, m in zip(structures, p.resolved()))
     return Resolved(case.with_structures(final), tuple(log))
 
 

@@ -58,7 +58,7 @@ def test_dij_is_sparse_float32_int32(box_dij, box):
     m = box_dij.matrix
     assert m.format == "csr" and m.dtype == np.float32
     assert m.indices.dtype == np.int32 and m.indptr.dtype == np.int32
-    assert m.shape == (int(box.external.mask.sum()), sum(len(b) for b in box_dij.beamlets))
+    assert m.shape == (int(box.external.mask.count), sum(len(b) for b in box_dij.beamlets))
     fraction = m.nnz / (m.shape[0] * m.shape[1])
     assert fraction < 0.3, f"nnz fraction {fraction:.3f}"
     assert [s.stop - s.start for s in box_dij.beam_slices] == [len(b) for b in box_dij.beamlets]

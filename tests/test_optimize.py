@@ -280,3 +280,14 @@ def test_lbfgs_lower_bounds():
     sol = solve_lbfgs(f, np.full(m.shape[1], 30.0), max_iter=200, lower=lower)
     assert np.all(sol.x >= lower)
     assert sol.value <= f(np.maximum(np.full(m.shape[1], 30.0), lower))[0]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_sparse_rmatvec_is_scipys_transpose_product(dtype):
+    """Pᵀ g over the non-zero entries of g only: bitwise scipy's csc product (the objective points' gradient)."""
+    from rtautoplan.optimize.rowproducts import sparse_rmatvec
+
+    rng = np.random.default_rng(3)
+    p = sparse.random(400, 90, density=0.05, format="csr", random_state=4, dtype=dtype)
+    g = rng.normal(size=400) * (rng.random(400) < 0.3)
+    assert np.array_equal(sparse_rmatvec(p, g), p.T @ g) and np.count_nonzero(g) < 200

@@ -172,11 +172,12 @@ def test_input_masks_never_change_and_input_ptv_is_kept():
     drawn_ptv = Structure("PTV_7000", ball((20, 30, 30), 9), Role.PTV, 2, 70.0, roi_name="PTV70")
     case = make_case(ctv(70.0, ball((20, 30, 30), 6)), drawn_ptv, oar("Parotid_L", ball((20, 30, 38), 4)),
                      external=cuboid((0, 20), (0, 60), (0, 40)))
-    before = [s.mask.copy() for s in case.structures]
+    before = [s.mask.to_full() for s in case.structures]
     out = apply_rules(case, "hn")
     assert all(np.array_equal(b, s.mask) for b, s in zip(before, case.structures))
     assert all(s.mask is o.mask for s, o in zip(case.structures, out.structures))
     assert [s.name for s in out.by_role(Role.PTV)] == ["PTV_7000"] and out.structure("PTV_7000").mask is drawn_ptv.mask
+    assert not any(s.voxels.crop.flags.writeable for s in out.structures)  # values: never edited after the rules
     assert out.external.planning_mask is None
 
 

@@ -16,7 +16,7 @@ def test_parameters_inside_bounds_pass_and_outside_are_rejected_with_the_reason(
 
 
 def test_coverage_floor_rejects_a_cold_step_unless_the_plan_is_better(small_case):
-    ctv = small_case.structure("CTV_6000").mask
+    ctv = small_case.structure("CTV_6000").mask.to_full()
     before = np.where(ctv, 60.0, 10.0)
     after = before.copy()
     after[ctv] = np.linspace(40.0, 60.0, ctv.sum())  # D98 far below 90 % of 60 Gy
@@ -29,7 +29,7 @@ def test_coverage_floor_rejects_a_cold_step_unless_the_plan_is_better(small_case
 
 
 def test_a_target_already_below_the_floor_may_improve_but_not_worsen(small_case):
-    ctv = small_case.structure("CTV_6000").mask
+    ctv = small_case.structure("CTV_6000").mask.to_full()
     cold = np.where(ctv, 45.0, 0.0)
     f = SafetyFilter()
     assert f.check_plan(small_case, cold, cold * 1.05, better_overall=False).accepted

@@ -126,20 +126,20 @@ class DoseGridModel:
         hu = _block(case.hu.astype(np.float32), factor, np.mean)
         grid = Grid(origin, spacing, hu.shape, ct.orientation)
         externals = [s for s in case.structures if s.role.value == "EXTERNAL"]
-        body_ct = externals[0].mask.astype(bool) if externals else case.hu > -500
+        body_ct = externals[0].mask.to_full() if externals else case.hu > -500
         body = _block(body_ct, factor, np.any)
         names = (target_rois,) if isinstance(target_rois, str) else tuple(target_rois)
-        target_ct = np.logical_or.reduce([case.structure(n).voxels.astype(bool) for n in names])
+        target_ct = np.logical_or.reduce([case.structure(n).voxels.to_full() for n in names])
         target = _block(target_ct, factor, np.any)
         centroid = np.argwhere(target_ct).mean(axis=0)
         iso = tuple(float(v) for v in ct.index_to_patient(centroid))
         tumour_ct = np.zeros(ct.shape, bool)
         for s in case.structures:
             if s.role.is_target:
-                tumour_ct |= s.voxels.astype(bool)
+                tumour_ct[s.voxels.box] |= s.voxels.crop
         rois = {}
         for s in case.structures:
-            flat = np.flatnonzero(s.voxels)
+            flat = s.voxels.indices
             if flat.size == 0:
                 continue
             if flat.size > MAX_POINTS_PER_ROI:

@@ -22,24 +22,29 @@ from skimage import measure
 
 from rtautoplan.case import Grid
 from rtautoplan.errors import InputError
+from rtautoplan.mask import Mask
 
 SLICE_TOLERANCE = 0.25  # a contour may be off its slice plane by at most this fraction of the slice step
 _EDGE_MM = 0.01  # contour points may lie this far beyond the CT's outer pixel edges (ContourData is rounded)
 
 
-def mask_to_contours(mask: np.ndarray, grid: Grid) -> list[tuple[int, np.ndarray]]:
-    """Closed planar contours of a bool ``[k, j, i]`` mask: ``(k, points)`` with points (n, 3), patient
-    x y z in mm, not repeating the first point (CLOSED_PLANAR). Collinear points are dropped."""
+def mask_to_contours(mask: Mask | np.ndarray, grid: Grid) -> list[tuple[int, np.ndarray]]:
+    """Closed planar contours of a Mask or a bool ``[k, j, i]`` array: ``(k, points)`` with points (n, 3),
+    patient x y z in mm, not repeating the first point (CLOSED_PLANAR). Collinear points are dropped."""
+    if isinstance(mask, Mask):
+        mask, (k0, j0, i0) = mask.crop, mask.start
+    else:
+        mask, (k0, j0, i0) = np.asarray(mask, bool), (0, 0, 0)
     contours = []
     for k in np.flatnonzero(mask.any(axis=(1, 2))):
         rows = np.flatnonzero(mask[k].any(axis=1))
         cols = np.flatnonzero(mask[k].any(axis=0))
         crop = mask[k, rows[0]: rows[-1] + 1, cols[0]: cols[-1] + 1]
-        offset = np.array([rows[0] - 1.0, cols[0] - 1.0])  # the crop, padded by one pixel
+        offset = np.array([rows[0] + j0 - 1.0, cols[0] + i0 - 1.0])  # the crop, padded by one pixel
         for rc in measure.find_contours(np.pad(crop, 1).astype(np.float32), 0.5):
             ji = _corners(rc[:-1] + offset)
-            kji = np.column_stack([np.full(len(ji), float(k)), ji])
-            contours.append((int(k), grid.index_to_patient(kji)))
+            kji = np.column_stack([np.full(len(ji), float(k + k0)), ji])
+            contours.append((int(k + k0), grid.index_to_patient(kji)))
     return contours
 
 

@@ -33,6 +33,7 @@ from rtautoplan.dicom.rtstruct import RoiContours, StructureSet, read_rtstruct, 
 from rtautoplan.dicom.series import Slice, describe, grid_of, read_hu, refs_of
 from rtautoplan.dicom.uid import complete_refs
 from rtautoplan.errors import InputError
+from rtautoplan.mask import Mask
 from rtautoplan.structures import names
 from rtautoplan.structures.names import ParsedName
 
@@ -364,7 +365,7 @@ def _unknown_names(unknown: list[str], source: _Source = _RTSTRUCT, empty: set[s
     return InputError(f"{source.kind}{'s' if len(unknown) > 1 else ''} {hints}", "unknown structure name", fix + ignore)
 
 
-def _masks(interpreted: list[tuple[RoiContours, str, ParsedName]], grid: Grid) -> dict[str, np.ndarray]:
+def _masks(interpreted: list[tuple[RoiContours, str, ParsedName]], grid: Grid) -> dict[str, Mask]:
     """The mask of every ROI on the CT by ROIName. An empty ROI, or one wholly outside the CT, is an
     InputError unless it is not anatomy (then dropped); one partly outside keeps its part on the CT
     with a warning, except a target, which could not be covered."""
@@ -390,7 +391,7 @@ def _masks(interpreted: list[tuple[RoiContours, str, ParsedName]], grid: Grid) -
                                                "reconstruction diameter) with the RTSTRUCT drawn on it")
         if outside:
             log.warning("%s: %s; only its part on the CT is kept", where, outside)
-        masks[roi.name] = mask
+        masks[roi.name] = Mask.from_full(mask)
     if empty:  # all at once: a TPS template leaves many placeholder ROIs without contours
         them = "it" if len(empty) == 1 else "them"
         raise InputError(f"RTSTRUCT ROI{'s' if len(empty) > 1 else ''} {', '.join(repr(n) for n in empty)}",

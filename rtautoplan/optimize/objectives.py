@@ -44,7 +44,7 @@ import numpy as np
 from scipy import sparse
 
 from rtautoplan.dvh import _d_at
-from rtautoplan.optimize.rowproducts import RowView
+from rtautoplan.optimize.rowproducts import RowView, sparse_rmatvec
 from rtautoplan.optimize.screening import RowScreen, dmax_row_limits
 from rtautoplan.plan import Objective, ObjectiveKind
 
@@ -353,7 +353,7 @@ class PointObjective:
     def __call__(self, x: np.ndarray) -> tuple[float, np.ndarray]:
         self.evaluations += 1
         value, g = weighted_penalties(self.objectives, self.local_points, self.weights, self.dose(x))
-        g_rows = np.asarray(self.interp.T @ g, self.view.dtype)
+        g_rows = np.asarray(sparse_rmatvec(self.interp, g), self.view.dtype)
         active = np.flatnonzero(g_rows)
         if active.size == 0:
             return value, np.zeros(self.view.shape[1])

@@ -79,6 +79,16 @@ def _row_square_sums(indptr, data, rows, out):
         out[k] = s
 
 
+def sparse_rmatvec(matrix: sparse.csr_matrix, g: np.ndarray) -> np.ndarray:
+    """``matrix.T @ g`` for a CSR matrix, walking only the rows where g ≠ 0: each output entry sums the same
+    products in the same order as scipy's ``csc_matvec`` (rows ascending), so the result is bitwise scipy's
+    (a zero may differ in sign). The objective points' gradient is zero wherever no objective is active."""
+    out = np.zeros(matrix.shape[1], np.result_type(matrix.dtype, g.dtype))
+    rows = np.flatnonzero(g)
+    _rmatvec(matrix.indptr, matrix.indices, matrix.data, rows, np.asarray(g[rows], out.dtype), out)
+    return out
+
+
 def block_cuts(row_nnz: np.ndarray, n: int) -> np.ndarray:
     """Edges (into the row list) of ≤ n blocks of about equal entries (the cuts of scipy-based row blocks)."""
     indptr = np.concatenate([[0], np.cumsum(row_nnz)])

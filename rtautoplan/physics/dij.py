@@ -80,6 +80,7 @@ from scipy.spatial import cKDTree
 from scipy.special import erf
 
 from rtautoplan.case import Case, Grid, Role
+from rtautoplan.mask import Mask
 from rtautoplan.plan import Beam, Modality
 from rtautoplan.physics import cache as dij_cache
 from rtautoplan.physics.geometry import (beam_frame, beamlet_grid, hu_to_red, radiological_depth,
@@ -133,12 +134,15 @@ class Dij:
         lookup[self.row_voxels] = np.arange(self.row_voxels.size)
         return lookup
 
-    def rows_of(self, mask: np.ndarray) -> np.ndarray:
-        """Rows (int64, sorted) of a structure given as a bool mask on the CT grid or on the dose grid.
+    def rows_of(self, mask: Mask | np.ndarray) -> np.ndarray:
+        """Rows (int64, sorted) of a structure given as a Mask or bool array on the CT grid, or on the dose grid.
         A CT mask is resampled by :func:`resample_mask` (block factor: rule "half" with the "any"
         fallback) or :func:`mask_on_grid` (dose grid in mm: the centre rule with the "any" fallback).
         Voxels that are not rows (outside the External) are dropped."""
-        mask = np.asarray(mask, bool)
+        if not isinstance(mask, Mask):
+            mask = np.asarray(mask, bool)
+        elif self.factor is not None or self.ct_grid is None:
+            mask = mask.to_full()
         if self.factor is None and self.ct_grid is not None and mask.shape == tuple(self.ct_grid.shape):
             mask = mask_on_grid(mask, self.ct_grid, self.dose_grid)
         elif mask.shape != tuple(self.dose_grid.shape):
@@ -227,21 +231,24 @@ def _axis_map(src: Grid, dst: Grid) -> tuple[np.ndarray, np.ndarray]:
     return src.patient_to_index(np.asarray(dst.origin, float)), np.asarray(dst.spacing) / np.asarray(src.spacing)
 
 
-def mask_on_grid(mask: np.ndarray, src: Grid, dst: Grid) -> np.ndarray:
-    """A bool mask on ``src`` (the CT) on ``dst`` (the dose grid): a ``dst`` voxel is in when its
-    centre lies in a mask voxel (nearest ``src`` voxel); when none is, every ``dst`` voxel that
+def mask_on_grid(mask: Mask | np.ndarray, src: Grid, dst: Grid) -> np.ndarray:
+    """A Mask or bool array on ``src`` (the CT) on ``dst`` (the dose grid): a ``dst`` voxel is in when
+    its centre lies in a mask voxel (nearest ``src`` voxel); when none is, every ``dst`` voxel that
     contains a mask voxel's centre ("any"), so a small structure never vanishes."""
-    mask = np.asarray(mask, bool)
+    if not isinstance(mask, Mask):
+        mask = Mask(np.shape(mask), (0, 0, 0), np.asarray(mask, bool))
     start, step = _axis_map(src, dst)
     index, inside = [], []
-    for a in range(3):
-        c = np.rint(start[a] + np.arange(dst.shape[a]) * step[a])
-        inside.append((c >= 0) & (c < src.shape[a]))
-        index.append(np.clip(c, 0, src.shape[a] - 1).astype(np.intp))
-    out = mask[np.ix_(*index)] & inside[0][:, None, None] & inside[1][None, :, None] & inside[2][None, None, :]
-    if out.any() or not mask.any():
+    for a in range(3):  # nearest CT index of each dose-voxel centre, then its place in the mask's box
+        c = np.rint(start[a] + np.arange(dst.shape[a]) * step[a]) - mask.start[a]
+        inside.append((c >= 0) & (c < mask.crop.shape[a]))
+        index.append(np.clip(c, 0, max(mask.crop.shape[a] - 1, 0)).astype(np.intp))
+    if not mask.any():
+        return np.zeros(dst.shape, bool)
+    out = mask.crop[np.ix_(*index)] & inside[0][:, None, None] & inside[1][None, :, None] & inside[2][None, None, :]
+    if out.any():
         return out
-    kji = np.rint((np.argwhere(mask) - start) / step).astype(np.intp)
+    kji = np.rint((np.argwhere(mask.crop) + mask.start - start) / step).astype(np.intp)
     keep = np.all((kji >= 0) & (kji < np.asarray(dst.shape)), axis=1)
     out[tuple(kji[keep].T)] = True
     return out
@@ -278,14 +285,15 @@ def dose_grid_of(case: Case, dose_grid_factor=None, dose_grid_mm=None, density=h
         raise ValueError("give dose_grid_factor or dose_grid_mm, not both")
     if dose_grid_mm is None:
         factor = _factor3(1 if dose_grid_factor is None else dose_grid_factor)
-        ext = resample_mask(case.external.mask, factor, "any")
+        ext = resample_mask(case.external.mask.to_full(), factor, "any")
         return (coarse_grid(case.grid, factor), _block_mean(density(case.hu), factor).astype(np.float32), ext,
                 np.flatnonzero(ext), factor)
-    grid = dose_grid_in_mm(case.grid, case.external.mask, dose_grid_mm)
+    external = case.external.mask.to_full()
+    grid = dose_grid_in_mm(case.grid, external, dose_grid_mm)
     rho = np.empty(case.hu.shape, np.float32)
     for k in range(0, rho.shape[0], 16):
         rho[k:k + 16] = density(case.hu[k:k + 16])
-    return grid, rho, None, np.flatnonzero(stencil_mask(case.external.mask, case.grid, grid)), None
+    return grid, rho, None, np.flatnonzero(stencil_mask(external, case.grid, grid)), None
 
 
 def row_depths(density: np.ndarray, ext, dose_grid: Grid, rows_flat: np.ndarray, frame, ct_grid: Grid) -> np.ndarray:
@@ -358,7 +366,7 @@ def _target_mask(case: Case) -> np.ndarray:
     if not targets:
         raise ValueError(f"case {case.case_id!r} has no target (GTV, CTV or PTV) to place beamlets on")
     dosed = [s for s in targets if s.rx_gy is not None and s.mask.any()]
-    return np.logical_or.reduce([s.mask for s in dosed or targets])
+    return np.logical_or.reduce([s.mask.to_full() for s in dosed or targets])
 
 
 def isocentre(case: Case) -> tuple[float, float, float]:
@@ -368,10 +376,10 @@ def isocentre(case: Case) -> tuple[float, float, float]:
         dosed = [s for s in case.by_role(role) if s.rx_gy is not None and s.mask.any()]
         if dosed:
             mask = max(dosed, key=lambda s: s.rx_gy).mask
+            centre = (np.argwhere(mask.crop) + mask.start).mean(axis=0)
             break
     else:
-        mask = _target_mask(case)
-    centre = np.argwhere(mask).mean(axis=0)
+        centre = np.argwhere(_target_mask(case)).mean(axis=0)
     return tuple(float(v) for v in case.grid.index_to_patient(centre))
 
 
@@ -559,7 +567,7 @@ def dij_key(case: Case, beams, beamlet_mm=5.0, dose_grid_factor=None, cutoff_mm=
     add("version", DIJ_VERSION.encode())
     add("hu", np.ascontiguousarray(case.hu).tobytes() + str(case.hu.dtype).encode())
     add("grid", repr(case.grid).encode())
-    add("external", np.packbits(case.external.mask).tobytes())
+    add("external", np.packbits(case.external.mask.to_full()).tobytes())
     add("target", np.packbits(_target_mask(case)).tobytes())
     add("position", case.refs.patient_position.encode())
     add("beams", repr(tuple(beams)).encode())

@@ -252,7 +252,7 @@ def ion_dij_key(case: Case, beams, ion="proton", **params) -> str:
     add("version", ION_DIJ_VERSION.encode())
     add("hu", np.ascontiguousarray(case.hu).tobytes() + str(case.hu.dtype).encode())
     add("grid", repr(case.grid).encode())
-    add("external", np.packbits(case.external.mask).tobytes())
+    add("external", np.packbits(case.external.mask.to_full()).tobytes())
     add("target", np.packbits(_target_mask(case)).tobytes())
     add("position", case.refs.patient_position.encode())
     add("beams", repr(tuple(beams)).encode())

@@ -58,5 +58,5 @@ def interpolation(dose_grid: Grid, row_lookup: np.ndarray, ct_grid: Grid, flat: 
 def structure_points(dij, case, name: str) -> sparse.csr_matrix:
     """The objective points of structure ``name`` of ``case`` on ``dij`` (a ``physics.dij.Dij``): its
     planning voxels on the CT grid (``sample``d), trilinear from the dose-grid rows."""
-    flat = sample(np.flatnonzero(case.structure(name).voxels))
+    flat = sample(case.structure(name).voxels.indices)
     return interpolation(dij.dose_grid, dij.row_lookup(), case.grid, flat)

@@ -93,9 +93,9 @@ def dvh_plot(case: Case, dose: Dose, path: str | Path, structures: Sequence[Stru
 
 def _slice_choice(case: Case, n: int) -> list[int]:
     """Up to ``n`` axial slices: through the centres of (at most n/2) targets, then evenly over the OARs' extent."""
-    picks = [int(np.mean(np.nonzero(s.mask.any(axis=(1, 2)))[0]))
+    picks = [int(np.mean(np.nonzero(s.mask.slice_any())[0]))
              for s in case.structures if s.role.is_target and s.mask.any()][: n // 2]
-    organs = [s.mask.any(axis=(1, 2)) for s in case.by_role(Role.OAR) if s.name != "Skin"]
+    organs = [s.mask.slice_any() for s in case.by_role(Role.OAR) if s.name != "Skin"]
     occupied = np.nonzero(np.any(organs, axis=0))[0] if organs else np.zeros(0, int)
     while occupied.size and len(picks) < n:  # add the OAR slice farthest from those already shown
         gaps = np.min(np.abs(occupied[:, None] - np.asarray(picks or [-999])[None, :]), axis=1)
@@ -134,10 +134,11 @@ def _slices(case: Case, path: str | Path, n: int, structures, title: str, overla
         if overlay is not None:
             image = overlay(ax, k, extent)
         for s in structures:
-            if s.role is Role.OTHER or not s.mask[k].any():
+            plane = s.mask.window((slice(k, k + 1), slice(0, s.mask.shape[1]), slice(0, s.mask.shape[2])))[0]
+            if s.role is Role.OTHER or not plane.any():
                 continue
             color = np.asarray(s.color) / 255.0
-            ax.contour(xs, ys, s.mask[k].astype(float), levels=[0.5], colors=[color], linewidths=0.9,
+            ax.contour(xs, ys, plane.astype(float), levels=[0.5], colors=[color], linewidths=0.9,
                        linestyles="--" if s.role in (Role.GAP, Role.RING) else "-")
             shown[s.name] = color
         ax.set_title(f"z = {case.grid.index_to_patient([k, 0, 0])[2]:.1f} mm")

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from rtautoplan.case import Case, Role, Structure
+from rtautoplan.mask import Mask
 
 NOT_SCORED = float("nan")  # Criterion.value of a row that was left out
 
@@ -92,16 +93,16 @@ def not_scored(name: str, structure: str, metric: str, unit: str, goal: str, why
     return Criterion(name, structure, metric, NOT_SCORED, unit, f"{goal} ({why}: not scored)", 0.0, None, None)
 
 
-def check_dose(dose_gy: np.ndarray, case: Case) -> np.ndarray:
-    """The dose as a float array (Gy), checked to lie on the case grid."""
-    dose = np.asarray(dose_gy, dtype=float)
+def check_dose(dose_gy: np.ndarray, case: Case, dtype=float) -> np.ndarray:
+    """The dose as an array (Gy) of ``dtype`` (None: as given), checked to lie on the case grid."""
+    dose = np.asarray(dose_gy, dtype=dtype)
     if dose.shape != tuple(case.grid.shape):
         raise ValueError(f"dose shape {dose.shape} differs from the grid of case {case.case_id!r} "
                          f"{tuple(case.grid.shape)}: score the dose on the case grid")
     return dose
 
 
-def evaluation_mask(s: Structure) -> np.ndarray:
+def evaluation_mask(s: Structure) -> Mask:
     """The voxels a score reads: Gaps and Rings their planning voxels, every other structure as drawn."""
     return s.voxels if s.role in (Role.GAP, Role.RING, Role.CONTROL) else s.mask
 
@@ -109,7 +110,7 @@ def evaluation_mask(s: Structure) -> np.ndarray:
 def find(case: Case, name: str) -> Structure | None:
     """The structure called ``name`` (TG-263) with at least one evaluated voxel, or None."""
     for s in case.structures:
-        if s.name == name and np.any(evaluation_mask(s)):
+        if s.name == name and evaluation_mask(s).any():
             return s
     return None
 
@@ -136,7 +137,7 @@ def rx_of(s: Structure, case: Case) -> float:
 
 def primary(case: Case, role: Role) -> Structure | None:
     """The non-empty structure of ``role`` with the highest prescription (first in case order on ties)."""
-    candidates = [s for s in case.by_role(role) if np.any(evaluation_mask(s))]
+    candidates = [s for s in case.by_role(role) if evaluation_mask(s).any()]
     if not candidates:
         return None
     return max(candidates, key=lambda s: rx_of(s, case))

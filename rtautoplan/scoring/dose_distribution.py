@@ -33,6 +33,7 @@ import numpy as np
 
 from rtautoplan import dvh
 from rtautoplan.case import Case, Role, Structure
+from rtautoplan.mask import Mask
 from rtautoplan.scoring.base import (Criterion, Score, check_dose, evaluation_mask, make_score, not_scored,
                                      rx_of)
 
@@ -105,12 +106,19 @@ def penalty(doses_gy: np.ndarray, band: Band, bin_width: float = BIN_WIDTH) -> f
     return float(total)
 
 
-def uniformity(dose_gy: np.ndarray, mask: np.ndarray, rx_gy: float) -> float:
-    """uniform = −(D2% − D98%)/Rx (≤ 0, 0 perfectly uniform), SPEC §2.12."""
-    return -(dvh.d2(dose_gy, mask) - dvh.d98(dose_gy, mask)) / rx_gy
+def uniformity(dose_gy: np.ndarray, mask: Mask | np.ndarray, rx_gy: float) -> float:
+    """uniform = −(D2% − D98%)/Rx (≤ 0, 0 perfectly uniform), SPEC §2.12; the doses read in float64."""
+    doses = _float64(dose_gy, mask)
+    every = np.ones(doses.shape, bool)
+    return -(dvh.d2(doses, every) - dvh.d98(doses, every)) / rx_gy
 
 
-def own_level_mask(s: Structure, case: Case) -> np.ndarray:
+def _float64(dose_gy: np.ndarray, mask: Mask | np.ndarray) -> np.ndarray:
+    """The structure's doses as float64: only its voxels are converted, not the whole grid."""
+    return dvh.structure_doses(dose_gy, mask).astype(np.float64)
+
+
+def own_level_mask(s: Structure, case: Case) -> Mask:
     """A CTV as drawn without the CTVs and PTVs of higher prescriptions: the voxels its uniformity is read on.
 
     Nested targets are drawn overlapping (SPEC §2.5 rule 3 exists because they do); a CTV_6000 drawn
@@ -118,7 +126,10 @@ def own_level_mask(s: Structure, case: Case) -> np.ndarray:
     """
     rx = rx_of(s, case)
     higher = [t.mask for t in case.by_role(Role.CTV, Role.PTV) if t.rx_gy is not None and t.rx_gy > rx]
-    return s.mask & ~np.logical_or.reduce(higher) if higher else s.mask
+    if not higher:
+        return s.mask
+    box = s.mask.box
+    return Mask(s.mask.shape, s.mask.start, s.mask.crop & ~np.logical_or.reduce([t.window(box) for t in higher]))
 
 
 def _check(ring_rx: str, bin_width: float) -> None:
@@ -134,7 +145,7 @@ def _penalties(dose: np.ndarray, case: Case, ring_rx: str,
     rows = []
     for s in (t for t in case.structures if t.role in BANDS):
         mask, band = evaluation_mask(s), BANDS[s.role](s, case, ring_rx)
-        rows.append((s, band, penalty(dose[mask], band, bin_width) if np.any(mask) else None))
+        rows.append((s, band, penalty(_float64(dose, mask), band, bin_width) if mask.any() else None))
     return rows
 
 
@@ -145,7 +156,7 @@ def structure_scores(dose_gy: np.ndarray, case: Case, ring_rx: str = "generating
     The 4th PPO state column and the feature-selection signal of seed 002 (SPEC §2.12).
     """
     _check(ring_rx, bin_width)
-    rows = _penalties(check_dose(dose_gy, case), case, ring_rx, bin_width)
+    rows = _penalties(check_dose(dose_gy, case, None), case, ring_rx, bin_width)
     return {s.name: -p for s, _, p in rows if p is not None}
 
 
@@ -161,7 +172,7 @@ def score(dose_gy: np.ndarray, case: Case, ring_rx: str = "generating", bin_widt
     "uniformity", weight 1/|S3|), so total = Σ criterion scores. Empty structures are listed, not scored.
     """
     _check(ring_rx, bin_width)
-    dose = check_dose(dose_gy, case)
+    dose = check_dose(dose_gy, case, None)
     everything = _penalties(dose, case, ring_rx, bin_width)
     rows = [(s, band, p) for s, band, p in everything if p is not None]
     criteria = [not_scored(f"{s.name} penalty", s.name, "penalty", "", _interval(band), "empty")
@@ -175,7 +186,7 @@ def score(dose_gy: np.ndarray, case: Case, ring_rx: str = "generating", bin_widt
                                   -p * weights[band.group], 0.0, p == 0.0))
     for s in ctvs:
         own = own_level_mask(s, case)
-        u = uniformity(dose, own if np.any(own) else s.mask, rx_of(s, case))
+        u = uniformity(dose, own if own.any() else s.mask, rx_of(s, case))
         criteria.append(Criterion(f"{s.name} uniformity", s.name, "uniformity", u, "",
                                   f"−(D2% − D98%)/Rx = 0; averaged over {len(ctvs)} CTVs (S3)",
                                   u / len(ctvs), 0.0, None))

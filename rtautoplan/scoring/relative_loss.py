@@ -78,7 +78,7 @@ def default_goals(case: Case, parotid_gy: float = PAROTID_GY, oral_cavity_gy: fl
     oar_goals = [Goal(name, metric, limits[name]) for name in OARS for metric in OAR_METRICS]
     if ptv_d95_gy is not None:
         return (*oar_goals, Goal(ptv.name, "D95%", ptv_d95_gy, upper=False))
-    ptvs = [s for s in case.by_role(Role.PTV) if np.any(evaluation_mask(s))]
+    ptvs = [s for s in case.by_role(Role.PTV) if evaluation_mask(s).any()]
     return (*oar_goals, *(Goal(s.name, "D95%", rx_of(s, case), upper=False) for s in ptvs))
 
 

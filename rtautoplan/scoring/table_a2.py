@@ -128,8 +128,9 @@ class _Context:
 def _paddick_ci(c: _Context) -> float:
     covered = c.dose >= c.ci_isodose * c.rx_gy
     piv = np.count_nonzero(covered & c.body)
-    tv = np.count_nonzero(c.tv_mask)
-    return float(np.count_nonzero(covered & c.tv_mask)) ** 2 / (tv * piv) if piv else 0.0
+    tv_mask = np.asarray(c.tv_mask)
+    tv = np.count_nonzero(tv_mask)
+    return float(np.count_nonzero(covered & tv_mask)) ** 2 / (tv * piv) if piv else 0.0
 
 
 def _icru_hi(c: _Context) -> float:
@@ -156,7 +157,7 @@ def _targets(case: Case, target: str | None) -> list[Structure]:
     """The scored "CTV"s: every CTV with voxels, highest Rx first, or the structure named ``target``."""
     if target is not None:
         return [require(case, target, SYSTEM)]
-    ctvs = [s for s in case.by_role(Role.CTV) if np.any(evaluation_mask(s))]
+    ctvs = [s for s in case.by_role(Role.CTV) if evaluation_mask(s).any()]
     return sorted(ctvs, key=lambda s: -rx_of(s, case))
 
 
@@ -168,8 +169,9 @@ def _ctv_context(s: Structure, case: Case, named: bool, **common) -> _Context:
     higher = [t for t in case.by_role(Role.CTV, Role.PTV) if t.rx_gy is not None and t.rx_gy > rx and t.mask.any()]
     if not higher:
         return _Context(mask=s.mask, rx_gy=rx, **common)
-    own = s.mask & ~np.logical_or.reduce([t.mask for t in higher])
-    tv = np.logical_or.reduce([s.mask] + [t.mask for t in higher if t.role is Role.CTV])
+    drawn = s.mask.to_full()
+    own = drawn & ~np.logical_or.reduce([t.mask.to_full() for t in higher])
+    tv = np.logical_or.reduce([drawn] + [t.mask.to_full() for t in higher if t.role is Role.CTV])
     return _Context(mask=s.mask, rx_gy=rx, own=own if own.any() else None, tv=tv, **common)
 
 
@@ -191,7 +193,7 @@ def score(dose_gy: np.ndarray, case: Case, target: str | None = None, ci_isodose
     dose = check_dose(dose_gy, case)
     ctvs = _targets(case, target)
     body_structures = case.by_role(Role.EXTERNAL)
-    body = body_structures[0].mask if body_structures else np.ones(dose.shape, bool)
+    body = body_structures[0].mask.to_full() if body_structures else np.ones(dose.shape, bool)
     common = {"dose": dose, "voxel_cm3": case.grid.voxel_volume_cm3, "body": body, "ci_isodose": ci_isodose}
     criteria = []
     for row in ROWS:
