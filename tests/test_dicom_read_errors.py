@@ -393,12 +393,13 @@ def test_oar_partly_outside_the_ct_keeps_its_part_with_a_warning(hn01, caplog):
     assert "only its part on the CT is kept" in caplog.text
 
 
-def test_non_anatomical_roi_outside_the_ct_is_dropped(hn01, caplog):
+def test_non_anatomical_roi_outside_the_ct_is_kept_unplanned(hn01, caplog):
     rename(hn01, "Skin", "Couch")
     shift(hn01, "Couch", dz=400.0)
     with caplog.at_level(logging.WARNING, logger="rtautoplan"):
-        assert not read_case(hn01).has("Couch")
-    assert "'Couch' is outside the CT; dropped" in caplog.text
+        case = read_case(hn01)
+    assert not case.has("Couch") and [r.name for r in case.unplanned] == ["Couch"]
+    assert "'Couch' is outside the CT: not planned on, written back unchanged" in caplog.text
 
 
 # --- malformed RTSTRUCT content -------------------------------------------------------------------

@@ -139,7 +139,7 @@ def _fig6_plans():
         gy[s.mask] = s.rx_gy
     rng = np.random.default_rng(0)
     for s in sorted(case.by_role(Role.CTV), key=lambda s: s.rx_gy):
-        gy[s.mask] = s.rx_gy * rng.uniform(1.012, 1.03, int(s.mask.sum()))
+        gy[s.mask] = s.rx_gy * rng.uniform(1.012, 1.03, s.mask.count)
     top = max(case.by_role(Role.CTV), key=lambda s: s.rx_gy)
     lost, m = gy.copy(), evaluation_mask(top)
     d = lost[m]
