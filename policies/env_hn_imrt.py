@@ -149,13 +149,13 @@ class HNImrtEnv(PlanningEnv, gym.Env):
     def __init__(self, tps, model: int = 1, case_seeds: Sequence[int] = (0,), case: Case | None = None,
                  max_steps: int = MAX_STEPS, init: str = "template", scorer: Scorer | None = None,
                  reward: Reward | None = None, score_options: Mapping | None = None, normalise: bool = False,
-                 cold_start: bool = True, as_prescribed: bool = False):
+                 cold_start: bool = True, as_prescribed: bool = False, population: str = "v1"):
         if model not in MOVES:
             raise ValueError(f"model must be 1 or 2, not {model!r}")
         if init not in INITS:
             raise ValueError(f"init must be one of {sorted(INITS)}, not {init!r}")
         self.model, self.normalise, self.as_prescribed = model, normalise, as_prescribed
-        self._setup(tps, case_seeds, case, max_steps, init, scorer, reward, score_options, cold_start)
+        self._setup(tps, case_seeds, case, max_steps, init, scorer, reward, score_options, cold_start, population)
         self.observation_space = gym.spaces.Box(0.0, np.inf, (4 * len(OARS) + 2,), np.float32)
         self.action_space = gym.spaces.Discrete(n_actions(model))
         self.positions = template_positions()

@@ -163,13 +163,15 @@ def sarsa_update(W: np.ndarray, x: np.ndarray, a: int, r: float, x_next: np.ndar
 
 
 def make_env(model: int, seeds: Sequence[int], n_beams: int = 7, dose_grid_factor=TRAIN_GRID, max_iter: int = 60,
-             max_steps: int = 35) -> HNImrtEnv:
-    """The seed-004 environment over the in-house photon TPS (the training grid of ``Args``), template init."""
+             max_steps: int = 35, population: str = "v1") -> HNImrtEnv:
+    """The seed-004 environment over the in-house photon TPS (the training grid of ``Args``), template init,
+    on H&N phantom ``population`` ("v1", "v2")."""
     from rtautoplan.adapters.inhouse import InHousePhoton
 
     tps = InHousePhoton(n_beams=n_beams, dose_grid_factor=tuple(dose_grid_factor), max_iter=max_iter,
                         objective_points="dose_grid")  # the engine the committed weights learned on
-    return HNImrtEnv(tps, model=model, case_seeds=tuple(seeds), max_steps=max_steps, init="template")
+    return HNImrtEnv(tps, model=model, case_seeds=tuple(seeds), max_steps=max_steps, init="template",
+                     population=population)
 
 
 def tumour_side(seed: int) -> str:

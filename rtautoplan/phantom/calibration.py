@@ -1,0 +1,222 @@
+"""How hard a phantom population is, next to the papers' patients (issue 16).
+
+* ``prostate_geometry`` / ``hn_geometry``: the anatomy that decides a plan's difficulty: volumes
+  (cm³), the share of each OAR inside the PTV (%), the parotids' median distance to the PTV (mm).
+* ``survey``: each variant of a population, its geometry plus the starting plan the planners get:
+  prostate, ψ of the trivial TPPs (seed 000's engine, ``pipeline.SETUPS``); H&N, the static
+  template's mean doses (seed 004's 44 Gy primary, normalised to PTV D95% = 44 Gy, §4.7 step 3).
+* ``plot``: the distributions of v1 and v2 next to the published ones (docs/results/population_*.png).
+
+``python -m rtautoplan.phantom.calibration prostate|hn --cases N --population v1 v2`` writes the CSV
+and the PNG (docs/results.md, "Calibrated phantom populations").
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import time
+from pathlib import Path
+from typing import Iterable, Iterator, Sequence
+
+import numpy as np
+
+from rtautoplan.case import Case
+
+ROOT = Path(__file__).resolve().parents[2]
+RESULTS = ROOT / "docs" / "results"
+SEED = 1000  # the held-out seeds of ``rtautoplan evaluate``
+
+# Published reference values (docs/decisions.md, "Calibrated phantom populations").
+SEED000_TRIVIAL_PSI = (6.20, 2.01)  # seed 000 dataset 1, 49 patients, trivial TPPs: ψ mean, sd (§1.14)
+SEED000_GROUPS = tuple(range(2, 10))  # Fig. 4a: initial ψ "distributed broadly from 2 to 9"
+HUNT_OVERLAP_21_PCT = 100.0 * 71 / 94  # Hunt et al. 2006: 71 of 94 parotids overlap the PTV by ≤ 21 %
+
+
+def _cc(case: Case, mask: np.ndarray) -> float:
+    return float(mask.sum()) * float(np.prod(case.grid.spacing)) / 1000.0
+
+
+def _inside_pct(organ: np.ndarray, target: np.ndarray) -> float:
+    """Share of ``organ``'s voxels inside ``target`` (%)."""
+    n = int(organ.sum())
+    return 100.0 * float((organ & target).sum()) / n if n else float("nan")
+
+
+def median_distance_mm(case: Case, organ: np.ndarray, target: np.ndarray) -> float:
+    """Median over ``organ``'s voxels of the distance (mm) to the nearest ``target`` voxel: 0 inside the
+    target (Hunt et al. 2006; seed 004 §4.9's "median distance from target")."""
+    from scipy.ndimage import distance_transform_edt
+
+    spacing = case.grid.spacing  # (z, y, x) mm, the mask axes
+    distance = distance_transform_edt(~target, sampling=spacing)
+    return float(np.median(distance[organ])) if organ.any() else float("nan")
+
+
+def prostate_geometry(case: Case) -> dict[str, float]:
+    """CTV, PTV, bladder, rectum volumes (cm³) and the bladder's and rectum's share inside the PTV (%)."""
+    ptv = case.structure("PTV_7800").mask
+    bladder, rectum = case.structure("Bladder").mask, case.structure("Rectum").mask
+    return {"ctv_cc": _cc(case, case.structure("CTV_7800").mask), "ptv_cc": _cc(case, ptv),
+            "bladder_cc": _cc(case, bladder), "rectum_cc": _cc(case, rectum),
+            "bladder_in_ptv_pct": _inside_pct(bladder, ptv), "rectum_in_ptv_pct": _inside_pct(rectum, ptv)}
+
+
+def hn_geometry(case: Case, ptv: str) -> dict[str, float]:
+    """Per parotid: share inside ``ptv`` (%), median distance to it (mm), volume (cm³); the oral
+    cavity's share inside; which parotid is the proximal one (more overlap, then nearer)."""
+    target = case.structure(ptv).mask
+    row: dict[str, float | str] = {"ptv_cc": _cc(case, target)}
+    for organ, short in (("Parotid_L", "LP"), ("Parotid_R", "RP"), ("Cavity_Oral", "OC")):
+        mask = case.structure(organ).mask
+        row[f"{short}_cc"] = _cc(case, mask)
+        row[f"{short}_in_ptv_pct"] = _inside_pct(mask, target)
+        if short != "OC":
+            row[f"{short}_median_distance_mm"] = median_distance_mm(case, mask, target)
+    key = (row["LP_in_ptv_pct"], -row["LP_median_distance_mm"]) >= (row["RP_in_ptv_pct"], -row["RP_median_distance_mm"])
+    row["proximal"] = "L" if key else "R"
+    return row
+
+
+def _prostate_rows(seeds: Sequence[int], population: str) -> Iterable[dict]:
+    from rtautoplan.pipeline import make_env, setup_for
+
+    env = make_env(setup_for("prostate", "photon"), case_seeds=list(seeds), population=population)
+    for seed in seeds:
+        start = time.perf_counter()
+        _, info = env.reset(seed=seed, options={"case_seed": seed, "init": "trivial"})
+        failed = [c for c in env.last_score.criteria if c.passed is False]
+        yield {"population": population, "case_seed": seed, **prostate_geometry(env.case), "psi_trivial": info["score"],
+               "bladder_failed": sum(c.structure == "Bladder" for c in failed),
+               "rectum_failed": sum(c.structure == "Rectum" for c in failed),
+               "ptv_failed": sum(c.structure not in ("Bladder", "Rectum") for c in failed),
+               "time_s": time.perf_counter() - start}
+
+
+def _hn_rows(seeds: Sequence[int], population: str) -> Iterable[dict]:
+    from rtautoplan.policies.sarsa import make_env
+    from rtautoplan.policies.sarsa_eval import plan_metrics
+
+    env = make_env(2, seeds, population=population)
+    for seed in seeds:
+        start = time.perf_counter()
+        env.reset(seed=seed, options={"case_seed": seed, "init": "template"})
+        metrics = plan_metrics(env, env.last_dose.gy)
+        yield {"population": population, "case_seed": seed, **hn_geometry(env.case, env._ptv()),
+               **{k: metrics[k] for k in ("LP_mean_norm_gy", "RP_mean_norm_gy", "OC_mean_norm_gy", "ptv_d95_gy")},
+               "time_s": time.perf_counter() - start}
+
+
+SURVEYS = {"prostate": _prostate_rows, "hn": _hn_rows}
+
+
+def survey(site: str, seeds: Sequence[int], population: str, progress: bool = True) -> Iterator[dict]:
+    """One row per phantom seed, as it is measured: geometry and the starting plan (module docstring)."""
+    for row in SURVEYS[site](seeds, population):
+        if progress:
+            print(f"{site} {population} {row['case_seed']}: "
+                  + ", ".join(f"{k} {v:.1f}" for k, v in row.items() if isinstance(v, float) and k != "time_s"),
+                  flush=True)
+        yield row
+
+
+def write_csv(rows: Sequence[dict], path: Path) -> Path:
+    with open(path, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+def read_csv(path: Path) -> list[dict]:
+    with open(path) as handle:
+        return [{k: (v if k in ("population", "proximal") else float(v)) for k, v in row.items()}
+                for row in csv.DictReader(handle)]
+
+
+def plot(site: str, rows: Sequence[dict], path: Path) -> Path:
+    """The populations' distributions next to the published ones (PNG)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    pops = sorted({r["population"] for r in rows})
+    by = {p: [r for r in rows if r["population"] == p] for p in pops}
+    if site == "prostate":
+        fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
+        bins = np.arange(-0.5, 10.5, 1.0)
+        for p in pops:
+            psi = np.array([r["psi_trivial"] for r in by[p]])
+            axes[0].hist(psi, bins=bins, alpha=0.5, label=f"{p}: {psi.mean():.2f} ± {psi.std(ddof=1):.2f} (n={psi.size})")
+        m, sd = SEED000_TRIVIAL_PSI
+        x = np.linspace(0, 9, 200)
+        n_ref = max(len(v) for v in by.values())
+        axes[0].plot(x, n_ref * np.exp(-0.5 * ((x - m) / sd) ** 2) / (sd * np.sqrt(2 * np.pi)), "k--",
+                     label=f"seed 000 dataset 1: {m} ± {sd} (n=49, range 2–9)")
+        axes[0].set_xlabel("ψ of the trivial TPPs")
+        axes[0].set_ylabel("cases")
+        for ax, key, label in ((axes[1], "rectum_in_ptv_pct", "rectum inside PTV (% of rectum)"),
+                               (axes[2], "bladder_in_ptv_pct", "bladder inside PTV (% of bladder)")):
+            for p in pops:
+                ax.hist([r[key] for r in by[p]], bins=15, alpha=0.5, label=p)
+            ax.set_xlabel(label)
+        axes[1].axvline(3.5, color="k", ls=":", label="Mattes 2014 cut-off 3.5 %")
+        axes[2].axvline(5.0, color="k", ls=":", label="Mattes 2014 cut-off 5 %")
+    else:
+        fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
+        for p in pops:
+            for side, ls in (("LP", "-"), ("RP", "--")):
+                axes[0].hist([r[f"{side}_in_ptv_pct"] for r in by[p]], bins=12, histtype="step", ls=ls,
+                             label=f"{p} {side}")
+                axes[1].hist([r[f"{side}_median_distance_mm"] for r in by[p]], bins=12, histtype="step", ls=ls,
+                             label=f"{p} {side}")
+            for organ in ("LP", "RP", "OC"):
+                axes[2].hist([r[f"{organ}_mean_norm_gy"] for r in by[p]], bins=12, histtype="step",
+                             label=f"{p} {organ}")
+        axes[0].axvline(21.0, color="k", ls=":", label=f"Hunt 2006: {HUNT_OVERLAP_21_PCT:.0f} % of glands ≤ 21 %")
+        axes[0].set_xlabel("parotid inside the 44 Gy PTV (%)")
+        axes[1].set_xlabel("parotid median distance to the PTV (mm)")
+        axes[2].set_xlabel("template mean dose at D95 = 44 Gy (Gy)")
+    for ax in axes:
+        ax.legend(fontsize=7)
+    fig.suptitle(f"{site} phantom populations (seeds {SEED}–{SEED + max(len(v) for v in by.values()) - 1})")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return Path(path)
+
+
+def summary(rows: Sequence[dict]) -> dict[str, dict[str, float]]:
+    """Per population: mean, sd, min, max of every numeric column."""
+    out = {}
+    for p in sorted({r["population"] for r in rows}):
+        sub = [r for r in rows if r["population"] == p]
+        out[p] = {k: (float(np.mean([r[k] for r in sub])), float(np.std([r[k] for r in sub], ddof=1)),
+                      float(np.min([r[k] for r in sub])), float(np.max([r[k] for r in sub])))
+                  for k, v in sub[0].items() if isinstance(v, float)}
+    return out
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("site", choices=sorted(SURVEYS))
+    parser.add_argument("--cases", type=int, default=100)
+    parser.add_argument("--seed", type=int, default=SEED)
+    parser.add_argument("--population", nargs="+", default=["v1", "v2"])
+    parser.add_argument("--out", type=Path, default=RESULTS, help="folder of population_<site>.csv/.png")
+    args = parser.parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+    path = args.out / f"population_{args.site}.csv"
+    rows = []
+    for population in args.population:
+        for row in survey(args.site, range(args.seed, args.seed + args.cases), population):
+            rows.append(row)
+            write_csv(rows, path)  # every row, so a long survey stopped early keeps what it measured
+    plot(args.site, rows, args.out / f"population_{args.site}.png")
+    for p, stats in summary(rows).items():
+        print(p, {k: tuple(round(x, 2) for x in v) for k, v in stats.items()})
+
+
+if __name__ == "__main__":
+    main()
