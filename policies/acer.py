@@ -80,6 +80,7 @@ class Args:
     init_from: str | None = None  # start from these weights (.pt of ``train``), e.g. to fine-tune on another case
     engine_threads: int = 1  # $RTAUTOPLAN_THREADS of the TPS: its sparse sums depend on it (same value, same weights)
     wall_budget_s: float | None = None  # stop after this wall time (s), T_max or not (the selected weights are kept)
+    population: str = "v2"  # prostate phantom population of the seeds (issue 16); the committed weights saw "v1"
 
 
 class AcerNet(nn.Module):
@@ -245,11 +246,11 @@ class AcerPolicy:
 
 
 def make_env(seeds, dose_grid_factor=(2, 4, 4), max_iter: int = 60, init: str = "random", t_epi: int = 20,
-             cold_start: bool = True, partial_band: float | None = None):
+             cold_start: bool = True, partial_band: float | None = None, population: str = "v1"):
     """A ProstateEnv over its own InHousePhoton (7 beams) on ``seeds``: ``cold_start`` optimises every
     plan from scratch (``warm_start=False``: warm-started, a one-step-lookahead oracle stays at ψ = 8 from
     random TPPs, cold it reaches 9; docs/results.md); ``partial_band`` scores with proknow9's partial
-    credit of that band (binary: None)."""
+    credit of that band (binary: None); ``population`` the phantom population of ``seeds``."""
     from rtautoplan.adapters.inhouse import InHousePhoton
     from rtautoplan.policies.env_prostate import ENGINE, ProstateEnv
 
@@ -257,7 +258,15 @@ def make_env(seeds, dose_grid_factor=(2, 4, 4), max_iter: int = 60, init: str = 
     tps = InHousePhoton(dose_grid_factor=tuple(dose_grid_factor), **engine)
     options = None if partial_band is None else {"partial": True, "band": partial_band}
     return ProstateEnv(tps, case_seeds=tuple(seeds), max_steps=t_epi, init=init,
-                       score_options=options)
+                       score_options=options, population=population)
+
+
+def engine_of(args: Args) -> dict:
+    """The TPS a run of ``args`` plans with (``InHousePhoton`` options), for its record."""
+    from rtautoplan.policies.env_prostate import ENGINE
+
+    return {"adapter": "inhouse-photon", **ENGINE, "max_iter": args.max_iter, "warm_start": not args.cold_start,
+            "dose_grid_factor": list(args.dose_grid_factor)}
 
 
 def validate(env, net: AcerNet, seeds, n_random: int, max_steps: int = 20) -> float:
@@ -291,6 +300,10 @@ class TrainRecord:
     validation: list = field(default_factory=list)
     """[(step, validation ψ, mean training return of the last 20 episodes)]"""
     torch_version: str = torch.__version__
+    population: str = "v1"
+    """the phantom population trained and validated on (``rtautoplan.phantom.make_case``)"""
+    engine: dict = field(default_factory=dict)
+    """the TPS it planned with (``engine_of``)"""
 
 
 def train(args: Args, envs=None, val_env=None, validate_fn=validate) -> TrainRecord:
@@ -302,9 +315,11 @@ def train(args: Args, envs=None, val_env=None, validate_fn=validate) -> TrainRec
     torch.use_deterministic_algorithms(True)
     rng = np.random.default_rng(args.seed)
     envs = envs or [make_env(args.train_seeds, args.dose_grid_factor, args.max_iter, t_epi=args.t_epi,
-                             cold_start=args.cold_start, partial_band=args.partial_band) for _ in range(args.n_actors)]
+                             cold_start=args.cold_start, partial_band=args.partial_band, population=args.population)
+                    for _ in range(args.n_actors)]
     val_env = val_env if val_env is not None or validate_fn is None else make_env(
-        args.val_seeds, args.dose_grid_factor, args.max_iter, t_epi=args.t_epi, cold_start=args.cold_start)
+        args.val_seeds, args.dose_grid_factor, args.max_iter, t_epi=args.t_epi, cold_start=args.cold_start,
+        population=args.population)
     obs_dim = int(np.prod(envs[0].observation_space.shape))
     net = AcerNet(obs_dim, int(envs[0].action_space.n))
     if args.init_from:
@@ -361,7 +376,8 @@ def train(args: Args, envs=None, val_env=None, validate_fn=validate) -> TrainRec
 
 def _record(args: Args, steps: int, episodes: int, start: float, best: tuple, curve: list) -> TrainRecord:
     return TrainRecord(_jsonable({"out": args.out})["out"], _jsonable(asdict(args)), args.seed, steps, episodes,
-                       time.perf_counter() - start, best[1], float(best[0]), list(curve))
+                       time.perf_counter() - start, best[1], float(best[0]), list(curve), population=args.population,
+                       engine=engine_of(args))
 
 
 def _jsonable(d: dict) -> dict:

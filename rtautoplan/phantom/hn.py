@@ -27,7 +27,7 @@ HU = {"air": -1000, "soft": 40, "brain": 35, "eye": 10, "bone": 900, "dense_bone
 # v2 ranges (issue 16; docs/decisions.md, "Calibrated phantom populations": sources, and which are our choices).
 V2 = {
     "parotid_cc": (12.0, 45.0),  # gland volume: log-normal, median PAROTID_MEDIAN_CC, clipped
-    "ipsi_reach_mm": (-8.0, 10.0),  # how far the ipsilateral level II nodes reach up into the parotid
+    "ipsi_reach_mm": (-10.0, 8.0),  # how far the ipsilateral level II nodes reach up into the parotid
     "contra_reach_mm": (-14.0, 0.0),  # the same for the contralateral (elective) level II nodes
     "primary_medial_mm": (10.0, 24.0),  # |x| of the primary tumour's centre: toward the midline, the oral cavity
 }
