@@ -73,9 +73,9 @@ V2 = {
     "sv_length_mm": (5.0, 20.0),  # proximal seminal vesicles in the CTV: 0.5–2 cm (EORTC / RTOG 0815)
     "ptv_margin_mm": (5.0, 10.0),  # CTV → PTV, isotropic
     "bladder_cc": (40.0, 400.0),  # bladder filling at the planning CT, log-uniform
-    "bladder_dip_mm": (0.0, 18.0),  # how far the bladder base sits below the prostate's top
+    "bladder_dip_mm": (0.0, 14.0),  # how far the bladder base sits below the prostate's top
     "rectum_radius_mm": (12.0, 19.0),
-    "rectum_indent_mm": (0.0, 12.0),  # anterior rectal wall pressed into the prostate's back
+    "rectum_indent_mm": (0.0, 10.0),  # anterior rectal wall pressed into the prostate's back
     "rectum_below_mm": (10.0, 30.0),  # rectum contoured from this far below the prostate's apex …
     "rectum_above_mm": (10.0, 30.0),  # … to this far above its top
 }
@@ -125,19 +125,22 @@ def anatomy_v2(rng: np.random.Generator, grid: Grid = GRID):
     rois = {}
     b_axes = _axes_for(_BLADDER_AXES_MM, _log_uniform(rng, *V2["bladder_cc"]))
     dip = rng.uniform(*V2["bladder_dip_mm"])
-    rois["Bladder"] = ellipsoid(xyz, jitter(0.0, centre[1] - 8.0, top - dip + b_axes[2]), b_axes)
+    ctv = gland | vesicles
+    # The gland and vesicles stay whole; the bladder base cups them and the rectum's anterior wall is
+    # indented by them (organs yield to the gland, not the reverse: the CTV keeps its drawn volume).
+    rois["Bladder"] = ellipsoid(xyz, jitter(0.0, centre[1] - 3.0, top - dip + b_axes[2]), b_axes) & ~ctv
     r = rng.uniform(*V2["rectum_radius_mm"])
     rectum_y = back - rng.uniform(*V2["rectum_indent_mm"]) + r
     low, high = apex - rng.uniform(*V2["rectum_below_mm"]), top + rng.uniform(*V2["rectum_above_mm"])
     rectum_axis = (jitter(0.0, rectum_y, low + r, 1.0), jitter(0.0, rectum_y + 5.0, high - r, 1.0))
-    rois["Rectum"] = capsule(xyz, *rectum_axis, r)
+    rois["Rectum"] = capsule(xyz, *rectum_axis, r) & ~ctv & ~rois["Bladder"]
     for tag, sx in (("L", 1), ("R", -1)):
         rois[f"Femur_Head_{tag}"] = sphere(xyz, jitter(sx * 95 * scale, 5, -15), 24.0 * scale)
     femur_necks = capsule(xyz, (95 * scale, 5, -15), (130 * scale, 12, -60), 14.0) | capsule(
         xyz, (-95 * scale, 5, -15), (-130 * scale, 12, -60), 14.0)
     pelvic_bones = (ellipsoid(xyz, (0, 80 * scale, 20), (40, 15, 40)) | ellipsoid(xyz, (0, -55 * scale, -28), (30, 10, 12))
                     | femur_necks)
-    rois["CTV_7800"] = (gland | vesicles) & ~rois["Bladder"] & ~rois["Rectum"]
+    rois["CTV_7800"] = ctv
     rois["PTV_7800"] = expand(rois["CTV_7800"], grid.spacing, margin) & body
     rois["Body"] = body
 
