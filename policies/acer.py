@@ -40,7 +40,8 @@ WEIGHTS = Path(__file__).resolve().parent / "weights" / "acer_prostate.pt"
 
 @dataclass
 class Args:
-    """SPEC §1.11 Table 3 unless noted; defaults = the committed run (docs/results.md, ACER): binary Δψ reward,
+    """SPEC §1.11 Table 3 unless noted; defaults = the committed stage-1 run (docs/results.md, ACER) but on the
+    calibrated population v2 (``--population v1`` for the committed weights): binary Δψ reward,
     masked policy, no time-limit bootstrap, β 0.01 → 0.001 over 5 000 steps, standard dose grid.
     ``partial_band`` would shape the training reward only (validation, evaluation: binary ψ, §1.7)."""
 

@@ -395,7 +395,7 @@ def parser() -> argparse.ArgumentParser:
     ev.add_argument("-o", "--output", type=Path, default=Path("out/evaluate"))
     ev.set_defaults(run=_evaluate)
 
-    tr = sub.add_parser("train", help="train a planner; its defaults reproduce the committed weights",
+    tr = sub.add_parser("train", help="train a planner; the README gives the commands of the committed weights",
                         description="rtautoplan train acer|sarsa|dqn [--field value …]: every field of the trainer's "
                                     "Args is an option (rtautoplan train NAME --help lists them)")
     tr.add_argument("algorithm", choices=["acer", "sarsa", "dqn"])

@@ -8,7 +8,8 @@
 * ``plot``: the distributions of v1 and v2 next to the published ones (docs/results/population_*.png).
 
 ``python -m rtautoplan.phantom.calibration prostate|hn --cases N --population v1 v2`` writes the CSV
-and the PNG (docs/results.md, "Calibrated phantom populations").
+and the PNG (docs/results.md, "Calibrated phantom populations"); a CSV already there is resumed (its
+rows kept, their seeds not re-planned), ``--plot-only`` redraws the PNG from it.
 """
 
 from __future__ import annotations
@@ -107,6 +108,17 @@ def _hn_rows(seeds: Sequence[int], population: str) -> Iterable[dict]:
                "time_s": time.perf_counter() - start}
 
 
+def v1_prostate_rows(seeds: Sequence[int]) -> list[dict]:
+    """v1 rows without planning: the geometry, and ψ of the trivial TPPs as the committed ACER table
+    measured it on the same engine (docs/results/acer_prostate.csv, "before" of its trivial rows)."""
+    from rtautoplan.phantom import make_case
+    from rtautoplan.policies.acer_eval import read_rows
+
+    before = {r["case_seed"]: r["before"] for r in read_rows() if r["policy"] == "acer" and r["init"] == "trivial"}
+    return [{"population": "v1", "case_seed": s, **prostate_geometry(make_case("prostate", s)),
+             "psi_trivial": before[s]} for s in seeds if s in before]
+
+
 SURVEYS = {"prostate": _prostate_rows, "hn": _hn_rows}
 
 
@@ -194,7 +206,7 @@ def summary(rows: Sequence[dict]) -> dict[str, dict[str, float]]:
         sub = [r for r in rows if r["population"] == p]
         out[p] = {k: (float(np.mean([r[k] for r in sub])), float(np.std([r[k] for r in sub], ddof=1)),
                       float(np.min([r[k] for r in sub])), float(np.max([r[k] for r in sub])))
-                  for k, v in sub[0].items() if isinstance(v, float)}
+                  for k, v in sub[0].items() if isinstance(v, float) and k not in ("case_seed", "time_s")}
     return out
 
 
@@ -205,14 +217,19 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=SEED)
     parser.add_argument("--population", nargs="+", default=["v1", "v2"])
     parser.add_argument("--out", type=Path, default=RESULTS, help="folder of population_<site>.csv/.png")
+    parser.add_argument("--plot-only", action="store_true", help="redraw the PNG from the CSV, plan nothing")
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / f"population_{args.site}.csv"
-    rows = []
+    rows = read_csv(path) if path.exists() else []  # a survey resumes: measured (population, seed) are kept
+    done = {(r["population"], int(r["case_seed"])) for r in rows}
     for population in args.population:
-        for row in survey(args.site, range(args.seed, args.seed + args.cases), population):
+        todo = [] if args.plot_only else [s for s in range(args.seed, args.seed + args.cases) if (population, s) not in done]
+        for row in survey(args.site, todo, population):
             rows.append(row)
             write_csv(rows, path)  # every row, so a long survey stopped early keeps what it measured
+    if args.site == "prostate" and "v1" not in args.population:
+        rows += v1_prostate_rows(range(args.seed, args.seed + args.cases))
     plot(args.site, rows, args.out / f"population_{args.site}.png")
     for p, stats in summary(rows).items():
         print(p, {k: tuple(round(x, 2) for x in v) for k, v in stats.items()})
