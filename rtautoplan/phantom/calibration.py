@@ -4,7 +4,9 @@
   (cm³), the share of each OAR inside the PTV (%), the parotids' median distance to the PTV (mm).
 * ``survey``: each variant of a population, its geometry plus the starting plan the planners get:
   prostate, ψ of the trivial TPPs (seed 000's engine, ``pipeline.SETUPS``); H&N, the static
-  template's mean doses (seed 004's 44 Gy primary, normalised to PTV D95% = 44 Gy, §4.7 step 3).
+  template's mean doses (seed 004's 44 Gy primary, SARSA's training engine, normalised to PTV D95%
+  = 44 Gy, §4.7 step 3) and those of the parotid-limit reference plan (``limit_*``: how much parotid
+  sparing the objectives can buy on that anatomy).
 * ``plot``: the distributions of v1 and v2 next to the published ones (docs/results/population_*.png).
 
 ``python -m rtautoplan.phantom.calibration prostate|hn --cases N --population v1 v2`` writes the CSV
@@ -99,12 +101,15 @@ def _hn_rows(seeds: Sequence[int], population: str) -> Iterable[dict]:
     from rtautoplan.policies.sarsa_eval import plan_metrics
 
     env = make_env(2, seeds, population=population)
+    keys = ("LP_mean_norm_gy", "RP_mean_norm_gy", "OC_mean_norm_gy")
     for seed in seeds:
         start = time.perf_counter()
         env.reset(seed=seed, options={"case_seed": seed, "init": "template"})
-        metrics = plan_metrics(env, env.last_dose.gy)
+        template = plan_metrics(env, env.last_dose.gy)
+        env.reset(seed=seed, options={"case_seed": seed, "init": "parotid-limit"})
+        limit = plan_metrics(env, env.last_dose.gy)
         yield {"population": population, "case_seed": seed, **hn_geometry(env.case, env._ptv()),
-               **{k: metrics[k] for k in ("LP_mean_norm_gy", "RP_mean_norm_gy", "OC_mean_norm_gy", "ptv_d95_gy")},
+               **{k: template[k] for k in keys}, **{f"limit_{k}": limit[k] for k in keys},
                "time_s": time.perf_counter() - start}
 
 
