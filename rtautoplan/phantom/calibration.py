@@ -181,7 +181,7 @@ def plot(site: str, rows: Sequence[dict], path: Path) -> Path:
         axes[1].axvline(3.5, color="k", ls=":", label="Mattes 2014 cut-off 3.5 %")
         axes[2].axvline(5.0, color="k", ls=":", label="Mattes 2014 cut-off 5 %")
     else:
-        fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
+        fig, axes = plt.subplots(1, 4, figsize=(17, 3.8))
         for p in pops:
             for side, ls in (("LP", "-"), ("RP", "--")):
                 axes[0].hist([r[f"{side}_in_ptv_pct"] for r in by[p]], bins=12, histtype="step", ls=ls,
@@ -195,6 +195,14 @@ def plot(site: str, rows: Sequence[dict], path: Path) -> Path:
         axes[0].set_xlabel("parotid inside the 44 Gy PTV (%)")
         axes[1].set_xlabel("parotid median distance to the PTV (mm)")
         axes[2].set_xlabel("template mean dose at D95 = 44 Gy (Gy)")
+        axes[2].axvspan(16.0, 24.0, color="b", alpha=0.08, label="parotids, scaled from Hunt 2006")
+        axes[2].axvspan(26.3, 37.0, color="m", alpha=0.08, label="oral cavity, scaled from seed 004 §4.1")
+        for p in pops:
+            room = [r[f"limit_{side}_mean_norm_gy"] - r[f"{side}_mean_norm_gy"] for r in by[p] for side in ("LP", "RP")
+                    if f"limit_{side}_mean_norm_gy" in r]
+            axes[3].hist(room, bins=12, histtype="step", label=f"{p}: {np.mean(room):.1f} Gy" if room else p)
+        axes[3].axvline(-7.0, color="k", ls=":", label="seed 004 model 2 vs template: −7 Gy")
+        axes[3].set_xlabel("parotid-limit − template, parotid mean (Gy)")
     for ax in axes:
         ax.legend(fontsize=7)
     fig.suptitle(f"{site} phantom populations (seeds {SEED}–{SEED + max(len(v) for v in by.values()) - 1})")
