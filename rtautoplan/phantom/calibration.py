@@ -124,6 +124,26 @@ def v1_prostate_rows(seeds: Sequence[int]) -> list[dict]:
              "psi_trivial": before[s]} for s in seeds if s in before]
 
 
+def v1_hn_rows(seeds: Sequence[int]) -> list[dict]:
+    """v1 rows without planning: the geometry, and the template and parotid-limit mean doses the
+    committed Table-1 evaluation measured on the same engine (docs/results/sarsa_hn_test.csv)."""
+    from rtautoplan.phantom import make_case
+    from rtautoplan.policies.env_base import single_level
+    from rtautoplan.policies.sarsa_eval import CSV_PATH, read_csv as read_table
+    from rtautoplan.structures.rules import apply_rules
+
+    by = {(r["planner"], int(r["case_seed"])): r for r in read_table(CSV_PATH)}
+    keys = ("LP_mean_norm_gy", "RP_mean_norm_gy", "OC_mean_norm_gy")
+    rows = []
+    for s in seeds:
+        if ("template", s) in by and ("parotid-limit", s) in by:
+            case = apply_rules(single_level(make_case("hn", s), 44.0, 22), "hn")
+            rows.append({"population": "v1", "case_seed": s, **hn_geometry(case, "PTV_4400"),
+                         **{k: float(by["template", s][k]) for k in keys},
+                         **{f"limit_{k}": float(by["parotid-limit", s][k]) for k in keys}})
+    return rows
+
+
 SURVEYS = {"prostate": _prostate_rows, "hn": _hn_rows}
 
 
@@ -241,8 +261,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         for row in survey(args.site, todo, population):
             rows.append(row)
             write_csv(rows, path)  # every row, so a long survey stopped early keeps what it measured
-    if args.site == "prostate" and "v1" not in args.population:
-        rows += v1_prostate_rows(range(args.seed, args.seed + args.cases))
+    if "v1" not in args.population:  # v1 from the committed tables of the same seeds: nothing re-planned
+        rows += (v1_prostate_rows if args.site == "prostate" else v1_hn_rows)(range(args.seed, args.seed + args.cases))
     plot(args.site, rows, args.out / f"population_{args.site}.png")
     for p, stats in summary(rows).items():
         print(p, {k: tuple(round(x, 2) for x in v) for k, v in stats.items()})
