@@ -56,15 +56,22 @@ def anatomy(rng: np.random.Generator, grid: Grid = GRID):
     rois["PTV_7800"] = expand(rois["CTV_7800"], grid.spacing, PTV_MARGIN_MM) & body
     rois["Body"] = body
 
+    gas = capsule(xyz, at(0, rectum_y, -40, 1), at(0, rectum_y + 5, 15, 1), rectum_r * 0.35)
+    return rois, _hu(rng, grid, rois, fat, pelvic_bones, gas)
+
+
+def _hu(rng: np.random.Generator, grid: Grid, rois: dict, fat: np.ndarray, bones: np.ndarray,
+        gas: np.ndarray) -> np.ndarray:
+    """The CT (HU) of a pelvis: tissues by mask, then 8 HU of noise in the body."""
+    body = rois["Body"]
     hu = np.full(grid.shape, HU["air"], np.int16)
     hu[body] = HU["soft"]
     hu[fat] = HU["fat"]
     hu[rois["Bladder"]] = HU["urine"]
-    hu[pelvic_bones | rois["Femur_Head_L"] | rois["Femur_Head_R"]] = HU["bone"]
-    gas = capsule(xyz, at(0, rectum_y, -40, 1), at(0, rectum_y + 5, 15, 1), rectum_r * 0.35)
+    hu[bones | rois["Femur_Head_L"] | rois["Femur_Head_R"]] = HU["bone"]
     hu[gas] = HU["gas"]
     hu[body] += rng.normal(0.0, 8.0, int(body.sum())).round().astype(np.int16)
-    return rois, hu
+    return hu
 
 
 # v2 ranges (docs/decisions.md, "Calibrated phantom populations": sources, and which are our choices).
@@ -144,14 +151,7 @@ def anatomy_v2(rng: np.random.Generator, grid: Grid = GRID):
     rois["PTV_7800"] = expand(rois["CTV_7800"], grid.spacing, margin) & body
     rois["Body"] = body
 
-    hu = np.full(grid.shape, HU["air"], np.int16)
-    hu[body] = HU["soft"]
-    hu[fat] = HU["fat"]
-    hu[rois["Bladder"]] = HU["urine"]
-    hu[pelvic_bones | rois["Femur_Head_L"] | rois["Femur_Head_R"]] = HU["bone"]
-    hu[capsule(xyz, *rectum_axis, 0.35 * r)] = HU["gas"]
-    hu[body] += rng.normal(0.0, 8.0, int(body.sum())).round().astype(np.int16)
-    return rois, hu
+    return rois, _hu(rng, grid, rois, fat, pelvic_bones, capsule(xyz, *rectum_axis, 0.35 * r))
 
 
 POPULATIONS = {"v1": anatomy, "v2": anatomy_v2}
