@@ -79,8 +79,8 @@ V2 = {
     "prostate_cc": (20.0, 100.0),  # CTV prostate volume: log-normal, median PROSTATE_MEDIAN_CC, clipped
     "sv_length_mm": (5.0, 20.0),  # proximal seminal vesicles in the CTV: 0.5–2 cm (EORTC / RTOG 0815)
     "ptv_margin_mm": (5.0, 10.0),  # CTV → PTV, isotropic
-    "bladder_cc": (40.0, 400.0),  # bladder filling at the planning CT, log-uniform
-    "bladder_dip_mm": (0.0, 14.0),  # how far the bladder base sits below the prostate's top
+    "bladder_cc": (60.0, 400.0),  # bladder filling at the planning CT, log-uniform
+    "bladder_dip_mm": (0.0, 10.0),  # how far the bladder base sits below the prostate's top
     "rectum_radius_mm": (12.0, 19.0),
     "rectum_indent_mm": (0.0, 10.0),  # anterior rectal wall pressed into the prostate's back
     "rectum_below_mm": (10.0, 30.0),  # rectum contoured from this far below the prostate's apex …
