@@ -160,16 +160,20 @@ def test_new_training_defaults_to_the_calibrated_population():
 
 @pytest.mark.slow
 def test_template_goals_bind_on_the_real_environment():
-    """goals="template": after reset the OAR goals sit at or under the template plan's values, so the
-    template plan meets every OAR goal below the paper's and the oral cavity's term is 0 there."""
+    """goals="template": after reset each OAR goal is the lower of the paper's and the template plan's
+    value, so a term is 0 on the template exactly where the template is under the paper's goal."""
     from rtautoplan.policies.sarsa import make_env
+    from rtautoplan.scoring.relative_loss import default_goals
 
     env = make_env(2, (1000,), population="v2", goals="template", max_steps=2)
     env.reset(seed=0, options={"case_seed": 1000})
     goals = {(g.structure, g.metric): g.goal_gy for g in env._planner.score_options["goals"]}
-    assert goals["Cavity_Oral", "Dmean"] <= 25.0 and goals["Parotid_L", "Dmean"] <= 15.0
-    terms = {c.name: c.score for c in env.last_score.criteria}
-    assert terms["Cavity_Oral Dmean"] == 0.0 and terms["Cavity_Oral D50%"] == 0.0
+    paper = {(g.structure, g.metric): g.goal_gy for g in default_goals(env.case)}
+    for c in env.last_score.criteria:
+        key = (c.structure, c.metric)
+        if c.structure in ("Parotid_L", "Parotid_R", "Cavity_Oral"):
+            assert goals[key] == pytest.approx(min(paper[key], c.value))
+            assert (c.score == 0.0) == (c.value <= paper[key])
     env.step(8)  # "Cavity_Oral D+2 Gy" (model 2): loosen the oral cavity's objective
     after = {c.name: c for c in env.last_score.criteria}["Cavity_Oral Dmean"]
     assert (after.score > 0.0) == (after.value > goals["Cavity_Oral", "Dmean"] + 1e-9)
