@@ -5,6 +5,9 @@ seed-004 goals need (SPEC §2.4, §3.1, §4.2).
 Anatomy is built from analytic solids placed where they sit in an adult (HFS: +x patient
 left, +y posterior, +z superior, mm). A seed moves and scales every organ a little and puts
 the primary tumour on the left or the right, so seeds give distinct but plausible patients.
+Two populations (``POPULATIONS``): "v1" (the first generator, bit-identical) and "v2" (issue 16:
+parotid volumes, parotid–target overlaps and the primary's nearness to the oral cavity drawn as in
+real cohorts; docs/decisions.md, "Calibrated phantom populations").
 """
 
 from __future__ import annotations
