@@ -31,8 +31,8 @@ HU = {"air": -1000, "soft": 40, "brain": 35, "eye": 10, "bone": 900, "dense_bone
 V2 = {
     "parotid_cc": (12.0, 45.0),  # gland volume: log-normal, median PAROTID_MEDIAN_CC, clipped
     "ipsi_reach_mm": (-10.0, 8.0),  # how far the ipsilateral level II nodes reach up into the parotid
-    "contra_reach_mm": (-14.0, 0.0),  # the same for the contralateral (elective) level II nodes
-    "primary_medial_mm": (10.0, 24.0),  # |x| of the primary tumour's centre: toward the midline, the oral cavity
+    "contra_reach_mm": (-10.0, 4.0),  # the same for the contralateral (elective) level II nodes
+    "primary_medial_mm": (4.0, 18.0),  # |x| of the primary tumour's centre: toward the midline, the oral cavity
 }
 PAROTID_MEDIAN_CC, PAROTID_LOG_SD = 25.0, 0.3
 _PAROTID_AXES_MM = (12.0, 18.0, 20.0)  # the v1 gland's semi-axes (18 cc), scaled to the drawn volume
