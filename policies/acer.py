@@ -41,7 +41,8 @@ WEIGHTS = Path(__file__).resolve().parent / "weights" / "acer_prostate.pt"
 
 @dataclass
 class Args:
-    """SPEC §1.11 Table 3 unless noted; defaults = the committed run (docs/results.md, ACER): binary Δψ reward,
+    """SPEC §1.11 Table 3 unless noted; defaults = the committed stage-1 run (docs/results.md, ACER) but on the
+    calibrated population v2 (``--population v1`` for the committed weights): binary Δψ reward,
     masked policy, no time-limit bootstrap, β 0.01 → 0.001 over 5 000 steps, standard dose grid.
     ``partial_band`` would shape the training reward only (validation, evaluation: binary ψ, §1.7)."""
 
@@ -83,6 +84,7 @@ class Args:
     wall_budget_s: float | None = None  # stop after this wall time (s), T_max or not (the selected weights are kept)
     actors: str = "local"  # where the actors' environments run: "local" (this process) or "ray" (one Ray actor each)
     ray_address: str | None = None  # with actors="ray": the cluster (auto, HOST:PORT, ray://…); None: a local one
+    population: str = "v2"  # prostate phantom population of the seeds (issue 16); the committed weights saw "v1"
 
 
 class AcerNet(nn.Module):
@@ -249,11 +251,11 @@ class AcerPolicy:
 
 
 def make_env(seeds, dose_grid_factor=(2, 4, 4), max_iter: int = 60, init: str = "random", t_epi: int = 20,
-             cold_start: bool = True, partial_band: float | None = None):
+             cold_start: bool = True, partial_band: float | None = None, population: str = "v1"):
     """A ProstateEnv over its own InHousePhoton (7 beams) on ``seeds``: ``cold_start`` optimises every
     plan from scratch (``warm_start=False``: warm-started, a one-step-lookahead oracle stays at ψ = 8 from
     random TPPs, cold it reaches 9; docs/results.md); ``partial_band`` scores with proknow9's partial
-    credit of that band (binary: None)."""
+    credit of that band (binary: None); ``population`` the phantom population of ``seeds``."""
     from rtautoplan.adapters.inhouse import InHousePhoton
     from rtautoplan.policies.env_prostate import ENGINE, ProstateEnv
 
@@ -261,7 +263,15 @@ def make_env(seeds, dose_grid_factor=(2, 4, 4), max_iter: int = 60, init: str = 
     tps = InHousePhoton(dose_grid_factor=tuple(dose_grid_factor), **engine)
     options = None if partial_band is None else {"partial": True, "band": partial_band}
     return ProstateEnv(tps, case_seeds=tuple(seeds), max_steps=t_epi, init=init,
-                       score_options=options)
+                       score_options=options, population=population)
+
+
+def engine_of(args: Args) -> dict:
+    """The TPS a run of ``args`` plans with (``InHousePhoton`` options), for its record."""
+    from rtautoplan.policies.env_prostate import ENGINE
+
+    return {"adapter": "inhouse-photon", **ENGINE, "max_iter": args.max_iter, "warm_start": not args.cold_start,
+            "dose_grid_factor": list(args.dose_grid_factor)}
 
 
 def validate(env, net: AcerNet, seeds, n_random: int, max_steps: int = 20) -> float:
@@ -295,6 +305,10 @@ class TrainRecord:
     validation: list = field(default_factory=list)
     """[(step, validation ψ, mean training return of the last 20 episodes)]"""
     torch_version: str = torch.__version__
+    population: str = "v1"
+    """the phantom population trained and validated on (``rtautoplan.phantom.make_case``)"""
+    engine: dict = field(default_factory=dict)
+    """the TPS it planned with (``engine_of``)"""
 
 
 def train(args: Args, envs=None, val_env=None, validate_fn=validate) -> TrainRecord:
@@ -304,7 +318,7 @@ def train(args: Args, envs=None, val_env=None, validate_fn=validate) -> TrainRec
     torch.manual_seed(args.seed)
     factories = [functools.partial(given, env) for env in envs] if envs else args.n_actors * [functools.partial(
         make_env, args.train_seeds, args.dose_grid_factor, args.max_iter, t_epi=args.t_epi,
-        cold_start=args.cold_start, partial_band=args.partial_band)]
+        cold_start=args.cold_start, partial_band=args.partial_band, population=args.population)]
     workers = env_workers(args.actors, factories, functools.partial(deterministic, args.engine_threads),
                           args.ray_address)
     try:
@@ -322,7 +336,8 @@ def play_on(env, net: AcerNet, rng: np.random.Generator, seed: int, options, mas
 def _train(args: Args, workers, n_actors: int, val_env, validate_fn) -> TrainRecord:
     rng = np.random.default_rng(args.seed)
     val_env = val_env if val_env is not None or validate_fn is None else make_env(
-        args.val_seeds, args.dose_grid_factor, args.max_iter, t_epi=args.t_epi, cold_start=args.cold_start)
+        args.val_seeds, args.dose_grid_factor, args.max_iter, t_epi=args.t_epi, cold_start=args.cold_start,
+        population=args.population)
     net = AcerNet(*workers.run([(0, env_spaces, ())])[0])
     if args.init_from:
         net.load_state_dict(load_net(args.init_from).state_dict())
@@ -378,7 +393,8 @@ def _train(args: Args, workers, n_actors: int, val_env, validate_fn) -> TrainRec
 
 def _record(args: Args, steps: int, episodes: int, start: float, best: tuple, curve: list) -> TrainRecord:
     return TrainRecord(_jsonable({"out": args.out})["out"], _jsonable(asdict(args)), args.seed, steps, episodes,
-                       time.perf_counter() - start, best[1], float(best[0]), list(curve))
+                       time.perf_counter() - start, best[1], float(best[0]), list(curve), population=args.population,
+                       engine=engine_of(args))
 
 
 def _jsonable(d: dict) -> dict:

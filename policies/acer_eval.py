@@ -39,14 +39,15 @@ def _policy(name: str, env, seed: int):
 
 
 def plan_cases(policy_name: str, seeds, inits=("trivial", "random"), dose_grid_factor=(1, 2, 2),
-               max_steps: int = 20, cold_start: bool = True, draws: int = 1) -> list[dict]:
-    """One row per (init, case seed, draw): ψ before and after the closed loop of ``policy_name``;
-    draw k > 0 of random TPPs resets with seed 1000·s + k (draw 0: the case seed s)."""
+               max_steps: int = 20, cold_start: bool = True, draws: int = 1, population: str = "v1") -> list[dict]:
+    """One row per (init, case seed, draw): ψ before and after the closed loop of ``policy_name`` on
+    prostate phantom ``population``; draw k > 0 of random TPPs resets with seed 1000·s + k (draw 0:
+    the case seed s)."""
     from rtautoplan.policies.acer import make_env
 
     from rtautoplan.loop import run_loop
 
-    env = make_env(seeds, dose_grid_factor, cold_start=cold_start)
+    env = make_env(seeds, dose_grid_factor, cold_start=cold_start, population=population)
     policy = _policy(policy_name, env, 0)
     rows = []
     for init in inits:
@@ -61,12 +62,13 @@ def plan_cases(policy_name: str, seeds, inits=("trivial", "random"), dose_grid_f
 
 def evaluate_acer(policies=("acer", "rule-based", "random"), seeds=TEST_SEEDS, inits=("trivial", "random"),
                   dose_grid_factor=(1, 2, 2), max_steps: int = 20, cold_start: bool = True,
-                  csv_path: Path = CSV, write: bool = True, draws: int = 1) -> list[dict]:
+                  csv_path: Path = CSV, write: bool = True, draws: int = 1, population: str = "v1") -> list[dict]:
     """Plan ``seeds`` with each of ``policies`` (module docstring); rows into ``csv_path`` (rows of
-    other policies or grids are kept); with ``write``, refresh ``docs/results.md``."""
+    other policies or grids are kept); with ``write``, refresh ``docs/results.md``. ``population``: the
+    prostate phantom population of ``seeds`` (the committed table: "v1")."""
     grid, rows = "x".join(map(str, dose_grid_factor)), []
     for name in policies:
-        rows += plan_cases(name, seeds, inits, dose_grid_factor, max_steps, cold_start, draws)
+        rows += plan_cases(name, seeds, inits, dose_grid_factor, max_steps, cold_start, draws, population)
         kept = [r for r in read_rows(csv_path) if not (r["policy"] == name and r["grid"] == grid)]
         csv_path.parent.mkdir(parents=True, exist_ok=True)
         with open(csv_path, "w", newline="") as f:

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from rtautoplan.policies.acer import TrainProgress, _jsonable, make_env
+from rtautoplan.policies.env_prostate import ENGINE
 from torch import nn
 
 WEIGHTS = Path(__file__).resolve().parent / "weights" / "dqn_prostate.pt"
@@ -145,7 +146,9 @@ def train(args: Args, env=None) -> dict:
             bar.show(step + 1, float(np.mean(returns[-20:])), float("nan"))
     record = {"weights": _jsonable({"out": args.out})["out"], "args": _jsonable(asdict(args)),
               "seed": args.seed, "steps": args.T_max, "episodes": episodes, "wall_s": time.perf_counter() - start,
-              "mean_return_last_20": float(np.mean(returns[-20:])), "torch_version": torch.__version__}
+              "mean_return_last_20": float(np.mean(returns[-20:])), "torch_version": torch.__version__,
+              "population": env.population,
+              "engine": {"adapter": "inhouse-photon", **ENGINE, "dose_grid_factor": list(args.dose_grid_factor)}}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     torch.save({"state_dict": q.state_dict(), "shape": {"obs_dim": obs_dim, "n_actions": n_actions}}, out)

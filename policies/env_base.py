@@ -65,13 +65,15 @@ def single_level(case: Case, dose_gy: float, fractions: int, targets: Sequence[s
 
 @dataclass
 class CaseSource:
-    """Where episodes' cases come from: phantom ``site`` variants ``seeds``, or one fixed ``case``;
-    ``prepare`` (Case → Case) runs once per case and its result is kept."""
+    """Where episodes' cases come from: phantom ``site`` variants ``seeds`` of ``population`` ("v1",
+    "v2": ``rtautoplan.phantom.make_case``), or one fixed ``case``; ``prepare`` (Case → Case) runs
+    once per case and its result is kept."""
 
     site: str
     seeds: Sequence[int] = (0,)
     case: Case | None = None
     prepare: Callable[[Case], Case] = lambda c: c
+    population: str = "v1"
     _cache: dict = field(default_factory=dict, repr=False)
 
     def get(self, seed: int | None) -> Case:
@@ -82,7 +84,7 @@ class CaseSource:
             else:
                 from rtautoplan.phantom import make_case
 
-                raw = make_case(self.site, int(seed))
+                raw = make_case(self.site, int(seed), population=self.population)
             self._cache[seed] = self.prepare(raw)
         return self._cache[seed]
 
@@ -255,12 +257,18 @@ class PlanningEnv(LoopHooks):
     metadata = {"render_modes": []}
 
     def _setup(self, tps, case_seeds: Sequence[int], case: Case | None, max_steps: int, init: str,
-               scorer: Scorer | None, reward: Reward | None, score_options: Mapping | None, cold_start: bool) -> None:
+               scorer: Scorer | None, reward: Reward | None, score_options: Mapping | None, cold_start: bool,
+               population: str = "v1") -> None:
         if max_steps < 1:
             raise ValueError(f"max_steps must be ≥ 1, got {max_steps}")
         self.max_steps, self.init, self.t = int(max_steps), init, 0
         self._planner = Planner(tps, self.system, scorer, reward, score_options, cold_start)
-        self._cases = CaseSource(self.site, tuple(case_seeds), case, self._prepare_case)
+        self._cases = CaseSource(self.site, tuple(case_seeds), case, self._prepare_case, population)
+
+    @property
+    def population(self) -> str:
+        """The phantom population its case seeds are drawn from ("v1", "v2")."""
+        return self._cases.population
 
     # -- what the closed loop and the safety filter read
     @property

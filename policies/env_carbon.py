@@ -186,14 +186,14 @@ class CarbonHNEnv(LoopHooks, ParallelEnv):
 
     def __init__(self, tps, case_seeds: Sequence[int] = (0,), case: Case | None = None, max_steps: int = T_STEPS,
                  init: str = "midpoint", scorer: Scorer | None = None, reward: Reward | None = None,
-                 score_options: Mapping | None = None, cold_start: bool = True):
+                 score_options: Mapping | None = None, cold_start: bool = True, population: str = "v1"):
         if init not in ("midpoint", "random"):
             raise ValueError(f"init must be 'midpoint' or 'random', not {init!r}")
         self.max_steps, self.init, self.t = int(max_steps), init, 0
         self.possible_agents = list(AGENTS)
         self.agents: list[str] = []
         self._planner = Planner(tps, self.system, scorer, reward, score_options, cold_start)
-        self._cases = CaseSource(self.site, tuple(case_seeds), case, self._prepare_case)
+        self._cases = CaseSource(self.site, tuple(case_seeds), case, self._prepare_case, population)
         self._obs_space = gym.spaces.Box(0.0, 1.0, (1 + len(OAR_GOALS_GY), DVH_POINTS), np.float32)
         self._act_space = gym.spaces.Discrete(len(MOVE))
         self.state_space = self._obs_space

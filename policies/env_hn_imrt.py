@@ -14,6 +14,10 @@ of its own sequential course (``rtautoplan.phases``), one 44 Gy level, never re-
 * reward L_{t−1} − L_t with L the ``relative_loss`` (§4.3); terminated when every goal is met,
   truncated after 35 actions (§4.7).
 
+Goals: ``goals="paper"`` (default) the §4.3 goals for every case; ``goals="template"`` plan-specific
+goals (§4.7 b, ``relative_loss.bound_goals``): per case, each OAR goal lowered to the template plan's
+value where that is lower, so an oral cavity under 25 Gy is held where the template put it (issue 16).
+
 Template objectives (§4.6 [NOT SPECIFIED] values; ours, docs/decisions.md): ``TEMPLATE``.
 The OAR objective is ``DV_MAX(D_obj, V_obj)``: the engine's dose-volume upper kind, over-dose of
 the hottest V_obj of the organ (SPEC §1.3's form); "D50% ≤ goal" is its V_obj = 50 % instance.
@@ -31,6 +35,7 @@ from rtautoplan import dvh
 from rtautoplan.case import Case, Role
 from rtautoplan.plan import Objective, ObjectiveKind as K
 from rtautoplan.policies.env_base import PlanningEnv, Reward, Scorer, d95_scale, single_level
+from rtautoplan.scoring.relative_loss import bound_goals, default_goals
 from rtautoplan.structures.names import planning_name, target_name
 from rtautoplan.structures.rules import apply_rules
 
@@ -40,6 +45,7 @@ OARS = tuple(GOALS_GY)  # LP, RP, OC (SPEC §4.2)
 DELTA_D_GY, DELTA_V_PCT = 2.0, 5.0  # SPEC §4.2 eq. 2
 V_INIT_PCT = 50.0  # D50% objective (SPEC §4.6)
 MAX_STEPS = 35  # SPEC §4.7
+GOAL_MODES = ("paper", "template")  # §4.3 goals, or plan-specific goals bound to the template plan (§4.7 b)
 # Bounds of the objective positions (ours, §5.2 bounded actions): D_obj in [0, Rx] Gy, V_obj in [5, 100] %.
 D_BOUNDS_GY = (0.0, RX_GY)
 V_BOUNDS_PCT = (5.0, 100.0)
@@ -139,7 +145,8 @@ class HNImrtEnv(PlanningEnv, gym.Env):
     (SPEC §4.6, default), "random", or "parotid-limit" / "oar-limit" (reference plans).
     normalise: scale the dose to PTV D95 = 44 Gy (§4.7 step 3; off by default: the loss then
     carries the coverage term). scorer/reward/score_options:
-    override ``relative_loss``. cold_start: see ``env_base``.
+    override ``relative_loss``. cold_start: see ``env_base``. population: phantom population of
+    ``case_seeds``. goals: "paper" or "template" (module docstring).
     """
 
     system = "relative_loss"
@@ -149,13 +156,17 @@ class HNImrtEnv(PlanningEnv, gym.Env):
     def __init__(self, tps, model: int = 1, case_seeds: Sequence[int] = (0,), case: Case | None = None,
                  max_steps: int = MAX_STEPS, init: str = "template", scorer: Scorer | None = None,
                  reward: Reward | None = None, score_options: Mapping | None = None, normalise: bool = False,
-                 cold_start: bool = True, as_prescribed: bool = False):
+                 cold_start: bool = True, as_prescribed: bool = False, population: str = "v1",
+                 goals: str = "paper"):
         if model not in MOVES:
             raise ValueError(f"model must be 1 or 2, not {model!r}")
+        if goals not in GOAL_MODES:
+            raise ValueError(f"goals must be one of {GOAL_MODES}, not {goals!r}")
+        self.goals = goals
         if init not in INITS:
             raise ValueError(f"init must be one of {sorted(INITS)}, not {init!r}")
         self.model, self.normalise, self.as_prescribed = model, normalise, as_prescribed
-        self._setup(tps, case_seeds, case, max_steps, init, scorer, reward, score_options, cold_start)
+        self._setup(tps, case_seeds, case, max_steps, init, scorer, reward, score_options, cold_start, population)
         self.observation_space = gym.spaces.Box(0.0, np.inf, (4 * len(OARS) + 2,), np.float32)
         self.action_space = gym.spaces.Discrete(n_actions(model))
         self.positions = template_positions()
@@ -214,3 +225,22 @@ class HNImrtEnv(PlanningEnv, gym.Env):
 
     def _terminal(self, score) -> bool:
         return all(c.passed for c in score.scored)
+
+    def reset(self, *, seed: int | None = None, options: Mapping | None = None):
+        """As ``PlanningEnv.reset``; with goals="template", first binds the case's goals to its
+        template plan (one extra optimisation unless the episode starts from the template)."""
+        if self.goals == "paper":
+            return super().reset(seed=seed, options=options)
+        self._planner.score_options.pop("goals", None)
+        init = dict(options or {}).get("init", self.init)
+        obs, info = super().reset(seed=seed, options={**(options or {}), "init": "template"})
+        limits = {k: v for k, v in self._planner.score_options.items() if k in ("parotid_gy", "oral_cavity_gy",
+                                                                                 "ptv_d95_gy")}
+        self._planner.score_options["goals"] = bound_goals(default_goals(self.case, **limits), self.last_dose.gy,
+                                                           self.case)
+        if init == "template":
+            self._planner.last_score = self.score(self.last_dose.gy)
+            return self._observe(), self._info(None)
+        self._init_parameters(init)
+        self._planner.evaluate(self.objectives, self._scale())
+        return self._observe(), self._info(None)

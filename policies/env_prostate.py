@@ -37,7 +37,7 @@ class ProstateEnv(PlanningEnv, gym.Env):
     case_seeds: prostate phantom seeds an episode draws from; case: a fixed Case instead.
     max_steps: truncation (20). init: "random" or "trivial". scorer/reward/score_options:
     override ``rtautoplan.scoring`` (``proknow9``). normalise: scale the dose to D95 = d_p.
-    cold_start: see ``env_base``.
+    cold_start: see ``env_base``. population: the phantom population of ``case_seeds`` ("v1", "v2").
     """
 
     system = "proknow9"
@@ -46,11 +46,12 @@ class ProstateEnv(PlanningEnv, gym.Env):
 
     def __init__(self, tps, case_seeds: Sequence[int] = (0,), case: Case | None = None, max_steps: int = MAX_STEPS,
                  init: str = "random", scorer: Scorer | None = None, reward: Reward | None = None,
-                 score_options: Mapping | None = None, normalise: bool = True, cold_start: bool = True):
+                 score_options: Mapping | None = None, normalise: bool = True, cold_start: bool = True,
+                 population: str = "v1"):
         if init not in T.INITS:
             raise ValueError(f"init must be one of {sorted(T.INITS)}, not {init!r}")
         self.normalise = normalise
-        self._setup(tps, case_seeds, case, max_steps, init, scorer, reward, score_options, cold_start)
+        self._setup(tps, case_seeds, case, max_steps, init, scorer, reward, score_options, cold_start, population)
         self.observation_space = gym.spaces.Box(0.0, 1.0, (3, DVH_POINTS), np.float32)
         self.action_space = gym.spaces.Discrete(T.N_ACTIONS)
         self.tpp: T.Tpp = T.trivial()

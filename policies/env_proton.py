@@ -112,9 +112,10 @@ class ProtonHNEnv(PlanningEnv, gym.Env):
 
     def __init__(self, tps, case_seeds: Sequence[int] = (0,), case: Case | None = None, max_steps: int = MAX_STEPS,
                  k_selected: int = K_SELECTED, scorer: Scorer | None = None, reward: Reward | None = None,
-                 score_options: Mapping | None = None, cold_start: bool = True, site: str = "hn"):
+                 score_options: Mapping | None = None, cold_start: bool = True, site: str = "hn",
+                 population: str = "v1"):
         self.k, self.site = int(k_selected), site
-        self._setup(tps, case_seeds, case, max_steps, "rule11", scorer, reward, score_options, cold_start)
+        self._setup(tps, case_seeds, case, max_steps, "rule11", scorer, reward, score_options, cold_start, population)
         low = np.concatenate([[0.0] * (DVH_POINTS + 2), [-np.inf], [0.0]]).astype(np.float32)
         high = np.concatenate([[1.0] * (DVH_POINTS + 2), [0.0], [np.inf]]).astype(np.float32)
         self.observation_space = gym.spaces.Box(np.tile(low, (M_MAX, 1)), np.tile(high, (M_MAX, 1)), dtype=np.float32)

@@ -85,6 +85,12 @@ class Args:
     """L-BFGS iterations per re-optimisation."""
     engine_threads: int = 1
     """$RTAUTOPLAN_THREADS of the TPS: its sparse sums depend on it (same value, same weights)."""
+    population: str = "v2"
+    """H&N phantom population of the seeds (issue 16; ``rtautoplan.phantom.make_case``): the committed
+    weights were trained on "v1" (``--population v1 --goals paper`` reproduces them)."""
+    goals: str = "template"
+    """"paper" (the §4.3 goals for every case) or "template" (plan-specific goals bound to each case's
+    template plan, §4.7 b: the oral cavity cannot get worse unseen; ``env_hn_imrt``)."""
     out: str | None = None
     """path stem of the weights to write (``…/sarsa_model2`` → .npz, .json, _validation.png); None: don't."""
     progress: bool = True
@@ -110,6 +116,16 @@ class TrainRecord:
     W_final: np.ndarray | None = None
     W_history: list = field(default_factory=list)
     """W at each validation, for the §4.5 magnitudes-over-training plot."""
+    population: str = "v1"
+    """the H&N phantom population trained and validated on"""
+    engine: dict = field(default_factory=dict)
+    """the TPS it planned with (``engine_of``)"""
+
+
+def engine_of(args: Args) -> dict:
+    """The TPS a run of ``args`` plans with (``InHousePhoton`` options), for its record."""
+    return {"adapter": "inhouse-photon", "n_beams": args.n_beams, "max_iter": args.max_iter,
+            "objective_points": "dose_grid", "dose_grid_factor": list(args.dose_grid_factor)}
 
 
 def features(x: np.ndarray) -> np.ndarray:
@@ -163,13 +179,15 @@ def sarsa_update(W: np.ndarray, x: np.ndarray, a: int, r: float, x_next: np.ndar
 
 
 def make_env(model: int, seeds: Sequence[int], n_beams: int = 7, dose_grid_factor=TRAIN_GRID, max_iter: int = 60,
-             max_steps: int = 35) -> HNImrtEnv:
-    """The seed-004 environment over the in-house photon TPS (the training grid of ``Args``), template init."""
+             max_steps: int = 35, population: str = "v1", goals: str = "paper") -> HNImrtEnv:
+    """The seed-004 environment over the in-house photon TPS (the training grid of ``Args``), template init,
+    on H&N phantom ``population`` ("v1", "v2") with ``goals`` ("paper", "template": ``env_hn_imrt``)."""
     from rtautoplan.adapters.inhouse import InHousePhoton
 
     tps = InHousePhoton(n_beams=n_beams, dose_grid_factor=tuple(dose_grid_factor), max_iter=max_iter,
                         objective_points="dose_grid")  # the engine the committed weights learned on
-    return HNImrtEnv(tps, model=model, case_seeds=tuple(seeds), max_steps=max_steps, init="template")
+    return HNImrtEnv(tps, model=model, case_seeds=tuple(seeds), max_steps=max_steps, init="template",
+                     population=population, goals=goals)
 
 
 def tumour_side(seed: int) -> str:
@@ -240,9 +258,10 @@ def train(args: Args) -> TrainRecord:
     rng = np.random.default_rng(args.seed)
     n_a = n_actions(args.model)
     W = np.zeros((n_a, DIM_X))
-    env, val_env = (make_env(args.model, seeds, args.n_beams, args.dose_grid_factor, args.max_iter, args.max_steps)
-                    for seeds in (args.train_seeds, args.val_seeds))
-    record = TrainRecord(args=asdict(args), train_balance=balance(args.train_seeds))
+    env, val_env = (make_env(args.model, seeds, args.n_beams, args.dose_grid_factor, args.max_iter, args.max_steps,
+                             args.population, args.goals) for seeds in (args.train_seeds, args.val_seeds))
+    record = TrainRecord(args=asdict(args), train_balance=balance(args.train_seeds), population=args.population,
+                         engine=engine_of(args))
     start, t, order = time.perf_counter(), 0, []
     columns = (TextColumn("SARSA model {task.fields[model]}"), BarColumn(), MofNCompleteColumn(),
                TextColumn("ε {task.fields[eps]:.2f} return {task.fields[ret]:+.3f} val {task.fields[val]}"),

@@ -64,12 +64,14 @@ def plan_metrics(env, gy: np.ndarray) -> dict[str, float]:
 def evaluate_sarsa(seeds: Sequence[int] = TEST_SEEDS, planners: Sequence[str] | None = None, max_steps: int = 35,
                    csv_path: Path | None = CSV_PATH, results_md: Path | None = RESULTS_MD,
                    progress: bool = True, previous: Sequence[dict] = (),
-                   dose_grid_factor: tuple[int, int, int] = TRAIN_GRID, records: bool = True) -> list[dict]:
+                   dose_grid_factor: tuple[int, int, int] = TRAIN_GRID, records: bool = True,
+                   population: str = "v1", goals: str = "paper") -> list[dict]:
     """Plan ``seeds`` with every planner (default: template, both SARSA models, rule-based,
     random; module docstring); write the per-case CSV and the Table-1 section of ``results_md``.
     ``previous``: rows of an earlier run (``read_csv``) of other planners, merged in.
     dose_grid_factor: the TPS dose grid (the training grid by default). records: append the training
-    records and the §4.5 analysis (whose figures go to docs/results) to the section. Returns the rows."""
+    records and the §4.5 analysis (whose figures go to docs/results) to the section. population, goals:
+    the H&N phantom population and the goal mode of the environments (``sarsa.make_env``). Returns the rows."""
     from rich.progress import Progress
 
     from rtautoplan.loop import run_loop
@@ -77,7 +79,8 @@ def evaluate_sarsa(seeds: Sequence[int] = TEST_SEEDS, planners: Sequence[str] | 
     table = _planners()
     names = list(planners or table)
     rows: list[dict] = [r for r in previous if r["planner"] not in names]
-    envs = {m: make_env(m, seeds, dose_grid_factor=dose_grid_factor, max_steps=max_steps) for m in (1, 2)}
+    envs = {m: make_env(m, seeds, dose_grid_factor=dose_grid_factor, max_steps=max_steps, population=population,
+                        goals=goals) for m in (1, 2)}
     with Progress(disable=not progress) as bar:
         task = bar.add_task("SARSA evaluation", total=len(names) * len(seeds))
         for name in names:

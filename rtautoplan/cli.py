@@ -34,7 +34,7 @@ def _phantom(args) -> int:
     if args.size != "standard" and args.site != "hn":
         raise InputError(f"--size {args.size}", f"exists for the hn phantom only, not {args.site}",
                          "Use --size standard, or the hn site")
-    case = write_phantom(args.site, args.seed, args.output, args.size)
+    case = write_phantom(args.site, args.seed, args.output, args.size, args.population)
     print(f"wrote {case.case_id} ({args.site}, seed {args.seed}): CT {case.grid.shape[0]} slices "
           f"{case.grid.shape[1]}×{case.grid.shape[2]}, {len(case.structures)} ROIs → {args.output}")
     return 0
@@ -185,10 +185,10 @@ def _evaluate(args) -> int:
         task = progress.add_task(f"{args.policy} on {args.cases} {args.site} cases", total=args.cases)
         results = ev.evaluate(args.policy, args.site, args.cases, args.seed, args.modality, args.init, args.max_steps,
                               tps=tps, adapter=None if tps else args.adapter,
-                              progress=lambda row: progress.advance(task))
+                              progress=lambda row: progress.advance(task), population=args.population)
     s = ev.summary(results)
     table = Table(title=f"{args.policy}: {args.site}/{args.modality}, {args.cases} held-out cases (seeds "
-                        f"{args.seed}–{args.seed + args.cases - 1}), init {args.init}")
+                        f"{args.seed}–{args.seed + args.cases - 1}, population {args.population}), init {args.init}")
     for column in ("before", "after", "reached max", "improved", "worse", "s / case"):
         table.add_column(column, justify="right")
     table.add_row(f"{s['before_mean']:.3f} ± {s['before_sd']:.3f}", f"{s['after_mean']:.3f} ± {s['after_sd']:.3f}",
@@ -429,6 +429,8 @@ def parser() -> argparse.ArgumentParser:
     ph.add_argument("-o", "--output", type=Path, required=True, help="folder to write")
     ph.add_argument("--size", choices=["standard", "clinical"], default="standard",
                     help="standard: the bundled samples' grid; clinical (hn): 512 × 512 × 180, 0.98 × 0.98 × 2 mm")
+    ph.add_argument("--population", choices=["v1", "v2"], default="v1",
+                    help="generator version: v1 (the samples'), v2 (anatomy calibrated on real patients, issue 16)")
     ph.set_defaults(run=_phantom)
 
     st = sub.add_parser("structures", help="build PTV/Gap/Ring, resolve overlaps, assign objectives")
@@ -453,6 +455,8 @@ def parser() -> argparse.ArgumentParser:
     ev.add_argument("--cases", type=int, default=20, help="number of held-out variants")
     ev.add_argument("--seed", type=int, default=1000, help="first phantom seed (held out: ≥ 1000)")
     ev.add_argument("--init", default="random", help="initial parameters: random, or trivial/template/midpoint")
+    ev.add_argument("--population", choices=["v1", "v2"], default="v2",
+                    help="phantom population: v2 (calibrated, issue 16) or v1 (re-runs the results before it)")
     ev.add_argument("--max-steps", type=int, default=None)
     ev.add_argument("--adapter", default=None)
     ev.add_argument("--dose-grid-factor", type=int, nargs=3, default=None, metavar=("K", "J", "I"),
@@ -463,7 +467,7 @@ def parser() -> argparse.ArgumentParser:
     ev.add_argument("-o", "--output", type=Path, default=Path("out/evaluate"))
     ev.set_defaults(run=_evaluate)
 
-    tr = sub.add_parser("train", help="train a planner; its defaults reproduce the committed weights",
+    tr = sub.add_parser("train", help="train a planner; the README gives the commands of the committed weights",
                         description="rtautoplan train acer|sarsa|dqn|ppo|qmix [--field value …]: every field of the trainer's "
                                     "Args is an option (rtautoplan train NAME --help lists them)")
     tr.add_argument("algorithm", choices=["acer", "sarsa", "dqn", "ppo", "qmix"])

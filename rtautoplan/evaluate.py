@@ -37,11 +37,12 @@ class CaseResult:
 
 def evaluate(policy: str, site: str, cases: int, seed: int = 1000, modality: str = "photon", init: str = "random",
              max_steps: int | None = None, tps=None, adapter: str | None = None,
-             progress: Callable[[CaseResult], None] | None = None) -> list[CaseResult]:
-    """Plan ``cases`` held-out variants (seeds ``seed`` …) with ``policy``; one CaseResult each."""
+             progress: Callable[[CaseResult], None] | None = None, population: str = "v1") -> list[CaseResult]:
+    """Plan ``cases`` held-out variants (seeds ``seed`` …) of phantom ``population`` with ``policy``;
+    one CaseResult each."""
     setup = setup_for(site, modality, policy)
     seeds = list(range(seed, seed + cases))
-    env = make_env(setup, tps=tps, adapter=adapter, max_steps=max_steps, case_seeds=seeds)
+    env = make_env(setup, tps=tps, adapter=adapter, max_steps=max_steps, case_seeds=seeds, population=population)
     planner = make_policy(policy, env, seed)
     results = []
     for i, case_seed in enumerate(seeds):

@@ -2,7 +2,9 @@
 
 Each trainer module (``policies.TRAINERS``) has an ``Args`` dataclass, documented field by field,
 and ``train(args)``; the command offers one ``--field-name`` option per field with the field's
-default, so the defaults reproduce the committed weights and no option list is written twice.
+default, so no option list is written twice. The defaults are the committed runs' except the phantom
+population (and SARSA's goals): new runs draw the calibrated "v2" population (issue 16); the README's
+commands add ``--population v1`` (``--goals paper``) to reproduce the committed weights.
 """
 
 from __future__ import annotations

@@ -5,6 +5,11 @@ pelvis; each seed is a different but plausible anatomy, so the same generator gi
 bundled samples (``sample_data/hn01`` is hn seed 1, ``prostate01`` is prostate seed 1), the
 training variants and the held-out evaluation variants. ``rtautoplan phantom`` is the CLI.
 
+``population`` picks the generator: "v1" (the first one, the default, so the bundled samples and
+every earlier result re-run bit-identically) or "v2" (issue 16: anatomy drawn from ranges reported
+for real patients, the population new training and evaluation use; docs/decisions.md,
+"Calibrated phantom populations"). A v2 case's id carries the version (``prostate1000-v2``).
+
 ``size`` picks the grid the anatomy (analytic solids in mm) is sampled on: "standard" (the
 bundled samples), "clinical" (hn: 512 × 512 pixels of 0.98 mm, 180 slices of 2 mm; benchmarks
 only, never committed as data) or any :class:`Grid` (e.g. a coarsened clinical grid in tests).
@@ -56,13 +61,25 @@ def phantom_grid(site: str, size: str | Grid = "standard") -> Grid:
     return grids[size]
 
 
-def make_case(site: str, seed: int, size: str | Grid = "standard") -> Case:
-    """One synthetic patient of ``site`` ("hn" or "prostate"); the same seed gives the same patient,
-    sampled on the grid of ``size`` (module docstring)."""
+POPULATION_DEFAULT = "v1"  # make_case's default: the bundled samples' generator
+POPULATION_NEW = "v2"  # what new training and evaluation draw from (``rtautoplan train`` / ``evaluate``)
+
+
+def populations(site: str) -> tuple[str, ...]:
+    """The population versions of ``site``'s generator."""
+    return tuple(SITES[site].POPULATIONS)
+
+
+def make_case(site: str, seed: int, size: str | Grid = "standard", population: str = POPULATION_DEFAULT) -> Case:
+    """One synthetic patient of ``site`` ("hn" or "prostate") from ``population`` ("v1", "v2"); the
+    same seed and population give the same patient, sampled on the grid of ``size`` (module docstring)."""
     module = SITES[site]
+    if population not in module.POPULATIONS:
+        raise ValueError(f"no population {population!r} for the {site} phantom; populations: "
+                         f"{', '.join(module.POPULATIONS)}")
     grid = phantom_grid(site, size)
     rng = np.random.default_rng(seed)
-    rois, hu = module.anatomy(rng, grid)
+    rois, hu = module.POPULATIONS[population](rng, grid)
     spec = module.PRESCRIPTION
     prescription = Prescription(tuple(DoseLevel(t, d) for t, d in spec["levels"]), spec["fractions"])
     structures = []
@@ -73,6 +90,8 @@ def make_case(site: str, seed: int, size: str | Grid = "standard") -> Case:
         structures.append(Structure(name=parsed.name, mask=mask, role=parsed.role, level=level, rx_gy=parsed.dose_gy,
                                     roi_name=roi_name, color=color_for(parsed.name, dose_index)))
     case_id = f"{site}{seed:02d}" if size == "standard" else f"{site}{seed:02d}-{'x'.join(map(str, grid.shape[::-1]))}"
+    if population != "v1":
+        case_id += f"-{population}"
     refs = _refs(case_id, grid.shape[0])
     return Case(case_id, grid, hu, tuple(structures), prescription, refs)
 
@@ -92,10 +111,11 @@ def _refs(case_id: str, n_slices: int) -> DicomRefs:
     )
 
 
-def write_phantom(site: str, seed: int, folder: Path, size: str | Grid = "standard") -> Case:
+def write_phantom(site: str, seed: int, folder: Path, size: str | Grid = "standard",
+                  population: str = POPULATION_DEFAULT) -> Case:
     """Generate a phantom and write it to ``folder`` as CT + RTSTRUCT + prescription.json."""
     from rtautoplan.dicom.read import write_case
 
-    case = make_case(site, seed, size)
+    case = make_case(site, seed, size, population)
     write_case(case, Path(folder))
     return case

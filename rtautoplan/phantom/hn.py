@@ -5,6 +5,9 @@ seed-004 goals need (SPEC §2.4, §3.1, §4.2).
 Anatomy is built from analytic solids placed where they sit in an adult (HFS: +x patient
 left, +y posterior, +z superior, mm). A seed moves and scales every organ a little and puts
 the primary tumour on the left or the right, so seeds give distinct but plausible patients.
+Two populations (``POPULATIONS``): "v1" (the first generator, bit-identical) and "v2" (issue 16:
+parotid volumes, parotid–target overlaps and the primary's nearness to the oral cavity drawn as in
+real cohorts; docs/decisions.md, "Calibrated phantom populations").
 """
 
 from __future__ import annotations
@@ -24,8 +27,29 @@ PRESCRIPTION = {"fractions": 35, "levels": [("CTV_7000", 70.0), ("CTV_6000", 60.
 HU = {"air": -1000, "soft": 40, "brain": 35, "eye": 10, "bone": 900, "dense_bone": 1200, "airway": -900}
 
 
+# v2 ranges (issue 16; docs/decisions.md, "Calibrated phantom populations": sources, and which are our choices).
+V2 = {
+    "parotid_cc": (12.0, 45.0),  # gland volume: log-normal, median PAROTID_MEDIAN_CC, clipped
+    "ipsi_reach_mm": (-10.0, 8.0),  # how far the ipsilateral level II nodes reach up into the parotid
+    "contra_reach_mm": (-10.0, 4.0),  # the same for the contralateral (elective) level II nodes
+    "primary_medial_mm": (4.0, 18.0),  # |x| of the primary tumour's centre: toward the midline, the oral cavity
+}
+PAROTID_MEDIAN_CC, PAROTID_LOG_SD = 25.0, 0.3
+_PAROTID_AXES_MM = (12.0, 18.0, 20.0)  # the v1 gland's semi-axes (18 cc), scaled to the drawn volume
+
+
 def anatomy(rng: np.random.Generator, grid: Grid = GRID):
-    """(roi_name, mask) pairs and the HU volume of one head-and-neck patient."""
+    """(roi_name, mask) pairs and the HU volume of one head-and-neck patient (v1)."""
+    return _anatomy(rng, grid, v2=False)
+
+
+def anatomy_v2(rng: np.random.Generator, grid: Grid = GRID):
+    """One patient of the calibrated population (v2): parotid volumes, how far the nodal targets
+    reach into each parotid and how near the primary sits to the oral cavity drawn from ``V2``."""
+    return _anatomy(rng, grid, v2=True)
+
+
+def _anatomy(rng: np.random.Generator, grid: Grid, v2: bool):
     xyz = grid.centres()
     scale = rng.uniform(0.94, 1.06)
     side = rng.choice([-1.0, 1.0])  # +1: primary tumour on the patient's left
@@ -55,7 +79,12 @@ def anatomy(rng: np.random.Generator, grid: Grid = GRID):
         xyz, at(-47, -25, -25), at(-50, -2, 6), 6.0) | capsule(xyz, at(47, -25, -25), at(50, -2, 6), 6.0)
     for tag, sx in (("L", 1), ("R", -1)):
         rois[f"TMJ_{tag}"] = sphere(xyz, at(sx * 50, 2, 10), 7.0 * scale)
-        rois[f"Parotid_{tag}"] = ellipsoid(xyz, at(sx * 45, 0, -12), size(12, 18, 20))
+        if v2:
+            volume = float(np.clip(PAROTID_MEDIAN_CC * np.exp(rng.normal(0.0, PAROTID_LOG_SD)), *V2["parotid_cc"]))
+            k = (volume / (4.0 / 3.0 * np.pi * np.prod(_PAROTID_AXES_MM) / 1000.0)) ** (1.0 / 3.0)
+            rois[f"Parotid_{tag}"] = ellipsoid(xyz, at(sx * 45, 0, -12), tuple(a * k for a in _PAROTID_AXES_MM))
+        else:
+            rois[f"Parotid_{tag}"] = ellipsoid(xyz, at(sx * 45, 0, -12), size(12, 18, 20))
         eye_c = at(sx * 32, -68, 45, 1)
         rois[f"Eye_{tag}"] = sphere(xyz, eye_c, 12.0)
         rois[f"Lens_{tag}"] = sphere(xyz, (eye_c[0], eye_c[1] - 7, eye_c[2]), 4.0)
@@ -72,9 +101,20 @@ def anatomy(rng: np.random.Generator, grid: Grid = GRID):
     under_skin = _inner(body, grid, 3.0)
     rois = {name: mask & under_skin for name, mask in rois.items()}  # organs lie under the skin
     inner_body = _inner(body, grid, 6.0)
-    ctv70 = ellipsoid(xyz, at(side * 28, -22, -20), size(16, 17, 18, spread=0.15))
-    ctv60 = ellipsoid(xyz, at(side * 32, -5, -30), size(20, 24, 30, spread=0.12)) | ctv70
-    ctv54 = (ellipsoid(xyz, at(35, 5, -50), size(15, 20, 30)) | ellipsoid(xyz, at(-35, 5, -50), size(15, 20, 30)))
+    if v2:
+        # Primary nearer the midline (oropharynx / oral tongue, next to the oral cavity); high-risk
+        # nodes below the parotid, reaching up into its tail by ipsi_reach; elective nodes likewise.
+        ctv70 = ellipsoid(xyz, at(side * rng.uniform(*V2["primary_medial_mm"]), -22, -20),
+                          size(16, 17, 18, spread=0.15))
+        ctv60 = ellipsoid(xyz, at(side * 30, -3, -42 + rng.uniform(*V2["ipsi_reach_mm"])),
+                          size(17, 21, 24, spread=0.12)) | ctv70
+        contra = -side
+        ctv54 = (ellipsoid(xyz, at(side * 35, 5, -50), size(15, 20, 30))
+                 | ellipsoid(xyz, at(contra * 35, 5, -50 + rng.uniform(*V2["contra_reach_mm"])), size(15, 20, 30)))
+    else:
+        ctv70 = ellipsoid(xyz, at(side * 28, -22, -20), size(16, 17, 18, spread=0.15))
+        ctv60 = ellipsoid(xyz, at(side * 32, -5, -30), size(20, 24, 30, spread=0.12)) | ctv70
+        ctv54 = (ellipsoid(xyz, at(35, 5, -50), size(15, 20, 30)) | ellipsoid(xyz, at(-35, 5, -50), size(15, 20, 30)))
     rois["CTV_7000"] = ctv70 & inner_body
     rois["CTV_6000"] = ctv60 & inner_body
     rois["CTV_5400"] = (ctv54 | ctv60) & inner_body
@@ -89,6 +129,9 @@ def anatomy(rng: np.random.Generator, grid: Grid = GRID):
         hu[mask] = HU[tissue]
     hu[body] += rng.normal(0.0, 8.0, int(body.sum())).round().astype(np.int16)
     return rois, hu
+
+
+POPULATIONS = {"v1": anatomy, "v2": anatomy_v2}
 
 
 def _inner(mask: np.ndarray, grid: Grid, mm: float) -> np.ndarray:

@@ -11,6 +11,11 @@ Default goals (``default_goals``), SPEC §4.3: D50% and Dmean ≤ 15 Gy for Paro
 every PTV, each at its own prescription (seed 004's 44 Gy is the Rx of its single PTV, so a case
 prescribed another dose is held to its own; ``ptv_d95_gy`` sets one value for the highest-Rx PTV
 only, e.g. 44.0 to reproduce the paper). Structures are read as drawn.
+
+``bound_goals`` makes plan-specific goals (seed 004 §4.7 b, with a reference plan in place of the
+clinical one): every upper goal becomes the lower of its value and the reference plan's, so a
+structure that already meets its goal is still held to where the reference left it (issue 16: the
+oral cavity under its 25 Gy goal, where the one-sided hinge cannot see it getting worse).
 """
 
 from __future__ import annotations
@@ -80,6 +85,22 @@ def default_goals(case: Case, parotid_gy: float = PAROTID_GY, oral_cavity_gy: fl
         return (*oar_goals, Goal(ptv.name, "D95%", ptv_d95_gy, upper=False))
     ptvs = [s for s in case.by_role(Role.PTV) if evaluation_mask(s).any()]
     return (*oar_goals, *(Goal(s.name, "D95%", rx_of(s, case), upper=False) for s in ptvs))
+
+
+def bound_goals(goals: Sequence[Goal], reference_gy: np.ndarray, case: Case) -> tuple[Goal, ...]:
+    """``goals`` with every upper goal lowered to the reference dose's value of its metric (Gy) where
+    that is lower: plan-specific goals (module docstring). Lower goals (coverage) are kept; a goal
+    whose structure the case lacks is kept as is (it stays not scored)."""
+    dose = check_dose(reference_gy, case)
+    bound = []
+    for goal in goals:
+        s = find(case, goal.structure)
+        if goal.upper and s is not None:
+            q = METRICS[goal.metric](dose, evaluation_mask(s))
+            if 0.0 < q < goal.goal_gy:
+                goal = Goal(goal.structure, goal.metric, float(q), upper=True)
+        bound.append(goal)
+    return tuple(bound)
 
 
 def score(dose_gy: np.ndarray, case: Case, goals: Sequence[Goal] | None = None, parotid_gy: float = PAROTID_GY,
