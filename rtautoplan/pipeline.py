@@ -65,6 +65,7 @@ SETUPS: dict[tuple[str, str], Setup] = {
     ("generic", "proton"): Setup("proton_hn", "inhouse-proton", "rule-based", 8, env_options={"site": "generic"}),
 }
 SITES = ("hn", "prostate", "liver", "generic")
+GOAL_ROUNDS = 4  # re-optimisations after the loop of a plan that fails the gate (rtautoplan.goal_rounds)
 MODALITIES = ("photon", "proton", "carbon")
 
 
@@ -247,11 +248,13 @@ def final_plan(env, case: Case, plan):
 
 def plan_case(case: Case, site: str = "hn", modality: str = "photon", adapter: str | None = None,
               policy: str | None = None, max_steps: int | None = None, seed: int = 0, tps=None,
-              on_step: Callable[[Step], None] | None = None, env_options: dict | None = None) -> tuple[Case, Result]:
+              on_step: Callable[[Step], None] | None = None, env_options: dict | None = None,
+              goal_rounds: int = GOAL_ROUNDS) -> tuple[Case, Result]:
     """Plan ``case`` (as read, before the structure rules) in the closed loop; returns the case
     with its planning structures and the Result: the best plan, leaf-sequenced (photons),
-    normalised (``rtautoplan.normalisation``) and checked by the clinical gate (``rtautoplan.gate``).
-    ``max_steps`` 0 gives the initial plan without policy steps."""
+    normalised (``rtautoplan.normalisation``) and checked by the clinical gate (``rtautoplan.gate``);
+    a plan that fails the gate gets up to ``goal_rounds`` goal-driven re-optimisations
+    (``rtautoplan.goal_rounds``). ``max_steps`` 0 gives the initial plan without policy steps."""
     setup = setup_for(site, modality, policy)
     if sequential_course(case, setup, env_options):
         from rtautoplan.phases import plan_phases
@@ -281,8 +284,16 @@ def plan_case(case: Case, site: str = "hn", modality: str = "photon", adapter: s
     finals = {name: (step, *final_plan(env, planned, plan)) for name, (step, plan) in candidates.items()}
     verdicts = {name: gate.check(planned, f[1].dose.gy, goals, notes=notes) for name, f in finals.items()}
     chosen = choose_plan(finals, verdicts)
-    best_step, plan, score, sequenced, normalised = finals[chosen]
+    final, verdict, rounds = finals[chosen], verdicts[chosen], ()
+    if not verdict.acceptable and goal_rounds:
+        from rtautoplan.goal_rounds import refine
+
+        final, verdict, rounds = refine(planned, env.tps, final, verdict, lambda p: final_plan(env, planned, p),
+                                        lambda gy: gate.check(planned, gy, goals, notes=notes),
+                                        first_step=max((s.step for s in loop.steps), default=0) + 1,
+                                        on_step=on_step)
+    best_step, plan, score, sequenced, normalised = final
     initial = finals["initial"]
-    result = Result(plan, initial[2], score, loop.steps, planner.name, best_step, initial[1].dose, sequenced,
-                    gate=verdicts[chosen], normalisation=normalised, site=site)
+    result = Result(plan, initial[2], score, loop.steps + rounds, planner.name, best_step, initial[1].dose,
+                    sequenced, gate=verdict, normalisation=normalised, site=site)
     return planned, result

@@ -1,0 +1,90 @@
+"""Goal-driven re-optimisation (``rtautoplan.goal_rounds``): a plan that misses a goal after the loop
+is re-optimised with that goal's objectives weighted up and aimed past the bound, until the gate
+passes; nothing else (prescription, normalisation, goals) changes."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from rtautoplan import gate
+from rtautoplan.case import Goal
+from rtautoplan.goal_rounds import AIM_STEP, WEIGHT_FACTOR, Miss, misses, next_objectives, tighten
+from rtautoplan.plan import Objective, ObjectiveKind as K
+from rtautoplan.structures.objectives import goal_objectives
+
+
+def test_an_upper_miss_weighs_up_and_aims_lower_then_narrows_the_volume():
+    core = Objective("Core", K.DVH_MAX, 9.5, 10.0, volume=0.1, adjustable=False)
+    miss = Miss("Core D10% ≤ 10 Gy", (0,), 10.0, 12.0, "upper")
+    once = tighten(core, miss, times=0)
+    assert once.weight == pytest.approx(10.0 * WEIGHT_FACTOR)
+    assert once.dose_gy == pytest.approx(9.5 * 10.0 / 12.0) and once.volume == pytest.approx(0.1)
+    twice = tighten(once, miss, times=1)
+    assert twice.volume == pytest.approx(0.05) and twice.dose_gy < once.dose_gy
+
+
+def test_a_lower_miss_aims_higher_by_at_most_the_step():
+    ptv = Objective("PTV", K.DVH_MIN, 50.0, 10.0, volume=0.99, adjustable=False)
+    far = tighten(ptv, Miss("PTV D99% ≥ 50 Gy", (0,), 50.0, 20.0, "lower"), times=3)
+    assert far.dose_gy == pytest.approx(50.0 * (1 + AIM_STEP)) and far.volume == pytest.approx(0.99)
+
+
+def test_only_objectives_that_push_the_right_way_are_changed():
+    objectives = [Objective("PTV", K.DVH_MIN, 50.0, 10.0, volume=0.95, adjustable=False),
+                  Objective("PTV", K.DVH_MAX, 52.0, 10.0, volume=0.1, adjustable=False)]
+    counts: dict[int, int] = {}
+    out, changes = next_objectives(objectives, [Miss("PTV D10% ≤ 53", (0, 1), 53.0, 54.0, "upper")], counts)
+    assert out[0] == objectives[0] and out[1].dose_gy < 52.0 and counts == {1: 1} and len(changes) == 1
+
+
+def test_misses_find_the_goal_objectives_and_add_them_where_missing(small_case):
+    """A missed cord goal maps to the objective ``goal_objectives`` made for it; a goal the plan has no
+    objective for gets one; a hot spot in the target maps to nothing when the plan lacks its objectives
+    and then to the hot-spot objective added for it."""
+    case = small_case
+    cord, ctv = case.structure("SpinalCord").mask, case.structure("CTV_6000").mask
+    dose = np.where(ctv, 60.0, 5.0)
+    dose[cord] = 30.0
+    dose[ctv & (np.cumsum(ctv.ravel()).reshape(ctv.shape) % 10 == 0)] = 70.0  # a hot 10 % of the target
+    goals = (Goal("SpinalCord", "Dmax", upper=20.0), Goal("CTV_6000", "D95%", lower=60.0),
+             Goal("Esophagus", "Dmean", upper=1.0))
+    verdict = gate.check(case, dose, goals)
+    assert not verdict.acceptable
+    objectives = list(goal_objectives(case, goals[:1]))
+    n = len(objectives)
+    found = misses(case, verdict, objectives, {})
+    by_label = {m.label: m for m in found}
+    assert by_label[str(goals[0])].indices == (0,) and by_label[str(goals[0])].achieved_gy == pytest.approx(30.0)
+    eso = by_label[str(goals[2])]
+    assert [objectives[i].structure for i in eso.indices] == ["Esophagus"] and len(objectives) > n
+    hot = next(m for m in found if m.label.startswith("hot spot CTV_6000"))
+    assert hot.indices and all(objectives[i].structure == "CTV_6000" for i in hot.indices)
+    assert str(goals[1]) not in by_label  # D95 = 60 Gy is met
+
+
+@pytest.mark.parametrize("rounds", [0, 4])
+def test_rounds_bring_a_missed_organ_goal_in(small_case, rounds):
+    """The small case planned without policy steps, with a cord goal the first plan misses: without
+    rounds it leaves unacceptable; with them the gate passes, the goal met on the normalised dose,
+    the CTV still at its prescription (D95 = Rx) and every round logged."""
+    from rtautoplan.dvh import d_percent
+    from rtautoplan.pipeline import plan_case
+
+    planned, first = plan_case(small_case, site="generic", max_steps=0, goal_rounds=0)
+    cord = planned.structure("SpinalCord").mask
+    start = d_percent(first.plan.dose.gy, cord, 10.0)
+    goal = Goal("SpinalCord", "D10%", upper=round(0.8 * start, 2))
+    case = replace(small_case, prescription=replace(small_case.prescription, goals=(goal,)))
+    planned, result = plan_case(case, site="generic", max_steps=0, goal_rounds=rounds)
+    value = d_percent(result.plan.dose.gy, planned.structure("SpinalCord").mask, 10.0)
+    ctv = planned.structure("CTV_6000")
+    assert d_percent(result.plan.dose.gy, ctv.mask, 95.0) == pytest.approx(60.0, abs=0.05)
+    logged = [s for s in result.steps if s.action.startswith("goal round")]
+    if rounds == 0:
+        assert value > goal.upper and not result.acceptable and not logged
+    else:
+        assert value <= goal.upper + 0.005 and result.acceptable, result.gate.reasons
+        assert logged and logged[-1].accepted
