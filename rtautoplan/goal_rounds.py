@@ -168,7 +168,8 @@ def refine(case: Case, tps, start, verdict: GateResult, finish: Callable, check:
             best, best_verdict = (first_step + n, plan, score, sequenced, normalised), current
         reason = "" if kept else f"not nearer to the gate (violation {current.violation:.3f} ≥ " \
                                  f"{best_verdict.violation:.3f}): not kept"
-        steps.append(Step(first_step + n, f"goal round {n + 1}: " + "; ".join(changes[:6])
+        missed = ", ".join(f"{m.label} at {m.achieved_gy:.2f}" for m in found)
+        steps.append(Step(first_step + n, f"goal round {n + 1} (missed: {missed}): " + "; ".join(changes[:6])
                           + (f"; … {len(changes) - 6} more" if len(changes) > 6 else ""), kept,
                           float(score.total), 0.0, reason, (), {}, time.perf_counter() - t0))
         if on_step is not None:

@@ -63,6 +63,8 @@ SETUPS: dict[tuple[str, str], Setup] = {
     ("liver", "proton"): Setup("proton_hn", "inhouse-proton", "rule-based", 8, env_options={"site": "liver"}),
     ("generic", "photon"): Setup("proton_hn", "inhouse-photon", "rule-based", 8, env_options={"site": "generic"}),
     ("generic", "proton"): Setup("proton_hn", "inhouse-proton", "rule-based", 8, env_options={"site": "generic"}),
+    # Carbon on any site: seed 003's objectives act on the CTVs and the Table A1 organs the case has.
+    ("generic", "carbon"): Setup("carbon_hn", "phoenix", "rule-based", 10),
 }
 SITES = ("hn", "prostate", "liver", "generic")
 GOAL_ROUNDS = 4  # re-optimisations after the loop of a plan that fails the gate (rtautoplan.goal_rounds)
