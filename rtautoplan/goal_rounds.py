@@ -192,14 +192,14 @@ def refine(case: Case, tps, start, verdict: GateResult, finish: Callable, check:
         plan, score, sequenced, normalised = finish(tps.plan())
         current = check(plan.dose.gy)
         kept = current.violation < best_verdict.violation - 1e-9
+        reason = "" if kept else f"not nearer to the gate (violation {current.violation:.3f} ≥ " \
+                                 f"{best_verdict.violation:.3f}): not kept"
         if kept:
             best, best_verdict = (first_step + n, plan, score, sequenced, normalised), current
             kept_state = (list(objectives), dict(counts), dict(origin))
         else:  # back to the best plan's objectives and its misses, a gentler step
             objectives, counts, origin = list(kept_state[0]), dict(kept_state[1]), dict(kept_state[2])
             current, strength = best_verdict, strength / 2.0
-        reason = "" if kept else f"not nearer to the gate (violation {current.violation:.3f} ≥ " \
-                                 f"{best_verdict.violation:.3f}): not kept"
         missed = ", ".join(f"{m.label} at {m.achieved_gy:.2f}" for m in found)
         steps.append(Step(first_step + n, f"goal round {n + 1} (missed: {missed}): " + "; ".join(changes[:6])
                           + (f"; … {len(changes) - 6} more" if len(changes) > 6 else ""), kept,

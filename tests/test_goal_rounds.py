@@ -11,7 +11,7 @@ import pytest
 
 from rtautoplan import gate
 from rtautoplan.case import Goal
-from rtautoplan.goal_rounds import AIM_STEP, WEIGHT_FACTOR, Miss, misses, next_objectives, tighten
+from rtautoplan.goal_rounds import AIM_STEP, WEIGHT_FACTOR, Miss, floors, misses, next_objectives, tighten
 from rtautoplan.plan import Objective, ObjectiveKind as K
 from rtautoplan.structures.objectives import goal_objectives
 
@@ -38,6 +38,38 @@ def test_only_objectives_that_push_the_right_way_are_changed():
     counts: dict[int, int] = {}
     out, changes = next_objectives(objectives, [Miss("PTV D10% ≤ 53", (0, 1), 53.0, 54.0, "upper")], counts)
     assert out[0] == objectives[0] and out[1].dose_gy < 52.0 and counts == {1: 1} and len(changes) == 1
+
+
+def test_a_target_maximum_is_never_aimed_below_its_rx(small_case):
+    """A hot target (D10 60 Gy for ≤ 55, Rx 50) raises its maximum's weight but not below 1.02 × Rx;
+    an aim already below stays where it is; each objective moves once a round even when two misses
+    name it."""
+    ptv_max = Objective("CTV_6000", K.DVH_MAX, 62.0, 10.0, volume=0.1, adjustable=False)
+    floor = floors(small_case)
+    assert floor["CTV_6000"] == pytest.approx(61.2) and floor["External"] == pytest.approx(61.2)
+    assert "SpinalCord" not in floor
+    hot = Miss("CTV_6000 D10% ≤ 55", (0,), 55.0, 70.0, "upper")
+    out, changes = next_objectives([ptv_max], [hot, replace(hot, label="hot spot CTV_6000 D2%")], {}, floor=floor)
+    assert out[0].dose_gy == pytest.approx(61.2) and out[0].weight == pytest.approx(10.0 * WEIGHT_FACTOR)
+    assert len(changes) == 1
+    low = replace(ptv_max, dose_gy=58.0)
+    assert tighten(low, hot, 0, floor_gy=61.2).dose_gy == pytest.approx(58.0)
+    gentle = tighten(ptv_max, hot, 0, strength=0.5)
+    assert gentle.weight == pytest.approx(10.0 * WEIGHT_FACTOR ** 0.5)
+    assert gentle.dose_gy == pytest.approx(62.0 * (1 - AIM_STEP / 2))
+
+
+def test_a_hot_spot_outside_the_targets_is_pursued_on_the_external(small_case):
+    case = small_case
+    ctv = case.structure("CTV_6000").mask
+    dose = np.where(ctv, 60.0, 5.0)
+    dose[case.structure("SpinalCord").mask] = 70.0  # 117 % of Rx outside the targets
+    verdict = gate.check(case, dose, ())
+    objectives: list[Objective] = []
+    (miss,) = [m for m in misses(case, verdict, objectives, {}) if m.label.startswith("hot spot max outside")]
+    (o,) = [objectives[i] for i in miss.indices]
+    assert o.structure == "External" and o.kind is K.DMAX and o.dose_gy == pytest.approx(1.03 * 60.0)
+    assert miss.achieved_gy == pytest.approx(70.0) and miss.bound_gy == pytest.approx(1.07 * 60.0)
 
 
 def test_misses_find_the_goal_objectives_and_add_them_where_missing(small_case):
