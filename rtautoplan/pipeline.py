@@ -256,7 +256,7 @@ def plan_case(case: Case, site: str = "hn", modality: str = "photon", adapter: s
     with its planning structures and the Result: the best plan, leaf-sequenced (photons),
     normalised (``rtautoplan.normalisation``) and checked by the clinical gate (``rtautoplan.gate``);
     a plan that fails the gate gets up to ``goal_rounds`` goal-driven re-optimisations
-    (``rtautoplan.goal_rounds``). ``max_steps`` 0 gives the initial plan without policy steps."""
+    (``rtautoplan.goal_rounds``). ``max_steps`` 0 gives the initial plan without policy steps or rounds."""
     setup = setup_for(site, modality, policy)
     if sequential_course(case, setup, env_options):
         from rtautoplan.phases import plan_phases
@@ -287,7 +287,7 @@ def plan_case(case: Case, site: str = "hn", modality: str = "photon", adapter: s
     verdicts = {name: gate.check(planned, f[1].dose.gy, goals, notes=notes) for name, f in finals.items()}
     chosen = choose_plan(finals, verdicts)
     final, verdict, rounds = finals[chosen], verdicts[chosen], ()
-    if not verdict.acceptable and goal_rounds:
+    if not verdict.acceptable and goal_rounds and steps > 0:  # --max-steps 0: the initial plan as it is
         from rtautoplan.goal_rounds import refine
 
         final, verdict, rounds = refine(planned, env.tps, final, verdict, lambda p: final_plan(env, planned, p),
