@@ -188,7 +188,14 @@ def refine(case: Case, tps, start, verdict: GateResult, finish: Callable, check:
         objectives, changes = next_objectives(objectives, found, counts, strength, floor)
         if not changes:
             break
-        tps.optimize(tuple(objectives))
+        try:
+            tps.optimize(tuple(objectives))
+        except ValueError as refused:  # an adapter without an objective kind the rounds need (PHOENIX: no DVHmax)
+            steps.append(Step(first_step + n, f"goal round {n + 1}: not run", False, float(best[2].total), 0.0,
+                              f"the TPS refused the round's objectives ({refused}); the rounds stop"))
+            if on_step is not None:
+                on_step(steps[-1])
+            break
         plan, score, sequenced, normalised = finish(tps.plan())
         current = check(plan.dose.gy)
         kept = current.violation < best_verdict.violation - 1e-9
