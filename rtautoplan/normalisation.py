@@ -1,7 +1,8 @@
 """Normalisation, as every TPS does it: the final dose is scaled so that the prescription's rule holds.
 
-Default rule (``Normalisation()``): D95% of the highest level's PTV equals its Rx; where that level
-has no PTV (carbon plans its CTVs), D95% of its CTV. The default reads the PTV as planned (its
+Default rule (``Normalisation()``): D95% of the highest level's PTV equals its Rx; for a carbon
+plan (seed 003 optimises the CTVs only, its PTVs get no objective) and where that level has no PTV,
+D95% of its CTV: scaling a carbon plan to its cold PTV made hn01's CTVs 137 % of Rx. The default reads the PTV as planned (its
 planning mask: without the voxels the overlap rules gave to level-1 OARs and to other levels'
 CTVs, a clinic's "PTV_eval"), the volume the optimiser was asked to cover; a ROI named in
 ``prescription.json`` is read whole. ``prescription.json`` may name another ROI,
@@ -17,7 +18,7 @@ import numpy as np
 
 from rtautoplan.case import Case, Normalisation, Role, Structure
 from rtautoplan.errors import InputError
-from rtautoplan.plan import Plan
+from rtautoplan.plan import Modality, Plan
 
 
 @dataclass(frozen=True)
@@ -35,8 +36,9 @@ class Normalised:
                 f"dose and weights ×{self.factor:.4f})")
 
 
-def target_of(case: Case, rule: Normalisation) -> tuple[Structure, float]:
-    """The structure and the dose (Gy) the rule normalises to."""
+def target_of(case: Case, rule: Normalisation, ctv_first: bool = False) -> tuple[Structure, float]:
+    """The structure and the dose (Gy) the rule normalises to; by default the highest level's PTV, its
+    CTV with ``ctv_first`` (a plan optimised on CTVs: carbon, seed 003) or where no PTV exists."""
     from rtautoplan.goals import find_structure
 
     if rule.roi:
@@ -54,7 +56,8 @@ def target_of(case: Case, rule: Normalisation) -> tuple[Structure, float]:
     if not top:
         raise InputError("prescription", f"no CTV or PTV carries the highest level ({rx:g} Gy)",
                          "Name the level's target in \"levels\" of prescription.json")
-    top.sort(key=lambda s: (s.role is not Role.PTV, s.name))
+    first = Role.CTV if ctv_first and any(s.role is Role.CTV for s in top) else Role.PTV
+    top.sort(key=lambda s: (s.role is not first, s.name))
     return top[0], float(rule.dose_gy if rule.dose_gy is not None else rx)
 
 
@@ -66,7 +69,7 @@ def normalise(case: Case, plan: Plan, rule: Normalisation | None = None) -> tupl
     rule = rule or case.prescription.normalisation
     if rule.metric == "none":
         return plan, None
-    s, dose_gy = target_of(case, rule)
+    s, dose_gy = target_of(case, rule, ctv_first=plan.modality is Modality.CARBON)
     voxels = s.mask if rule.roi else s.voxels
     before = metric_value(rule.metric, "Gy", plan.dose.gy, voxels, case.grid.voxel_volume_cm3)
     if not before > 0:

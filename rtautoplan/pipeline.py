@@ -66,8 +66,11 @@ SETUPS: dict[tuple[str, str], Setup] = {
     ("liver", "proton"): Setup("proton_hn", "inhouse-proton", "rule-based", 8, env_options={"site": "liver"}),
     ("generic", "photon"): Setup("proton_hn", "inhouse-photon", "rule-based", 8, env_options={"site": "generic"}),
     ("generic", "proton"): Setup("proton_hn", "inhouse-proton", "rule-based", 8, env_options={"site": "generic"}),
+    # Carbon on any site: seed 003's objectives act on the CTVs and the Table A1 organs the case has.
+    ("generic", "carbon"): Setup("carbon_hn", "phoenix", "rule-based", 10),
 }
 SITES = ("hn", "prostate", "liver", "generic")
+GOAL_ROUNDS = 4  # re-optimisations after the loop of a plan that fails the gate (rtautoplan.goal_rounds)
 MODALITIES = ("photon", "proton", "carbon")
 
 
@@ -254,12 +257,14 @@ def final_plan(env, case: Case, plan):
 def plan_case(case: Case, site: str = "hn", modality: str = "photon", adapter: str | None = None,
               policy: str | None = None, max_steps: int | None = None, seed: int = 0, tps=None,
               on_step: Callable[[Step], None] | None = None, env_options: dict | None = None,
-              conservative: int | None = None) -> tuple[Case, Result]:
+              conservative: int | None = None, goal_rounds: int = GOAL_ROUNDS) -> tuple[Case, Result]:
     """Plan ``case`` (as read, before the structure rules) in the closed loop; returns the case
     with its planning structures and the Result: the best plan, leaf-sequenced (photons),
-    normalised (``rtautoplan.normalisation``) and checked by the clinical gate (``rtautoplan.gate``).
-    ``max_steps`` 0 gives the initial plan without policy steps. ``conservative``: K of conservative
-    mode (``rtautoplan.oversight``); the level-1 organs' limits and the planner's ensemble always apply."""
+    normalised (``rtautoplan.normalisation``) and checked by the clinical gate (``rtautoplan.gate``);
+    a plan that fails the gate gets up to ``goal_rounds`` goal-driven re-optimisations
+    (``rtautoplan.goal_rounds``). ``max_steps`` 0 gives the initial plan without policy steps or rounds.
+    ``conservative``: K of conservative mode (``rtautoplan.oversight``); the level-1 organs' limits and
+    the planner's ensemble always apply."""
     setup = setup_for(site, modality, policy)
     if sequential_course(case, setup, env_options):
         from rtautoplan.phases import plan_phases
@@ -272,7 +277,7 @@ def plan_case(case: Case, site: str = "hn", modality: str = "photon", adapter: s
     planning = prepare(case, site, modality, adapter, policy, max_steps, seed, tps, env_options, conservative)
     loop = run_loop(planning.env, planning.planner, planning.steps, seed=seed, on_step=on_step,
                     level1=planning.limits, oversight=planning.oversight, acceptable=planning.acceptable)
-    return planning.planned, conclude(planning, loop)
+    return planning.planned, conclude(planning, loop, goal_rounds, on_step)
 
 
 @dataclass(frozen=True, eq=False)
@@ -316,9 +321,11 @@ def prepare(case: Case, site: str = "hn", modality: str = "photon", adapter: str
     return Planning(site, env, planned, goals, planner, level1_limits(planned, goals), watch, audit, steps)
 
 
-def conclude(planning: Planning, loop) -> Result:
+def conclude(planning: Planning, loop, goal_rounds: int = GOAL_ROUNDS,
+             on_step: Callable[[Step], None] | None = None) -> Result:
     """The Result of a finished loop (``loop.LoopResult``): the best, initial and best-passing plans made
-    deliverable and normalised, the one that leaves chosen by the clinical gate (``choose_plan``)."""
+    deliverable and normalised, the one that leaves chosen by the clinical gate (``choose_plan``); when it
+    fails the gate, up to ``goal_rounds`` goal-driven re-optimisations (``rtautoplan.goal_rounds``)."""
     env, planned, goals = planning.env, planning.planned, planning.goals
     notes = (protocols.fractionation_note(planned),)
     candidates = {"best": (loop.best_step, loop.best_plan), "initial": (0, loop.initial_plan)}
@@ -327,13 +334,21 @@ def conclude(planning: Planning, loop) -> Result:
     finals = {name: (step, *final_plan(env, planned, plan)) for name, (step, plan) in candidates.items()}
     verdicts = {name: gate.check(planned, f[1].dose.gy, goals, notes=notes) for name, f in finals.items()}
     chosen = choose_plan(finals, verdicts)
-    best_step, plan, score, sequenced, normalised = finals[chosen]
+    final, verdict, rounds = finals[chosen], verdicts[chosen], ()
+    if not verdict.acceptable and goal_rounds and planning.steps > 0:  # --max-steps 0: the initial plan as it is
+        from rtautoplan.goal_rounds import refine
+
+        final, verdict, rounds = refine(planned, env.tps, final, verdict, lambda p: final_plan(env, planned, p),
+                                        lambda gy: gate.check(planned, gy, goals, notes=notes),
+                                        first_step=max((s.step for s in loop.steps), default=0) + 1,
+                                        on_step=on_step)
+    best_step, plan, score, sequenced, normalised = final
     initial = finals["initial"]
     from rtautoplan.attribution import explain_env
 
     attribution = explain_env(planning.planner, env, loop.steps)
-    return Result(plan, initial[2], score, loop.steps, planning.planner.name, best_step, initial[1].dose, sequenced,
-                  gate=verdicts[chosen], normalisation=normalised, site=planning.site,
+    return Result(plan, initial[2], score, loop.steps + rounds, planning.planner.name, best_step, initial[1].dose,
+                  sequenced, gate=verdict, normalisation=normalised, site=planning.site,
                   audit={**planning.audit, "level-1 limits": [str(g) for g in planning.limits],
                          "attribution": attribution})
 

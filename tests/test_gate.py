@@ -83,6 +83,24 @@ def test_normalisation_scales_dose_and_weights_to_d95_equal_rx(small_case):
     assert none is None and unscaled is plan
 
 
+def test_a_carbon_plan_is_normalised_on_its_ctv_a_photon_plan_on_its_ptv(small_case):
+    """Seed 003 optimises CTVs only: its PTV is cold, and scaling the plan to PTV D95 = Rx made hn01's
+    CTVs 137 % of Rx. The same dose normalises on the CTV for carbon and on the PTV for photons."""
+    from rtautoplan.case import Structure
+    from rtautoplan.structures.margins import expand
+
+    ctv = small_case.structure("CTV_6000").mask
+    ptv = expand(ctv, small_case.grid.spacing, 5.0)
+    case = small_case.with_structures(small_case.structures + (Structure("PTV_6000", ptv, Role.PTV, rx_gy=60.0),))
+    dose = np.where(ctv, 60.0, np.where(ptv, 40.0, 5.0))
+    for modality, roi in ((Modality.CARBON, "CTV_6000"), (Modality.PHOTON, "PTV_6000")):
+        plan = Plan("small", modality, (), (), (np.ones(4),), Dose(case.grid, dose))
+        scaled, done = normalise(case, plan)
+        assert done.roi == roi
+        assert metric_value("D95%", "Gy", scaled.dose.gy, case.structure(roi).voxels, 1.0) == pytest.approx(60.0)
+    assert done.factor > 1.4  # the photon plan, scaled to its cold PTV
+
+
 def test_gate_fails_on_a_missed_must_goal_and_a_hot_spot_and_warns_on_a_desired_one(small_case):
     goals = goals_for(small_case, "generic") + (Goal("Esophagus", "Dmean", "Gy", None, 1.0, 2),)
     cold = gate.check(small_case, _uniform_dose(small_case, 60.0), goals)

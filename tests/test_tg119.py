@@ -133,7 +133,7 @@ def test_published_table_cites_the_report_and_invents_no_result():
 
 def test_benchmark_command_on_one_case(tmp_path):
     out = tmp_path / "bm"
-    code = main(["benchmark", "tg119", "-o", str(out), "--cases", "cshape_hard", "--max-steps", "1",
+    code = main(["benchmark", "tg119", "-o", str(out), "--cases", "cshape_hard", "--max-steps", "0",
                  "--dose-grid-factor", "2", "4", "4"])
     assert code in (0, 3)
     with open(out / "tg119.csv", newline="", encoding="utf-8") as f:
@@ -159,3 +159,21 @@ def test_benchmark_every_case(tmp_path):
         rows = list(csv.DictReader(f))
     assert len(rows) == len(tg119.PUBLISHED)
     assert code == (0 if all(r["met"] == "yes" for r in rows) else 3)
+
+
+@pytest.mark.slow
+def test_multitarget_photons_meet_every_coverage_goal_after_the_goal_rounds(tmp_path):
+    """Multi-target photons at the defaults: the rounds bring InferiorTarget D99 up to its 12.5 Gy (12.30
+    before them, 2026-12-03), every D99 goal is met, and the D10 maxima stay within 1.1 Gy of their goals
+    (measured 54.05 / 35.76 / 25.55 for 53 / 35 / 25: still missed, so the benchmark exits 3)."""
+    import json
+
+    code = main(["benchmark", "tg119", "-o", str(tmp_path), "--cases", "multitarget"])
+    with open(tmp_path / "tg119.csv", newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    assert all(r["met"] == "yes" for r in rows if r["lower_gy"])
+    assert all(float(r["achieved_gy"]) <= float(r["upper_gy"]) + 1.1 for r in rows if r["upper_gy"])
+    assert code == (0 if all(r["met"] == "yes" for r in rows) else 3)
+    steps = json.loads((tmp_path / "multitarget" / "plan_log.json").read_text())["steps"]
+    rounds = [s for s in steps if s["action"].startswith("goal round")]
+    assert rounds and rounds[0]["accepted"] and "InferiorTarget D99% ≥ 12.5 Gy at 12.30" in rounds[0]["action"]
