@@ -77,7 +77,7 @@ def test_misses_find_the_goal_objectives_and_add_them_where_missing(small_case):
     objective for gets one; a hot spot in the target maps to nothing when the plan lacks its objectives
     and then to the hot-spot objective added for it."""
     case = small_case
-    cord, ctv = case.structure("SpinalCord").mask, case.structure("CTV_6000").mask
+    cord, ctv = case.structure("SpinalCord").mask.to_full(), case.structure("CTV_6000").mask.to_full()
     dose = np.where(ctv, 60.0, 5.0)
     dose[cord] = 30.0
     dose[ctv & (np.cumsum(ctv.ravel()).reshape(ctv.shape) % 10 == 0)] = 70.0  # a hot 10 % of the target
