@@ -58,9 +58,9 @@ def median_distance_mm(case: Case, organ: np.ndarray, target: np.ndarray) -> flo
 
 def prostate_geometry(case: Case) -> dict[str, float]:
     """CTV, PTV, bladder, rectum volumes (cm³) and the bladder's and rectum's share inside the PTV (%)."""
-    ptv = case.structure("PTV_7800").mask
-    bladder, rectum = case.structure("Bladder").mask, case.structure("Rectum").mask
-    return {"ctv_cc": _cc(case, case.structure("CTV_7800").mask), "ptv_cc": _cc(case, ptv),
+    ptv = case.structure("PTV_7800").mask.to_full()
+    bladder, rectum = case.structure("Bladder").mask.to_full(), case.structure("Rectum").mask.to_full()
+    return {"ctv_cc": _cc(case, case.structure("CTV_7800").mask.to_full()), "ptv_cc": _cc(case, ptv),
             "bladder_cc": _cc(case, bladder), "rectum_cc": _cc(case, rectum),
             "bladder_in_ptv_pct": _inside_pct(bladder, ptv), "rectum_in_ptv_pct": _inside_pct(rectum, ptv)}
 
@@ -68,10 +68,10 @@ def prostate_geometry(case: Case) -> dict[str, float]:
 def hn_geometry(case: Case, ptv: str) -> dict[str, float]:
     """Per parotid: share inside ``ptv`` (%), median distance to it (mm), volume (cm³); the oral
     cavity's share inside; which parotid is the proximal one (more overlap, then nearer)."""
-    target = case.structure(ptv).mask
+    target = case.structure(ptv).mask.to_full()
     row: dict[str, float | str] = {"ptv_cc": _cc(case, target)}
     for organ, short in (("Parotid_L", "LP"), ("Parotid_R", "RP"), ("Cavity_Oral", "OC")):
-        mask = case.structure(organ).mask
+        mask = case.structure(organ).mask.to_full()
         row[f"{short}_cc"] = _cc(case, mask)
         row[f"{short}_in_ptv_pct"] = _inside_pct(mask, target)
         if short != "OC":
