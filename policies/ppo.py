@@ -80,8 +80,9 @@ class Args:
     spot_spacing_mm: float = ENGINE["spot_spacing_mm"]  # PBS spot spacing (mm)
     max_iter: int = ENGINE["max_iter"]  # L-BFGS-B iteration cap per solve
     mu_rounds: int = ENGINE["mu_rounds"]  # minimum-MU re-optimisation rounds
-    rollout: str = "serial"  # ROLLOUTS backend: serial (this process) or process (``n_workers`` processes)
-    n_workers: int = 2  # rollout processes of the "process" backend
+    rollout: str = "serial"  # ROLLOUTS backend: serial (this process), process or ray (``n_workers`` of them)
+    n_workers: int = 2  # rollout processes or Ray actors of the "process" / "ray" backends
+    ray_address: str | None = None  # with rollout="ray": the cluster (auto, HOST:PORT, ray://…); None: a local one
     out: str = str(WEIGHTS)  # selected weights; the .json record and _validation.png go beside them
     progress: bool = True  # rich progress bar (episode return, validation gain); False: one line per validation
     engine_threads: int = 1  # $RTAUTOPLAN_THREADS of the TPS (same value, same weights)
@@ -255,8 +256,7 @@ _WORKER: dict = {}
 
 
 def _worker_init(args: Args) -> None:
-    os.environ["RTAUTOPLAN_THREADS"] = str(args.engine_threads)
-    torch.set_num_threads(1)
+    _worker_setup(args)
     _WORKER["rollouts"] = SerialRollouts(Args(**{**asdict(args), "n_envs": 1}))
 
 
@@ -281,8 +281,39 @@ class ProcessRollouts:
         self.pool.shutdown()
 
 
-# Backend name → factory(args) -> Rollouts. rtautoplan.cluster may add "ray" (actors playing Jobs).
-ROLLOUTS: dict[str, Callable[[Args], Rollouts]] = {"serial": SerialRollouts, "process": ProcessRollouts}
+def _worker_setup(args: Args) -> None:
+    os.environ["RTAUTOPLAN_THREADS"] = str(args.engine_threads)
+    torch.set_num_threads(1)
+
+
+def _play_job(rollouts: SerialRollouts, state_dict: dict, job: Job) -> Trajectory:
+    return rollouts.play(state_dict, [Job(0, job.reset_seed, job.noise_seed)])[0]
+
+
+class RayRollouts:
+    """``args.n_workers`` Ray actors (``policies.workers.RayWorkers``, on ``args.ray_address`` or a local
+    cluster), one environment each; jobs dealt in order, so the batch is the serial one (docs/cluster.md)."""
+
+    def __init__(self, args: Args):
+        from functools import partial
+
+        from rtautoplan.policies.workers import RayWorkers
+
+        single = Args(**{**asdict(args), "n_envs": 1})
+        self.workers = RayWorkers([partial(SerialRollouts, single)] * args.n_workers, partial(_worker_setup, args),
+                                  args.ray_address)
+
+    def play(self, state_dict: dict, jobs: Sequence[Job]) -> list[Trajectory]:
+        n = len(self.workers.actors)
+        return self.workers.run([(i % n, _play_job, (state_dict, job)) for i, job in enumerate(jobs)])
+
+    def close(self) -> None:
+        self.workers.close()
+
+
+# Backend name → factory(args) -> Rollouts.
+ROLLOUTS: dict[str, Callable[[Args], Rollouts]] = {"serial": SerialRollouts, "process": ProcessRollouts,
+                                                    "ray": RayRollouts}
 
 
 # --- PPO --------------------------------------------------------------------------------------------------

@@ -98,13 +98,16 @@ def test_short_training_run_is_bit_identical_twice(tmp_path):
 
 
 @pytest.mark.slow
-def test_process_rollouts_give_the_serial_batch(tmp_path):
-    """Two worker processes play the same jobs to the same trajectories as one process."""
+@pytest.mark.parametrize("backend", ["process", "ray"])
+def test_parallel_rollouts_give_the_serial_batch(tmp_path, backend):
+    """Two worker processes (or two Ray actors) play the same jobs to the same trajectories as one process."""
+    if backend == "ray":
+        pytest.importorskip("ray")
     args = _tiny(tmp_path, "p")
     jobs = [ppo.Job(e, 11 + e, 21 + e) for e in range(2)]
     net = ppo._net_for(args)
     serial = ppo.SerialRollouts(args).play(net.state_dict(), jobs)
-    pool = ppo.ProcessRollouts(ppo.Args(**{**args.__dict__, "rollout": "process"}))
+    pool = ppo.ROLLOUTS[backend](ppo.Args(**{**args.__dict__, "rollout": backend}))
     try:
         parallel = pool.play(net.state_dict(), jobs)
     finally:
