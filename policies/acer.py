@@ -34,6 +34,7 @@ import numpy as np
 import torch
 from rtautoplan.policies.acer_parts import TrainProgress
 from rtautoplan.policies.workers import deterministic, env_spaces, env_workers, given
+from rtautoplan.training import jsonable
 from torch import nn
 
 WEIGHTS = Path(__file__).resolve().parent / "weights" / "acer_prostate.pt"
@@ -392,16 +393,9 @@ def _train(args: Args, workers, n_actors: int, val_env, validate_fn) -> TrainRec
 
 
 def _record(args: Args, steps: int, episodes: int, start: float, best: tuple, curve: list) -> TrainRecord:
-    return TrainRecord(_jsonable({"out": args.out})["out"], _jsonable(asdict(args)), args.seed, steps, episodes,
+    return TrainRecord(jsonable({"out": args.out})["out"], jsonable(asdict(args)), args.seed, steps, episodes,
                        time.perf_counter() - start, best[1], float(best[0]), list(curve), population=args.population,
                        engine=engine_of(args))
-
-
-def _jsonable(d: dict) -> dict:
-    """Tuples as lists, paths inside the repository relative to it (a committed record names no machine)."""
-    root = str(WEIGHTS.parents[2]) + "/"
-    return {k: list(v) if isinstance(v, tuple) else v.removeprefix(root) if isinstance(v, str) else v
-            for k, v in d.items()}
 
 
 def _save(args: Args, state_dict, record: TrainRecord) -> None:

@@ -20,7 +20,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from rtautoplan.policies.acer import TrainProgress, _jsonable, make_env
+from rtautoplan.policies.acer import TrainProgress, make_env
+from rtautoplan.training import jsonable
 from rtautoplan.policies.env_prostate import ENGINE
 from torch import nn
 
@@ -144,7 +145,7 @@ def train(args: Args, env=None) -> dict:
             if step % args.target_every == 0:
                 q_target.load_state_dict(q.state_dict())
             bar.show(step + 1, float(np.mean(returns[-20:])), float("nan"))
-    record = {"weights": _jsonable({"out": args.out})["out"], "args": _jsonable(asdict(args)),
+    record = {"weights": jsonable({"out": args.out})["out"], "args": jsonable(asdict(args)),
               "seed": args.seed, "steps": args.T_max, "episodes": episodes, "wall_s": time.perf_counter() - start,
               "mean_return_last_20": float(np.mean(returns[-20:])), "torch_version": torch.__version__,
               "population": env.population,

@@ -451,14 +451,14 @@ def train(args: Args, validate_fn=validate) -> TrainRecord:
 
 
 def _record(args, steps, episodes, start, best, curve, step_s) -> TrainRecord:
-    from rtautoplan.policies.acer import _jsonable
+    from rtautoplan.training import jsonable
 
     seeds = args.train_seeds
     population = (f"H&N phantom variants, seeds {seeds[0]}–{seeds[-1]} ({len(seeds)}), validation "
                   f"{', '.join(str(s) for s in args.val_seeds)}")
-    return TrainRecord(_jsonable({"out": args.out})["out"], _jsonable(asdict(args)), args.seed, steps, episodes,
+    return TrainRecord(jsonable({"out": args.out})["out"], jsonable(asdict(args)), args.seed, steps, episodes,
                        time.perf_counter() - start, best[1], float(best[0]),
-                       {"adapter": "inhouse-proton", **_jsonable(engine_options(args))}, population,
+                       {"adapter": "inhouse-proton", **jsonable(engine_options(args))}, population,
                        float(np.mean(step_s)) if step_s else float("nan"), list(curve))
 
 

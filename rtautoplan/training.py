@@ -13,6 +13,7 @@ import argparse
 import dataclasses
 import importlib
 import typing
+from pathlib import Path
 
 
 def _parse_optional_float(text: str) -> float | None:
@@ -58,3 +59,11 @@ def run(name: str, argv: list[str]):
         raise ValueError(f"no trainer {name!r}; available: {sorted(TRAINERS)}")
     module = importlib.import_module(TRAINERS[name])
     return module.train(parse(module.Args, argv, f"rtautoplan train {name}"))
+
+
+def jsonable(d: dict) -> dict:
+    """A training record's dict: tuples as lists, paths inside the repository relative to it (a committed
+    record names no machine)."""
+    root = str(Path(__file__).resolve().parents[1]) + "/"
+    return {k: list(v) if isinstance(v, tuple) else v.removeprefix(root) if isinstance(v, str) else v
+            for k, v in d.items()}
