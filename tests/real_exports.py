@@ -10,8 +10,10 @@ RTSTRUCT's own referenced SOPInstanceUIDs) on its frame of reference, water (0 H
 from __future__ import annotations
 
 import copy
+import importlib.util
 import os
 import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +22,9 @@ import pytest
 from matplotlib.path import Path as Polygon
 
 DATA = Path(__file__).resolve().parent / "data" / "real"
+_spec = importlib.util.spec_from_file_location("fetch_real_exports", DATA / "fetch.py")
+fetch = sys.modules.setdefault(_spec.name, importlib.util.module_from_spec(_spec))
+_spec.loader.exec_module(fetch)
 LUNG_HU = -750
 AIR_HU = -1000
 
@@ -28,8 +33,9 @@ def real_export(source: str) -> Path:
     """The fetched folder of ``source`` (e.g. "dicompyler-core"); skips the test when it was not fetched."""
     root = Path(os.environ.get("RTAUTOPLAN_REAL_EXPORTS", DATA / "cache"))
     folder = root / source
-    if not folder.is_dir():
-        pytest.skip(f"{folder} missing: run python tests/data/real/fetch.py")
+    pinned = next(s for s in fetch.SOURCES if s.name == source)
+    if not fetch.complete(folder, pinned):
+        pytest.skip(f"{folder} missing or incomplete: run python tests/data/real/fetch.py")
     return folder
 
 

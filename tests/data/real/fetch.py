@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import shutil
 import subprocess
 import sys
 import urllib.request
@@ -88,19 +89,28 @@ def fetch(to: Path = CACHE, clones: dict[str, Path] | None = None) -> list[Path]
     written = []
     for source in SOURCES:
         folder = to / source.name
-        folder.mkdir(parents=True, exist_ok=True)
+        if complete(folder, source):
+            written += [folder / local for _, local, _ in source.files]
+            continue
+        partial = to / f".{source.name}.partial"
+        shutil.rmtree(partial, ignore_errors=True)
+        partial.mkdir(parents=True)
+        clone = clones.get(source.name)
         for path, local, sha256 in source.files:
-            target = folder / local
-            if target.is_file() and hashlib.sha256(target.read_bytes()).hexdigest() == sha256:
-                written.append(target)
-                continue
-            clone = clones.get(source.name)
             data = _from_git(clone, source, path) if clone else _download(source, path)
             if hashlib.sha256(data).hexdigest() != sha256:
                 raise SystemExit(f"{source.repo}@{source.commit[:7]}:{path}: SHA-256 differs from the pinned one")
-            target.write_bytes(data)
-            written.append(target)
+            (partial / local).write_bytes(data)
+        shutil.rmtree(folder, ignore_errors=True)
+        partial.rename(folder)  # a source's folder exists only once all its files are in it
+        written += [folder / local for _, local, _ in source.files]
     return written
+
+
+def complete(folder: Path, source: Source) -> bool:
+    """Whether ``folder`` holds every file of ``source``, each with its pinned SHA-256."""
+    return all((folder / local).is_file() and hashlib.sha256((folder / local).read_bytes()).hexdigest() == sha256
+               for _, local, sha256 in source.files)
 
 
 def main(argv: list[str] | None = None) -> int:
