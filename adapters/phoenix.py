@@ -106,6 +106,9 @@ class PhoenixAdapter:
         try:
             if self._session is None:
                 self._session = self._server.connect(self.user)
+            if self._plan_id is not None:  # this adapter's previous plan: a server that trains for hours stays bounded
+                self._session.delete_plan(self._plan_id)
+                self._plan_id = None
             patient = self._session.import_patient(case)
             if beams:
                 fields = [FieldSpec(b.gantry_deg, b.couch_deg, b.name) for b in beams]

@@ -102,6 +102,36 @@ def test_jobs_over_http_timeout_lock_cancel(tps, small_box):
     assert err.value.code == "PHX-1001"
 
 
+def test_plans_are_deleted_and_the_adapter_keeps_the_server_bounded(make_small_case, tps, small_box):
+    server, remote = tps
+    s = remote.connect("cleanup")
+    plan = s.create_plan(s.import_patient(small_box), "to delete")
+    add_box_objectives(s, plan)
+    job = s.submit_optimization(plan, max_iterations=50_000, tolerance=0)
+    with pytest.raises(PhoenixError) as err:  # a plan being optimised is not deleted under its job
+        s.delete_plan(plan)
+    assert err.value.code == "PHX-2201"
+    s.cancel(job)
+    with pytest.raises(PhoenixError):
+        s.wait(job, timeout_s=30)
+    s.delete_plan(plan)
+    for call in (lambda: s.plan_info(plan), lambda: s.list_objectives(plan), lambda: s.delete_plan(plan)):
+        with pytest.raises(PhoenixError) as err:
+            call()
+        assert err.value.code == "PHX-2001"
+    s.close()
+    # an adapter that prepares case after case (a trainer's episodes) holds one plan on the server, not one per case
+    adapter = PhoenixAdapter(server=remote, max_iterations=5)
+    case = make_small_case()
+    before = len(server._plans.plans)
+    for _ in range(3):
+        adapter.prepare(case)
+        adapter.optimize(seed003_objectives("CTV_6000", 60.0))
+    assert len(server._plans.plans) == before + 1
+    assert adapter.session.plan_info(adapter.plan_id).optimised
+    adapter.close()
+
+
 def _malformed_requests(sid: str, plan: str, obj: str) -> list[tuple[str, str, bytes | None, dict]]:
     """100 bad requests: broken JSON, wrong types, missing fields, bad arrays, unknown IDs and paths."""
     good_patient = codec.encode_case(box_case(shape=(4, 6, 6), radius=3.0))

@@ -171,6 +171,9 @@ class RemoteSession:
                  target_rois=tuple(b["target_rois"]))
         return PlanInfo(**b)
 
+    def delete_plan(self, plan_id: str) -> None:
+        self._call("DELETE", f"/plans/{quote(plan_id)}")
+
     # objectives
     def add_objective(self, plan_id: str, roi: str, type: str, **parameters: float) -> str:
         return self._call("POST", f"/plans/{quote(plan_id)}/objectives",

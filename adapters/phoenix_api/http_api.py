@@ -62,6 +62,7 @@ class Api:
             ("GET", "patients/{id}/rois", self.list_rois, True),
             ("POST", "plans", self.create_plan, True),
             ("GET", "plans/{id}", self.plan_info, True),
+            ("DELETE", "plans/{id}", self.delete_plan, True),
             ("GET", "plans/{id}/objectives", self.list_objectives, True),
             ("POST", "plans/{id}/objectives", self.add_objective, True),
             ("PATCH", "objectives/{id}", self.set_objective_parameter, True),
@@ -150,6 +151,10 @@ class Api:
 
     def plan_info(self, s, plan_id, _q, _b):
         return 200, codec.record(s.plan_info(plan_id))
+
+    def delete_plan(self, s, plan_id, _q, _b):
+        s.delete_plan(plan_id)
+        return 200, {}
 
     # -- objectives
     def list_objectives(self, s, plan_id, _q, _b):

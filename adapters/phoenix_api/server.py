@@ -162,6 +162,15 @@ class PhoenixServer:
                                                     targets, model, influence_path, rois_path, spots)
         return plan_id
 
+    def delete_plan(self, plan_id: str) -> None:
+        """Forget a plan, its objectives and its dose (PHX-2201 while it is being optimised). The
+        geometry files stay: other plans of the same patient, targets and fields share them."""
+        with self._lock:
+            plan = self._plans.unlocked(self._plans.plan(plan_id))
+            for obj_id in plan.objectives:
+                del self._plans.objectives[obj_id]
+            del self._plans.plans[plan_id]
+
     def plan_info(self, plan_id: str) -> PlanInfo:
         p = self._plans.plan(plan_id)
         return PlanInfo(p.plan_id, p.patient_uid, p.label, p.fields, p.rbe_model, p.technique, p.prescription_gy,

@@ -59,6 +59,10 @@ class Session:
     def plan_info(self, plan_id: str) -> PlanInfo:
         return self._s().plan_info(plan_id)
 
+    def delete_plan(self, plan_id: str) -> None:
+        """Delete a plan with its objectives and dose (refused with PHX-2201 while it is optimised)."""
+        self._s().delete_plan(plan_id)
+
     # objectives
     def add_objective(self, plan_id: str, roi: str, type: str, **parameters: float) -> str:
         return self._s().add_objective(plan_id, roi, type, **parameters)
