@@ -203,3 +203,33 @@ def test_cli_batch_with_ray_reports_rows_and_exit_code(ray_cluster, root, tmp_pa
 
     assert main(["batch", str(root / "ct_only"), "-o", str(tmp_path), "--ray", "--ray-retries", "0"]) == 2
     assert [(r["case"], r["status"]) for r in _table(tmp_path)] == [(".", "error")]
+
+
+@pytest.mark.slow
+def test_qmix_data_workers_on_ray_give_the_same_weights_bit_for_bit(ray_cluster, make_small_case, tmp_path):
+    """QMIX with 2 data workers against one PHOENIX server process: as threads of the trainer or as Ray actors
+    (each its own HTTP client of the server's URL), the same seed collects the same episodes (the rounds' returns
+    and scores) and gives the same weights, bit for bit, through 4 gradient steps."""
+    import torch
+
+    from rtautoplan.adapters.phoenix_api.client import LocalServerProcess
+    from rtautoplan.policies import qmix
+
+    case = make_small_case()
+    with LocalServerProcess(workers=2) as server:
+        def train(workers: str) -> dict:
+            args = qmix.Args(seed=3, episodes=4, data_workers=2, t_steps=2, batch=2, updates=2, target_every=1,
+                             hidden=16, mix_embed=8, max_iterations=15, url=server.url, workers=workers,
+                             out=str(tmp_path / f"{workers}.pt"), progress=False)
+            record = qmix.train(args, case=case)
+            assert server.server.status()["sessions"] == 0  # every worker closed its session, in an actor too
+            return record
+
+        threads, on_ray = train("threads"), train("ray")
+    assert on_ray["updates"] == threads["updates"] == 4 and on_ray["args"]["workers"] == "ray"
+    keys = ("episodes", "epsilon", "mean_return", "mean_relative_best", "mean_relative_first", "loss")
+    assert [[r[k] for k in keys] for r in on_ray["rounds"]] == [[r[k] for k in keys] for r in threads["rounds"]]
+    a, b = (torch.load(tmp_path / f"{w}.pt", weights_only=True) for w in ("threads", "ray"))
+    for part in ("agent", "mixer"):
+        for key in a[part]:
+            assert torch.equal(a[part][key], b[part][key]), (part, key)
