@@ -289,13 +289,17 @@ def _is_loopback(url: str) -> bool:
         return False
 
 
+def _check_workers(args: Args) -> None:
+    if args.workers not in ("threads", "ray"):
+        raise ValueError(f"workers {args.workers!r} is not known; use threads or ray")
+
+
 def data_workers(args: Args, server, case=None):
     """The pool of ``data_workers`` workers (``policies.workers``): threads sharing ``server`` and the prepared
     cases, or Ray actors, each a client of the server's URL."""
     if args.workers == "threads":
         return env_workers("threads", [functools.partial(given, w) for w in make_workers(args, server, case)])
-    if args.workers != "ray":
-        raise ValueError(f"workers {args.workers!r} is not known; use threads or ray")
+    _check_workers(args)
     url = getattr(server, "url", None)
     if not url:
         raise ValueError("QMIX's Ray data workers reach the PHOENIX server over HTTP: give --url of a running "
@@ -345,6 +349,7 @@ def train(args: Args, case=None, server=None) -> dict:
     (``PhoenixServer``, ``RemoteServer``) instead of ``args.url`` / a new server process."""
     if args.episodes < 1 or args.data_workers < 1 or args.t_steps < 1 or args.ray_cpus <= 0:
         raise ValueError("episodes, data_workers and t_steps must be ≥ 1, ray_cpus > 0")
+    _check_workers(args)
     torch.manual_seed(args.seed)
     torch.set_num_threads(1)
     torch.use_deterministic_algorithms(True)

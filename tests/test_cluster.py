@@ -91,6 +91,11 @@ def test_mixed_folder_gives_the_serial_summary(ray_cluster, root, fast, tmp_path
 
     again = replan_folder(root, tmp_path / "ray", tps=fast, max_steps=2, runner=ray_runner(RaySettings()))
     assert {r.case: r.status for r in again}["prostate01"] == "skipped"  # resume: a finished output is kept
+    # --force reaches the Ray runner: the finished case is sent again (here refused at once by a 1 PB memory ask,
+    # so nothing is planned), and the refusal leaves the finished output as it was
+    forced = replan_folder(root, tmp_path / "ray", tps=fast, max_steps=2, force=True,
+                           runner=ray_runner(RaySettings(memory_mb=10 ** 9)))
+    assert {r.case: r.status for r in forced}["prostate01"] == "error" and is_finished(tmp_path / "ray" / "prostate01")
 
 
 def test_a_case_larger_than_any_node_is_an_error_row_not_a_hang(ray_cluster, root, fast, tmp_path):
@@ -98,6 +103,33 @@ def test_a_case_larger_than_any_node_is_an_error_row_not_a_hang(ray_cluster, roo
     rows = {r.case: r for r in replan_folder(root / "prostate01", tmp_path, tps=fast, max_steps=2,
                                              runner=ray_runner(settings))}
     assert rows["prostate01"].status == "error" and "--ray-memory-mb" in rows["prostate01"].message
+
+
+def test_a_node_that_cannot_see_the_case_gives_an_error_row_naming_it(tmp_path):
+    """The task's body on a node without the shared storage (the case folder absent there): an error row naming
+    the node and the fix, never a plan of something else."""
+    import socket
+
+    from rtautoplan.batch import Job
+    from rtautoplan.cluster import plan_on_worker
+    from rtautoplan.folder import PlanOptions
+
+    row = plan_on_worker(Job(tmp_path / "nfs" / "case1", tmp_path / "case1", "case1"), PlanOptions(), 1)
+    assert row.status == "error" and f"not visible on node {socket.gethostname()}" in row.message
+    assert "same path" in row.message and not (tmp_path / "case1").exists()
+
+
+def test_ray_actors_the_cluster_cannot_hold_are_refused(ray_cluster):
+    """3 actors of 1 CPU on a 2-CPU cluster would leave one pending forever (a trainer waiting on it): refused."""
+    from rtautoplan.policies.workers import RayWorkers, given
+
+    with pytest.raises(ValueError, match="need 3 CPUs; the Ray cluster has 2"):
+        RayWorkers([functools.partial(given, None)] * 3)
+    pool = RayWorkers([functools.partial(given, 5)] * 4, num_cpus=0.5)  # fractional CPUs: 4 fit
+    try:
+        assert pool.run([(k, pow, (2,)) for k in range(4)]) == [25] * 4
+    finally:
+        pool.close()
 
 
 def test_memory_estimate_grows_with_the_ct_grid():
