@@ -40,13 +40,38 @@ def _require_ray():
     return ray
 
 
+NODE_CACHE_MAX_MB = "64"
+
+
 @pytest.fixture(scope="module")
-def ray_cluster():
-    """A local Ray cluster of 2 CPUs: 2 worker processes, so 2 cases plan at once."""
+def ray_cluster(tmp_path_factory):
+    """A local Ray cluster of 2 CPUs: 2 worker processes, so 2 cases plan at once. Started, like ``ray start`` on a
+    node, with the node's dose-influence cache in its environment (``ray_cluster.node_cache``)."""
     ray = _require_ray()
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="warning", log_to_driver=False)
+    saved = {k: os.environ.get(k) for k in ("RTAUTOPLAN_CACHE", "RTAUTOPLAN_CACHE_MAX_MB")}
+    node_cache = tmp_path_factory.mktemp("node_cache")
+    os.environ.update(RTAUTOPLAN_CACHE=str(node_cache), RTAUTOPLAN_CACHE_MAX_MB=NODE_CACHE_MAX_MB)
+    try:
+        ray.init(num_cpus=2, include_dashboard=False, logging_level="warning", log_to_driver=False)
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+    ray.node_cache = node_cache
     yield ray
     ray.shutdown()
+
+
+def test_a_worker_uses_its_nodes_cache_not_the_drivers(ray_cluster):
+    """The dose-influence cache of a task is the one of its node (the environment of ``ray start``), bounded by
+    that node's cap, whatever the driver's environment says (docs/cluster.md)."""
+    from rtautoplan.physics import cache
+
+    where = ray_cluster.get(ray_cluster.remote(lambda: (cache.cache_dir(), cache.max_bytes())).remote())
+    assert where == (ray_cluster.node_cache, int(NODE_CACHE_MAX_MB) * 2**20)
+    assert cache.cache_dir() != ray_cluster.node_cache  # the driver's is its own
 
 
 @pytest.fixture(scope="module")
@@ -125,9 +150,9 @@ def test_ray_actors_the_cluster_cannot_hold_are_refused(ray_cluster):
 
     with pytest.raises(ValueError, match="need 3 CPUs; the Ray cluster has 2"):
         RayWorkers([functools.partial(given, None)] * 3)
-    pool = RayWorkers([functools.partial(given, 5)] * 4, num_cpus=0.5)  # fractional CPUs: 4 fit
+    pool = RayWorkers([functools.partial(given, 5)] * 3, num_cpus=0.5)  # fractional CPUs: 3 fit
     try:
-        assert pool.run([(k, pow, (2,)) for k in range(4)]) == [25] * 4
+        assert pool.run([(k, pow, (2,)) for k in range(3)]) == [25] * 3
     finally:
         pool.close()
 
