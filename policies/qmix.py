@@ -41,6 +41,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from rtautoplan.errors import InputError
 from rtautoplan.policies import env_carbon as C
 from rtautoplan.policies.workers import deterministic, env_workers, given
 from rtautoplan.scoring.table_a2 import MAX_PHI
@@ -269,9 +270,9 @@ def remote_worker(url: str, index: int, args: Args, case=None) -> DataWorker:
     try:
         server.status()
     except PhoenixError as error:
-        raise RuntimeError(f"QMIX data worker {index} on node {socket.gethostname()}: {error}. Start "
-                           "`rtautoplan phoenix-server --host ADDRESS` on a machine every node reaches and give "
-                           "--url http://ADDRESS:PORT (docs/cluster.md)") from None
+        raise InputError(f"QMIX data worker {index} on node {socket.gethostname()}", str(error),
+                         "Start `rtautoplan phoenix-server --host ADDRESS` on a machine every node reaches and give "
+                         "--url http://ADDRESS:PORT (docs/cluster.md)") from None
     return DataWorker(_env(args, server, case, index))
 
 
@@ -291,7 +292,7 @@ def _is_loopback(url: str) -> bool:
 
 def _check_workers(args: Args) -> None:
     if args.workers not in ("threads", "ray"):
-        raise ValueError(f"workers {args.workers!r} is not known; use threads or ray")
+        raise InputError(f"--workers {args.workers}", "is not known", "Use --workers threads or --workers ray")
 
 
 def data_workers(args: Args, server, case=None):
@@ -302,11 +303,11 @@ def data_workers(args: Args, server, case=None):
     _check_workers(args)
     url = getattr(server, "url", None)
     if not url:
-        raise ValueError("QMIX's Ray data workers reach the PHOENIX server over HTTP: give --url of a running "
-                         "phoenix-server (or a server with a URL, not an in-process one)")
+        raise InputError("--workers ray", "QMIX's Ray data workers reach the PHOENIX server over HTTP, and this "
+                         "server is in-process", "Give --url of a running phoenix-server (or a server with a URL)")
     if args.ray_address and _is_loopback(url):
-        raise ValueError(f"the PHOENIX server {url} listens on this machine's loopback, which the nodes of the Ray "
-                         f"cluster {args.ray_address} cannot reach: start `rtautoplan phoenix-server --host ADDRESS` "
+        raise InputError(f"PHOENIX server {url}", f"listens on this machine's loopback, which the nodes of the Ray "
+                         f"cluster {args.ray_address} cannot reach", "Start `rtautoplan phoenix-server --host ADDRESS` "
                          "on a machine every node reaches and give --url http://ADDRESS:PORT (docs/cluster.md)")
     factories = [functools.partial(remote_worker, url, i, args, case) for i in range(args.data_workers)]
     # the actor runs no dose engine (the server does): 1 engine thread is moot, the torch settings are the trainer's

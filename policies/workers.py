@@ -23,6 +23,8 @@ import copy
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, Sequence
 
+from rtautoplan.errors import InputError
+
 Call = tuple[int, Callable[..., Any], tuple]
 BACKENDS = ("local", "threads", "ray")
 
@@ -55,14 +57,21 @@ class ThreadWorkers(LocalWorkers):
 
 
 class _Worker:
-    """The Ray actor: one environment, built in the actor's process after ``setup``."""
+    """The Ray actor: one environment, built in the actor's process after ``setup``. An error building it is kept
+    and raised by every call (a task error carries the exception itself; a failed actor only its text)."""
 
     def __init__(self, factory, setup):
-        if setup is not None:
-            setup()
-        self.env = factory()
+        self.error = None
+        try:
+            if setup is not None:
+                setup()
+            self.env = factory()
+        except Exception as error:
+            self.error = error
 
     def call(self, fn, args):
+        if self.error is not None:
+            raise self.error
         return fn(self.env, *args)
 
 
@@ -82,15 +91,19 @@ class RayWorkers:
         have = ray.cluster_resources().get("CPU", 0.0)
         if num_cpus * len(factories) > have:
             self.close()
-            raise ValueError(f"{len(factories)} Ray actors of {num_cpus:g} CPU need {num_cpus * len(factories):g} CPUs; "
-                             f"the Ray cluster has {have:g}, so some would never start. Use fewer workers, fewer CPUs "
-                             "per actor, or a larger cluster")
+            raise InputError(f"{len(factories)} Ray actors of {num_cpus:g} CPU", f"need {num_cpus * len(factories):g} "
+                             f"CPUs; the Ray cluster has {have:g}, so some would never start",
+                             "Use fewer workers, fewer CPUs per actor, or a larger cluster")
         actor = ray.remote(num_cpus=num_cpus)(_Worker)
         self.actors = [actor.remote(make, setup) for make in factories]
 
     def run(self, calls: Sequence[Call]) -> list:
-        """The results, copied out of Ray's object store (writable arrays that do not pin it while kept)."""
-        return copy.deepcopy(self.ray.get([self.actors[k].call.remote(fn, args) for k, fn, args in calls]))
+        """The results, copied out of Ray's object store (writable arrays that do not pin it while kept). A call
+        that raised raises the same exception here, as without Ray (e.g. an InputError the CLI reports)."""
+        try:
+            return copy.deepcopy(self.ray.get([self.actors[k].call.remote(fn, args) for k, fn, args in calls]))
+        except self.ray.exceptions.RayTaskError as error:
+            raise error.cause from error
 
     def close(self, teardown: Callable[[Any], None] | None = None) -> None:
         """``teardown(env)`` in every actor (if given; an actor already dead has nothing left to tear down), then
@@ -100,8 +113,8 @@ class RayWorkers:
             for ref in refs:
                 try:
                     self.ray.get(ref)
-                except self.ray.exceptions.RayActorError:
-                    pass
+                except (self.ray.exceptions.RayActorError, self.ray.exceptions.RayTaskError):
+                    pass  # the actor died, or never built its environment: nothing to tear down
         for actor in getattr(self, "actors", []):
             self.ray.kill(actor)
         self.actors = []

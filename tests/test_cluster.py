@@ -148,13 +148,38 @@ def test_ray_actors_the_cluster_cannot_hold_are_refused(ray_cluster):
     """3 actors of 1 CPU on a 2-CPU cluster would leave one pending forever (a trainer waiting on it): refused."""
     from rtautoplan.policies.workers import RayWorkers, given
 
-    with pytest.raises(ValueError, match="need 3 CPUs; the Ray cluster has 2"):
+    from rtautoplan.errors import InputError
+
+    with pytest.raises(InputError, match="need 3 CPUs; the Ray cluster has 2"):
         RayWorkers([functools.partial(given, None)] * 3)
     pool = RayWorkers([functools.partial(given, 5)] * 3, num_cpus=0.5)  # fractional CPUs: 3 fit
     try:
         assert pool.run([(k, pow, (2,)) for k in range(3)]) == [25] * 3
     finally:
         pool.close()
+
+
+def test_an_error_in_a_ray_actor_is_the_same_exception_in_the_trainer(ray_cluster):
+    """A call that raises in an actor raises the same exception in the driver (not Ray's wrapper with a remote
+    traceback), and so does every call to an actor whose environment could not be built: a QMIX data worker
+    whose PHOENIX server is unreachable is an InputError naming its node and the fix (the CLI: one line, exit 2)."""
+    import socket
+
+    from rtautoplan.errors import InputError
+    from rtautoplan.policies import qmix
+    from rtautoplan.policies.workers import RayWorkers, given
+
+    pool = RayWorkers([functools.partial(given, 5),
+                       functools.partial(qmix.remote_worker, "http://127.0.0.1:1", 1, qmix.Args())], num_cpus=0.5)
+    try:
+        with pytest.raises(TypeError):
+            pool.run([(0, pow, ("a",))])
+        with pytest.raises(InputError, match=f"QMIX data worker 1 on node {socket.gethostname()}: .*not reachable") \
+                as caught:
+            pool.run([(1, qmix.DataWorker.play, (None, 0, qmix.Args()))])
+        assert "phoenix-server --host ADDRESS" in caught.value.fix
+    finally:
+        pool.close(repr)  # the teardown runs where an environment exists, and skips the actor without one
 
 
 def test_memory_estimate_grows_with_the_ct_grid():

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from rtautoplan.adapters.phoenix_api import PhoenixServer
+from rtautoplan.errors import InputError
 from rtautoplan.policies import env_carbon as C, qmix as Q
 
 
@@ -90,12 +91,12 @@ def test_ray_data_workers_need_a_server_the_actors_reach(tmp_path):
     """The Ray actors are HTTP clients: an in-process server, or a loopback server with a remote cluster's address,
     is refused with the fix before Ray is started."""
     with PhoenixServer(workers=1) as server:
-        with pytest.raises(ValueError, match="over HTTP: give --url"):
+        with pytest.raises(InputError, match="over HTTP.*Give --url"):
             Q.data_workers(Q.Args(workers="ray"), server)
     loopback = type("Server", (), {"url": "http://127.0.0.1:8642"})()
-    with pytest.raises(ValueError, match="phoenix-server --host ADDRESS"):
+    with pytest.raises(InputError, match="phoenix-server --host ADDRESS"):
         Q.data_workers(Q.Args(workers="ray", ray_address="ray://head:10001"), loopback)
-    with pytest.raises(ValueError, match="use threads or ray"):
+    with pytest.raises(InputError, match="Use --workers threads or --workers ray"):
         Q.data_workers(Q.Args(workers="processes"), loopback)
 
 
