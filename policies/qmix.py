@@ -13,22 +13,27 @@
   updates; MSE. Episodes are truncated at T = 10 with no terminal state (§3.6), so every step,
   the last included, bootstraps.
 * **ε-greedy** per agent: ε = ε₀ · 0.9^⌊episode / 5⌋, ε₀ = 0.9 (§3.6, the preferred reading).
-* **Data workers** (§3.6): ``data_workers`` threads, each with its own environment and its own HTTP
+* **Data workers** (§3.6): ``data_workers`` workers, each with its own environment and its own HTTP
   session on one PHOENIX server process (``rtautoplan phoenix-server``, started here unless ``url``
   names one), collect one episode each in parallel into the data bank; then ``updates`` gradient
-  steps on batches of whole episodes; then collect again (synchronous, as the paper).
-* **Reproducible**: episode k's environment seed and exploration draws come from (seed, k), the
-  bank is filled in episode order whatever thread finishes first, torch runs single-threaded with
-  deterministic algorithms, and the server's optimiser is deterministic: a run repeated gives the
-  same weights (tests/test_qmix.py).
+  steps on batches of whole episodes; then collect again (synchronous, as the paper). The workers are
+  threads of this process (``workers="threads"``) or Ray actors (``workers="ray"``, ``policies/workers.py``):
+  the server's URL travels to each actor, which opens its own client; the server does the optimisation.
+* **Reproducible**: episode k's environment seed and exploration draws come from (seed, k), worker i
+  always plays episode ``round + i``, the bank is filled in episode order whatever worker finishes
+  first, torch runs single-threaded with deterministic algorithms (in every Ray actor too), and the
+  server's optimiser is deterministic: a run repeated gives the same weights, with threads or with Ray
+  actors (tests/test_qmix.py, tests/test_cluster.py).
 """
 
 from __future__ import annotations
 
 import copy
+import functools
+import ipaddress
 import json
+import socket
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -36,7 +41,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from rtautoplan.errors import InputError
 from rtautoplan.policies import env_carbon as C
+from rtautoplan.policies.workers import deterministic, env_workers, given
 from rtautoplan.scoring.table_a2 import MAX_PHI
 
 WEIGHTS = Path(__file__).resolve().parent / "weights" / "qmix_carbon.pt"
@@ -94,6 +101,12 @@ class Args:
     """PHOENIX dose grid (mm)"""
     url: str = ""
     """a running phoenix-server to use instead of starting one"""
+    workers: str = "threads"
+    """where the data workers run: "threads" (of this process) or "ray" (one Ray actor each, docs/cluster.md)"""
+    ray_address: str | None = None
+    """with workers="ray": the cluster (auto, HOST:PORT, ray://…); None: a local one"""
+    ray_cpus: float = 0.2
+    """CPUs Ray reserves per data-worker actor (it waits on the server, which does the optimisation)"""
     max_wall_s: float = 0.0
     """stop after the round that passes this wall time (s; 0: no limit); the record says so"""
     out: str = str(WEIGHTS)
@@ -231,17 +244,74 @@ def _server(args: Args, server):
     return started, started
 
 
+def _env(args: Args, server, case, index: int) -> C.CarbonHNEnv:
+    from rtautoplan.adapters.phoenix import PhoenixAdapter
+
+    return C.CarbonHNEnv(PhoenixAdapter(server=server, user=f"qmix-worker{index}", max_iterations=args.max_iterations),
+                         case_seeds=args.case_seeds, case=case, max_steps=args.t_steps)
+
+
 def make_workers(args: Args, server, case=None) -> list[DataWorker]:
     """``data_workers`` environments on ``server``, sharing one prepared-case cache (a case is
     prepared and sent to the server once)."""
-    from rtautoplan.adapters.phoenix import PhoenixAdapter
-
-    envs = [C.CarbonHNEnv(PhoenixAdapter(server=server, user=f"qmix-worker{i}", max_iterations=args.max_iterations),
-                          case_seeds=args.case_seeds, case=case, max_steps=args.t_steps)
-            for i in range(args.data_workers)]
+    envs = [_env(args, server, case, i) for i in range(args.data_workers)]
     for env in envs[1:]:
         env._cases = envs[0]._cases
     return [DataWorker(env) for env in envs]
+
+
+def remote_worker(url: str, index: int, args: Args, case=None) -> DataWorker:
+    """Data worker ``index`` built in a Ray actor: its own environment and HTTP client of the server at ``url``
+    (it prepares and sends its cases itself)."""
+    from rtautoplan.adapters.phoenix_api.client import RemoteServer
+    from rtautoplan.adapters.phoenix_api.errors import PhoenixError
+
+    server = RemoteServer(url)
+    try:
+        server.status()
+    except PhoenixError as error:
+        raise InputError(f"QMIX data worker {index} on node {socket.gethostname()}", str(error),
+                         "Start `rtautoplan phoenix-server --host ADDRESS` on a machine every node reaches and give "
+                         "--url http://ADDRESS:PORT (docs/cluster.md)") from None
+    return DataWorker(_env(args, server, case, index))
+
+
+def _close(worker: DataWorker) -> None:
+    worker.env.tps.close()
+
+
+def _is_loopback(url: str) -> bool:
+    from urllib.parse import urlsplit
+
+    host = urlsplit(url).hostname or ""
+    try:
+        return host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _check_workers(args: Args) -> None:
+    if args.workers not in ("threads", "ray"):
+        raise InputError(f"--workers {args.workers}", "is not known", "Use --workers threads or --workers ray")
+
+
+def data_workers(args: Args, server, case=None):
+    """The pool of ``data_workers`` workers (``policies.workers``): threads sharing ``server`` and the prepared
+    cases, or Ray actors, each a client of the server's URL."""
+    if args.workers == "threads":
+        return env_workers("threads", [functools.partial(given, w) for w in make_workers(args, server, case)])
+    _check_workers(args)
+    url = getattr(server, "url", None)
+    if not url:
+        raise InputError("--workers ray", "QMIX's Ray data workers reach the PHOENIX server over HTTP, and this "
+                         "server is in-process", "Give --url of a running phoenix-server (or a server with a URL)")
+    if args.ray_address and _is_loopback(url):
+        raise InputError(f"PHOENIX server {url}", f"listens on this machine's loopback, which the nodes of the Ray "
+                         f"cluster {args.ray_address} cannot reach", "Start `rtautoplan phoenix-server --host ADDRESS` "
+                         "on a machine every node reaches and give --url http://ADDRESS:PORT (docs/cluster.md)")
+    factories = [functools.partial(remote_worker, url, i, args, case) for i in range(args.data_workers)]
+    # the actor runs no dose engine (the server does): 1 engine thread is moot, the torch settings are the trainer's
+    return env_workers("ray", factories, functools.partial(deterministic, 1), args.ray_address, args.ray_cpus)
 
 
 class _Progress:
@@ -278,8 +348,9 @@ def train(args: Args, case=None, server=None) -> dict:
 
     case: one fixed Case instead of the phantom population; server: a PHOENIX server object
     (``PhoenixServer``, ``RemoteServer``) instead of ``args.url`` / a new server process."""
-    if args.episodes < 1 or args.data_workers < 1 or args.t_steps < 1:
-        raise ValueError("episodes, data_workers and t_steps must be ≥ 1")
+    if args.episodes < 1 or args.data_workers < 1 or args.t_steps < 1 or args.ray_cpus <= 0:
+        raise ValueError("episodes, data_workers and t_steps must be ≥ 1, ray_cpus > 0")
+    _check_workers(args)
     torch.manual_seed(args.seed)
     torch.set_num_threads(1)
     torch.use_deterministic_algorithms(True)
@@ -292,15 +363,15 @@ def train(args: Args, case=None, server=None) -> dict:
     bank: list[Episode] = []
     rounds, updates, seen = [], 0, {}
     start = time.perf_counter()
-    workers: list[DataWorker] = []
+    pool = None
     done = 0
     try:
-        workers = make_workers(args, server, case)
-        with _Progress(args) as bar, ThreadPoolExecutor(args.data_workers) as pool:
+        pool = data_workers(args, server, case)
+        with _Progress(args) as bar:
             while done < args.episodes:
                 n = min(args.data_workers, args.episodes - done)
                 agent.eval()
-                episodes = list(pool.map(lambda i: workers[i].play(agent, done + i, args), range(n)))
+                episodes = pool.run([(i, DataWorker.play, (agent, done + i, args)) for i in range(n)])
                 bank = (bank + episodes)[-args.bank:]
                 for e in episodes:
                     seen[e.case_id] = seen.get(e.case_id, 0) + 1
@@ -331,8 +402,8 @@ def train(args: Args, case=None, server=None) -> dict:
                     break
         engine = _engine(args, server)
     finally:
-        for w in workers:
-            w.env.tps.close()
+        if pool is not None:
+            pool.close(_close)
         if started is not None:
             started.close()
     record = {"algorithm": "QMIX (SPEC §3.4–§3.6)", "weights": Path(args.out).name,

@@ -11,17 +11,22 @@ Reproducibility is the trainer's rule, kept here: a worker process first runs ``
 thread and determinism settings), a call gets all of its randomness in its arguments (seeds, a
 ``numpy.random.Generator``, which it returns when it advanced it), and results are consumed in call
 order, never completion order. Then the same seed gives bit-identical weights with and without Ray
-(tested for ACER). PPO rollout workers and QMIX data workers use the same two calls: build the pool
-from their environment factories, and ship each rollout as ``(k, fn, args)``.
+(tested for ACER and QMIX; PPO: the same rollout batch). PPO rollout workers and QMIX data workers use the
+same two calls: build the pool from their environment factories, and ship each rollout as ``(k, fn, args)``.
+``ThreadWorkers`` runs the calls at once in threads of this process (QMIX's data workers, which wait on
+the PHOENIX server).
 """
 
 from __future__ import annotations
 
 import copy
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, Sequence
 
+from rtautoplan.errors import InputError
+
 Call = tuple[int, Callable[..., Any], tuple]
-BACKENDS = ("local", "ray")
+BACKENDS = ("local", "threads", "ray")
 
 
 class LocalWorkers:
@@ -35,27 +40,47 @@ class LocalWorkers:
     def run(self, calls: Sequence[Call]) -> list:
         return [fn(self.envs[k], *args) for k, fn, args in calls]
 
-    def close(self) -> None:
-        pass
+    def close(self, teardown: Callable[[Any], None] | None = None) -> None:
+        """``teardown(env)`` on every environment (e.g. closing its TPS session), if given."""
+        if teardown is not None:
+            for env in self.envs:
+                teardown(env)
+
+
+class ThreadWorkers(LocalWorkers):
+    """The environments in this process; ``run`` calls them at once in threads, results in call order. For
+    environments that wait on a server (QMIX's data workers, each an HTTP client of the PHOENIX server)."""
+
+    def run(self, calls: Sequence[Call]) -> list:
+        with ThreadPoolExecutor(max(len(calls), 1)) as pool:
+            return list(pool.map(lambda call: call[1](self.envs[call[0]], *call[2]), calls))
 
 
 class _Worker:
-    """The Ray actor: one environment, built in the actor's process after ``setup``."""
+    """The Ray actor: one environment, built in the actor's process after ``setup``. An error building it is kept
+    and raised by every call (a task error carries the exception itself; a failed actor only its text)."""
 
     def __init__(self, factory, setup):
-        if setup is not None:
-            setup()
-        self.env = factory()
+        self.error = None
+        try:
+            if setup is not None:
+                setup()
+            self.env = factory()
+        except Exception as error:
+            self.error = error
 
     def call(self, fn, args):
+        if self.error is not None:
+            raise self.error
         return fn(self.env, *args)
 
 
 class RayWorkers:
-    """One Ray actor per environment (1 CPU each); ``run`` dispatches every call, then gathers in order."""
+    """One Ray actor per environment (``num_cpus`` each, default 1); ``run`` dispatches every call, then gathers
+    in order. Actors needing more CPUs than the whole cluster has are refused (they would never start)."""
 
     def __init__(self, factories: Sequence[Callable[[], Any]], setup: Callable[[], None] | None = None,
-                 address: str | None = None):
+                 address: str | None = None, num_cpus: float = 1.0):
         try:
             import ray
         except ImportError:
@@ -63,15 +88,34 @@ class RayWorkers:
         self.ray, self.started = ray, not ray.is_initialized()
         if self.started:
             ray.init(address=address or None, logging_level="warning", log_to_driver=False)
-        actor = ray.remote(num_cpus=1)(_Worker)
+        have = ray.cluster_resources().get("CPU", 0.0)
+        if num_cpus * len(factories) > have:
+            self.close()
+            raise InputError(f"{len(factories)} Ray actors of {num_cpus:g} CPU", f"need {num_cpus * len(factories):g} "
+                             f"CPUs; the Ray cluster has {have:g}, so some would never start",
+                             "Use fewer workers, fewer CPUs per actor, or a larger cluster")
+        actor = ray.remote(num_cpus=num_cpus)(_Worker)
         self.actors = [actor.remote(make, setup) for make in factories]
 
     def run(self, calls: Sequence[Call]) -> list:
-        """The results, copied out of Ray's object store (writable arrays that do not pin it while kept)."""
-        return copy.deepcopy(self.ray.get([self.actors[k].call.remote(fn, args) for k, fn, args in calls]))
+        """The results, copied out of Ray's object store (writable arrays that do not pin it while kept). A call
+        that raised raises the same exception here, as without Ray (e.g. an InputError the CLI reports)."""
+        try:
+            return copy.deepcopy(self.ray.get([self.actors[k].call.remote(fn, args) for k, fn, args in calls]))
+        except self.ray.exceptions.RayTaskError as error:
+            raise error.cause from error
 
-    def close(self) -> None:
-        for actor in self.actors:
+    def close(self, teardown: Callable[[Any], None] | None = None) -> None:
+        """``teardown(env)`` in every actor (if given; an actor already dead has nothing left to tear down), then
+        the actors end, and the local cluster if this pool started it."""
+        if teardown is not None and getattr(self, "actors", None):
+            refs = [actor.call.remote(teardown, ()) for actor in self.actors]
+            for ref in refs:
+                try:
+                    self.ray.get(ref)
+                except (self.ray.exceptions.RayActorError, self.ray.exceptions.RayTaskError):
+                    pass  # the actor died, or never built its environment: nothing to tear down
+        for actor in getattr(self, "actors", []):
             self.ray.kill(actor)
         self.actors = []
         if self.started:
@@ -104,10 +148,13 @@ def env_spaces(env) -> tuple[int, int]:
 
 
 def env_workers(backend: str, factories: Sequence[Callable[[], Any]], setup: Callable[[], None] | None = None,
-                address: str | None = None):
-    """LocalWorkers or RayWorkers (``backend`` "local" or "ray"; ``address``: a Ray cluster, None: a local one)."""
+                address: str | None = None, num_cpus: float = 1.0):
+    """LocalWorkers, ThreadWorkers or RayWorkers (``backend`` "local", "threads" or "ray"; ``address``: a Ray
+    cluster, None: a local one; ``num_cpus``: per Ray actor)."""
     if backend == "local":
         return LocalWorkers(factories, setup)
+    if backend == "threads":
+        return ThreadWorkers(factories, setup)
     if backend == "ray":
-        return RayWorkers(factories, setup, address)
+        return RayWorkers(factories, setup, address, num_cpus)
     raise ValueError(f"actors {backend!r} is not known; use one of: {', '.join(BACKENDS)}")

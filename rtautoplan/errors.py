@@ -15,3 +15,7 @@ class InputError(Exception):
         self.problem = problem
         self.fix = fix
         super().__init__(f"{where}: {problem}. {fix}")
+
+    def __reduce__(self):
+        """Pickled with its three parts (it crosses processes: a Ray task or actor, a worker pool)."""
+        return type(self), (self.where, self.problem, self.fix)

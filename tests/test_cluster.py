@@ -40,13 +40,38 @@ def _require_ray():
     return ray
 
 
+NODE_CACHE_MAX_MB = "64"
+
+
 @pytest.fixture(scope="module")
-def ray_cluster():
-    """A local Ray cluster of 2 CPUs: 2 worker processes, so 2 cases plan at once."""
+def ray_cluster(tmp_path_factory):
+    """A local Ray cluster of 2 CPUs: 2 worker processes, so 2 cases plan at once. Started, like ``ray start`` on a
+    node, with the node's dose-influence cache in its environment (``ray_cluster.node_cache``)."""
     ray = _require_ray()
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="warning", log_to_driver=False)
+    saved = {k: os.environ.get(k) for k in ("RTAUTOPLAN_CACHE", "RTAUTOPLAN_CACHE_MAX_MB")}
+    node_cache = tmp_path_factory.mktemp("node_cache")
+    os.environ.update(RTAUTOPLAN_CACHE=str(node_cache), RTAUTOPLAN_CACHE_MAX_MB=NODE_CACHE_MAX_MB)
+    try:
+        ray.init(num_cpus=2, include_dashboard=False, logging_level="warning", log_to_driver=False)
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+    ray.node_cache = node_cache
     yield ray
     ray.shutdown()
+
+
+def test_a_worker_uses_its_nodes_cache_not_the_drivers(ray_cluster):
+    """The dose-influence cache of a task is the one of its node (the environment of ``ray start``), bounded by
+    that node's cap, whatever the driver's environment says (docs/cluster.md)."""
+    from rtautoplan.physics import cache
+
+    where = ray_cluster.get(ray_cluster.remote(lambda: (cache.cache_dir(), cache.max_bytes())).remote())
+    assert where == (ray_cluster.node_cache, int(NODE_CACHE_MAX_MB) * 2**20)
+    assert cache.cache_dir() != ray_cluster.node_cache  # the driver's is its own
 
 
 @pytest.fixture(scope="module")
@@ -91,6 +116,11 @@ def test_mixed_folder_gives_the_serial_summary(ray_cluster, root, fast, tmp_path
 
     again = replan_folder(root, tmp_path / "ray", tps=fast, max_steps=2, runner=ray_runner(RaySettings()))
     assert {r.case: r.status for r in again}["prostate01"] == "skipped"  # resume: a finished output is kept
+    # --force reaches the Ray runner: the finished case is sent again (here refused at once by a 1 PB memory ask,
+    # so nothing is planned), and the refusal leaves the finished output as it was
+    forced = replan_folder(root, tmp_path / "ray", tps=fast, max_steps=2, force=True,
+                           runner=ray_runner(RaySettings(memory_mb=10 ** 9)))
+    assert {r.case: r.status for r in forced}["prostate01"] == "error" and is_finished(tmp_path / "ray" / "prostate01")
 
 
 def test_a_case_larger_than_any_node_is_an_error_row_not_a_hang(ray_cluster, root, fast, tmp_path):
@@ -98,6 +128,58 @@ def test_a_case_larger_than_any_node_is_an_error_row_not_a_hang(ray_cluster, roo
     rows = {r.case: r for r in replan_folder(root / "prostate01", tmp_path, tps=fast, max_steps=2,
                                              runner=ray_runner(settings))}
     assert rows["prostate01"].status == "error" and "--ray-memory-mb" in rows["prostate01"].message
+
+
+def test_a_node_that_cannot_see_the_case_gives_an_error_row_naming_it(tmp_path):
+    """The task's body on a node without the shared storage (the case folder absent there): an error row naming
+    the node and the fix, never a plan of something else."""
+    import socket
+
+    from rtautoplan.batch import Job
+    from rtautoplan.cluster import plan_on_worker
+    from rtautoplan.folder import PlanOptions
+
+    row = plan_on_worker(Job(tmp_path / "nfs" / "case1", tmp_path / "case1", "case1"), PlanOptions(), 1)
+    assert row.status == "error" and f"not visible on node {socket.gethostname()}" in row.message
+    assert "same path" in row.message and not (tmp_path / "case1").exists()
+
+
+def test_ray_actors_the_cluster_cannot_hold_are_refused(ray_cluster):
+    """3 actors of 1 CPU on a 2-CPU cluster would leave one pending forever (a trainer waiting on it): refused."""
+    from rtautoplan.policies.workers import RayWorkers, given
+
+    from rtautoplan.errors import InputError
+
+    with pytest.raises(InputError, match="need 3 CPUs; the Ray cluster has 2"):
+        RayWorkers([functools.partial(given, None)] * 3)
+    pool = RayWorkers([functools.partial(given, 5)] * 3, num_cpus=0.5)  # fractional CPUs: 3 fit
+    try:
+        assert pool.run([(k, pow, (2,)) for k in range(3)]) == [25] * 3
+    finally:
+        pool.close()
+
+
+def test_an_error_in_a_ray_actor_is_the_same_exception_in_the_trainer(ray_cluster):
+    """A call that raises in an actor raises the same exception in the driver (not Ray's wrapper with a remote
+    traceback), and so does every call to an actor whose environment could not be built: a QMIX data worker
+    whose PHOENIX server is unreachable is an InputError naming its node and the fix (the CLI: one line, exit 2)."""
+    import socket
+
+    from rtautoplan.errors import InputError
+    from rtautoplan.policies import qmix
+    from rtautoplan.policies.workers import RayWorkers, given
+
+    pool = RayWorkers([functools.partial(given, 5),
+                       functools.partial(qmix.remote_worker, "http://127.0.0.1:1", 1, qmix.Args())], num_cpus=0.5)
+    try:
+        with pytest.raises(TypeError):
+            pool.run([(0, pow, ("a",))])
+        with pytest.raises(InputError, match=f"QMIX data worker 1 on node {socket.gethostname()}: .*not reachable") \
+                as caught:
+            pool.run([(1, qmix.DataWorker.play, (None, 0, qmix.Args()))])
+        assert "phoenix-server --host ADDRESS" in caught.value.fix
+    finally:
+        pool.close(repr)  # the teardown runs where an environment exists, and skips the actor without one
 
 
 def test_memory_estimate_grows_with_the_ct_grid():
@@ -203,3 +285,33 @@ def test_cli_batch_with_ray_reports_rows_and_exit_code(ray_cluster, root, tmp_pa
 
     assert main(["batch", str(root / "ct_only"), "-o", str(tmp_path), "--ray", "--ray-retries", "0"]) == 2
     assert [(r["case"], r["status"]) for r in _table(tmp_path)] == [(".", "error")]
+
+
+@pytest.mark.slow
+def test_qmix_data_workers_on_ray_give_the_same_weights_bit_for_bit(ray_cluster, make_small_case, tmp_path):
+    """QMIX with 2 data workers against one PHOENIX server process: as threads of the trainer or as Ray actors
+    (each its own HTTP client of the server's URL), the same seed collects the same episodes (the rounds' returns
+    and scores) and gives the same weights, bit for bit, through 4 gradient steps."""
+    import torch
+
+    from rtautoplan.adapters.phoenix_api.client import LocalServerProcess
+    from rtautoplan.policies import qmix
+
+    case = make_small_case()
+    with LocalServerProcess(workers=2) as server:
+        def train(workers: str) -> dict:
+            args = qmix.Args(seed=3, episodes=4, data_workers=2, t_steps=2, batch=2, updates=2, target_every=1,
+                             hidden=16, mix_embed=8, max_iterations=15, url=server.url, workers=workers,
+                             out=str(tmp_path / f"{workers}.pt"), progress=False)
+            record = qmix.train(args, case=case)
+            assert server.server.status()["sessions"] == 0  # every worker closed its session, in an actor too
+            return record
+
+        threads, on_ray = train("threads"), train("ray")
+    assert on_ray["updates"] == threads["updates"] == 4 and on_ray["args"]["workers"] == "ray"
+    keys = ("episodes", "epsilon", "mean_return", "mean_relative_best", "mean_relative_first", "loss")
+    assert [[r[k] for k in keys] for r in on_ray["rounds"]] == [[r[k] for k in keys] for r in threads["rounds"]]
+    a, b = (torch.load(tmp_path / f"{w}.pt", weights_only=True) for w in ("threads", "ray"))
+    for part in ("agent", "mixer"):
+        for key in a[part]:
+            assert torch.equal(a[part][key], b[part][key]), (part, key)

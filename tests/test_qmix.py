@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from rtautoplan.adapters.phoenix_api import PhoenixServer
+from rtautoplan.errors import InputError
 from rtautoplan.policies import env_carbon as C, qmix as Q
 
 
@@ -84,3 +85,30 @@ def test_planning_setup_matches_training():
     assert setup.env == "carbon_hn" and setup.max_steps == Q.Args().t_steps
     assert setup.adapter_options["max_iterations"] == Q.Args().max_iterations
     assert "qmix" in POLICIES and TRAINERS["qmix"] == "rtautoplan.policies.qmix"
+
+
+def test_ray_data_workers_need_a_server_the_actors_reach(tmp_path):
+    """The Ray actors are HTTP clients: an in-process server, or a loopback server with a remote cluster's address,
+    is refused with the fix before Ray is started."""
+    with PhoenixServer(workers=1) as server:
+        with pytest.raises(InputError, match="over HTTP.*Give --url"):
+            Q.data_workers(Q.Args(workers="ray"), server)
+    loopback = type("Server", (), {"url": "http://127.0.0.1:8642"})()
+    with pytest.raises(InputError, match="phoenix-server --host ADDRESS"):
+        Q.data_workers(Q.Args(workers="ray", ray_address="ray://head:10001"), loopback)
+    with pytest.raises(InputError, match="Use --workers threads or --workers ray"):
+        Q.data_workers(Q.Args(workers="processes"), loopback)
+
+
+def test_thread_data_workers_never_import_ray():
+    import subprocess
+    import sys
+
+    code = ("import sys\nfrom rtautoplan.adapters.phoenix_api import PhoenixServer\n"
+            "from rtautoplan.policies import qmix as Q\nfrom rtautoplan.training import parse\n"
+            "args = parse(Q.Args, ['--data-workers', '2'], 'q')\nassert args.workers == 'threads'\n"
+            "with PhoenixServer(workers=1) as server:\n    pool = Q.data_workers(args, server)\n"
+            "    assert len(pool.envs) == 2\n    pool.close(Q._close)\n"
+            "assert 'ray' not in sys.modules, 'ray was imported'")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
