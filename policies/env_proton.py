@@ -13,7 +13,8 @@ parameters, from ``reset(seed)``).
   first, ties in row order), (a_w, a_D) each: w ← w·(1 + a_w), a_w ∈ [0, 0.5];
   D ← D·(1 + a_D), a_D ∈ [−0.5, 0] (§2.8; actions outside are clipped, §2.8 preferred);
 * reward Δscore_plan of the ``dose_distribution`` score (§2.12 eq. 10); terminated only if the
-  score reaches its maximum 0; truncated after ``MAX_STEPS`` = 4 adjustments (§2.11 T = 4).
+  score reaches its maximum 0; truncated after ``MAX_STEPS`` = 4 adjustments (§2.11 T = 4). With
+  ``coverage_lambda`` λ > 0 (our deviation, docs/decisions.md): Δscore_plan − λ·Δ``coverage_deficit``.
 """
 
 from __future__ import annotations
@@ -25,8 +26,10 @@ import gymnasium as gym
 import numpy as np
 
 from rtautoplan.case import Case, Role, Structure
+from rtautoplan.dvh import d_percent
 from rtautoplan.plan import Objective
 from rtautoplan.policies.env_base import PlanningEnv, Reward, Scorer, dvh_rows
+from rtautoplan.scoring.base import evaluation_mask
 from rtautoplan.structures.objectives import (estimate_dose, goal_objectives, hotspot_objectives, hotspot_regions,
                                               objectives_for)
 from rtautoplan.structures.rules import apply_rules, priority
@@ -46,6 +49,7 @@ PPO_ENGINE = {"dose_grid_factor": (2, 4, 4), "spot_spacing_mm": 12.0, "max_iter"
               "objective_points": "ct"}
 W_MAX = 100.0  # safety bound on an OAR weight (ours, SPEC §5.2): 1.5⁸ ≈ 26 after 8 maximal steps
 DOSE_UNIT_GY = 100.0  # the reference-dose column is R / 100 Gy
+COVERAGE_D99 = 0.99  # CTV D99 / Rx below which ``coverage_deficit`` counts (issue 17's coverage target)
 # Type and importance columns ([NOT SPECIFIED] §2.10): type code / 4, SPEC §2.4 level / 3; 0 = padding.
 TYPE_CODE: dict[Role, int] = {Role.CTV: 1, Role.PTV: 2, Role.RING: 3, Role.OAR: 4}
 ENCODING = ("DVH: volume fraction at d_i = i·1.2R/(N−1)", "type: code/4 (CTV 1, PTV 2, Ring 3, OAR 4)",
@@ -70,6 +74,16 @@ def reference_dose(s: Structure, case: Case) -> float:
     """The dose (Gy) a row's DVH axis is scaled to: a target's or Ring's own Rx; Rx_max for OARs
     (so the axis covers the boost dose an OAR next to it receives)."""
     return float(s.rx_gy) if s.rx_gy is not None else case.prescription.rx_max
+
+
+def coverage_deficit(gy: np.ndarray, case: Case, floor: float = COVERAGE_D99) -> float:
+    """Σ over the case's CTVs of max(0, floor − D99 / Rx): 0 when every CTV has D99 ≥ floor·Rx."""
+    deficit = 0.0
+    for s in case.by_role(Role.CTV):
+        mask = evaluation_mask(s)
+        if mask.any() and s.rx_gy:
+            deficit += max(0.0, floor - d_percent(gy, mask, 99.0) / float(s.rx_gy))
+    return deficit
 
 
 def select(scores: Mapping[str, float], adjustable: Sequence[str], k: int = K_SELECTED) -> tuple[str, ...]:
@@ -104,17 +118,20 @@ class ProtonHNEnv(PlanningEnv, gym.Env):
     override ``dose_distribution`` (e.g. ``{"ring_rx": "rx_min"}``). cold_start: see ``env_base``.
     site: the margin set (``structures.rules.SITES``) and protocol (``rtautoplan.protocols``); the case's
     goals (``protocols.goals_for``) join rule 10's fixed objectives (``structures.objectives.goal_objectives``).
+    coverage_lambda: λ of the coverage-aware reward (module docstring; 0 = eq. 10's Δscore_plan).
     """
 
     system = "dose_distribution"
     site = "hn"
-    STATE = ("params", "selected", "structure_scores")
+    STATE = ("params", "selected", "structure_scores", "coverage_deficit")
 
     def __init__(self, tps, case_seeds: Sequence[int] = (0,), case: Case | None = None, max_steps: int = MAX_STEPS,
                  k_selected: int = K_SELECTED, scorer: Scorer | None = None, reward: Reward | None = None,
                  score_options: Mapping | None = None, cold_start: bool = True, site: str = "hn",
-                 population: str = "v1"):
-        self.k, self.site = int(k_selected), site
+                 population: str = "v1", coverage_lambda: float = 0.0):
+        if not (np.isfinite(coverage_lambda) and coverage_lambda >= 0.0):
+            raise ValueError(f"coverage_lambda must be a finite number ≥ 0, got {coverage_lambda!r}")
+        self.k, self.site, self.coverage_lambda = int(k_selected), site, float(coverage_lambda)
         self._setup(tps, case_seeds, case, max_steps, "rule11", scorer, reward, score_options, cold_start, population)
         low = np.concatenate([[0.0] * (DVH_POINTS + 2), [-np.inf], [0.0]]).astype(np.float32)
         high = np.concatenate([[1.0] * (DVH_POINTS + 2), [0.0], [np.inf]]).astype(np.float32)
@@ -127,6 +144,7 @@ class ProtonHNEnv(PlanningEnv, gym.Env):
         self.params: dict[str, tuple[float, float]] = {}
         self.selected: tuple[str, ...] = ()
         self.structure_scores: dict[str, float] = {}
+        self.coverage_deficit = 0.0  # ``coverage_deficit`` of the plan the environment holds
 
     def _prepare_case(self, case: Case) -> Case:
         from rtautoplan.plan import Modality
@@ -164,6 +182,7 @@ class ProtonHNEnv(PlanningEnv, gym.Env):
         self.structure_scores = structure_scores(gy, case, **{k: v for k, v in self._planner.score_options.items()
                                                               if k == "ring_rx"})
         self.selected = select(self.structure_scores, list(self.params), self.k)
+        self.coverage_deficit = coverage_deficit(gy, case)
         rows = rows_of(case)
         refs = [reference_dose(s, case) for s in rows]
         obs = np.zeros((M_MAX, DVH_POINTS + 4), np.float32)
@@ -186,6 +205,13 @@ class ProtonHNEnv(PlanningEnv, gym.Env):
         moves = [f"{name} w×{1 + np.clip(a_w, *WEIGHT_RANGE):.2f} D×{1 + np.clip(a_d, *LIMIT_RANGE):.2f}"
                  for name, (a_w, a_d) in zip(self.selected, pairs) if abs(a_w) > 1e-6 or abs(a_d) > 1e-6]
         return "; ".join(moves[:4]) + (f"; … {len(moves) - 4} more" if len(moves) > 4 else "") if moves else "no change"
+
+    def step(self, action):
+        before = self.coverage_deficit
+        observation, reward, terminated, truncated, info = super().step(action)
+        if self.coverage_lambda:
+            reward -= self.coverage_lambda * (self.coverage_deficit - before)
+        return observation, reward, terminated, truncated, info
 
     def _terminal(self, score) -> bool:
         return float(score.total) >= float(score.maximum)

@@ -87,6 +87,8 @@ class Args:
     progress: bool = True  # rich progress bar (episode return, validation gain); False: one line per validation
     engine_threads: int = 1  # $RTAUTOPLAN_THREADS of the TPS (same value, same weights)
     wall_budget_s: float | None = None  # stop after this wall time (s) whatever total_steps (record says steps)
+    coverage_lambda: float = 0.0  # λ of the coverage-aware reward (env_proton; 0 = eq. 10, the committed run)
+    init_weights: str | None = None  # start from these weights (.pt of the same shape) instead of a fresh net
 
 
 def engine_options(args: Args) -> dict:
@@ -95,12 +97,14 @@ def engine_options(args: Args) -> dict:
             "objective_points": ENGINE["objective_points"]}
 
 
-def make_env(seeds: Sequence[int], engine: dict | None = None, t_epi: int = 4):
-    """A ProtonHNEnv over its own InHouseProton with ``engine`` options (default ``ENGINE``)."""
+def make_env(seeds: Sequence[int], engine: dict | None = None, t_epi: int = 4, coverage_lambda: float = 0.0):
+    """A ProtonHNEnv over its own InHouseProton with ``engine`` options (default ``ENGINE``) and the
+    coverage-aware reward's λ (0: eq. 10)."""
     from rtautoplan.adapters.inhouse_proton import InHouseProton
     from rtautoplan.policies.env_proton import ProtonHNEnv
 
-    return ProtonHNEnv(InHouseProton(**(engine or ENGINE)), case_seeds=tuple(seeds), max_steps=t_epi)
+    return ProtonHNEnv(InHouseProton(**(engine or ENGINE)), case_seeds=tuple(seeds), max_steps=t_epi,
+                       coverage_lambda=coverage_lambda)
 
 
 def selected_rows(obs: torch.Tensor, k: int = K_SELECTED) -> tuple[torch.Tensor, torch.Tensor]:
@@ -241,7 +245,8 @@ class SerialRollouts:
 
     def __init__(self, args: Args):
         self.args = args
-        self.envs = [make_env(args.train_seeds, engine_options(args), args.t_epi) for _ in range(args.n_envs)]
+        self.envs = [make_env(args.train_seeds, engine_options(args), args.t_epi, args.coverage_lambda)
+                     for _ in range(args.n_envs)]
         self.net = _net_for(args)
 
     def play(self, state_dict: dict, jobs: Sequence[Job]) -> list[Trajectory]:
@@ -365,13 +370,18 @@ def update(net: PPONet, opt, trajectories: Sequence[Trajectory], args: Args, gen
 
 
 def validate(env, net: PPONet, seeds: Sequence[int], max_steps: int) -> float:
-    """Mean score gain (best plan of the closed loop − initial plan, eq. 9) of the greedy planner."""
+    """Mean score gain (best plan of the closed loop − initial plan, eq. 9) of the greedy planner; with the
+    env's coverage-aware reward (λ > 0) minus λ·(its ``coverage_deficit`` change), as the reward counts it."""
     from rtautoplan.loop import run_loop
+    from rtautoplan.policies.env_proton import coverage_deficit
 
-    policy, gains = PPOPolicy(net), []
+    policy, gains, lam = PPOPolicy(net), [], float(getattr(env, "coverage_lambda", 0.0))
     for case_seed in seeds:
         loop = run_loop(env, policy, max_steps, seed=10_000 + int(case_seed), options={"case_seed": int(case_seed)})
-        gains.append(float(loop.best_score.total) - float(loop.initial_score.total))
+        gain = float(loop.best_score.total) - float(loop.initial_score.total)
+        if lam:
+            gain -= lam * (coverage_deficit(loop.best_dose.gy, env.case) - coverage_deficit(loop.initial_dose.gy, env.case))
+        gains.append(gain)
     net.train()
     return float(np.mean(gains))
 
@@ -409,9 +419,11 @@ def train(args: Args, validate_fn=validate) -> TrainRecord:
     if args.rollout not in ROLLOUTS:
         raise ValueError(f"rollout backend {args.rollout!r} unknown; available: {sorted(ROLLOUTS)}")
     net = _net_for(args)
+    if args.init_weights is not None:
+        net.load_state_dict(load_net(args.init_weights).state_dict())
     opt = torch.optim.Adam(net.parameters(), lr=args.lr, eps=1e-5)
     rollouts = ROLLOUTS[args.rollout](args)
-    val_env = make_env(args.val_seeds, engine_options(args), args.t_epi) if validate_fn is not None else None
+    val_env = make_env(args.val_seeds, engine_options(args), args.t_epi, args.coverage_lambda) if validate_fn is not None else None
     returns, curve, step_s = [], [], []
     best = (-np.inf, 0, copy.deepcopy(net.state_dict()))
     steps = episodes = 0

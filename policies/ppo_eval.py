@@ -5,7 +5,9 @@ kept) from the same initial plan: the env's reset with the same seed draws the s
 L-BFGS gives the initial-objective plan (the paper's Plan_LBFGS). All planners run on the engine PPO was
 trained on (``env_proton.PPO_ENGINE``), so only the planner differs. Per case and planner: the eq. 9
 score before and after, and for every CTV its D99 (Gy) and V99 (% of the CTV receiving ≥ 99 % of its Rx)
-before and after; the mean OAR Dmean change. ``table`` is the §2.14 summary.
+before and after; the mean OAR Dmean change. ``table`` is the §2.14 summary. ``weights`` plans PPO with
+other weights than the committed default; ``coverage_guard`` runs every planner's loop with the safety
+filter's CTV D99 guard (``rtautoplan.safety``).
 """
 
 from __future__ import annotations
@@ -44,19 +46,22 @@ def oar_dmean_change(before: np.ndarray, after: np.ndarray, case) -> float:
     return float(np.mean(changes)) if changes else 0.0
 
 
-def plan_cases(policy: str, seeds: Sequence[int] = TEST_SEEDS, max_steps: int | None = None, env=None) -> list[dict]:
-    """Rows (one per case × CTV) of ``policy`` planning ``seeds`` on the PPO engine."""
+def plan_cases(policy: str, seeds: Sequence[int] = TEST_SEEDS, max_steps: int | None = None, env=None,
+               weights: Path | None = None, coverage_guard: float | None = None) -> list[dict]:
+    """Rows (one per case × CTV) of ``policy`` planning ``seeds`` on the PPO engine (PPO from ``weights``
+    if given; the loop's CTV D99 guard at ``coverage_guard`` · Rx if given)."""
     from rtautoplan.loop import run_loop
     from rtautoplan.pipeline import make_policy
-    from rtautoplan.policies.ppo import make_env
+    from rtautoplan.policies import ppo
 
-    env = env if env is not None else make_env(seeds)
-    planner = make_policy(policy, env, 0)
+    env = env if env is not None else ppo.make_env(seeds)
+    planner = ppo.load(path=weights) if policy == "ppo" and weights is not None else make_policy(policy, env, 0)
     steps = max_steps or PLANNERS.get(policy, 4)
     rows = []
     for case_seed in seeds:
         start = time.perf_counter()
-        loop = run_loop(env, planner, steps, seed=int(case_seed), options={"case_seed": int(case_seed)})
+        loop = run_loop(env, planner, steps, seed=int(case_seed), options={"case_seed": int(case_seed)},
+                        coverage_guard=coverage_guard)
         elapsed = time.perf_counter() - start
         before, after = loop.initial_dose.gy, loop.best_dose.gy
         cov_before, cov_after = coverage(before, env.case), coverage(after, env.case)
@@ -136,13 +141,14 @@ def head_to_head(rows: Sequence[dict], a: str = "ppo", b: str = "rule-based") ->
 
 
 def evaluate(seeds: Sequence[int] = TEST_SEEDS, planners: Sequence[str] = tuple(PLANNERS),
-             csv_path: Path | None = None, progress=None) -> list[dict]:
+             csv_path: Path | None = None, progress=None, weights: Path | None = None,
+             coverage_guard: float | None = None) -> list[dict]:
     """All ``planners`` on ``seeds`` (one environment shared: the same initial plans); rows, CSV if asked."""
     from rtautoplan.policies.ppo import make_env
 
     env, rows = make_env(seeds), []
     for policy in planners:
-        rows += plan_cases(policy, seeds, env=env)
+        rows += plan_cases(policy, seeds, env=env, weights=weights, coverage_guard=coverage_guard)
         if progress is not None:
             progress(policy)
     if csv_path is not None:

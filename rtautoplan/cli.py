@@ -231,7 +231,9 @@ def _ppo_table(args) -> int:
 
     seeds = range(args.seed, args.seed + args.cases)
     csv_path = Path(args.output) / "ppo_hn_proton.csv"
-    rows = ppo_eval.evaluate(seeds, csv_path=csv_path, progress=lambda p: print(f"planned {args.cases} cases: {p}"))
+    rows = ppo_eval.evaluate(seeds, planners=args.planners or tuple(ppo_eval.PLANNERS), csv_path=csv_path,
+                             progress=lambda p: print(f"planned {args.cases} cases: {p}"), weights=args.weights,
+                             coverage_guard=args.coverage_guard)
     Console(width=200).print(ppo_eval.table(rows) + "\n\n" + ppo_eval.head_to_head(rows))
     print(f"wrote {csv_path}")
     return 0
@@ -464,6 +466,12 @@ def parser() -> argparse.ArgumentParser:
     ev.add_argument("--table1", action="store_true",
                     help="seed 004 Table 1 instead: template, SARSA models 1 and 2, rule-based and random on H&N "
                          "(normalised to PTV D95 = 44 Gy; --site, --policy and --init are not used)")
+    ev.add_argument("--planners", nargs="+", default=None, choices=["ppo", "rule-based", "random"],
+                    help="--policy ppo --site hn --modality proton: the planners of the table (default: all three)")
+    ev.add_argument("--weights", type=Path, default=None, help="--policy ppo: PPO weights (default: the committed ones)")
+    ev.add_argument("--coverage-guard", type=float, default=None, metavar="FRACTION",
+                    help="--policy ppo: every planner's loop rejects a step taking a CTV's D99 below "
+                         "min(FRACTION·Rx, its D99 before) (e.g. 0.99; default: no guard)")
     ev.add_argument("-o", "--output", type=Path, default=Path("out/evaluate"))
     ev.set_defaults(run=_evaluate)
 

@@ -145,7 +145,7 @@ def _attempt(env, action, safety: SafetyFilter, greedy: bool = False, keep_passi
 def run_loop(env, policy: Policy, max_steps: int, seed: int = 0, options: dict | None = None,
              on_step: Callable[[Step], None] | None = None, coverage_floor: float = COVERAGE_FLOOR,
              acceptable: Callable[[Any], bool] | None = None, level1: tuple = (),
-             oversight: Oversight | None = None) -> LoopResult:
+             oversight: Oversight | None = None, coverage_guard: float | None = None) -> LoopResult:
     """Run ``policy`` on ``env`` for at most ``max_steps`` steps (module docstring). The safety
     filter takes the environment's bounds table (``env.bounds``) and ``coverage_floor`` (fraction
     of Rx for CTV D98). When it rejects the policy's first choice, the next-ranked alternatives are
@@ -157,9 +157,11 @@ def run_loop(env, policy: Policy, max_steps: int, seed: int = 0, options: dict |
     while the current plan is the best one that passes, a step that fails the gate is rejected (rolled
     back, logged), as the safety filter rejects a step that drops coverage. ``level1``: the hard
     limits of the level-1 organs (``safety.level1_limits``); ``oversight``: uncertainty and
-    conservative mode (module docstring)."""
+    conservative mode (module docstring); ``coverage_guard``: fraction of Rx below which no step may take a
+    CTV's D99, nor lower it when already below, whatever the score (``SafetyFilter``; None: off)."""
     observation, _ = env.reset(seed=seed, options=options)
-    safety = SafetyFilter(bounds=env.bounds, coverage_floor=coverage_floor, level1=tuple(level1))
+    safety = SafetyFilter(bounds=env.bounds, coverage_floor=coverage_floor, level1=tuple(level1),
+                          coverage_guard=coverage_guard)
     reset_policy(policy)
     oversight = oversight or Oversight()
     oversight.reset()

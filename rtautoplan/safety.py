@@ -9,6 +9,8 @@ A policy proposes; the filter decides. Two checks, each returning a :class:`Verd
 * **after** the TPS ran, :meth:`SafetyFilter.check_plan`: a step may not drop the coverage of any
   target level below the hard floor — D98 of each CTV ≥ ``coverage_floor`` · Rx — unless the plan
   is better overall by the active score. A target already below the floor may not get worse.
+  With a ``coverage_guard`` g (off by default; any planner, ``run_loop(coverage_guard=…)``), whatever
+  the score: no step may lower a CTV's D99 below min(g · Rx, its D99 before the step).
 * **level-1 OAR hard limits** (:meth:`SafetyFilter.check_level1`, after the TPS ran, whatever the
   score): no step may raise an objective on a level-1 organ (spinal cord, brainstem, optic
   structures, or any OAR of SPEC §2.4 level 1) above its hard limit, nor take the organ's dose above
@@ -32,7 +34,7 @@ from typing import Mapping
 import numpy as np
 
 from rtautoplan.case import Case, Goal, Role
-from rtautoplan.dvh import d98
+from rtautoplan.dvh import d_percent
 
 COVERAGE_FLOOR = 0.90  # D98 ≥ 90 % of Rx: below it no clinician accepts an automatic plan [CONVENTION]
 
@@ -55,20 +57,22 @@ class Verdict:
 ACCEPT = Verdict(True)
 
 
-def coverage(case: Case, dose_gy: np.ndarray) -> dict[str, float]:
-    """D98 / Rx of every prescribed CTV (drawn mask), the coverage the floor applies to."""
-    return {s.name: d98(dose_gy, s.mask) / s.rx_gy
+def coverage(case: Case, dose_gy: np.ndarray, percent: float = 98.0) -> dict[str, float]:
+    """D``percent`` / Rx of every prescribed CTV (drawn mask): D98 for the floor, D99 for the guard."""
+    return {s.name: d_percent(dose_gy, s.mask, percent) / s.rx_gy
             for s in case.by_role(Role.CTV) if s.rx_gy and s.mask.any()}
 
 
 @dataclass(frozen=True)
 class SafetyFilter:
     """bounds: parameter name → (lower, upper), inclusive. coverage_floor: fraction of Rx for CTV D98.
-    level1: the hard limits of the level-1 organs (``level1_limits``)."""
+    level1: the hard limits of the level-1 organs (``level1_limits``). coverage_guard: fraction of Rx
+    for CTV D99 that no step may cross downwards, score or not (None: no guard; module docstring)."""
 
     bounds: Mapping[str, tuple[float, float]] = field(default_factory=dict)
     coverage_floor: float = COVERAGE_FLOOR
     level1: tuple[Goal, ...] = ()
+    coverage_guard: float | None = None
 
     def check_parameters(self, parameters: Mapping[str, float], current: Mapping[str, float] | None = None) -> Verdict:
         """Reject parameters outside their bounds (or NaN); parameters without bounds must be finite.
@@ -88,7 +92,16 @@ class SafetyFilter:
 
     def check_plan(self, case: Case, before_gy: np.ndarray, after_gy: np.ndarray, better_overall: bool) -> Verdict:
         """Reject a step that takes a CTV's D98 below the floor (or lowers one already below it),
-        unless ``better_overall`` (the active score improved)."""
+        unless ``better_overall`` (the active score improved); with ``coverage_guard``, one that takes a
+        CTV's D99 below min(guard · Rx, its D99 before), whatever the score."""
+        if self.coverage_guard is not None:
+            before, after = coverage(case, before_gy, 99.0), coverage(case, after_gy, 99.0)
+            for name, now in after.items():
+                was = before.get(name, math.inf)
+                if now < min(self.coverage_guard, was) - 1e-6:
+                    return Verdict(False, f"{name} D99 would fall to {100 * now:.1f} % of Rx (was {100 * was:.1f} %; "
+                                          f"coverage guard: not below {100 * self.coverage_guard:.0f} % nor lower when "
+                                          f"already below)", COVERAGE)
         if better_overall:
             return ACCEPT
         before, after = coverage(case, before_gy), coverage(case, after_gy)

@@ -208,3 +208,60 @@ def test_evaluation_table_counts_coverage_and_improvement():
     assert "| ppo | 2 | -0.850 ± 0.495 | 1/2 |" in text and "| 1/2 | 1/2 | -1.00 |" in text
     assert "| initial L-BFGS | 2 | -1.000 ± 0.000 | – |" in text
     assert ppo_eval.head_to_head(rows).startswith("ppo vs rule-based on 2 cases: eq. 9 score better on 1, worse on 1")
+
+
+def test_coverage_deficit_counts_each_ctv_below_99_percent_of_its_rx():
+    """Σ_CTV max(0, 0.99 − D99/Rx): 0 for the Fig. 6 plan at Rx, the top CTV's shortfall for the cold-tail one."""
+    from rtautoplan.case import Role
+    from rtautoplan.policies.env_proton import coverage_deficit
+    from rtautoplan.policies.ppo_eval import coverage
+
+    case, plan, lost, _ = _fig6_plans()
+    expected = sum(max(0.0, 0.99 - d99 / rx) for rx, d99, _ in coverage(lost, case).values())
+    top = max(case.by_role(Role.CTV), key=lambda s: s.rx_gy).name
+    rx, d99, _ = coverage(lost, case)[top]
+    assert d99 / rx < 0.99 and coverage_deficit(lost, case) == pytest.approx(expected) and expected > 0
+    cold = plan.copy()
+    for s in sorted(case.by_role(Role.CTV), key=lambda s: s.rx_gy):  # nested CTVs: the higher Rx last
+        cold[s.mask] = 0.95 * s.rx_gy
+    assert coverage_deficit(cold, case) == pytest.approx(0.04 * len(case.by_role(Role.CTV)), abs=1e-6)
+    assert coverage_deficit(cold, case, floor=0.9) == 0.0
+
+
+def test_coverage_aware_reward_subtracts_lambda_times_the_deficit_change(env):
+    """Same reset, same action: the λ = 50 reward is eq. 10's minus 50 × the change of the coverage deficit,
+    and the deficit the env holds is the one of its dose."""
+    from rtautoplan.policies.env_proton import coverage_deficit
+
+    covered = ppo.make_env((1000,), coverage_lambda=50.0)
+    action = np.tile([0.5, -0.5], 8)  # every selected OAR: w × 1.5, D × 0.5: pulls dose off the targets' edge
+    rewards, deficits = [], []
+    for e in (env, covered):
+        e.reset(seed=7)
+        before = e.coverage_deficit
+        assert before == pytest.approx(coverage_deficit(e.last_dose.gy, e.case))
+        rewards.append(e.step(action)[1])
+        deficits.append((before, e.coverage_deficit))
+    assert deficits[0] == pytest.approx(deficits[1]) and deficits[1][1] > deficits[1][0]
+    assert rewards[1] == pytest.approx(rewards[0] - 50.0 * (deficits[1][1] - deficits[1][0]), abs=1e-9)
+    with pytest.raises(ValueError, match="coverage_lambda"):
+        ppo.make_env((1000,), coverage_lambda=-1.0)
+
+
+def test_loop_coverage_guard_rolls_back_a_step_that_buys_score_with_ctv_d99(env):
+    """The aggressive move above raises eq. 9 but takes a CTV's D99 under 99 % Rx: the loop keeps it without
+    the guard and rolls it back (rule "coverage floor") with ``coverage_guard=0.99``, for any planner."""
+    from rtautoplan.loop import run_loop
+
+    class Constant:
+        name = "constant"
+
+        def act(self, observation):
+            return np.tile([0.5, -0.5], 8)
+
+    kept = run_loop(env, Constant(), 1, seed=7, options={"case_seed": 1000})
+    assert kept.steps[0].accepted and kept.best_step == 1 and env.coverage_deficit > 0
+    guarded = run_loop(env, Constant(), 1, seed=7, options={"case_seed": 1000}, coverage_guard=0.99)
+    step = guarded.steps[0]
+    assert not step.accepted and step.rule == "coverage floor" and "D99" in step.reason
+    assert guarded.best_step == 0 and env.coverage_deficit == 0.0

@@ -41,3 +41,18 @@ def test_only_changed_parameters_are_judged():
     current = {"D": 84.0, "w": 1.0}  # a rule-11 start above the bound
     assert f.check_parameters({"D": 84.0, "w": 1.5}, current).accepted
     assert not f.check_parameters({"D": 90.0, "w": 1.5}, current).accepted
+
+
+def test_coverage_guard_keeps_ctv_d99_at_min_of_guard_and_its_value_whatever_the_score(small_case):
+    """D99 may not fall below min(99 % Rx, its value before), better score or not; off by default."""
+    ctv = small_case.structure("CTV_6000").mask.to_full()
+    at_rx = np.where(ctv, 60.0, 10.0)
+    guard = SafetyFilter(coverage_guard=0.99)
+    assert coverage(small_case, at_rx * 0.985, 99.0)["CTV_6000"] == 0.985
+    verdict = guard.check_plan(small_case, at_rx, at_rx * 0.985, better_overall=True)
+    assert not verdict.accepted and "CTV_6000 D99" in verdict.reason and verdict.rule == "coverage floor"
+    assert SafetyFilter().check_plan(small_case, at_rx, at_rx * 0.985, better_overall=True).accepted
+    assert guard.check_plan(small_case, at_rx, at_rx * 0.995, better_overall=True).accepted
+    below = at_rx * 0.97  # already under the guard: may rise, may not fall
+    assert guard.check_plan(small_case, below, at_rx * 0.975, better_overall=False).accepted
+    assert not guard.check_plan(small_case, below, at_rx * 0.965, better_overall=True).accepted
