@@ -25,7 +25,7 @@ POLICIES = {
     "acer": _trained("acer"),  # seed 000 prostate (policies/weights/acer_prostate.pt)
     "sarsa": _trained("sarsa"),  # seed 004 H&N IMRT, model 2 (policies/weights/sarsa_model2.npz)
     "qmix": _trained("qmix"),  # seed 003 carbon H&N, 45 agents (policies/weights/qmix_carbon.pt)
-    "ppo": _trained("ppo"),  # seed 002 proton H&N (policies/weights/ppo_proton_hn.pt)
+    "ppo": _trained("ppo"),  # seed 002 proton H&N (policies/weights/ppo_proton_hn_cov.pt)
 }
 
 

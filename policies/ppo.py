@@ -43,7 +43,10 @@ from torch import nn
 
 from rtautoplan.policies.env_proton import DVH_POINTS, K_SELECTED, LIMIT_RANGE, M_MAX, PPO_ENGINE, WEIGHT_RANGE
 
-WEIGHTS = Path(__file__).resolve().parent / "weights" / "ppo_proton_hn.pt"
+FIRST_RUN = Path(__file__).resolve().parent / "weights" / "ppo_proton_hn.pt"  # eq. 10 reward: ``Args()`` reproduces it
+# The planner's weights: FIRST_RUN fine-tuned with the coverage-aware reward (λ = 50, its .json record; the
+# command is in docs/results.md), which keeps CTV D99 where FIRST_RUN let it go.
+WEIGHTS = FIRST_RUN.with_name("ppo_proton_hn_cov.pt")
 ENGINE = PPO_ENGINE  # the cheap proton engine trained on and planned with (module docstring)
 TYPE_COL, SCORE_COL = DVH_POINTS, DVH_POINTS + 2
 OAR_TYPE = 1.0  # env_proton.TYPE_CODE[OAR] / 4
@@ -83,7 +86,7 @@ class Args:
     rollout: str = "serial"  # ROLLOUTS backend: serial (this process), process or ray (``n_workers`` of them)
     n_workers: int = 2  # rollout processes or Ray actors of the "process" / "ray" backends
     ray_address: str | None = None  # with rollout="ray": the cluster (auto, HOST:PORT, ray://…); None: a local one
-    out: str = str(WEIGHTS)  # selected weights; the .json record and _validation.png go beside them
+    out: str = str(FIRST_RUN)  # selected weights; the .json record and _validation.png go beside them
     progress: bool = True  # rich progress bar (episode return, validation gain); False: one line per validation
     engine_threads: int = 1  # $RTAUTOPLAN_THREADS of the TPS (same value, same weights)
     wall_budget_s: float | None = None  # stop after this wall time (s) whatever total_steps (record says steps)
@@ -515,6 +518,6 @@ def load_net(path: str | Path = WEIGHTS) -> PPONet:
 
 
 def load(env=None, seed: int = 0, path: str | Path = WEIGHTS) -> PPOPolicy:
-    """The committed PPO planner (``policies/weights/ppo_proton_hn.pt``); ``env`` and ``seed`` are accepted
+    """The committed PPO planner (``WEIGHTS``, ``policies/weights/ppo_proton_hn_cov.pt``); ``env`` and ``seed`` are accepted
     for the ``POLICIES`` factory signature (the greedy policy needs neither)."""
     return PPOPolicy(load_net(path))

@@ -265,3 +265,15 @@ def test_loop_coverage_guard_rolls_back_a_step_that_buys_score_with_ctv_d99(env)
     step = guarded.steps[0]
     assert not step.accepted and step.rule == "coverage floor" and "D99" in step.reason
     assert guarded.best_step == 0 and env.coverage_deficit == 0.0
+
+
+def test_default_weights_are_the_coverage_run_and_default_args_the_first_run():
+    """The planner loads the coverage-aware fine-tuning (its record: λ = 50 from the first run's weights);
+    ``Args()`` still reproduces the first, eq. 10 run into its own file."""
+    import json
+
+    record = json.loads(ppo.WEIGHTS.with_suffix(".json").read_text())
+    assert record["args"]["coverage_lambda"] == 50.0
+    assert record["args"]["init_weights"] == "policies/weights/ppo_proton_hn.pt"
+    assert ppo.FIRST_RUN.name == "ppo_proton_hn.pt" and ppo.Args().out == str(ppo.FIRST_RUN)
+    assert ppo.Args().coverage_lambda == 0.0 and ppo.Args().init_weights is None
