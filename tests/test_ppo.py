@@ -277,3 +277,14 @@ def test_default_weights_are_the_coverage_run_and_default_args_the_first_run():
     assert record["args"]["init_weights"] == "policies/weights/ppo_proton_hn.pt"
     assert ppo.FIRST_RUN.name == "ppo_proton_hn.pt" and ppo.Args().out == str(ppo.FIRST_RUN)
     assert ppo.Args().coverage_lambda == 0.0 and ppo.Args().init_weights is None
+
+
+def test_evaluate_command_reads_the_table_options():
+    from pathlib import Path
+
+    from rtautoplan.cli import parser
+
+    args = parser().parse_args(["evaluate", "--policy", "ppo", "--site", "hn", "--modality", "proton", "--planners",
+                                "ppo", "rule-based", "--weights", "w.pt", "--coverage-guard", "0.99"])
+    assert args.planners == ["ppo", "rule-based"] and args.weights == Path("w.pt") and args.coverage_guard == 0.99
+    assert parser().parse_args(["evaluate"]).coverage_guard is None
