@@ -391,8 +391,9 @@ def _ope(args) -> int:
 
     if args.bootstrap < 1:
         raise InputError("--bootstrap", f"{args.bootstrap} resamples", "Give 1 or more (1000 is usual)")
-    result = ope.run(args.logs, args.policy, args.bootstrap)
-    truth = ope.measured(args.measured, args.bootstrap) if args.measured else None
+    result = ope.run(args.logs, args.policy, args.bootstrap, horizon=args.horizon, value=args.value)
+    truth = ope.measured(args.measured, args.bootstrap, horizon=args.horizon, value=args.value) \
+        if args.measured else None
     print(f"{args.policy} from {result['episodes']} logged episodes (behaviour mean return "
           f"{result['behaviour mean return']:.4g}, effective sample size {result['effective sample size']:.4g})")
     for name in ope.ESTIMATORS:
@@ -557,6 +558,10 @@ def parser() -> argparse.ArgumentParser:
     op.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the 95 %% CIs")
     op.add_argument("--measured", type=Path, default=None, help="folder of runs of the policy itself: its measured "
                     "value, printed beside the estimates")
+    op.add_argument("--horizon", type=int, default=None, metavar="T", help="only the first T steps of each run "
+                    "(default: all)")
+    op.add_argument("--value", choices=["return", "kept"], default="return", help="return: Σ Δψ (final − initial "
+                    "score); kept: the gain of the best plan so far, the plan the loop keeps")
     op.add_argument("--json", type=Path, default=None, help="also write the results here")
     op.set_defaults(run=_ope)
 
