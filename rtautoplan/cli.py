@@ -600,7 +600,8 @@ def _add_plan_options(p: argparse.ArgumentParser, engine: bool = False) -> None:
     p.add_argument("--unknown-rois", choices=["error", "keep"], default="error",
                    help="a ROI name with no TG-263 match: stop with the fix (default), or keep it unplanned")
     p.add_argument("--conservative", type=int, default=None, metavar="K", help="conservative mode: only actions "
-                   "both the planner and the rule-based planner rank in their top K (discrete-action planners)")
+                   "the planner and its other trained seeds (else the rule-based planner) all rank in their top K; "
+                   "a refused first choice falls back to the next agreed one (discrete-action planners)")
     if engine:
         p.add_argument("--dose-grid-factor", type=int, nargs=3, default=None, metavar=("K", "J", "I"),
                        help="dose grid as a block of CT voxels (e.g. 2 4 4: coarse and fast); not with --dose-grid-mm")

@@ -85,9 +85,10 @@ def read_logs(folder: str | Path, n_actions: int | None = None, horizon: int | N
             raise InputError(str(path), f"is not readable JSON ({type(error).__name__})", "Remove it from the folder")
         if not isinstance(log, dict) or "steps" not in log:
             continue
-        if value == "kept" and not isinstance(log.get("initial score"), (int, float)):
-            raise InputError(str(path), "has no initial score, so the kept plan's gain is unknown",
-                             "Use --value return, or logs written by rtautoplan.ope_study")
+        if value == "kept" and not (isinstance(log.get("initial score"), (int, float))
+                                    and all(isinstance(s.get("score"), (int, float)) for s in log["steps"])):
+            raise InputError(str(path), "has no initial score or a step without its score, so the kept plan's "
+                             "gain is unknown", "Use --value return, or logs written by rtautoplan.ope_study")
         steps = [s for s in log["steps"] if s.get("accepted") and (horizon is None or s.get("step", 0) <= horizon)]
         for s in steps:
             if s.get("mu") is None or s.get("state") is None or not isinstance(s.get("action_id"), int):
@@ -109,7 +110,7 @@ def read_logs(folder: str | Path, n_actions: int | None = None, horizon: int | N
     mu, rewards = np.ones((n, T)), np.zeros((n, T))
     valid, available = np.zeros((n, T), bool), np.ones((n, T, n_actions), bool)
     for i, (log, steps) in enumerate(logs):
-        gains = kept_rewards(float(log.get("initial score", 0.0)), [s["score"] for s in steps])
+        gains = kept_rewards(float(log["initial score"]), [s["score"] for s in steps]) if value == "kept" else None
         for t, s in enumerate(steps):
             states[i, t] = np.asarray(s["state"], float).ravel()
             actions[i, t], mu[i, t], valid[i, t] = s["action_id"], s["mu"], True

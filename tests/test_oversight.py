@@ -234,3 +234,16 @@ def test_hard_constraints_catch_spots_below_the_minimum_mu_and_a_plan_off_its_no
     photon = Plan("small", Modality.PHOTON, (), (), (np.array([0.5]),), dose)
     checks = hard_constraints(small_case, SimpleNamespace(plan=photon, normalisation=off))
     assert [c["rule"] for c in checks] == ["target normalisation"] and not checks[0]["met"]
+
+
+def test_the_study_counts_a_kept_plan_that_takes_a_level1_organ_above_its_limit(small_case):
+    from rtautoplan.oversight_study import kept_plan_level1
+
+    limits = level1_limits(small_case, goals_for(small_case, "generic"))
+    cord = small_case.structure("SpinalCord").mask
+    initial = np.where(cord, 45.0, 0.0)
+    assert kept_plan_level1(small_case, limits, initial, initial * 1.1) == []  # 49.5 Gy ≤ 50 Gy
+    broken = kept_plan_level1(small_case, limits, initial, initial * 1.2)  # 54 Gy
+    assert len(broken) == 1 and broken[0].startswith("SpinalCord D0.03cc 54.00 Gy")
+    above = initial * 1.3  # already above: only a further rise counts
+    assert kept_plan_level1(small_case, limits, above, above) == [] and kept_plan_level1(small_case, limits, above, above * 1.01)
