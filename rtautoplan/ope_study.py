@@ -125,6 +125,31 @@ def report(out: str | Path, horizons: Sequence[int] = (5, 10, 20), n_boot: int =
     return rows
 
 
+def within_share(out: str | Path, value: str, horizon: int, n: int = 300, seed: int = 0) -> dict[str, float]:
+    """How often WIS, DR and the behaviour's own mean return fall within ±10 % of the measured value when
+    the cases are resampled with replacement (behaviour logs and target runs together, by case): how
+    much of a single study's agreement is luck."""
+    from rtautoplan.ope import TARGETS, _subset, estimates, read_logs, within
+
+    out = Path(out)
+    n_actions, target = TARGETS["acer"]
+    ep, runs = read_logs(out, n_actions, horizon, value), read_logs(out / "target", horizon=horizon, value=value)
+    pi = target(ep)
+    logged, measured = np.array(ep.case_seeds), np.array(runs.case_seeds)
+    cases = np.unique(logged)
+    rng = np.random.default_rng(seed)
+    hits = {"WIS": 0, "DR": 0, "behaviour mean": 0}
+    for _ in range(n):
+        pick = rng.choice(cases, cases.size)
+        b = np.concatenate([np.flatnonzero(logged == c) for c in pick])
+        truth = runs.returns[np.concatenate([np.flatnonzero(measured == c) for c in pick])].mean()
+        e = estimates(_subset(ep, b), pi[b], n_actions)
+        hits["WIS"] += within(e["WIS"], truth)
+        hits["DR"] += within(e["DR"], truth)
+        hits["behaviour mean"] += within(float(ep.returns[b].mean()), truth)
+    return {k: round(v / n, 3) for k, v in hits.items()}
+
+
 if __name__ == "__main__":
     import argparse
 
@@ -138,3 +163,6 @@ if __name__ == "__main__":
     a = parser.parse_args()
     study(a.out, OPE_SEEDS[:a.cases], a.draws, a.draws, a.epsilon, a.horizon, a.behaviour)
     (a.out / "report.json").write_text(json.dumps(report(a.out), indent=1))
+    (a.out / "within_share.json").write_text(json.dumps(
+        [{"value": v, "horizon": t, **within_share(a.out, v, t)} for v in ("kept", "return") for t in (5, 10, 20)],
+        indent=1))
