@@ -145,3 +145,16 @@ def test_epsilon_soft_has_full_support_on_the_moving_actions_and_draws_by_mu():
     assert np.allclose(freq, mu, atol=0.03)
     with pytest.raises(ValueError, match="full support"):
         EpsilonSoft(_Peaked(), _Moving(), epsilon=0.0)
+
+
+def test_ope_command_cuts_at_the_horizon_and_refuses_a_kept_value_without_scores(tmp_path, capsys):
+    logs = _acer_shaped_logs(tmp_path / "logs", n=4, steps=3)
+    assert main(["ope", "--logs", str(logs), "--policy", "acer", "--bootstrap", "5", "--horizon", "1",
+                 "--json", str(tmp_path / "ope.json")]) == 0
+    result = json.loads((tmp_path / "ope.json").read_text())
+    first = np.mean([json.loads(p.read_text())["steps"][0]["reward"] for p in sorted(logs.glob("*.json"))])
+    assert result["horizon"] == 1 and result["IS"]["estimate"] == pytest.approx(first, abs=1e-3)  # μ = π
+    assert main(["ope", "--logs", str(logs), "--policy", "acer", "--value", "kept"]) == 2
+    assert main(["ope", "--logs", str(logs), "--policy", "acer", "--horizon", "0"]) == 2
+    err = capsys.readouterr().err
+    assert "gain is unknown" in err and "T ≥ 1" in err
