@@ -36,10 +36,11 @@ def kept_plan_level1(case, limits, initial_gy, best_gy) -> list[str]:
     return broken
 
 
-def _plan_all(out: Path, env, policy, seeds, modes: dict, max_steps: int, site: str) -> None:
-    """Every (case, mode) run not yet logged in ``out``: mode → (Oversight factory, level-1 on)."""
+def _plan_all(out: Path, env, seeds, modes: dict, max_steps: int, site: str) -> None:
+    """Every (case, mode) run not yet logged in ``out``: mode → (policy factory of the case seed, Oversight factory, level-1 on)."""
     from rich.progress import Progress
 
+    from rtautoplan.goals import measure
     from rtautoplan.loop import run_loop
     from rtautoplan.ope_study import episode_log
     from rtautoplan.protocols import goals_for
@@ -51,10 +52,10 @@ def _plan_all(out: Path, env, policy, seeds, modes: dict, max_steps: int, site: 
         for s in seeds:
             case = env.case_for(int(s))
             limits = level1_limits(case, goals_for(case, site))
-            for mode, (watch, guarded) in modes.items():
+            for mode, (policy, watch, guarded) in modes.items():
                 path = out / f"{mode}_{s}.json"
                 if not path.exists():
-                    loop = run_loop(env, policy, max_steps, seed=int(s), oversight=watch(),
+                    loop = run_loop(env, policy(int(s)), max_steps, seed=int(s), oversight=watch(),
                                     level1=limits if guarded else (), options={"case_seed": int(s)} |
                                     ({"init": "random"} if site == "prostate" else {}))
                     log = episode_log(mode, int(s), 0, loop)
@@ -62,6 +63,8 @@ def _plan_all(out: Path, env, policy, seeds, modes: dict, max_steps: int, site: 
                     log["level-1 limits"] = [str(g) for g in limits]
                     log["level-1 broken by the kept plan"] = kept_plan_level1(env.case, limits, loop.initial_dose.gy,
                                                                              loop.best_dose.gy)
+                    log["level-1 kept plan / limit"] = {str(g): round(measure(g, loop.best_dose.gy, env.case).value
+                                                                      / g.upper, 4) for g in limits}
                     path.write_text(json.dumps(log))
                 bar.advance(task)
 
@@ -74,11 +77,13 @@ def run(out: str | Path, seeds: Sequence[int] = SEEDS, ks: Sequence[int] = (1, 2
     from rtautoplan.policies.rule_based import RuleBased
 
     env = make_env(seeds, dose_grid_factor, init="random", t_epi=max_steps)
-    policy, members = acer.load(env), acer.ensemble(env)
-    modes = {"acer": (lambda: Oversight(ensemble=members), True),
-             **{f"conservative{k}": ((lambda k=k: Oversight(ensemble=members, conservative_k=k)), True) for k in ks},
-             "rule-based reviewer3": (lambda: Oversight(reference=RuleBased(env), conservative_k=3), True)}
-    _plan_all(Path(out), env, policy, seeds, modes, max_steps, "prostate")
+    planner, members = acer.load(env), acer.ensemble(env)
+    policy = lambda seed: planner  # noqa: E731 (deterministic: one object for every case)
+    modes = {"acer": (policy, lambda: Oversight(ensemble=members), True),
+             **{f"conservative{k}": (policy, (lambda k=k: Oversight(ensemble=members, conservative_k=k)), True)
+                for k in ks},
+             "rule-based reviewer3": (policy, lambda: Oversight(reference=RuleBased(env), conservative_k=3), True)}
+    _plan_all(Path(out), env, seeds, modes, max_steps, "prostate")
 
 
 def run_hn(out: str | Path, seeds: Sequence[int] = SEEDS[:10], k: int = 3, max_steps: int = 35) -> None:
@@ -89,9 +94,27 @@ def run_hn(out: str | Path, seeds: Sequence[int] = SEEDS[:10], k: int = 3, max_s
     from rtautoplan.policies.rule_based import RuleBased
 
     env = sarsa.make_env(2, seeds, max_steps=max_steps)
-    modes = {"sarsa": (Oversight, True), "sarsa without level-1 limits": (Oversight, False),
-             f"sarsa conservative{k}": ((lambda: Oversight(reference=RuleBased(env), conservative_k=k)), True)}
-    _plan_all(Path(out), env, sarsa.load(env, model=2), seeds, modes, max_steps, "hn")
+    planner = sarsa.load(env, model=2)
+    policy = lambda seed: planner  # noqa: E731 (deterministic: one object for every case)
+    modes = {"sarsa": (policy, Oversight, True), "sarsa without level-1 limits": (policy, Oversight, False),
+             f"sarsa conservative{k}": (policy, (lambda: Oversight(reference=RuleBased(env), conservative_k=k)), True)}
+    _plan_all(Path(out), env, seeds, modes, max_steps, "hn")
+
+
+def run_proton_hn(out: str | Path, seeds: Sequence[int] = SEEDS, max_steps: int = 4) -> None:
+    """The PPO planner and a random one on held-out proton H&N phantoms (their actions relax any OAR's
+    objectives, the spinal cord's and brainstem's included), with and without the level-1 limits:
+    what the level-1 rule catches. Continuous actions: no conservative mode."""
+    from rtautoplan.oversight import Oversight
+    from rtautoplan.pipeline import make_policy
+    from rtautoplan.policies.ppo import make_env
+
+    env = make_env(seeds, t_epi=max_steps)
+    modes = {}
+    for name in ("ppo", "random"):
+        policy = lambda seed, name=name: make_policy(name, env, seed)  # noqa: E731 (paired draws per case)
+        modes |= {name: (policy, Oversight, True), f"{name} without level-1 limits": (policy, Oversight, False)}
+    _plan_all(Path(out), env, seeds, modes, max_steps, "hn")
 
 
 def summary(out: str | Path) -> dict:
@@ -115,7 +138,10 @@ def summary(out: str | Path) -> dict:
                         "level-1 rejections": sum(s["rule"] == LEVEL1 for s in steps),
                         "level-1 limits per case": float(np.mean([len(r.get("level-1 limits", ())) for r in runs])),
                         "kept plans breaking a level-1 limit": sum(bool(r.get("level-1 broken by the kept plan"))
-                                                                   for r in runs)}
+                                                                   for r in runs),
+                        "closest kept plan / level-1 limit": max((v for r in runs for v in
+                                                                  r.get("level-1 kept plan / limit", {}).values()),
+                                                                 default=None)}
     undone, margins, flags = [], [], []
     for r in logs.get("acer", []):
         previous = r["initial score"]
@@ -144,6 +170,8 @@ if __name__ == "__main__":
     n = int(sys.argv[3]) if len(sys.argv) > 3 else len(SEEDS)
     if len(sys.argv) > 2 and sys.argv[2] == "hn":
         run_hn(folder, tuple(range(1000, 1000 + n)))
+    elif len(sys.argv) > 2 and sys.argv[2] == "proton-hn":
+        run_proton_hn(folder, tuple(range(1000, 1000 + n)))
     else:
         run(folder, tuple(range(1000, 1000 + n)))
     print(json.dumps(summary(folder), indent=1))
