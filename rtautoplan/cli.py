@@ -393,8 +393,9 @@ def _ope(args) -> int:
 
     if args.bootstrap < 1:
         raise InputError("--bootstrap", f"{args.bootstrap} resamples", "Give 1 or more (1000 is usual)")
-    result = ope.run(args.logs, args.policy, args.bootstrap)
-    truth = ope.measured(args.measured, args.bootstrap) if args.measured else None
+    result = ope.run(args.logs, args.policy, args.bootstrap, horizon=args.horizon, value=args.value)
+    truth = ope.measured(args.measured, args.bootstrap, horizon=args.horizon, value=args.value) \
+        if args.measured else None
     print(f"{args.policy} from {result['episodes']} logged episodes (behaviour mean return "
           f"{result['behaviour mean return']:.4g}, effective sample size {result['effective sample size']:.4g})")
     for name in ope.ESTIMATORS:
@@ -565,6 +566,10 @@ def parser() -> argparse.ArgumentParser:
     op.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the 95 %% CIs")
     op.add_argument("--measured", type=Path, default=None, help="folder of runs of the policy itself: its measured "
                     "value, printed beside the estimates")
+    op.add_argument("--horizon", type=int, default=None, metavar="T", help="only the first T steps of each run "
+                    "(default: all)")
+    op.add_argument("--value", choices=["return", "kept"], default="return", help="return: Σ Δψ (final − initial "
+                    "score); kept: the gain of the best plan so far, the plan the loop keeps")
     op.add_argument("--json", type=Path, default=None, help="also write the results here")
     op.set_defaults(run=_ope)
 
@@ -603,7 +608,8 @@ def _add_plan_options(p: argparse.ArgumentParser, engine: bool = False) -> None:
     p.add_argument("--unknown-rois", choices=["error", "keep"], default="error",
                    help="a ROI name with no TG-263 match: stop with the fix (default), or keep it unplanned")
     p.add_argument("--conservative", type=int, default=None, metavar="K", help="conservative mode: only actions "
-                   "both the planner and the rule-based planner rank in their top K (discrete-action planners)")
+                   "the planner and its other trained seeds (else the rule-based planner) all rank in their top K; "
+                   "a refused first choice falls back to the next agreed one (discrete-action planners)")
     if engine:
         p.add_argument("--dose-grid-factor", type=int, nargs=3, default=None, metavar=("K", "J", "I"),
                        help="dose grid as a block of CT voxels (e.g. 2 4 4: coarse and fast); not with --dose-grid-mm")

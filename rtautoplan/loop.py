@@ -18,8 +18,8 @@ Each step:
    worse than where the loop started.
 
 With an ``Oversight`` (``rtautoplan.oversight``) each step also carries its uncertainty (an
-ensemble's disagreement among it) and, in conservative mode, only actions the rule-based planner
-ranks in its top K too are tried. Every Step records what the audit and off-policy evaluation need:
+ensemble's disagreement among it) and, in conservative mode, only actions its reviewers (the other
+trained seeds, else the rule-based planner) rank in their top K too are tried. Every Step records what the audit and off-policy evaluation need:
 the observation, the action as taken, μ(a|s), the optimiser's convergence report and the rule of a
 rejection (``Step``).
 

@@ -54,10 +54,26 @@ class Episodes:
         return (self.rewards * self.valid).sum(axis=1)
 
 
-def read_logs(folder: str | Path, n_actions: int | None = None) -> Episodes:
+VALUES = ("return", "kept")  # r_t = Δψ (Σ r = ψ_T − ψ_0); r_t = the rise of the best ψ so far (the kept plan's gain)
+
+
+def kept_rewards(initial: float, scores: Sequence[float]) -> np.ndarray:
+    """r_t = max(ψ_0..ψ_t) − max(ψ_0..ψ_{t−1}): Σ_t r_t is how much the plan the loop keeps (the best
+    one, ``loop.run_loop``) gains over the initial plan in the horizon."""
+    best = np.maximum.accumulate(np.concatenate([[initial], np.asarray(scores, float)]))
+    return np.diff(best)
+
+
+def read_logs(folder: str | Path, n_actions: int | None = None, horizon: int | None = None,
+              value: str = "return") -> Episodes:
     """Every episode log (``*.json`` with steps holding ``state``, ``action_id`` and ``mu``) in ``folder``
     (not its subfolders); only accepted steps are transitions; ``n_actions`` (None: the largest action
-    logged + 1). InputError naming a log that cannot be used."""
+    logged + 1); ``horizon``: only the loop's first T steps (None: all); ``value``: the reward of
+    ``VALUES``. InputError naming a log that cannot be used."""
+    if value not in VALUES:
+        raise InputError(f"--value {value}", "is not a value definition here", f"Use one of {', '.join(VALUES)}")
+    if horizon is not None and horizon < 1:
+        raise InputError(f"--horizon {horizon}", "leaves no step", "Give T ≥ 1 (or leave it out: every step)")
     folder = Path(folder)
     if not folder.is_dir():
         raise InputError(str(folder), "is not a folder", "Give the folder of logged plan_log.json / episode logs")
@@ -69,7 +85,11 @@ def read_logs(folder: str | Path, n_actions: int | None = None) -> Episodes:
             raise InputError(str(path), f"is not readable JSON ({type(error).__name__})", "Remove it from the folder")
         if not isinstance(log, dict) or "steps" not in log:
             continue
-        steps = [s for s in log["steps"] if s.get("accepted")]
+        if value == "kept" and not (isinstance(log.get("initial score"), (int, float))
+                                    and all(isinstance(s.get("score"), (int, float)) for s in log["steps"])):
+            raise InputError(str(path), "has no initial score or a step without its score, so the kept plan's "
+                             "gain is unknown", "Use --value return, or logs written by rtautoplan.ope_study")
+        steps = [s for s in log["steps"] if s.get("accepted") and (horizon is None or s.get("step", 0) <= horizon)]
         for s in steps:
             if s.get("mu") is None or s.get("state") is None or not isinstance(s.get("action_id"), int):
                 raise InputError(str(path), f"step {s.get('step')} has no μ(a|s), state or discrete action",
@@ -89,10 +109,12 @@ def read_logs(folder: str | Path, n_actions: int | None = None) -> Episodes:
     states, actions = np.zeros((n, T, d)), np.zeros((n, T), int)
     mu, rewards = np.ones((n, T)), np.zeros((n, T))
     valid, available = np.zeros((n, T), bool), np.ones((n, T, n_actions), bool)
-    for i, (_, steps) in enumerate(logs):
+    for i, (log, steps) in enumerate(logs):
+        gains = kept_rewards(float(log["initial score"]), [s["score"] for s in steps]) if value == "kept" else None
         for t, s in enumerate(steps):
             states[i, t] = np.asarray(s["state"], float).ravel()
-            actions[i, t], mu[i, t], rewards[i, t], valid[i, t] = s["action_id"], s["mu"], s["reward"], True
+            actions[i, t], mu[i, t], valid[i, t] = s["action_id"], s["mu"], True
+            rewards[i, t] = gains[t] if value == "kept" else s["reward"]
             if s.get("available"):
                 available[i, t] = np.isin(np.arange(n_actions), s["available"])
     initial = np.array([float(log.get("initial score", np.nan)) for log, _ in logs])
@@ -196,24 +218,27 @@ def acer_target(ep: Episodes, path: str | Path | None = None) -> np.ndarray:
 TARGETS: dict[str, tuple[int, Callable[[Episodes], np.ndarray]]] = {"acer": (18, acer_target)}
 
 
-def run(logs: str | Path, policy: str, n_boot: int = BOOTSTRAP, seed: int = 0) -> dict:
-    """``rtautoplan ope``: the estimates of ``policy``'s value from the episode logs in ``logs``."""
+def run(logs: str | Path, policy: str, n_boot: int = BOOTSTRAP, seed: int = 0, horizon: int | None = None,
+        value: str = "return") -> dict:
+    """``rtautoplan ope``: the estimates of ``policy``'s value from the episode logs in ``logs`` (first
+    ``horizon`` steps, reward ``value``)."""
     if policy not in TARGETS:
         raise InputError(f"--policy {policy}", "has no replayable action distribution π(a|s) here",
                          f"Use one of {', '.join(TARGETS)}")
     n_actions, target = TARGETS[policy]
-    ep = read_logs(logs, n_actions)
+    ep = read_logs(logs, n_actions, horizon, value)
     from rich.progress import Progress
 
     with Progress(transient=True) as bar:
         task = bar.add_task("bootstrap", total=n_boot)
-        return {"policy": policy, "logs": str(logs),
+        return {"policy": policy, "logs": str(logs), "horizon": horizon, "value": value,
                 **evaluate(ep, target(ep), n_actions, n_boot, seed, lambda b: bar.update(task, completed=b + 1))}
 
 
-def measured(folder: str | Path, n_boot: int = BOOTSTRAP, seed: int = 0) -> dict:
+def measured(folder: str | Path, n_boot: int = BOOTSTRAP, seed: int = 0, horizon: int | None = None,
+             value: str = "return") -> dict:
     """The mean return of episodes actually run by the target (``ope_study.measure``), with its bootstrap CI."""
-    ep = read_logs(folder)
+    ep = read_logs(folder, horizon=horizon, value=value)
     g = ep.returns
     rng = np.random.default_rng(seed)
     boots = [g[rng.integers(0, g.size, g.size)].mean() for _ in range(n_boot)]
@@ -227,4 +252,4 @@ def within(estimate: float, value: float, tolerance: float = 0.10) -> bool:
     return abs(estimate - value) <= tolerance * abs(value)
 
 
-__all__: Sequence[str] = ("read_logs", "estimates", "evaluate", "fit_q", "run", "measured", "TARGETS")
+__all__: Sequence[str] = ("read_logs", "kept_rewards", "estimates", "evaluate", "fit_q", "run", "measured", "TARGETS")

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from rtautoplan.cli import main
-from rtautoplan.ope import ESTIMATORS, Episodes, acer_target, estimates, evaluate, read_logs, within
+from rtautoplan.ope import ESTIMATORS, Episodes, acer_target, estimates, evaluate, kept_rewards, read_logs, within
+from rtautoplan.policies.behaviour import EpsilonSoft
 
 A, T, D = 3, 3, 20
 
@@ -97,3 +98,63 @@ def test_ope_refuses_unusable_input(tmp_path, capsys):
     assert main(["ope", "--logs", str(logs), "--policy", "acer"]) == 2
     err = capsys.readouterr().err
     assert "full support" in err and "episode_0.json" in err
+
+
+def test_kept_plan_rewards_sum_to_the_gain_of_the_best_plan():
+    r = kept_rewards(6.0, [7.0, 5.0, 8.0, 6.0])
+    assert r.tolist() == [1.0, 0.0, 1.0, 0.0] and r.sum() == 8.0 - 6.0
+    assert kept_rewards(6.0, [5.0, 4.0]).tolist() == [0.0, 0.0]  # never below the initial plan
+
+
+def test_read_logs_cuts_at_the_horizon_and_takes_the_kept_plan_value(tmp_path):
+    folder = tmp_path / "logs"
+    folder.mkdir()
+    steps = [{"step": t + 1, "accepted": True, "action_id": 1, "mu": 0.5, "reward": r, "score": 6.0 + sum(rs[:t + 1]),
+              "state": [0.0] * 4} for t, (r, rs) in enumerate(zip([1.0, -2.0, 2.0], [[1.0, -2.0, 2.0]] * 3))]
+    (folder / "episode.json").write_text(json.dumps({"initial score": 6.0, "steps": steps}))
+    assert read_logs(folder).returns.tolist() == [1.0]  # ψ: 7, 5, 7
+    assert read_logs(folder, value="kept").returns.tolist() == [1.0]  # best: 7, 7, 7
+    assert read_logs(folder, horizon=2).returns.tolist() == [-1.0]
+    assert read_logs(folder, horizon=2, value="kept").rewards[0, :2].tolist() == [1.0, 0.0]
+    with pytest.raises(Exception, match="value definition"):
+        read_logs(folder, value="final")
+
+
+class _Moving:
+    """Four actions, the last of which moves nothing."""
+
+    def action_mask(self):
+        return np.array([True, True, True, False])
+
+
+class _Peaked:
+    name = "peaked"
+
+    def probabilities(self, observation):
+        return np.array([0.97, 0.02, 0.01, 0.0])
+
+
+def test_epsilon_soft_has_full_support_on_the_moving_actions_and_draws_by_mu():
+    behaviour = EpsilonSoft(_Peaked(), _Moving(), epsilon=0.3, seed=1)
+    mu = behaviour.probabilities(None)
+    assert mu.sum() == pytest.approx(1.0) and mu[3] == 0.0 and np.all(mu[:3] >= 0.1 - 1e-12)
+    assert mu[0] == pytest.approx(0.7 * 0.97 + 0.1)
+    draws = [behaviour.rank(None)[0] for _ in range(4000)]
+    assert all(v == pytest.approx(mu[a]) for a, v in draws)
+    freq = np.bincount([a for a, _ in draws], minlength=4) / len(draws)
+    assert np.allclose(freq, mu, atol=0.03)
+    with pytest.raises(ValueError, match="full support"):
+        EpsilonSoft(_Peaked(), _Moving(), epsilon=0.0)
+
+
+def test_ope_command_cuts_at_the_horizon_and_refuses_a_kept_value_without_scores(tmp_path, capsys):
+    logs = _acer_shaped_logs(tmp_path / "logs", n=4, steps=3)
+    assert main(["ope", "--logs", str(logs), "--policy", "acer", "--bootstrap", "5", "--horizon", "1",
+                 "--json", str(tmp_path / "ope.json")]) == 0
+    result = json.loads((tmp_path / "ope.json").read_text())
+    first = np.mean([json.loads(p.read_text())["steps"][0]["reward"] for p in sorted(logs.glob("*.json"))])
+    assert result["horizon"] == 1 and result["IS"]["estimate"] == pytest.approx(first, abs=1e-3)  # μ = π
+    assert main(["ope", "--logs", str(logs), "--policy", "acer", "--value", "kept"]) == 2
+    assert main(["ope", "--logs", str(logs), "--policy", "acer", "--horizon", "0"]) == 2
+    err = capsys.readouterr().err
+    assert "gain is unknown" in err and "T ≥ 1" in err

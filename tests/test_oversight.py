@@ -145,6 +145,44 @@ def test_conservative_mode_takes_only_actions_both_planners_rank_in_their_top_k(
     assert kept.best_score.total == kept.initial_score.total
 
 
+class Counting(Fixed):
+    """A reviewer that counts how often it is asked (a recurrent seed must be asked once per step)."""
+
+    def __init__(self, order, name="seed1"):
+        super().__init__(order, name)
+        self.asked = 0
+
+    def rank(self, observation):
+        self.asked += 1
+        return super().rank(observation)
+
+
+def test_conservative_mode_with_an_ensemble_falls_back_to_the_next_action_the_seeds_agree_on(small_case):
+    """K = 2: the policy's first choice (+0.4) is not in the other seed's first two, so it is refused and
+    the policy's second (+0.2), which both rank in their first two, is taken; the seed is asked once per
+    step (its rankings from ``assess`` are reused)."""
+    seed = Counting([(2, 0.5), (1, 0.4), (3, 0.1)])
+    watch = Oversight(ensemble=(seed,), conservative_k=2)
+    result = run_loop(ToyEnv(small_case), BIG_FIRST, 3, oversight=watch)
+    refused = [s for s in result.steps if s.rule == CONSERVATIVE]
+    assert len(refused) == 3 and all(s.action == "3" and "other trained seed" in s.reason for s in refused)
+    assert [s.action for s in result.steps if s.accepted] == ["2", "2", "2"] and seed.asked == 3
+    agreeing = Oversight(ensemble=(Fixed([(2, 0.5), (3, 0.4), (1, 0.1)]),), conservative_k=2)
+    assert not any(s.rule == CONSERVATIVE for s in run_loop(ToyEnv(small_case), BIG_FIRST, 2, oversight=agreeing).steps)
+    strict = Oversight(ensemble=(Fixed([(2, 0.5), (3, 0.4), (1, 0.1)]),), conservative_k=1)
+    kept = run_loop(ToyEnv(small_case), BIG_FIRST, 2, oversight=strict)  # top-1s differ: the plan stays
+    assert not any(s.accepted for s in kept.steps) and len(kept.steps) == 2
+
+
+def test_conservative_mode_still_rejects_an_agreed_action_that_breaks_a_level1_limit(small_case):
+    """Both seeds rank +0.4 first: it is admitted, but it takes the cord to 56 Gy > 50 Gy, so the level-1
+    limit rejects it and the next agreed action (+0.2) is taken."""
+    limits = level1_limits(small_case, goals_for(small_case, "generic"))
+    watch = Oversight(ensemble=(Fixed([(3, 0.5), (2, 0.4), (1, 0.1)]),), conservative_k=2)
+    result = run_loop(ToyEnv(small_case), BIG_FIRST, 1, level1=limits, oversight=watch)
+    assert [(s.action, s.accepted, s.rule) for s in result.steps] == [("3", False, LEVEL1), ("2", True, "")]
+
+
 def test_conservative_mode_needs_discrete_actions_and_a_k(small_case):
     env = ToyEnv(small_case)
     assert conservative_reference(env, None) is None
@@ -196,3 +234,16 @@ def test_hard_constraints_catch_spots_below_the_minimum_mu_and_a_plan_off_its_no
     photon = Plan("small", Modality.PHOTON, (), (), (np.array([0.5]),), dose)
     checks = hard_constraints(small_case, SimpleNamespace(plan=photon, normalisation=off))
     assert [c["rule"] for c in checks] == ["target normalisation"] and not checks[0]["met"]
+
+
+def test_the_study_counts_a_kept_plan_that_takes_a_level1_organ_above_its_limit(small_case):
+    from rtautoplan.oversight_study import kept_plan_level1
+
+    limits = level1_limits(small_case, goals_for(small_case, "generic"))
+    cord = small_case.structure("SpinalCord").mask
+    initial = np.where(cord, 45.0, 0.0)
+    assert kept_plan_level1(small_case, limits, initial, initial * 1.1) == []  # 49.5 Gy ≤ 50 Gy
+    broken = kept_plan_level1(small_case, limits, initial, initial * 1.2)  # 54 Gy
+    assert len(broken) == 1 and broken[0].startswith("SpinalCord D0.03cc 54.00 Gy")
+    above = initial * 1.3  # already above: only a further rise counts
+    assert kept_plan_level1(small_case, limits, above, above) == [] and kept_plan_level1(small_case, limits, above, above * 1.01)
