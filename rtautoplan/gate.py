@@ -104,7 +104,7 @@ def lower_level_region(case: Case, target) -> np.ndarray | None:
 
 def hotspots(case: Case, dose_gy: np.ndarray) -> tuple[HotSpot, ...]:
     """The hot-spot rules of the module docstring, measured on ``dose_gy`` (Gy, case grid)."""
-    outside, regions = hotspot_regions(case)
+    outside, regions = gate_regions(case)
     out = []
     flat = np.asarray(dose_gy).ravel()
     if outside.size:
@@ -118,10 +118,10 @@ def hotspots(case: Case, dose_gy: np.ndarray) -> tuple[HotSpot, ...]:
     return tuple(out)
 
 
-_REGIONS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # Case → hotspot_regions(case)
+_REGIONS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # Case → gate_regions(case)
 
 
-def hotspot_regions(case: Case) -> tuple[np.ndarray, tuple]:
+def gate_regions(case: Case) -> tuple[np.ndarray, tuple]:
     """(the External's voxels outside every dosed target, [(target, its lower_level_region or None)] from the
     highest level down), as flat indices of the case grid; computed once per case (the gate is asked of every
     loop step, and the masks of a Case do not change)."""
