@@ -25,6 +25,7 @@ from rtautoplan.case import Case
 from rtautoplan.optimize.admm import solve_admm
 from rtautoplan.optimize.lbfgs import solve_lbfgs
 from rtautoplan.optimize.objectives import plan_objective, point_objective
+from rtautoplan.optimize.segments import segment_objective
 from rtautoplan.physics.points import structure_points
 from rtautoplan.physics.dij import DOSE_GRID_MM, Dij, beams_for, dij_cached, dose_to_grid
 from rtautoplan.plan import Beam, Dose, Modality, Objective, Plan
@@ -143,21 +144,16 @@ class InHousePhoton:
         minimise the plan objective of ``objectives`` on the fluence the segments deliver, x = A·w
         (``apertures``: per beam, beamlets × segments), from the sequencer's ``weights``. The
         quantisation of leaf sequencing costs plan quality; re-weighting the segments wins most of it
-        back, as clinical step-and-shoot TPSs do after sequencing."""
+        back, as clinical step-and-shoot TPSs do after sequencing. The objective is evaluated on the
+        segment influence M·A (``optimize.segments``), Jacobi-scaled per segment."""
         from scipy.linalg import block_diag
 
         if self._dij is None:
             raise RuntimeError(f"{self.name}: call prepare(case, beams) before optimize_segments()")
         usable = tuple(o for o in objectives if self._rows_for(o.structure).size)
-        f = self._new_objective(usable)
-        a = block_diag(*apertures)
-
-        def g(w):
-            value, grad = f(a @ w)
-            return value, a.T @ grad
-
+        f = segment_objective(self._objective_for(usable), block_diag(*apertures))
         w0 = np.concatenate([np.asarray(w, float) for w in weights])
-        solution = solve_lbfgs(g, w0, max_iter=self.max_iter, scale=None)
+        solution = solve_lbfgs(f, w0, max_iter=self.max_iter)
         bounds = np.cumsum([0] + [ap.shape[1] for ap in apertures])
         return tuple(np.asarray(solution.x[lo:hi], float) for lo, hi in zip(bounds[:-1], bounds[1:]))
 
@@ -168,12 +164,15 @@ class InHousePhoton:
 
     def _objective(self, objectives: tuple[Objective, ...]):
         """The plan objective: the previous one with new parameters when the structures match."""
+        self._f = self._objective_for(objectives)
+        return self._f
+
+    def _objective_for(self, objectives: tuple[Objective, ...]):
+        """The plan objective of ``objectives``: the previous one's rows and points when the structures match."""
         previous = self._f
         if previous is not None and [o.structure for o in objectives] == [o.structure for o in previous.objectives]:
-            self._f = previous.with_objectives(objectives)
-        else:
-            self._f = self._new_objective(objectives)
-        return self._f
+            return previous.with_objectives(objectives)
+        return self._new_objective(objectives)
 
     def _new_objective(self, objectives: tuple[Objective, ...]):
         if self.objective_points == "dose_grid":

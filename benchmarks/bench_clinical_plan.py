@@ -1,7 +1,7 @@
 """Clinical-size H&N, issue 13 items 1–3: the memory of a Case with cropped masks, estimate_dose, and a full
 closed-loop ``rtautoplan plan`` with its stage-by-stage profile.
 
-    python benchmarks/bench_clinical_plan.py [--workdir DIR] [--skip-plan] [--write] [-- PLAN OPTIONS]
+    python benchmarks/bench_clinical_plan.py [--workdir DIR] [--skip-plan | --plan-only] [--write] [-- PLAN OPTIONS]
 
 Every measurement runs in a fresh process, single-threaded (OMP/MKL/NUMBA threads 1), niced.
 - Case memory: ``read_case`` + ``apply_rules`` of ``phantom hn --size clinical`` (512 × 512 × 180, 0.98 × 0.98 ×
@@ -165,6 +165,7 @@ def run_plan(case_dir: Path, out: Path, extra: list[str]) -> dict:
     log = json.loads((out / "plan_log.json").read_text()) if (out / "plan_log.json").exists() else {}
     return {"wall_s": seconds, "peak_mb": peak, "cpu_s": cpu, "load_before": load_before, "load_after": load_after,
             "stages": stage_seconds(profile) if spy else None, "profiled": bool(spy), "steps": len(log.get("steps", [])),
+            "acceptable": log.get("acceptable"), "final_score": log.get("final score"),
             "stdout": done.stdout[-1500:]}
 
 
@@ -194,12 +195,17 @@ def spawn(what: str, case_dir: Path) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def report(memory: dict, estimate: dict, plan: dict | None, extra: list[str]) -> str:
-    shape = "×".join(map(str, memory["shape"][::-1]))
+def report(memory: dict | None, estimate: dict | None, plan: dict | None, extra: list[str]) -> str:
     lines = [HEADING, "", "`python benchmarks/bench_clinical_plan.py --write`, "
              + ", ".join(f"{k} {v}" for k, v in machine().items()) + ". Case: `rtautoplan phantom hn --size "
-             f"clinical` ({shape} voxels), one thread per process, niced.", "",
-             f"**Case memory** (read_case + apply_rules, {memory['structures']} structures, {memory['masks']} distinct "
+             "clinical` (512×512×180 voxels), one thread per process, niced.", ""]
+    if memory is not None and estimate is not None:
+        lines += case_lines(memory, estimate)
+    return "\n".join(lines + plan_lines(plan, extra))
+
+
+def case_lines(memory: dict, estimate: dict) -> list[str]:
+    return [f"**Case memory** (read_case + apply_rules, {memory['structures']} structures, {memory['masks']} distinct "
              f"masks): the masks hold **{memory['crop_mb']:.0f} MB** on their bounding boxes; the same masks as full-grid "
              f"bool arrays (before) {memory['full_mb']:.0f} MB (**{memory['full_mb'] / memory['crop_mb']:.1f}×**). "
              f"The Case (traced allocations held: CT {memory['hu_mb']:.0f} MB + masks) {memory['case_mb']:.0f} MB, "
@@ -210,20 +216,24 @@ def report(memory: dict, estimate: dict, plan: dict | None, extra: list[str]) ->
              f"previous transform {estimate['reduced_previous_s']:.1f} s, now {estimate['reduced_s']:.1f} s "
              f"(**{estimate['reduced_previous_s'] / estimate['reduced_s']:.0f}×**), results "
              f"{'bitwise identical' if estimate['identical'] else 'DIFFERENT'}.", ""]
+
+
+def plan_lines(plan: dict | None, extra: list[str]) -> list[str]:
     if plan is None:
-        return "\n".join(lines)
+        return []
     options = " ".join(extra) or "default options"
-    lines += [f"**Closed-loop photon plan** (`rtautoplan plan` of that case, {options}; {plan['steps']} loop step attempts logged): "
+    lines = [f"**Closed-loop photon plan** (`rtautoplan plan` of that case, {options}; {plan['steps']} loop step attempts logged): "
               f"wall **{plan['wall_s']:.0f} s**, peak RSS **{plan['peak_mb'] / 1024:.2f} GB**, CPU {plan['cpu_s']:.0f} s "
               f"(targets ≤ 300 s, ≤ 6 GB on 2 cores); load average before {plan['load_before']}, after "
               f"{plan['load_after']}" + (" (under py-spy, 10 Hz sampling from another process)." if plan["profiled"]
-                                         else ".")]
+                                         else ".") + f" The plan: clinical gate {'ACCEPTABLE' if plan['acceptable'] else 'NOT ACCEPTABLE'}"
+             f", final score {plan['final_score']}."]
     if plan["stages"]:
         main = sum(s for label, s in plan["stages"].items() if label not in (WORKERS, DISPLAY))
         lines += ["", "| stage | sampled s | share of the main thread |", "| --- | ---: | ---: |"]
         lines += [f"| {label} | {s:.1f} | " + ("—" if label in (WORKERS, DISPLAY) else f"{100 * s / main:.0f} %") + " |"
                   for label, s in plan["stages"].items() if s]
-    return "\n".join(lines) + "\n"
+    return lines + [""]
 
 
 def main() -> None:
@@ -231,6 +241,7 @@ def main() -> None:
     p.add_argument("--workdir", type=Path, default=None, help="scratch folder (default: a temporary one)")
     p.add_argument("--case", type=Path, default=None, help="an existing clinical phantom folder (default: written)")
     p.add_argument("--skip-plan", action="store_true", help="only the case memory and estimate_dose")
+    p.add_argument("--plan-only", action="store_true", help="only the closed-loop plan (no case memory, estimate_dose)")
     p.add_argument("--write", action="store_true", help="write the section into benchmarks/RESULTS.md")
     p.add_argument("--child", choices=["memory", "estimate"], help=argparse.SUPPRESS)
     p.add_argument("plan_options", nargs="*", help="options passed to rtautoplan plan (after --)")
@@ -243,12 +254,14 @@ def main() -> None:
     if a.case is None:
         subprocess.run([str(Path(sys.executable).with_name("rtautoplan")), "phantom", "hn", "--size", "clinical",
                         "-o", str(case_dir)], check=True, env={**os.environ, **THREADS})
-    print("case memory …", flush=True)
-    memory = spawn("memory", case_dir)
-    print(json.dumps(memory), flush=True)
-    print("estimate_dose …", flush=True)
-    estimate = spawn("estimate", case_dir)
-    print(json.dumps(estimate), flush=True)
+    memory = estimate = None
+    if not a.plan_only:
+        print("case memory …", flush=True)
+        memory = spawn("memory", case_dir)
+        print(json.dumps(memory), flush=True)
+        print("estimate_dose …", flush=True)
+        estimate = spawn("estimate", case_dir)
+        print(json.dumps(estimate), flush=True)
     plan = None
     if not a.skip_plan:
         print("rtautoplan plan …", flush=True)

@@ -19,6 +19,7 @@ way: approval is a clinician's act.
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -103,21 +104,39 @@ def lower_level_region(case: Case, target) -> np.ndarray | None:
 
 def hotspots(case: Case, dose_gy: np.ndarray) -> tuple[HotSpot, ...]:
     """The hot-spot rules of the module docstring, measured on ``dose_gy`` (Gy, case grid)."""
-    targets = [s for s in case.by_role(Role.CTV, Role.PTV, Role.GTV) if s.mask.any() and s.rx_gy is not None]
+    outside, regions = gate_regions(case)
     out = []
-    inside = np.logical_or.reduce([s.mask.to_full() for s in targets]) if targets else np.zeros(case.grid.shape, bool)
-    body = case.external.mask.to_full() if case.by_role(Role.EXTERNAL) else np.ones(case.grid.shape, bool)
-    outside = body & ~inside
-    if outside.any():
+    flat = np.asarray(dose_gy).ravel()
+    if outside.size:
         limit = OUTSIDE_MAX * case.prescription.rx_max
-        out.append(HotSpot("max outside the targets", float(dose_gy[outside].max()), limit))
-    for s in sorted((t for t in targets if t.rx_gy is not None), key=lambda t: (-t.rx_gy, t.name)):
-        region = lower_level_region(case, s)
-        voxels = s.mask if region is None else region
+        out.append(HotSpot("max outside the targets", float(flat[outside].max()), limit))
+    for s, region in regions:
         where = f"{s.name} D2%" if region is None else f"{s.name} D2% (≥ {BOOST_FALLOFF_MM:g} mm from higher levels)"
-        if voxels.any():
-            out.append(HotSpot(where, dvh.d_percent(dose_gy, voxels, 2.0), TARGET_D2 * s.rx_gy))
+        if region is None or region.size:
+            out.append(HotSpot(where, dvh.d_percent(dose_gy, s.mask if region is None else region, 2.0),
+                               TARGET_D2 * s.rx_gy))
     return tuple(out)
+
+
+_REGIONS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # Case → gate_regions(case)
+
+
+def gate_regions(case: Case) -> tuple[np.ndarray, tuple]:
+    """(the External's voxels outside every dosed target, [(target, its lower_level_region or None)] from the
+    highest level down), as flat indices of the case grid; computed once per case (the gate is asked of every
+    loop step, and the masks of a Case do not change)."""
+    if case not in _REGIONS:
+        targets = [s for s in case.by_role(Role.CTV, Role.PTV, Role.GTV) if s.mask.any() and s.rx_gy is not None]
+        inside = np.zeros(case.grid.shape, bool)
+        for s in targets:
+            inside |= s.mask.to_full()
+        body = case.external.mask.to_full() if case.by_role(Role.EXTERNAL) else np.ones(case.grid.shape, bool)
+        regions = []
+        for s in sorted(targets, key=lambda t: (-t.rx_gy, t.name)):
+            region = lower_level_region(case, s)
+            regions.append((s, None if region is None else np.flatnonzero(region)))
+        _REGIONS[case] = (np.flatnonzero(body & ~inside), tuple(regions))
+    return _REGIONS[case]
 
 
 def check(case: Case, dose_gy: np.ndarray, goals: tuple[Goal, ...], notes: tuple[str, ...] = ()) -> GateResult:

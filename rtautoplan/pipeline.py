@@ -13,6 +13,7 @@ Which environment, adapter and default policy serve a (site, modality) is the ``
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field, replace
 from typing import Callable
 
@@ -179,31 +180,48 @@ def make_policy(name: str, env, seed: int = 0):
     return POLICIES[name](env, seed)
 
 
-def deliverable(env, plan):
-    """(plan, score, sequenced beams): photon plans are leaf-sequenced, their segment weights
-    re-optimised where the TPS can (``optimize_segments``), their dose recomputed from the segments'
-    fluence and re-scored (a clinic gets the delivered dose, not the ideal
-    fluence's); ion plans are delivered as optimised."""
+def deliverable(env, plan, segments: dict | None = None):
+    """(plan, sequenced beams): photon plans are leaf-sequenced, their segment weights re-optimised where
+    the TPS can (``optimize_segments``) and their dose recomputed from the segments' fluence (a clinic gets
+    the delivered dose, not the ideal fluence's); ion plans are delivered as optimised. ``segments``: a memo
+    of the sequenced beams by plan (weights and objectives), so a plan the loop's gate check already
+    sequenced is not sequenced and re-weighted again when it leaves (the same beams, so the same plan)."""
     if plan.modality is not Modality.PHOTON:
-        return plan, env.score(plan.dose.gy), ()
-    from rtautoplan.physics.sequencing import sequence_plan
-
+        return plan, ()
     if not plan.positions or not hasattr(env.tps, "dose_of"):
         raise InputError(f"adapter {env.tps.name!r}", "gives no beamlet geometry or dose of given weights, so its "
                          "photon plans cannot be leaf-sequenced and recomputed here",
                          "Use a photon adapter of rtautoplan (inhouse-photon), or the external TPS's own RTPLAN")
+    key = _plan_key(plan) if segments is not None else None
+    sequenced = segments.get(key) if key is not None else None
+    if sequenced is None:
+        sequenced = _sequenced(env, plan)
+        if key is not None:
+            segments[key] = sequenced
+    weights = tuple(s.delivered for s in sequenced)
+    dose = env.tps.dose_of(weights)
+    return replace(plan, weights=weights, dose=dose), sequenced
+
+
+def _sequenced(env, plan) -> tuple:
+    """The plan's step-and-shoot segments, their weights re-optimised where the TPS can."""
+    from rtautoplan.physics.sequencing import apertures, sequence_plan, with_segment_weights
 
     sequenced = sequence_plan(plan)
     if hasattr(env.tps, "optimize_segments"):
-        from rtautoplan.physics.sequencing import apertures, with_segment_weights
-
         shapes = apertures(plan, sequenced)
         weights = env.tps.optimize_segments(plan.objectives, shapes, [b.segment_fluence for b in sequenced])
         sequenced = tuple(with_segment_weights(b, a, w, np.asarray(p, float))
                           for b, a, w, p in zip(sequenced, shapes, weights, plan.weights))
-    weights = tuple(s.delivered for s in sequenced)
-    dose = env.tps.dose_of(weights)
-    return replace(plan, weights=weights, dose=dose), env.score(dose.gy), sequenced
+    return sequenced
+
+
+def _plan_key(plan) -> tuple:
+    """What a plan's segments depend on besides the TPS: its objectives and its weights (bytes)."""
+    digest = hashlib.blake2b(digest_size=16)
+    for w in plan.weights:
+        digest.update(np.ascontiguousarray(w, float).tobytes())
+    return plan.objectives, digest.hexdigest()
 
 
 def sequential_course(case: Case, setup: Setup, env_options: dict | None = None) -> bool:
@@ -243,15 +261,21 @@ def choose_plan(finals: dict, verdicts: dict) -> str:
     return chosen
 
 
-def final_plan(env, case: Case, plan):
-    """(plan, score, sequenced beams, Normalised or None): ``plan`` as delivered (``deliverable``),
-    normalised by the prescription's rule (weights, segments' MU and dose together), then scored."""
-    plan, _, sequenced = deliverable(env, plan)
+def final_plan(env, case: Case, plan, segments: dict | None = None):
+    """(plan, score, sequenced beams, Normalised or None): ``plan`` as it leaves (``leaving_plan``), scored."""
+    plan, sequenced, normalised = leaving_plan(env, case, plan, segments)
+    return plan, env.score(plan.dose.gy), sequenced, normalised
+
+
+def leaving_plan(env, case: Case, plan, segments: dict | None = None):
+    """(plan, sequenced beams, Normalised or None): ``plan`` as delivered (``deliverable``), normalised by
+    the prescription's rule (weights, segments' MU and dose together)."""
+    plan, sequenced = deliverable(env, plan, segments)
     plan, normalised = normalise(case, plan)
     if normalised is not None:
         sequenced = tuple(replace(b, segment_fluence=b.segment_fluence * normalised.factor,
                                   delivered=b.delivered * normalised.factor) for b in sequenced)
-    return plan, env.score(plan.dose.gy), sequenced, normalised
+    return plan, sequenced, normalised
 
 
 def plan_case(case: Case, site: str = "hn", modality: str = "photon", adapter: str | None = None,
@@ -295,10 +319,11 @@ class Planning:
     oversight: Oversight
     audit: dict
     steps: int
+    segments: dict = field(default_factory=dict, repr=False)  # deliverable's memo: plan → sequenced beams
 
     def acceptable(self, env) -> bool:
         """The clinical gate on the plan ``env`` holds, as it would leave (sequenced, normalised)."""
-        return gate.check(self.planned, final_plan(env, self.planned, scaled_plan(env))[0].dose.gy,
+        return gate.check(self.planned, leaving_plan(env, self.planned, scaled_plan(env), self.segments)[0].dose.gy,
                           self.goals).acceptable
 
 
@@ -331,7 +356,8 @@ def conclude(planning: Planning, loop, goal_rounds: int = GOAL_ROUNDS,
     candidates = {"best": (loop.best_step, loop.best_plan), "initial": (0, loop.initial_plan)}
     if loop.best_acceptable is not None and loop.best_acceptable[0] != loop.best_step:
         candidates["acceptable"] = loop.best_acceptable[:2]
-    finals = {name: (step, *final_plan(env, planned, plan)) for name, (step, plan) in candidates.items()}
+    finals = {name: (step, *final_plan(env, planned, plan, planning.segments))
+              for name, (step, plan) in candidates.items()}
     verdicts = {name: gate.check(planned, f[1].dose.gy, goals, notes=notes) for name, f in finals.items()}
     chosen = choose_plan(finals, verdicts)
     final, verdict, rounds = finals[chosen], verdicts[chosen], ()

@@ -79,7 +79,9 @@ class Dose:
     def scaled(self, factor: float) -> Dose:
         """The dose × ``factor`` (dtype kept), its native dose too."""
         native = None if self.native is None else self.native.scaled(factor)
-        return Dose(self.grid, (self.gy * factor).astype(self.gy.dtype), self.kind, native)
+        out = np.empty_like(self.gy)  # one array: the product is cast into it chunk by chunk, no full-size temporary
+        np.multiply(self.gy, factor, out=out, casting="unsafe")
+        return Dose(self.grid, out, self.kind, native)
 
     @property
     def as_computed(self) -> Dose:

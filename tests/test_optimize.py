@@ -269,6 +269,11 @@ def test_row_view_products_equal_the_sub_matrix(monkeypatch, threads):
     norms = np.sqrt(np.asarray(wide_sub.multiply(wide_sub).sum(axis=1)).ravel())
     np.testing.assert_allclose(f.view.row_norms(), norms, rtol=1e-12)
     assert isinstance(f.view, RowView) and f.matrix.nnz == sub.nnz and f._sub
+    apertures = sparse.random(90, 12, density=0.3, random_state=rng, format="csr")
+    apertures.data[:] = 1.0
+    np.testing.assert_allclose(f.view.matmat_sparse(apertures), (sub.astype(np.float64) @ apertures).toarray(),
+                               rtol=1e-6)
+    assert f.view.matmat_sparse(apertures).dtype == np.float32
 
 
 def test_lbfgs_lower_bounds():

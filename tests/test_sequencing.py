@@ -137,3 +137,53 @@ def test_segment_weight_optimisation_lowers_the_objective_of_the_sequenced_plan(
     after = f(np.concatenate([s.delivered for s in new]))[0]
     assert after < before
     assert all(np.all(s.segment_fluence > 0) and s.n_segments <= old.n_segments for s, old in zip(new, sequenced))
+
+
+@pytest.mark.parametrize("points", ["ct", "dose_grid"])
+def test_segment_objective_is_the_objective_of_the_delivered_fluence(photon_plan, points):
+    """f(A w) evaluated on the segment influence M·A (optimize.segments) is f(A w) through the beamlets:
+    value and gradient Aᵀ∇f agree to float32 rounding, for the CT-point and the dose-grid objectives."""
+    from scipy.linalg import block_diag
+
+    from rtautoplan.optimize.segments import segment_objective
+    from rtautoplan.physics.sequencing import apertures
+
+    case, tps, plan = photon_plan
+    sequenced = sequence_plan(plan, levels=5)
+    a = block_diag(*apertures(plan, sequenced))
+    saved = tps.objective_points
+    tps.objective_points = points
+    try:
+        f = tps._new_objective(tuple(plan.objectives))
+    finally:
+        tps.objective_points = saved
+    fs = segment_objective(f, a)
+    rng = np.random.default_rng(1)
+    for w in (np.concatenate([s.segment_fluence for s in sequenced]), rng.gamma(2.0, 1.0, a.shape[1])):
+        value, grad = f(a @ w)
+        seg_value, seg_grad = fs(w)
+        assert seg_value == pytest.approx(value, rel=1e-4)
+        np.testing.assert_allclose(seg_grad, a.T @ grad, rtol=1e-3, atol=1e-4 * np.abs(a.T @ grad).max())
+    with pytest.raises(ValueError, match="beamlets"):
+        segment_objective(f, a[:-1])
+
+
+def test_a_plan_is_sequenced_once_for_the_gate_check_and_the_output(photon_plan, monkeypatch):
+    """``deliverable`` with a memo: the same plan (weights and objectives) re-uses its sequenced, re-weighted
+    beams, bitwise; another plan is sequenced anew."""
+    from dataclasses import replace
+
+    from rtautoplan import pipeline
+
+    case, tps, plan = photon_plan
+    env = type("Env", (), {"tps": tps})()
+    calls = []
+    original = tps.optimize_segments
+    monkeypatch.setattr(tps, "optimize_segments", lambda *a: calls.append(1) or original(*a))
+    memo: dict = {}
+    first, beams = pipeline.deliverable(env, plan, memo)
+    again, beams_again = pipeline.deliverable(env, replace(plan, weights=tuple(w.copy() for w in plan.weights)), memo)
+    assert len(calls) == 1 and beams_again is beams
+    np.testing.assert_array_equal(again.dose.gy, first.dose.gy)
+    pipeline.deliverable(env, replace(plan, weights=tuple(w * 1.01 for w in plan.weights)), memo)
+    assert len(calls) == 2 and len(memo) == 2

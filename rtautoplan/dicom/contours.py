@@ -175,5 +175,14 @@ def fill_even_odd(polygons: list[np.ndarray], shape: tuple[int, int]) -> np.ndar
     a, b = starts[edge], ends[edge]
     x = a[:, 1] + (row - a[:, 0]) * (b[:, 1] - a[:, 1]) / (b[:, 0] - a[:, 0])
     column = np.clip(np.floor(x).astype(np.int64) + 1, 0, cols)  # first pixel centre right of the crossing
-    toggles = np.bincount(row * (cols + 1) + column, minlength=rows * (cols + 1)).reshape(rows, cols + 1)
-    return (np.cumsum(toggles[:, :cols], axis=1) % 2).astype(bool)
+    out = np.zeros(shape, bool)
+    if row.size == 0:
+        return out
+    # Only the crossings' box: left of the first crossing the parity is 0, right of the last every row has
+    # crossed its (closed) polygons an even number of times, so 0 too; inside it, the cumulative parity.
+    r0, c0 = int(row.min()), int(column.min())
+    nr, nc = int(row.max()) - r0 + 1, int(column.max()) - c0 + 1
+    toggles = np.bincount((row - r0) * nc + (column - c0), minlength=nr * nc).reshape(nr, nc)
+    width = min(c0 + nc - 1, cols) - c0
+    out[r0:r0 + nr, c0:c0 + width] = (np.cumsum(toggles[:, :width], axis=1) % 2).astype(bool)
+    return out

@@ -69,6 +69,17 @@ def _rmatmat(indptr, indices, data, rows, b, out):
 
 
 @njit(nogil=True, cache=True)
+def _matmat_sparse(indptr, indices, data, rows, a_indptr, a_indices, a_data, out):
+    for k in range(rows.size):
+        r = np.uint64(rows[k])
+        for jj in range(np.uint64(indptr[r]), np.uint64(indptr[r + 1])):
+            v = np.float64(data[jj])
+            j = indices[jj]
+            for t in range(a_indptr[j], a_indptr[j + 1]):
+                out[k, a_indices[t]] += v * a_data[t]
+
+
+@njit(nogil=True, cache=True)
 def _row_square_sums(indptr, data, rows, out):
     for k in range(rows.size):
         r = np.uint64(rows[k])
@@ -186,6 +197,25 @@ class RowView:
         out = np.zeros((self.shape[1], b.shape[1]), np.result_type(self.dtype, b.dtype))
         _rmatmat(*self._args(), self.rows, b, out)
         return out
+
+    def matmat_sparse(self, a: sparse.csr_matrix) -> np.ndarray:
+        """M[rows] A for a sparse A (columns × k; e.g. the 0/1 segment apertures): dense (view rows × k),
+        accumulated in float64 entry by entry, returned in the matrix's dtype; on the row blocks' threads.
+        Costs the view's entries × A's entries per row (not × k)."""
+        a = sparse.csr_matrix(a)
+        out = np.zeros((self.shape[0], a.shape[1]), np.float64)
+        args = (*self._args(), a.indptr.astype(np.int64), a.indices.astype(np.int64), a.data.astype(np.float64))
+
+        def run(ab):
+            lo, hi = ab
+            _matmat_sparse(*args[:3], self.rows[lo:hi], *args[3:], out[lo:hi])
+
+        blocks = self._blocks()
+        if len(blocks) < 2:
+            run((0, self.rows.size))
+        else:
+            list(self.pool(len(blocks)).map(run, blocks))
+        return out.astype(self.dtype)
 
     def row_norms(self) -> np.ndarray:
         """‖M_v‖₂ of every view row (float64)."""

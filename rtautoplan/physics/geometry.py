@@ -242,5 +242,8 @@ def beamlet_grid(
     centres = (cells + 0.5) * size_mm
     gap = np.maximum(np.abs(centres - p[:, None, :]) - size_mm / 2.0, 0.0)
     keep = np.einsum("nkc,nkc->nk", gap, gap) <= margin_mm**2 + 1e-9
-    unique = np.unique(cells[keep][:, ::-1], axis=0)[:, ::-1]  # sort by y_b, then x_b
+    kept = cells[keep]
+    low, span = kept.min(axis=0), np.ptp(kept, axis=0) + 1
+    key = np.unique((kept[:, 1] - low[1]) * span[0] + (kept[:, 0] - low[0]))  # sorted by y_b, then x_b
+    unique = np.stack([key % span[0] + low[0], key // span[0] + low[1]], axis=-1)
     return (unique + 0.5) * size_mm
