@@ -100,14 +100,15 @@ def engine_options(args: Args) -> dict:
             "objective_points": ENGINE["objective_points"]}
 
 
-def make_env(seeds: Sequence[int], engine: dict | None = None, t_epi: int = 4, coverage_lambda: float = 0.0):
-    """A ProtonHNEnv over its own InHouseProton with ``engine`` options (default ``ENGINE``) and the
-    coverage-aware reward's λ (0: eq. 10)."""
+def make_env(seeds: Sequence[int], engine: dict | None = None, t_epi: int = 4, coverage_lambda: float = 0.0,
+             site: str = "hn"):
+    """A ProtonHNEnv over its own InHouseProton with ``engine`` options (default ``ENGINE``), the
+    coverage-aware reward's λ (0: eq. 10) and the phantom site (hn; liver: seed 002 §2.15)."""
     from rtautoplan.adapters.inhouse_proton import InHouseProton
     from rtautoplan.policies.env_proton import ProtonHNEnv
 
     return ProtonHNEnv(InHouseProton(**(engine or ENGINE)), case_seeds=tuple(seeds), max_steps=t_epi,
-                       coverage_lambda=coverage_lambda)
+                       coverage_lambda=coverage_lambda, site=site)
 
 
 def selected_rows(obs: torch.Tensor, k: int = K_SELECTED) -> tuple[torch.Tensor, torch.Tensor]:

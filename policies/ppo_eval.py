@@ -142,11 +142,12 @@ def head_to_head(rows: Sequence[dict], a: str = "ppo", b: str = "rule-based") ->
 
 def evaluate(seeds: Sequence[int] = TEST_SEEDS, planners: Sequence[str] = tuple(PLANNERS),
              csv_path: Path | None = None, progress=None, weights: Path | None = None,
-             coverage_guard: float | None = None) -> list[dict]:
-    """All ``planners`` on ``seeds`` (one environment shared: the same initial plans); rows, CSV if asked."""
+             coverage_guard: float | None = None, site: str = "hn") -> list[dict]:
+    """All ``planners`` on ``seeds`` of the ``site`` phantom (hn, or liver: seed 002 §2.15) in one environment
+    (the same initial plans); rows, CSV if asked."""
     from rtautoplan.policies.ppo import make_env
 
-    env, rows = make_env(seeds), []
+    env, rows = make_env(seeds, site=site), []
     for policy in planners:
         rows += plan_cases(policy, seeds, env=env, weights=weights, coverage_guard=coverage_guard)
         if progress is not None:

@@ -174,7 +174,7 @@ def _evaluate(args) -> int:
 
     if args.table1:
         return _table1(args)
-    if args.policy == "ppo" and (args.site, args.modality) == ("hn", "proton"):
+    if args.policy == "ppo" and args.site in ("hn", "liver") and args.modality == "proton":
         return _ppo_table(args)
     tps = None
     if args.dose_grid_factor:  # the setup's adapter options (e.g. the trained planner's engine) plus the grid
@@ -224,16 +224,16 @@ def _table1(args) -> int:
 
 
 def _ppo_table(args) -> int:
-    """Seed 002's table on held-out H&N variants: PPO, rule-based and random against the initial L-BFGS plan."""
+    """Seed 002's table on held-out H&N (or liver) variants: PPO, rule-based and random against the initial L-BFGS plan."""
     from rich.console import Console
 
     from rtautoplan.policies import ppo_eval
 
     seeds = range(args.seed, args.seed + args.cases)
-    csv_path = Path(args.output) / "ppo_hn_proton.csv"
+    csv_path = Path(args.output) / f"ppo_{args.site}_proton.csv"
     rows = ppo_eval.evaluate(seeds, planners=args.planners or tuple(ppo_eval.PLANNERS), csv_path=csv_path,
                              progress=lambda p: print(f"planned {args.cases} cases: {p}"), weights=args.weights,
-                             coverage_guard=args.coverage_guard)
+                             coverage_guard=args.coverage_guard, site=args.site)
     Console(width=200).print(ppo_eval.table(rows) + "\n\n" + ppo_eval.head_to_head(rows))
     print(f"wrote {csv_path}")
     return 0
@@ -453,7 +453,7 @@ def parser() -> argparse.ArgumentParser:
 
     ev = sub.add_parser("evaluate", help="plan held-out phantom variants with a planner; seed-style table, CSV, PNG")
     ev.add_argument("--policy", default="rule-based", help="planner (see rtautoplan.policies.POLICIES)")
-    ev.add_argument("--site", choices=SITES, default="prostate", help="phantom populations exist for hn and prostate")
+    ev.add_argument("--site", choices=SITES, default="prostate", help="phantom populations exist for hn and prostate; liver: seed 002's generalisation (--policy ppo --modality proton)")
     ev.add_argument("--modality", choices=["photon", "proton", "carbon"], default="photon")
     ev.add_argument("--cases", type=int, default=20, help="number of held-out variants")
     ev.add_argument("--seed", type=int, default=1000, help="first phantom seed (held out: ≥ 1000)")

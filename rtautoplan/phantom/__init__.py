@@ -22,20 +22,21 @@ from pathlib import Path
 import numpy as np
 
 from rtautoplan.case import Case, DicomRefs, DoseLevel, Grid, Prescription, Structure
-from rtautoplan.phantom import hn, prostate
+from rtautoplan.phantom import hn, liver, prostate
 from rtautoplan.structures import names
 
-SITES = {"hn": hn, "prostate": prostate}
+SITES = {"hn": hn, "prostate": prostate, "liver": liver}
 
 COLORS = {
     "External": (0, 255, 0), "Skin": (255, 200, 150), "SpinalCord": (255, 255, 0), "Brainstem": (160, 32, 240),
     "Bone_Mandible": (230, 230, 230), "Cavity_Oral": (255, 105, 180), "Larynx": (0, 200, 200),
     "Esophagus": (139, 69, 19), "OpticChiasm": (255, 128, 0), "Bladder": (255, 255, 0), "Rectum": (139, 69, 19),
+    "Liver": (160, 82, 45), "Heart": (220, 0, 80), "Bowel": (255, 200, 120),
 }
 SIDE_COLORS = {
     "Parotid": (0, 0, 255), "Eye": (0, 255, 255), "Lens": (255, 0, 255), "OpticNrv": (255, 165, 0),
     "Cochlea": (128, 128, 0), "Lobe_Temporal": (173, 216, 230), "Joint_TM": (205, 133, 63),
-    "Femur_Head": (222, 184, 135),
+    "Femur_Head": (222, 184, 135), "Kidney": (150, 75, 200),
 }
 TARGET_COLORS = [(255, 0, 0), (255, 140, 0), (255, 215, 0), (220, 20, 60)]
 
