@@ -189,3 +189,19 @@ def test_init_from_starts_training_from_given_weights(tmp_path):
     acer.train(args, envs=[CueEnv()], validate_fn=None)
     for p, q in zip(net_a.parameters(), acer.load_net(tmp_path / "b.pt").parameters()):
         assert torch.equal(p, q)
+
+
+def test_reproduce_command_parses_back_to_the_run_that_made_the_weights():
+    """The record's command is the committed stage 2 (README) and gives back every argument but the budget."""
+    import json
+    import shlex
+    from dataclasses import replace
+
+    from rtautoplan.training import parse
+
+    record = json.loads((acer.WEIGHTS.parent / "acer_prostate.json").read_text())
+    run = acer.Args(**{k: tuple(v) if isinstance(v, list) else v for k, v in record["args"].items()})
+    command = acer.reproduce_command(run, record["best_step"])
+    assert "--init-from policies/weights/acer_prostate_seed0.pt --population v1" in command
+    again = parse(acer.Args, shlex.split(command)[3:], "acer")
+    assert again == replace(run, T_max=record["best_step"], wall_budget_s=None, progress=acer.Args().progress)
