@@ -46,15 +46,17 @@ def _policy(name: str, env, seed: int):
 
 
 def plan_cases(policy_name: str, seeds, inits=("trivial", "random"), dose_grid_factor=(1, 2, 2),
-               max_steps: int = 20, cold_start: bool = True, draws: int = 1, population: str = "v1") -> list[dict]:
+               max_steps: int = 20, cold_start: bool = True, draws: int = 1, population: str = "v1",
+               env=None) -> list[dict]:
     """One row per (init, case seed, draw): ψ before and after the closed loop of ``policy_name`` on
     prostate phantom ``population``; draw k > 0 of random TPPs resets with seed 1000·s + k (draw 0:
-    the case seed s)."""
+    the case seed s). ``env``: an environment of these seeds to reuse (its cases and dose influence
+    matrices stay in memory across planners)."""
     from rtautoplan.policies.acer import make_env
 
     from rtautoplan.loop import run_loop
 
-    env = make_env(seeds, dose_grid_factor, cold_start=cold_start, population=population)
+    env = env or make_env(seeds, dose_grid_factor, cold_start=cold_start, population=population)
     policy = _policy(policy_name, env, 0)
     rows = []
     for init in inits:
@@ -88,20 +90,24 @@ def evaluate_acer(policies=("acer", "rule-based", "random"), seeds=TEST_SEEDS, i
 
 
 def evaluate_population(policies=V2_ROWS, seeds=TEST_SEEDS, inits=("trivial", "random"), population: str = "v2",
-                        csv_path: Path = CSV_V2, chunk: int = 10, progress: bool = True) -> list[dict]:
+                        csv_path: Path = CSV_V2, chunk: int = 10, progress: bool = True,
+                        dose_grid_factor=(1, 2, 2)) -> list[dict]:
     """Plan ``seeds`` of ``population`` with every one of ``policies``, ``chunk`` cases at a time for all
     of them (a run stopped early leaves every planner the same first cases); each chunk's rows are
     appended to ``csv_path`` at once, and rows already there (policy, init, seed) are not re-planned."""
+    from rtautoplan.policies.acer import make_env
+
     done = {(r["policy"], r["init"], r["case_seed"]) for r in read_rows(csv_path)}
     new = []
     for start in range(0, len(seeds), chunk):
         part = list(seeds[start:start + chunk])
+        env = make_env(part, dose_grid_factor, population=population)
         for name in policies:
             for init in inits:
                 todo = [s for s in part if (name, init, int(s)) not in done]
                 if not todo:
                     continue
-                rows = plan_cases(name, todo, (init,), population=population)
+                rows = plan_cases(name, todo, (init,), dose_grid_factor, population=population, env=env)
                 _append(csv_path, rows)
                 new += rows
                 if progress:
