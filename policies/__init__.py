@@ -24,7 +24,7 @@ POLICIES = {
     "rule-based": RuleBased,
     "random": RandomPolicy,
     "do-nothing": DoNothing,  # keeps the start plan: the floor of issue 16's tables
-    "acer": _trained("acer"),  # seed 000 prostate (policies/weights/acer_prostate.pt)
+    "acer": _trained("acer"),  # seed 000 prostate (policies/weights/acer_prostate_v2.pt)
     "sarsa": _trained("sarsa"),  # seed 004 H&N IMRT, model 2 (policies/weights/sarsa_model2.npz)
     "qmix": _trained("qmix"),  # seed 003 carbon H&N, 45 agents (policies/weights/qmix_carbon.pt)
     "ppo": _trained("ppo"),  # seed 002 proton H&N (policies/weights/ppo_proton_hn.pt)

@@ -37,7 +37,9 @@ from rtautoplan.policies.workers import deterministic, env_spaces, env_workers, 
 from rtautoplan.training import jsonable
 from torch import nn
 
-WEIGHTS = Path(__file__).resolve().parent / "weights" / "acer_prostate.pt"
+# The default planner: fine-tuned on the calibrated population v2 (issue 16); better there than the v1
+# planner ``acer_prostate.pt`` (kept, reproducible) on the held-out v2 cases (docs/results.md).
+WEIGHTS = Path(__file__).resolve().parent / "weights" / "acer_prostate_v2.pt"
 
 
 @dataclass
@@ -444,7 +446,7 @@ def load_net(path: str | Path = WEIGHTS) -> AcerNet:
 
 
 def load(env=None, seed: int = 0, path: str | Path = WEIGHTS) -> AcerPolicy:
-    """The committed ACER planner (``policies/weights/acer_prostate.pt``) on ``env``: masked by its
+    """The ACER planner of ``path`` (default ``WEIGHTS``, the v2 planner) on ``env``: masked by its
     ``action_mask`` when the training record says ``mask_no_ops``. ``seed`` is accepted for the
     ``POLICIES`` factory signature; the greedy policy needs none."""
     record = Path(path).with_suffix(".json")
@@ -456,8 +458,9 @@ def load(env=None, seed: int = 0, path: str | Path = WEIGHTS) -> AcerPolicy:
 
 
 def ensemble(env=None, path: str | Path = WEIGHTS) -> list[AcerPolicy]:
-    """The other trained ACER seeds beside ``path`` (``acer_prostate_seed*.pt``): the ensemble whose
-    disagreement with the committed planner is its epistemic uncertainty (SPEC §5.4)."""
+    """The other committed ACER planners beside ``path`` (``acer_prostate*.pt``: the v1 planner and its
+    first stage next to the v2 default): the ensemble whose disagreement with the planner is its
+    epistemic uncertainty (SPEC §5.4)."""
     path = Path(path)
-    others = sorted(p for p in path.parent.glob(f"{path.stem}_seed*.pt") if p != path)
+    others = sorted(p for p in path.parent.glob("acer_prostate*.pt") if p.resolve() != path.resolve())
     return [load(env, path=p) for p in others]
