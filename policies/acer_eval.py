@@ -136,18 +136,20 @@ def read_rows(csv_path: Path = CSV) -> list[dict]:
 
 
 def summarise(rows: list[dict]) -> dict:
-    """n, before/after mean ± sd, % at 9, counts in [8, 9) and < 8, mean steps."""
+    """n, before/after mean ± sd, % at 9, counts in [8, 9) and < 8, min after, mean steps."""
     before = np.array([r["before"] for r in rows])
     after = np.array([r["after"] for r in rows])
     return {"n": len(rows), "before": (before.mean(), before.std()), "after": (after.mean(), after.std()),
             "at9": 100.0 * np.mean(after >= 9.0 - 1e-9), "in8_9": int(np.sum((after >= 8.0) & (after < 9.0 - 1e-9))),
-            "below8": int(np.sum(after < 8.0)), "steps": float(np.mean([r["steps"] for r in rows]))}
+            "below8": int(np.sum(after < 8.0)), "min": float(after.min()),
+            "steps": float(np.mean([r["steps"] for r in rows]))}
 
 
 def table(rows: list[dict], grid: str = "1x2x2", policies=POLICY_ROWS) -> str:
     """The seed-style table (SPEC §1.14) of one dose grid, one line per init × policy."""
-    header = "| init | policy | n | ψ before (mean ± sd) | ψ after (mean ± sd) | % at 9 | n in [8, 9) | n < 8 | mean steps |"
-    lines = [header, "|---|---|---|---|---|---|---|---|---|"]
+    header = ("| init | policy | n | ψ before (mean ± sd) | ψ after (mean ± sd) | % at 9 | n in [8, 9) | n < 8 | min ψ | "
+              "mean steps |")
+    lines = [header, "|---|---|---|---|---|---|---|---|---|---|"]
     for init in ("trivial", "random"):
         for policy in policies:
             sel = [r for r in rows if r["init"] == init and r["policy"] == policy and r["grid"] == grid]
@@ -155,7 +157,7 @@ def table(rows: list[dict], grid: str = "1x2x2", policies=POLICY_ROWS) -> str:
                 s = summarise(sel)
                 lines.append(f"| {init} | {policy} | {s['n']} | {s['before'][0]:.2f} ± {s['before'][1]:.2f} | "
                              f"{s['after'][0]:.2f} ± {s['after'][1]:.2f} | {s['at9']:.1f} % | {s['in8_9']} | "
-                             f"{s['below8']} | {s['steps']:.1f} |")
+                             f"{s['below8']} | {s['min']:.0f} | {s['steps']:.1f} |")
     return "\n".join(lines)
 
 

@@ -42,7 +42,7 @@ def test_acer_v1_headline_on_20_held_out_v1_prostates():
 def test_acer_default_headline_on_20_held_out_v2_prostates():
     """The default planner (v2 weights) on these 20 v2 cases (docs/results/acer_prostate_v2.csv): trivial
     TPPs 85 % at ψ = 9, mean 8.60, 3 below 8 (rule-based 70 %, 8.50; the v1 planner 50 %, 7.20; do-nothing
-    30 %, 6.45); random TPPs RANDOM_LINE."""
+    30 %, 6.45); random TPPs 75 %, 8.55, 2 below 8 (the v1 planner 70 %, 8.35; do-nothing 0 %, 7.30)."""
     from rtautoplan.policies import acer
     from rtautoplan.policies.acer_eval import plan_cases, summarise
 
@@ -54,7 +54,7 @@ def test_acer_default_headline_on_20_held_out_v2_prostates():
     random = summarise([r for r in rows if r["init"] == "random"])
     assert trivial["n"] == random["n"] == 20
     assert trivial["at9"] >= 80.0 and trivial["after"][0] >= 8.5 and trivial["below8"] <= 3
-    assert random["at9"] >= RANDOM_AT9
+    assert random["at9"] >= 70.0 and random["after"][0] >= 8.4 and random["below8"] <= 2
 
 
 @pytest.mark.slow
