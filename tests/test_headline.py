@@ -3,8 +3,7 @@
 Each test re-plans held-out variants with the committed weights on the population and engine their
 record names, the way docs/results.md was made, and fails when a change breaks a planner. Bounds
 sit just under what the committed weights reach on these cases (docs/results/acer_prostate.csv,
-acer_prostate_v2.csv,
-docs/results/sarsa_hn_test.csv), far above the baselines beside them.
+acer_prostate_v2.csv, sarsa_hn_test.csv), above the baselines beside them.
 """
 
 from __future__ import annotations
