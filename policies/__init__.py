@@ -7,6 +7,7 @@ registered, and what ``rtautoplan plan --policy NAME`` looks up.
 import importlib
 
 from rtautoplan.policies.base import Policy, RandomPolicy
+from rtautoplan.policies.do_nothing import DoNothing
 from rtautoplan.policies.rule_based import RuleBased
 
 
@@ -22,7 +23,8 @@ def _trained(module: str):
 POLICIES = {
     "rule-based": RuleBased,
     "random": RandomPolicy,
-    "acer": _trained("acer"),  # seed 000 prostate (policies/weights/acer_prostate.pt)
+    "do-nothing": DoNothing,  # keeps the start plan: the floor of issue 16's tables
+    "acer": _trained("acer"),  # seed 000 prostate (policies/weights/acer_prostate_v2.pt)
     "sarsa": _trained("sarsa"),  # seed 004 H&N IMRT, model 2 (policies/weights/sarsa_model2.npz)
     "qmix": _trained("qmix"),  # seed 003 carbon H&N, 45 agents (policies/weights/qmix_carbon.pt)
     "ppo": _trained("ppo"),  # seed 002 proton H&N (policies/weights/ppo_proton_hn_cov.pt)
@@ -43,4 +45,4 @@ TRAINERS = {"acer": "rtautoplan.policies.acer", "sarsa": "rtautoplan.policies.sa
             "dqn": "rtautoplan.policies.dqn", "qmix": "rtautoplan.policies.qmix",
             "ppo": "rtautoplan.policies.ppo"}  # dqn: the FGSM contrast of seed 000 (docs/results.md)
 
-__all__ = ["ensemble_for", "POLICIES", "TRAINERS", "Policy", "RandomPolicy", "RuleBased"]
+__all__ = ["DoNothing", "ensemble_for", "POLICIES", "TRAINERS", "Policy", "RandomPolicy", "RuleBased"]

@@ -27,7 +27,7 @@ import copy
 import functools
 import json
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -37,7 +37,9 @@ from rtautoplan.policies.workers import deterministic, env_spaces, env_workers, 
 from rtautoplan.training import jsonable
 from torch import nn
 
-WEIGHTS = Path(__file__).resolve().parent / "weights" / "acer_prostate.pt"
+# The default planner: fine-tuned on the calibrated population v2 (issue 16); better there than the v1
+# planner ``acer_prostate.pt`` (kept, reproducible) on the held-out v2 cases (docs/results.md).
+WEIGHTS = Path(__file__).resolve().parent / "weights" / "acer_prostate_v2.pt"
 
 
 @dataclass
@@ -310,6 +312,31 @@ class TrainRecord:
     """the phantom population trained and validated on (``rtautoplan.phantom.make_case``)"""
     engine: dict = field(default_factory=dict)
     """the TPS it planned with (``engine_of``)"""
+    command: str = ""
+    """the ``rtautoplan train acer`` line that re-makes these weights (``reproduce_command``)"""
+
+
+# Arguments that decide where and how fast a run goes, not the weights it makes.
+_NOT_WEIGHTS = ("progress", "wall_budget_s", "actors", "ray_address")
+
+
+def reproduce_command(args: Args, best_step: int) -> str:
+    """The ``rtautoplan train acer`` line that re-makes the selected weights (bit-identical on CPU): every
+    argument off its default, ``--T-max`` at the selected step (a run stopped later, or by its wall
+    budget, selected an earlier checkpoint), and always ``--population``."""
+    default, parts = Args(), ["rtautoplan train acer"]
+    for f in fields(Args):
+        value = best_step if f.name == "T_max" else getattr(args, f.name)
+        if f.name in _NOT_WEIGHTS or (value == getattr(default, f.name) and f.name != "population"):
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        if isinstance(value, bool):
+            parts.append(flag if value else f"--no-{flag[2:]}")
+        elif isinstance(value, (tuple, list)):
+            parts.append(f"{flag} {' '.join(map(str, value))}")
+        else:
+            parts.append(f"{flag} {'none' if value is None else value}")
+    return " ".join(parts)
 
 
 def train(args: Args, envs=None, val_env=None, validate_fn=validate) -> TrainRecord:
@@ -395,7 +422,7 @@ def _train(args: Args, workers, n_actors: int, val_env, validate_fn) -> TrainRec
 def _record(args: Args, steps: int, episodes: int, start: float, best: tuple, curve: list) -> TrainRecord:
     return TrainRecord(jsonable({"out": args.out})["out"], jsonable(asdict(args)), args.seed, steps, episodes,
                        time.perf_counter() - start, best[1], float(best[0]), list(curve), population=args.population,
-                       engine=engine_of(args))
+                       engine=engine_of(args), command=reproduce_command(args, best[1]))
 
 
 def _save(args: Args, state_dict, record: TrainRecord) -> None:
@@ -419,7 +446,7 @@ def load_net(path: str | Path = WEIGHTS) -> AcerNet:
 
 
 def load(env=None, seed: int = 0, path: str | Path = WEIGHTS) -> AcerPolicy:
-    """The committed ACER planner (``policies/weights/acer_prostate.pt``) on ``env``: masked by its
+    """The ACER planner of ``path`` (default ``WEIGHTS``, the v2 planner) on ``env``: masked by its
     ``action_mask`` when the training record says ``mask_no_ops``. ``seed`` is accepted for the
     ``POLICIES`` factory signature; the greedy policy needs none."""
     record = Path(path).with_suffix(".json")
@@ -431,8 +458,9 @@ def load(env=None, seed: int = 0, path: str | Path = WEIGHTS) -> AcerPolicy:
 
 
 def ensemble(env=None, path: str | Path = WEIGHTS) -> list[AcerPolicy]:
-    """The other trained ACER seeds beside ``path`` (``acer_prostate_seed*.pt``): the ensemble whose
-    disagreement with the committed planner is its epistemic uncertainty (SPEC §5.4)."""
+    """The other committed ACER planners beside ``path`` (``acer_prostate*.pt``: the v1 planner and its
+    first stage next to the v2 default): the ensemble whose disagreement with the planner is its
+    epistemic uncertainty (SPEC §5.4)."""
     path = Path(path)
-    others = sorted(p for p in path.parent.glob(f"{path.stem}_seed*.pt") if p != path)
+    others = sorted(p for p in path.parent.glob("acer_prostate*.pt") if p.resolve() != path.resolve())
     return [load(env, path=p) for p in others]

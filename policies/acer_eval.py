@@ -29,25 +29,34 @@ TEST_SEEDS = tuple(range(1000, 1100))
 FIELDS = ("policy", "init", "case_seed", "before", "after", "steps", "grid")
 # Table rows: the committed ACER, its first stage (seed 0 only, the paper's set-up), the baselines.
 POLICY_ROWS = ("acer", "acer-seed0", "rule-based", "random")
+# Issue 16: the calibrated population v2, both ACER weights against the baselines and the start plan.
+CSV_V2 = ROOT / "docs" / "results" / "acer_prostate_v2.csv"
+V2_ROWS = ("acer-v2", "acer-v1", "rule-based", "random", "do-nothing")
+WEIGHT_FILES = {"acer-v1": "acer_prostate.pt", "acer-v2": "acer_prostate_v2.pt", "acer-seed0": "acer_prostate_seed0.pt"}
 
 
 def _policy(name: str, env, seed: int):
-    """ACER from its committed weights; the others from the ``POLICIES`` registry."""
+    """ACER from its default weights (``acer``) or named ones (``WEIGHT_FILES``); the others from the
+    ``POLICIES`` registry."""
     from rtautoplan.policies import POLICIES, acer
 
+    if name in WEIGHT_FILES:
+        return acer.load(env, seed, path=acer.WEIGHTS.parent / WEIGHT_FILES[name])
     return acer.load(env, seed) if name == "acer" else POLICIES[name](env, seed)
 
 
 def plan_cases(policy_name: str, seeds, inits=("trivial", "random"), dose_grid_factor=(1, 2, 2),
-               max_steps: int = 20, cold_start: bool = True, draws: int = 1, population: str = "v1") -> list[dict]:
+               max_steps: int = 20, cold_start: bool = True, draws: int = 1, population: str = "v1",
+               env=None) -> list[dict]:
     """One row per (init, case seed, draw): ψ before and after the closed loop of ``policy_name`` on
     prostate phantom ``population``; draw k > 0 of random TPPs resets with seed 1000·s + k (draw 0:
-    the case seed s)."""
+    the case seed s). ``env``: an environment of these seeds to reuse (its cases and dose influence
+    matrices stay in memory across planners)."""
     from rtautoplan.policies.acer import make_env
 
     from rtautoplan.loop import run_loop
 
-    env = make_env(seeds, dose_grid_factor, cold_start=cold_start, population=population)
+    env = env or make_env(seeds, dose_grid_factor, cold_start=cold_start, population=population)
     policy = _policy(policy_name, env, 0)
     rows = []
     for init in inits:
@@ -80,6 +89,44 @@ def evaluate_acer(policies=("acer", "rule-based", "random"), seeds=TEST_SEEDS, i
     return rows
 
 
+def evaluate_population(policies=V2_ROWS, seeds=TEST_SEEDS, inits=("trivial", "random"), population: str = "v2",
+                        csv_path: Path = CSV_V2, chunk: int = 10, progress: bool = True,
+                        dose_grid_factor=(1, 2, 2)) -> list[dict]:
+    """Plan ``seeds`` of ``population`` with every one of ``policies``, ``chunk`` cases at a time for all
+    of them (a run stopped early leaves every planner the same first cases); each chunk's rows are
+    appended to ``csv_path`` at once, and rows already there (policy, init, seed) are not re-planned."""
+    from rtautoplan.policies.acer import make_env
+
+    done = {(r["policy"], r["init"], r["case_seed"]) for r in read_rows(csv_path)}
+    new = []
+    for start in range(0, len(seeds), chunk):
+        part = list(seeds[start:start + chunk])
+        env = make_env(part, dose_grid_factor, population=population)
+        for name in policies:
+            for init in inits:
+                todo = [s for s in part if (name, init, int(s)) not in done]
+                if not todo:
+                    continue
+                rows = plan_cases(name, todo, (init,), dose_grid_factor, population=population, env=env)
+                _append(csv_path, rows)
+                new += rows
+                if progress:
+                    s = summarise(rows)
+                    print(f"{name} {init} seeds {todo[0]}–{todo[-1]}: ψ {s['before'][0]:.2f} → {s['after'][0]:.2f}, "
+                          f"{s['at9']:.0f} % at 9", flush=True)
+    return new
+
+
+def _append(csv_path: Path, rows: list[dict]) -> None:
+    csv_path.parent.mkdir(parents=True, exist_ok=True)
+    fresh = not csv_path.exists()
+    with open(csv_path, "a", newline="") as f:
+        writer = csv.DictWriter(f, FIELDS)
+        if fresh:
+            writer.writeheader()
+        writer.writerows(rows)
+
+
 def read_rows(csv_path: Path = CSV) -> list[dict]:
     if not Path(csv_path).exists():
         return []
@@ -89,30 +136,32 @@ def read_rows(csv_path: Path = CSV) -> list[dict]:
 
 
 def summarise(rows: list[dict]) -> dict:
-    """n, before/after mean ± sd, % at 9, counts in [8, 9) and < 8, mean steps."""
+    """n, before/after mean ± sd, % at 9, counts in [8, 9) and < 8, min after, mean steps."""
     before = np.array([r["before"] for r in rows])
     after = np.array([r["after"] for r in rows])
     return {"n": len(rows), "before": (before.mean(), before.std()), "after": (after.mean(), after.std()),
             "at9": 100.0 * np.mean(after >= 9.0 - 1e-9), "in8_9": int(np.sum((after >= 8.0) & (after < 9.0 - 1e-9))),
-            "below8": int(np.sum(after < 8.0)), "steps": float(np.mean([r["steps"] for r in rows]))}
+            "below8": int(np.sum(after < 8.0)), "min": float(after.min()),
+            "steps": float(np.mean([r["steps"] for r in rows]))}
 
 
-def table(rows: list[dict], grid: str = "1x2x2") -> str:
+def table(rows: list[dict], grid: str = "1x2x2", policies=POLICY_ROWS) -> str:
     """The seed-style table (SPEC §1.14) of one dose grid, one line per init × policy."""
-    header = "| init | policy | n | ψ before (mean ± sd) | ψ after (mean ± sd) | % at 9 | n in [8, 9) | n < 8 | mean steps |"
-    lines = [header, "|---|---|---|---|---|---|---|---|---|"]
+    header = ("| init | policy | n | ψ before (mean ± sd) | ψ after (mean ± sd) | % at 9 | n in [8, 9) | n < 8 | min ψ | "
+              "mean steps |")
+    lines = [header, "|---|---|---|---|---|---|---|---|---|---|"]
     for init in ("trivial", "random"):
-        for policy in POLICY_ROWS:
+        for policy in policies:
             sel = [r for r in rows if r["init"] == init and r["policy"] == policy and r["grid"] == grid]
             if sel:
                 s = summarise(sel)
                 lines.append(f"| {init} | {policy} | {s['n']} | {s['before'][0]:.2f} ± {s['before'][1]:.2f} | "
                              f"{s['after'][0]:.2f} ± {s['after'][1]:.2f} | {s['at9']:.1f} % | {s['in8_9']} | "
-                             f"{s['below8']} | {s['steps']:.1f} |")
+                             f"{s['below8']} | {s['min']:.0f} | {s['steps']:.1f} |")
     return "\n".join(lines)
 
 
-def histogram(rows: list[dict], png: Path, grid: str = "1x2x2") -> None:
+def histogram(rows: list[dict], png: Path, grid: str = "1x2x2", policies=POLICY_ROWS) -> None:
     """ψ after planning, per policy, one panel per init (seed Figs. 4–5)."""
     import matplotlib
 
@@ -122,14 +171,15 @@ def histogram(rows: list[dict], png: Path, grid: str = "1x2x2") -> None:
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.2), sharey=True)
     bins = np.arange(0, 9.51, 0.5)
     for ax, init in zip(axes, ("trivial", "random")):
-        for policy in POLICY_ROWS:
+        for policy in policies:
             after = [r["after"] for r in rows if r["init"] == init and r["policy"] == policy and r["grid"] == grid]
             if after:
                 ax.hist(after, bins=bins, alpha=0.5, label=policy)
-        before = [r["before"] for r in rows if r["init"] == init and r["policy"] == "acer" and r["grid"] == grid]
+        before = [r["before"] for r in rows if r["init"] == init and r["policy"] == policies[0] and r["grid"] == grid]
         if before:
             ax.hist(before, bins=bins, histtype="step", color="k", label="before")
-        ax.set_title(f"{init} TPPs, held-out seeds 1000–1099")
+        seeds = sorted({r["case_seed"] for r in rows})
+        ax.set_title(f"{init} TPPs, held-out seeds {seeds[0]}–{seeds[-1]}" if seeds else init)
         ax.set_xlabel("ψ (proknow9, max 9)")
     axes[0].set_ylabel("plans")
     axes[0].legend(fontsize=8)
@@ -139,20 +189,21 @@ def histogram(rows: list[dict], png: Path, grid: str = "1x2x2") -> None:
     plt.close(fig)
 
 
-def write_results(csv_path: Path = CSV, results: Path = RESULTS, notes: str | None = None) -> str:
-    """Replace the ACER section's generated block in ``results`` by the tables and histogram of
-    ``csv_path`` (the text around the ``<!-- acer-table -->`` markers is kept)."""
+def write_results(csv_path: Path = CSV, results: Path = RESULTS, notes: str | None = None, marker: str = "acer-table",
+                  section: str = SECTION, policies=POLICY_ROWS) -> str:
+    """Replace the generated block between the ``<!-- {marker} -->`` markers of ``section`` in
+    ``results`` by the tables and histogram of ``csv_path`` (the text around them is kept)."""
     rows = read_rows(csv_path)
-    png = csv_path.with_name("acer_prostate_hist.png")
-    histogram(rows, png)
+    png = csv_path.with_name(csv_path.stem + "_hist.png")
+    histogram(rows, png, policies=policies)
     grids = sorted({r["grid"] for r in rows})
-    block = "\n\n".join(f"Dose grid {g}:\n\n{table(rows, g)}" for g in grids)
+    block = "\n\n".join(f"Dose grid {g}:\n\n{table(rows, g, policies)}" for g in grids)
     block += f"\n\n![ψ after planning](results/{png.name})\n\nRows: `docs/results/{csv_path.name}`."
     text = results.read_text() if results.exists() else "# Results\n"
-    if SECTION not in text:
-        text = text.rstrip() + f"\n\n{SECTION}\n\n{notes or ''}\n\n<!-- acer-table -->\n<!-- /acer-table -->\n"
-    generated = f"<!-- acer-table -->\n{block}\n<!-- /acer-table -->"
-    text = re.sub(r"<!-- acer-table -->.*?<!-- /acer-table -->", lambda _: generated, text, flags=re.DOTALL)
+    if section not in text:
+        text = text.rstrip() + f"\n\n{section}\n\n{notes or ''}\n\n<!-- {marker} -->\n<!-- /{marker} -->\n"
+    generated = f"<!-- {marker} -->\n{block}\n<!-- /{marker} -->"
+    text = re.sub(rf"<!-- {marker} -->.*?<!-- /{marker} -->", lambda _: generated, text, flags=re.DOTALL)
     results.write_text(text)
     return block
 

@@ -189,3 +189,35 @@ def test_init_from_starts_training_from_given_weights(tmp_path):
     acer.train(args, envs=[CueEnv()], validate_fn=None)
     for p, q in zip(net_a.parameters(), acer.load_net(tmp_path / "b.pt").parameters()):
         assert torch.equal(p, q)
+
+
+def test_reproduce_command_parses_back_to_the_run_that_made_the_weights():
+    """The record's command is the committed stage 2 (README) and gives back every argument but the budget."""
+    import json
+    import shlex
+    from dataclasses import replace
+
+    from rtautoplan.training import parse
+
+    record = json.loads((acer.WEIGHTS.parent / "acer_prostate.json").read_text())
+    run = acer.Args(**{k: tuple(v) if isinstance(v, list) else v for k, v in record["args"].items()})
+    command = acer.reproduce_command(run, record["best_step"])
+    assert "--init-from policies/weights/acer_prostate_seed0.pt --population v1" in command
+    again = parse(acer.Args, shlex.split(command)[3:], "acer")
+    assert again == replace(run, T_max=record["best_step"], wall_budget_s=None, progress=acer.Args().progress)
+
+
+def test_population_evaluation_resumes_and_the_table_gives_min_psi(tmp_path):
+    """Rows already in the CSV are not planned again; the table has each planner's minimum ψ."""
+    from rtautoplan.policies import acer_eval
+
+    csv_path = tmp_path / "rows.csv"
+    done = [{"policy": p, "init": "trivial", "case_seed": 1000, "before": 5.0, "after": a, "steps": n, "grid": "1x2x2"}
+            for p, a, n in (("acer-v2", 9.0, 3), ("do-nothing", 5.0, 0))]
+    acer_eval._append(csv_path, done)
+    assert acer_eval.evaluate_population(("acer-v2", "do-nothing"), [1000], ("trivial",), csv_path=csv_path,
+                                         progress=False) == []
+    lines = acer_eval.table(acer_eval.read_rows(csv_path), "1x2x2", acer_eval.V2_ROWS).splitlines()
+    assert "min ψ" in lines[0] and len(lines) == 4
+    assert lines[2].startswith("| trivial | acer-v2 | 1 |") and "| 100.0 % | 0 | 0 | 9 | 3.0 |" in lines[2]
+    assert "| 0.0 % | 0 | 1 | 5 | 0.0 |" in lines[3]

@@ -37,7 +37,7 @@ def test_the_log_records_mu_state_convergence_weights_and_safety(planned):
     log = json.loads((out / "plan_log.json").read_text())
     assert log["steps"], "the planner took no step"
     weights = {w["file"]: w for w in log["weights"]}
-    assert "policies/weights/acer_prostate.pt" in weights  # the planner, then its ensemble
+    assert "policies/weights/acer_prostate_v2.pt" in weights  # the planner, then its ensemble
     for w in log["weights"]:
         assert w["sha256"] == sha256_file(PACKAGE_ROOT / w["file"]) and w["version"].endswith(w["sha256"][:12])
     for s in log["steps"]:
@@ -60,7 +60,8 @@ def test_audit_passes_on_an_untouched_plan_and_prints_the_trail(planned, capsys)
     _, out = planned
     assert main(["audit", str(out / "plan_log.json")]) == 0
     printed = capsys.readouterr().out
-    assert "step  1" in printed and "μ=" in printed and "4 of 4 checks pass" in printed
+    checks = 2 + len(json.loads((out / "plan_log.json").read_text())["weights"])  # one per weights file
+    assert "step  1" in printed and "μ=" in printed and f"{checks} of {checks} checks pass" in printed
 
 
 def test_audit_fails_on_a_changed_input_file(planned, tmp_path, capsys):

@@ -151,6 +151,15 @@ def test_committed_records_name_their_population_and_engine(name):
     assert record["engine"]["dose_grid_factor"] == record["args"]["dose_grid_factor"]
 
 
+def test_the_default_acer_planner_was_trained_on_v2_and_says_how():
+    from rtautoplan.policies import acer
+
+    record = json.loads(acer.WEIGHTS.with_suffix(".json").read_text())
+    assert record["population"] == "v2" and record["engine"]["dose_grid_factor"] == [1, 2, 2]
+    assert record["command"].startswith("rtautoplan train acer ") and "--population v2" in record["command"]
+    assert max(record["args"]["train_seeds"] + record["args"]["val_seeds"]) < 1000  # held-out seeds untouched
+
+
 def test_new_training_defaults_to_the_calibrated_population():
     from rtautoplan.policies import acer, sarsa
 
