@@ -109,3 +109,25 @@ def test_phantom_cli_size_option(tmp_path, capsys):
 
     assert main(["phantom", "prostate", "--size", "clinical", "-o", str(tmp_path)]) == 2
     assert "hn phantom only" in capsys.readouterr().err
+
+
+def test_liver_has_the_seed_002_organs_and_its_margins_make_the_ptv():
+    """Seed 002 §2.15: a liver tumour with SpinalCord, Liver, Heart, Kidneys and Bowel; the liver rules
+    (CTV + 5 mm, Ring = Gap + 15 mm) build the PTV; the same seed gives the same patient."""
+    from rtautoplan.structures.rules import apply_rules
+
+    case = make_case("liver", 3)
+    assert {s.name for s in case.structures} == {"CTV_5000", "Liver", "Heart", "Kidney_L", "Kidney_R", "Bowel",
+                                                 "SpinalCord", "External"}
+    assert case.prescription.levels[0].dose_gy == 50.0 and case.prescription.fractions == 10
+    ctv, liver = case.structure("CTV_5000"), case.structure("Liver")
+    assert 10.0 <= ctv.volume_cm3(case.grid) <= 160.0 and 1000.0 <= liver.volume_cm3(case.grid) <= 3500.0
+    assert (np.asarray(ctv.mask) & np.asarray(liver.mask)).any()  # the tumour is in the liver
+    assert np.array_equal(np.asarray(make_case("liver", 3).structure("CTV_5000").mask), np.asarray(ctv.mask))
+    assert not np.array_equal(np.asarray(make_case("liver", 4).structure("CTV_5000").mask), np.asarray(ctv.mask))
+    planned = apply_rules(case, "liver")
+    ptv = planned.structure("PTV_5000")
+    grown = ptv.volume_cm3(case.grid) / ctv.volume_cm3(case.grid)
+    r = (3 * ctv.volume_cm3(case.grid) * 1000 / (4 * np.pi)) ** (1 / 3)  # mm, the sphere's radius
+    assert not (np.asarray(ctv.mask) & ~np.asarray(ptv.mask)).any()
+    assert ((r + 5.0) / r) ** 3 < grown < ((r + 5.0 + 3.0) / r) ** 3  # 5 mm on a 3 mm grid: within a voxel
