@@ -34,6 +34,11 @@ def _phantom(args) -> int:
     if args.size != "standard" and args.site != "hn":
         raise InputError(f"--size {args.size}", f"exists for the hn phantom only, not {args.site}",
                          "Use --size standard, or the hn site")
+    from rtautoplan.phantom import populations
+
+    if args.population not in populations(args.site):
+        raise InputError(f"--population {args.population}", f"does not exist for the {args.site} phantom",
+                         f"Use --population {' or '.join(populations(args.site))}")
     case = write_phantom(args.site, args.seed, args.output, args.size, args.population)
     print(f"wrote {case.case_id} ({args.site}, seed {args.seed}): CT {case.grid.shape[0]} slices "
           f"{case.grid.shape[1]}×{case.grid.shape[2]}, {len(case.structures)} ROIs → {args.output}")
@@ -426,8 +431,8 @@ def parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     ph = sub.add_parser("phantom", help="write a synthetic patient (CT + RTSTRUCT + prescription) as DICOM")
-    ph.add_argument("site", choices=["hn", "prostate", "tg119"], help="tg119: the five AAPM TG-119 test cases, "
-                    "one folder each (sample_data/tg119)")
+    ph.add_argument("site", choices=["hn", "prostate", "liver", "tg119"], help="liver: seed 002's generalisation "
+                    "site; tg119: the five AAPM TG-119 test cases, one folder each (sample_data/tg119)")
     ph.add_argument("--seed", type=int, default=1, help="anatomy variant (sample_data uses seed 1; not for tg119)")
     ph.add_argument("-o", "--output", type=Path, required=True, help="folder to write")
     ph.add_argument("--size", choices=["standard", "clinical"], default="standard",
