@@ -27,8 +27,9 @@ import numpy as np
 from rtautoplan.case import Case, Role, Structure
 from rtautoplan.plan import Objective
 from rtautoplan.policies.env_base import PlanningEnv, Reward, Scorer, dvh_rows
-from rtautoplan.structures.objectives import (estimate_dose, goal_objectives, hotspot_objectives, hotspot_regions,
-                                              objectives_for)
+from rtautoplan.structures.falloff import falloff_objectives, falloff_regions
+from rtautoplan.structures.objectives import (HOTSPOT_AIM, estimate_dose, goal_objectives, hotspot_objectives,
+                                              hotspot_regions, objectives_for)
 from rtautoplan.structures.rules import apply_rules, priority
 
 M_MAX = 50  # planning structures, SPEC §2.7 capacity
@@ -104,6 +105,8 @@ class ProtonHNEnv(PlanningEnv, gym.Env):
     override ``dose_distribution`` (e.g. ``{"ring_rx": "rx_min"}``). cold_start: see ``env_base``.
     site: the margin set (``structures.rules.SITES``) and protocol (``rtautoplan.protocols``); the case's
     goals (``protocols.goals_for``) join rule 10's fixed objectives (``structures.objectives.goal_objectives``).
+    falloff: add the normal-tissue dose fall-off objectives (``structures.falloff``; the product's
+    rule-based setups, off for the trained planners' environment as they learned it).
     """
 
     system = "dose_distribution"
@@ -113,8 +116,8 @@ class ProtonHNEnv(PlanningEnv, gym.Env):
     def __init__(self, tps, case_seeds: Sequence[int] = (0,), case: Case | None = None, max_steps: int = MAX_STEPS,
                  k_selected: int = K_SELECTED, scorer: Scorer | None = None, reward: Reward | None = None,
                  score_options: Mapping | None = None, cold_start: bool = True, site: str = "hn",
-                 population: str = "v1"):
-        self.k, self.site = int(k_selected), site
+                 population: str = "v1", falloff: bool = False):
+        self.k, self.site, self.falloff = int(k_selected), site, bool(falloff)
         self._setup(tps, case_seeds, case, max_steps, "rule11", scorer, reward, score_options, cold_start, population)
         low = np.concatenate([[0.0] * (DVH_POINTS + 2), [-np.inf], [0.0]]).astype(np.float32)
         high = np.concatenate([[1.0] * (DVH_POINTS + 2), [0.0], [np.inf]]).astype(np.float32)
@@ -133,7 +136,8 @@ class ProtonHNEnv(PlanningEnv, gym.Env):
         from rtautoplan.structures.rules import photon_rules
 
         photon = getattr(self.tps, "modality", None) is Modality.PHOTON
-        return hotspot_regions(apply_rules(case, photon_rules(self.site) if photon else self.site))
+        case = hotspot_regions(apply_rules(case, photon_rules(self.site) if photon else self.site))
+        return falloff_regions(case, HOTSPOT_AIM) if self.falloff else case
 
     def _init_parameters(self, init: str) -> None:
         case = self.case
@@ -143,6 +147,8 @@ class ProtonHNEnv(PlanningEnv, gym.Env):
 
         self._base = objectives_for(case, self.np_random, reference_dose=self._estimates[case.case_id])
         self._base += hotspot_objectives(case) + goal_objectives(case, goals_for(case, self.site))
+        if self.falloff:
+            self._base += falloff_objectives(case)
         self.params = {o.structure: (o.weight, o.dose_gy) for o in self._base if o.adjustable}
 
     def _apply(self, action) -> dict:

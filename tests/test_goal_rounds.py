@@ -121,3 +121,24 @@ def test_rounds_bring_a_missed_organ_goal_in(small_case):
         else:
             assert met.met and result.acceptable, (met, result.gate.reasons)
             assert logged and logged[-1].accepted and "Esophagus D50% ≤ 3 Gy at" in logged[0].action
+
+
+def test_a_target_maximum_weighed_up_weighs_its_coverage_up_too(small_case):
+    """Balanced rounds: a hot target (D10 miss) raises its maximum ×WEIGHT_FACTOR and its coverage
+    objectives by the same factor, aims unchanged; an organ's objectives and a coverage objective the
+    round moved itself are not touched twice."""
+    objectives = [Objective("CTV_6000", K.DVH_MIN, 61.2, 10.0, volume=0.95, adjustable=False),
+                  Objective("CTV_6000", K.DMIN, 58.2, 1.0, adjustable=False),
+                  Objective("CTV_6000", K.DVH_MAX, 62.0, 10.0, volume=0.1, adjustable=False),
+                  Objective("SpinalCord", K.DMAX, 40.0, 1.0, adjustable=True)]
+    hot = Miss("CTV_6000 D10% ≤ 63", (2,), 63.0, 66.0, "upper")
+    out, changes = next_objectives(objectives, [hot], {}, floor=floors(small_case))
+    assert out[2].weight == pytest.approx(10.0 * WEIGHT_FACTOR)
+    assert out[0].weight == pytest.approx(10.0 * WEIGHT_FACTOR) and out[0].dose_gy == 61.2
+    assert out[1].weight == pytest.approx(WEIGHT_FACTOR) and out[1].dose_gy == 58.2
+    assert out[3] == objectives[3] and sum("balanced" in c for c in changes) == 2
+    cold = Miss("CTV_6000 D95% ≥ 60", (0,), 60.0, 59.0, "lower")
+    out, _ = next_objectives(objectives, [hot, cold], {}, floor=floors(small_case))
+    assert out[0].weight == pytest.approx(10.0 * WEIGHT_FACTOR)  # moved by its own miss, once
+    gentle, _ = next_objectives(objectives, [hot], {}, strength=0.5, floor=floors(small_case))
+    assert gentle[0].weight == pytest.approx(10.0 * WEIGHT_FACTOR ** 0.5)
