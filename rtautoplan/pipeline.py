@@ -53,30 +53,24 @@ class Setup:
 # and the trained planners keep the block dose grid they learned on (TRAINED_GRID; the others: 3 mm, issue 13).
 TRAINED_GRID = {"dose_grid_factor": (1, 2, 2)}
 GRID_OPTIONS = ("dose_grid_factor", "dose_grid_mm")
-# The rule-based setups plan with a normal-tissue dose fall-off (structures.falloff); trained planners
-# keep the objectives they learned with.
-FALLOFF = {"falloff": True}
-# Their photon IMRT plans use 9 equispaced coplanar fields (TG-119 plans 7 or 9, 9 for the C-shape; measured
-# in docs/results.md "TG-119: warm rounds, fall-off, 9 fields"); the trained planners keep their 7.
+# The rule-based photon IMRT setups plan 9 equispaced coplanar fields (TG-119 plans 7 or 9, 9 for the
+# C-shape; measured in docs/results.md, s3-tg119); the trained planners keep the 7 they learned with.
 IMRT_FIELDS = {"n_beams": 9}
 SETUPS: dict[tuple[str, str], Setup] = {
     ("prostate", "photon"): Setup("prostate", "inhouse-photon", "acer", 20,
                                   adapter_options={**PROSTATE_ENGINE, **TRAINED_GRID},
                                   env_options={"init": "trivial"}),
-    ("hn", "photon"): Setup("proton_hn", "inhouse-photon", "rule-based", 8, adapter_options=IMRT_FIELDS,
-                            env_options=FALLOFF),
-    ("hn", "proton"): Setup("proton_hn", "inhouse-proton", "rule-based", 8, env_options=FALLOFF),
+    ("hn", "photon"): Setup("proton_hn", "inhouse-photon", "rule-based", 8, adapter_options=IMRT_FIELDS),
+    ("hn", "proton"): Setup("proton_hn", "inhouse-proton", "rule-based", 8),
     ("hn", "carbon"): Setup("carbon_hn", "phoenix", "rule-based", 10),
     # Sites without a seed's template: seed 002's objectives (rule 10 targets, rules 9–11 OARs) plus
     # the case's goals, with the site's margins (SPEC §2.15 liver: 5 / 15 mm; generic: 5 / 20 mm).
     ("liver", "photon"): Setup("proton_hn", "inhouse-photon", "rule-based", 8, adapter_options=IMRT_FIELDS,
-                               env_options={"site": "liver", **FALLOFF}),
-    ("liver", "proton"): Setup("proton_hn", "inhouse-proton", "rule-based", 8,
-                               env_options={"site": "liver", **FALLOFF}),
+                               env_options={"site": "liver"}),
+    ("liver", "proton"): Setup("proton_hn", "inhouse-proton", "rule-based", 8, env_options={"site": "liver"}),
     ("generic", "photon"): Setup("proton_hn", "inhouse-photon", "rule-based", 8, adapter_options=IMRT_FIELDS,
-                                 env_options={"site": "generic", **FALLOFF}),
-    ("generic", "proton"): Setup("proton_hn", "inhouse-proton", "rule-based", 8,
-                                 env_options={"site": "generic", **FALLOFF}),
+                                 env_options={"site": "generic"}),
+    ("generic", "proton"): Setup("proton_hn", "inhouse-proton", "rule-based", 8, env_options={"site": "generic"}),
     # Carbon on any site: seed 003's objectives act on the CTVs and the Table A1 organs the case has.
     ("generic", "carbon"): Setup("carbon_hn", "phoenix", "rule-based", 10),
 }

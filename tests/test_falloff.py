@@ -1,5 +1,5 @@
 """Normal-tissue dose fall-off (``structures.falloff``): shells outside the targets with a maximum dose
-that falls with distance, as Eclipse's NTO; on for the rule-based setups, off for the trained planners."""
+that falls with distance, as Eclipse's NTO (an environment option, ``ProtonHNEnv(falloff=True)``)."""
 
 from __future__ import annotations
 
@@ -44,12 +44,3 @@ def test_shells_lie_outside_the_targets_inside_the_body_at_their_distance(small_
     assert all(a > b for a, b in zip(doses, doses[1:])) and doses[-1] == pytest.approx(F_END * 60.0)
     again = falloff_regions(case, HOTSPOT_AIM)  # a previous run's shells are replaced, not doubled
     assert [s.name for s in again.structures] == [s.name for s in case.structures]
-
-
-def test_only_the_rule_based_setups_plan_with_the_falloff(small_case):
-    from rtautoplan.pipeline import POLICY_SETUPS, SETUPS
-
-    for (site, modality), setup in SETUPS.items():
-        if setup.env == "proton_hn":
-            assert setup.env_options.get("falloff") is True, (site, modality)
-    assert not POLICY_SETUPS[("hn", "proton", "ppo")].env_options.get("falloff")
