@@ -10,7 +10,8 @@ delivered and normalised), and for the objectives that pursue it:
   an upper aim on a target (or the External) below 1.02 × its Rx: a target maximum under its own
   prescription fights its coverage, and normalisation then scales the plan hotter;
 - from the second time an upper dose-volume objective is tightened, halves its volume as well
-  (D10 % ≤ 10 Gy is then pursued as D5 % ≤ aim): pulling the DVH's shoulder down, not its tail.
+  (D10 % ≤ 10 Gy is then pursued as D5 % ≤ aim): pulling the DVH's shoulder down, not its tail;
+  only at full strength: the gentler retries after a round not kept keep the volume.
 
 Each objective moves once a round. A hot spot outside the targets is pursued by a maximum-dose
 objective on the External (HOTSPOT_AIM × Rx_max, the global maximum a planner sets), a target's
@@ -70,9 +71,10 @@ def tighten(objective: Objective, miss: Miss, times: int, strength: float = 1.0,
     """``objective`` after one round for ``miss``: weight × WEIGHT_FACTOR^strength, aim moved towards
     the bound by at most AIM_STEP × strength, an upper aim never pushed below ``floor_gy`` (a target's
     maximum below its Rx would fight its coverage; an aim already below stays); an upper dose-volume
-    objective tightened before (``times`` ≥ 1) halves its volume."""
+    objective tightened before (``times`` ≥ 1) halves its volume, at full strength only (a gentler retry
+    after a round that was not kept does not repeat the jump)."""
     volume = objective.volume
-    if miss.side == "upper" and objective.kind in _DOSE_VOLUME and volume and times >= 1:
+    if miss.side == "upper" and objective.kind in _DOSE_VOLUME and volume and times >= 1 and strength >= 1.0:
         volume = max(volume / 2.0, MIN_VOLUME)
     aim = _aim(objective, miss, strength)
     if miss.side == "upper":

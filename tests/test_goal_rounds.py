@@ -24,6 +24,8 @@ def test_an_upper_miss_weighs_up_and_aims_lower_then_narrows_the_volume():
     assert once.dose_gy == pytest.approx(9.5 * 10.0 / 12.0) and once.volume == pytest.approx(0.1)
     twice = tighten(once, miss, times=1)
     assert twice.volume == pytest.approx(0.05) and twice.dose_gy < once.dose_gy
+    gentle = tighten(once, miss, times=1, strength=0.5)  # a retry after a round not kept: no jump in volume
+    assert gentle.volume == pytest.approx(0.1) and gentle.dose_gy < once.dose_gy
 
 
 def test_a_lower_miss_aims_higher_by_at_most_the_step():
