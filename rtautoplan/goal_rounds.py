@@ -20,9 +20,9 @@ coverage objectives weighed up by the same factor (balanced: a planner raising a
 alone gets a colder plan, which normalisation then scales hotter). The round then re-optimises from
 the best plan so far (its weights, where the TPS takes a start: ``optimize(objectives, start=…)``;
 else the adapter's previous solution) and takes the plan through the same final steps as the loop's
-(sequencing, normalisation, the gate). A round's plan is kept only when it is nearer to acceptable (``GateResult.violation``)
-than the best so far; a round that is not goes back to the best plan's objectives and halves its
-step (weight factor and aim step). The rounds stop at the first acceptable plan. Nothing here
+(sequencing, normalisation, the gate). A round's plan is kept only when it is nearer to acceptable
+(``GateResult.violation``) than the best so far; a round that is not goes back to the best plan's
+objectives and halves its step (weight factor and aim step). The rounds stop at the first acceptable plan. Nothing here
 changes the prescription, the normalisation rule or a goal: only the objectives' weights and aims,
 as a planner's would.
 
