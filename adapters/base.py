@@ -32,7 +32,9 @@ class TPS(Protocol):
         """Set up the case (beams default to the TPS's standard arrangement for the case)."""
 
     def optimize(self, objectives: Sequence[Objective]) -> Dose:
-        """Optimise to ``objectives``, warm-started from the previous solution; dose on the CT grid (Gy)."""
+        """Optimise to ``objectives``, warm-started from the previous solution; dose on the CT grid (Gy).
+        An adapter may also take ``start=`` (per-beam weights of one of its plans, ``Plan.weights``) to
+        start from that plan instead (the in-house engines; the goal rounds use it when offered)."""
 
     def plan(self) -> Plan:
         """The plan (beams, weights, dose) of the last optimisation."""

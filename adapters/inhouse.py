@@ -99,7 +99,9 @@ class InHousePhoton:
         self._rows, self._x, self._f, self._admm_state, self._plan = {}, None, None, None, None
         self._points = {}
 
-    def optimize(self, objectives: Sequence[Objective]) -> Dose:
+    def optimize(self, objectives: Sequence[Objective], start: Sequence[np.ndarray] | None = None) -> Dose:
+        """Optimise to ``objectives``; ``start``: per-beam beamlet weights to start from (a plan's
+        ``Plan.weights``, e.g. the best plan so far), instead of the previous solution."""
         if self._dij is None:
             raise RuntimeError(f"{self.name}: call prepare(case, beams) before optimize()")
         usable = tuple(o for o in objectives if self._rows_for(o.structure).size)
@@ -110,6 +112,9 @@ class InHousePhoton:
             self._x, self._f, self._admm_state = None, None, None
         f = self._objective(usable)
         x0 = self._x if self._x is not None else self._uniform_start()
+        if start is not None:
+            x0 = self._start_vector(start)
+            self._admm_state = None
         if self.solver == "lbfgs":
             solution = solve_lbfgs(f, x0, max_iter=self.max_iter)
         else:
@@ -134,6 +139,12 @@ class InHousePhoton:
         if x.size != self._dij.n_beamlets:
             raise ValueError(f"{self.name}: {x.size} weights for {self._dij.n_beamlets} beamlets")
         return self._dose(x)
+
+    def _start_vector(self, weights: Sequence[np.ndarray]) -> np.ndarray:
+        x = np.concatenate([np.asarray(w, float) for w in weights])
+        if x.size != self._dij.n_beamlets:
+            raise ValueError(f"{self.name}: a start of {x.size} weights for {self._dij.n_beamlets} beamlets")
+        return np.maximum(x, 0.0)
 
     def _dose(self, x: np.ndarray) -> Dose:
         return dose_of_dij(self._dij, x, self._case.grid)

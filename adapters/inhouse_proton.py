@@ -179,7 +179,9 @@ class InHouseProton:
             self._points[name] = structure_points(self._dij, self._case, name)
         return self._points[name]
 
-    def optimize(self, objectives: Sequence[Objective]) -> Dose:
+    def optimize(self, objectives: Sequence[Objective], start: Sequence[np.ndarray] | None = None) -> Dose:
+        """Optimise to ``objectives``; ``start``: per-beam spot weights (MU per fraction, a plan's
+        ``Plan.weights``, e.g. the best plan so far) to start from, instead of the previous solution."""
         if self._dij is None:
             raise RuntimeError(f"{self.name}: call prepare(case, beams) before optimize()")
         usable = tuple(o for o in objectives if self._rows_for(o.structure).size)
@@ -188,6 +190,10 @@ class InHouseProton:
             log.warning("%s: no dose-grid voxel in %s; their objectives are skipped", self.name, ", ".join(dropped))
         f = self.objective(usable)
         x0 = self._x if self._x is not None else self._uniform_start()
+        if start is not None:
+            x0 = np.concatenate([np.asarray(w, float) for w in start]) * self._case.prescription.fractions
+            if x0.size != self._dij.n_beamlets:
+                raise ValueError(f"{self.name}: a start of {x0.size} weights for {self._dij.n_beamlets} spots")
         first = solve_lbfgs(f, x0, max_iter=self.max_iter, **self.solver_options)
         x = np.asarray(first.x, float)
         iterations, seconds = first.iterations, first.time_s

@@ -30,8 +30,9 @@ from rtautoplan.dvh import d_percent
 from rtautoplan.plan import Objective
 from rtautoplan.policies.env_base import PlanningEnv, Reward, Scorer, dvh_rows
 from rtautoplan.scoring.base import evaluation_mask
-from rtautoplan.structures.objectives import (estimate_dose, goal_objectives, hotspot_objectives, hotspot_regions,
-                                              objectives_for)
+from rtautoplan.structures.falloff import falloff_objectives, falloff_regions
+from rtautoplan.structures.objectives import (HOTSPOT_AIM, estimate_dose, goal_objectives, hotspot_objectives,
+                                              hotspot_regions, objectives_for)
 from rtautoplan.structures.rules import apply_rules, priority
 
 M_MAX = 50  # planning structures, SPEC §2.7 capacity
@@ -119,6 +120,8 @@ class ProtonHNEnv(PlanningEnv, gym.Env):
     site: the margin set (``structures.rules.SITES``) and protocol (``rtautoplan.protocols``); the case's
     goals (``protocols.goals_for``) join rule 10's fixed objectives (``structures.objectives.goal_objectives``).
     coverage_lambda: λ of the coverage-aware reward (module docstring; 0 = eq. 10's Δscore_plan).
+    falloff: add the normal-tissue dose fall-off objectives (``structures.falloff``; an option, off by
+    default: it did not help where measured, docs/decisions.md).
     """
 
     system = "dose_distribution"
@@ -128,10 +131,11 @@ class ProtonHNEnv(PlanningEnv, gym.Env):
     def __init__(self, tps, case_seeds: Sequence[int] = (0,), case: Case | None = None, max_steps: int = MAX_STEPS,
                  k_selected: int = K_SELECTED, scorer: Scorer | None = None, reward: Reward | None = None,
                  score_options: Mapping | None = None, cold_start: bool = True, site: str = "hn",
-                 population: str = "v1", coverage_lambda: float = 0.0):
+                 population: str = "v1", coverage_lambda: float = 0.0, falloff: bool = False):
         if not (np.isfinite(coverage_lambda) and coverage_lambda >= 0.0):
             raise ValueError(f"coverage_lambda must be a finite number ≥ 0, got {coverage_lambda!r}")
         self.k, self.site, self.coverage_lambda = int(k_selected), site, float(coverage_lambda)
+        self.falloff = bool(falloff)
         self._setup(tps, case_seeds, case, max_steps, "rule11", scorer, reward, score_options, cold_start, population)
         low = np.concatenate([[0.0] * (DVH_POINTS + 2), [-np.inf], [0.0]]).astype(np.float32)
         high = np.concatenate([[1.0] * (DVH_POINTS + 2), [0.0], [np.inf]]).astype(np.float32)
@@ -151,7 +155,8 @@ class ProtonHNEnv(PlanningEnv, gym.Env):
         from rtautoplan.structures.rules import photon_rules
 
         photon = getattr(self.tps, "modality", None) is Modality.PHOTON
-        return hotspot_regions(apply_rules(case, photon_rules(self.site) if photon else self.site))
+        case = hotspot_regions(apply_rules(case, photon_rules(self.site) if photon else self.site))
+        return falloff_regions(case, HOTSPOT_AIM) if self.falloff else case
 
     def _init_parameters(self, init: str) -> None:
         case = self.case
@@ -161,6 +166,8 @@ class ProtonHNEnv(PlanningEnv, gym.Env):
 
         self._base = objectives_for(case, self.np_random, reference_dose=self._estimates[case.case_id])
         self._base += hotspot_objectives(case) + goal_objectives(case, goals_for(case, self.site))
+        if self.falloff:
+            self._base += falloff_objectives(case)
         self.params = {o.structure: (o.weight, o.dose_gy) for o in self._base if o.adjustable}
 
     def _apply(self, action) -> dict:

@@ -10,15 +10,19 @@ delivered and normalised), and for the objectives that pursue it:
   an upper aim on a target (or the External) below 1.02 × its Rx: a target maximum under its own
   prescription fights its coverage, and normalisation then scales the plan hotter;
 - from the second time an upper dose-volume objective is tightened, halves its volume as well
-  (D10 % ≤ 10 Gy is then pursued as D5 % ≤ aim): pulling the DVH's shoulder down, not its tail.
+  (D10 % ≤ 10 Gy is then pursued as D5 % ≤ aim): pulling the DVH's shoulder down, not its tail;
+  only at full strength: the gentler retries after a round not kept keep the volume.
 
 Each objective moves once a round. A hot spot outside the targets is pursued by a maximum-dose
 objective on the External (HOTSPOT_AIM × Rx_max, the global maximum a planner sets), a target's
-D2 % by its fixed hot-spot objectives. The round then re-optimises warm (the adapter's previous
-solution) and takes the plan through the same final steps as the loop's (sequencing, normalisation,
-the gate). A round's plan is kept only when it is nearer to acceptable (``GateResult.violation``)
-than the best so far; a round that is not goes back to the best plan's objectives and halves its
-step (weight factor and aim step). The rounds stop at the first acceptable plan. Nothing here
+D2 % by its fixed hot-spot objectives. A target whose maximum objectives are weighed up has its
+coverage objectives weighed up by the same factor (balanced: a planner raising a target's maximum
+alone gets a colder plan, which normalisation then scales hotter). The round then re-optimises from
+the best plan so far (its weights, where the TPS takes a start: ``optimize(objectives, start=…)``;
+else the adapter's previous solution) and takes the plan through the same final steps as the loop's
+(sequencing, normalisation, the gate). A round's plan is kept only when it is nearer to acceptable
+(``GateResult.violation``) than the best so far; a round that is not goes back to the best plan's
+objectives and halves its step (weight factor and aim step). The rounds stop at the first acceptable plan. Nothing here
 changes the prescription, the normalisation rule or a goal: only the objectives' weights and aims,
 as a planner's would.
 
@@ -67,9 +71,10 @@ def tighten(objective: Objective, miss: Miss, times: int, strength: float = 1.0,
     """``objective`` after one round for ``miss``: weight × WEIGHT_FACTOR^strength, aim moved towards
     the bound by at most AIM_STEP × strength, an upper aim never pushed below ``floor_gy`` (a target's
     maximum below its Rx would fight its coverage; an aim already below stays); an upper dose-volume
-    objective tightened before (``times`` ≥ 1) halves its volume."""
+    objective tightened before (``times`` ≥ 1) halves its volume, at full strength only (a gentler retry
+    after a round that was not kept does not repeat the jump)."""
     volume = objective.volume
-    if miss.side == "upper" and objective.kind in _DOSE_VOLUME and volume and times >= 1:
+    if miss.side == "upper" and objective.kind in _DOSE_VOLUME and volume and times >= 1 and strength >= 1.0:
         volume = max(volume / 2.0, MIN_VOLUME)
     aim = _aim(objective, miss, strength)
     if miss.side == "upper":
@@ -161,7 +166,36 @@ def next_objectives(objectives: Sequence[Objective], found: Sequence[Miss], coun
             changes.append(f"{o.structure} {o.kind.value} {o.dose_gy:.2f}→{out[i].dose_gy:.2f} Gy "
                            f"w {o.weight:g}→{out[i].weight:g}" + (f" V {o.volume:g}→{out[i].volume:g}"
                                                                  if out[i].volume != o.volume else ""))
+    return _balanced(out, objectives, moved, changes, floor or {})
+
+
+def _balanced(out: list[Objective], before: Sequence[Objective], moved: set[int], changes: list[str],
+              floor: dict[str, float]) -> tuple[list[Objective], list[str]]:
+    """A target whose maximum objectives were weighed up gets its coverage objectives (those pushing
+    the dose up, not moved this round) weighed up by the same factor, aims unchanged: a hotter
+    target's maximum raised alone lets the optimiser trade coverage, and normalisation then scales
+    the colder plan hotter. ``floor`` names the targets (``floors``)."""
+    raised: dict[str, float] = {}
+    for i in moved:
+        o = before[i]
+        if o.structure in floor and not _pursues(o, "lower") and out[i].weight > o.weight:
+            raised[o.structure] = max(raised.get(o.structure, 1.0), out[i].weight / o.weight)
+    for i, o in enumerate(out):
+        if i not in moved and o.structure in raised and _pursues(o, "lower"):
+            out[i] = replace(o, weight=o.weight * raised[o.structure])
+            changes.append(f"{o.structure} {o.kind.value} w {o.weight:g}→{out[i].weight:g} (balanced)")
     return out, changes
+
+
+def _optimize(tps, objectives: tuple[Objective, ...], best_plan) -> None:
+    """Re-optimise from the best plan so far (its weights) where the TPS takes a start
+    (``optimize(objectives, start=…)``: the in-house engines), else from the TPS's last solution."""
+    import inspect
+
+    if "start" in inspect.signature(tps.optimize).parameters:
+        tps.optimize(objectives, start=best_plan.weights)
+    else:
+        tps.optimize(objectives)
 
 
 def refine(case: Case, tps, start, verdict: GateResult, finish: Callable, check: Callable[..., GateResult],
@@ -189,7 +223,7 @@ def refine(case: Case, tps, start, verdict: GateResult, finish: Callable, check:
         if not changes:
             break
         try:
-            tps.optimize(tuple(objectives))
+            _optimize(tps, tuple(objectives), best[1])
         except ValueError as refused:  # an adapter without an objective kind the rounds need (PHOENIX: no DVHmax)
             steps.append(Step(first_step + n, f"goal round {n + 1}: not run", False, float(best[2].total), 0.0,
                               f"the TPS refused the round's objectives ({refused}); the rounds stop"))

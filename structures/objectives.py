@@ -110,8 +110,10 @@ def goal_objectives(case: Case, goals) -> tuple[Objective, ...]:
     OAR upper bounds: near-maximum (Dmax, D≤2%, D≤0.1cc) → DMAX; Dmean → DMEAN; Dx% / Dx cc →
     DVH_MAX (at most x above the limit); Vx Gy ≤ y → DVH_MAX at x Gy, volume y. Target lower bounds Dx% ≥ L
     → DVH_MIN (aimed at L / GOAL_MARGIN up to the target's Rx: the coverage the normalisation then
-    needs no scaling for); target upper bounds Dx% ≤ U → DVH_MAX. Goals on the External,
-    on ROIs never planned on, or lower bounds on OARs are measured by the gate but not optimised.
+    needs no scaling for); target upper bounds Dx% ≤ U → DVH_MAX, aimed no lower than LOWER_AIM × Rx
+    (a maximum under the coverage aim would fight it; TG-119's multi-target D10 ≤ 53 Gy at Rx 50 Gy).
+    Goals on the External, on ROIs never planned on, or lower bounds on OARs are measured by the gate
+    but not optimised.
     """
     from rtautoplan.goals import find_structure
 
@@ -125,6 +127,8 @@ def goal_objectives(case: Case, goals) -> tuple[Objective, ...]:
         fraction = _goal_fraction(goal, volume_cm3)
         if goal.upper is not None:
             limit = goal.upper * GOAL_MARGIN
+            if s.role.is_target and s.rx_gy:  # never below the target's own coverage aim (as the goal rounds)
+                limit = max(limit, min(goal.upper, LOWER_AIM * s.rx_gy))
             if goal.metric == "Dmean":
                 out.append(Objective(s.name, ObjectiveKind.DMEAN, limit, weight, adjustable=False))
             elif goal.metric.startswith("V"):

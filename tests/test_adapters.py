@@ -60,3 +60,32 @@ def test_inhouse_photon_without_warm_start_plans_as_a_function_of_the_objectives
         doses[warm] = (first, tps.optimize(objectives).gy)
     assert np.array_equal(*doses[False])
     assert not np.array_equal(*doses[True])
+
+
+def test_inhouse_engines_start_from_given_weights(planning_case, tmp_path):
+    """optimize(objectives, start=plan.weights) starts from that plan, not from the previous solution:
+    A, then B, then A from A's weights (3 iterations) ends at A's optimum, where A warm from B's
+    solution does not; a start of the wrong length is refused."""
+    from rtautoplan.adapters.base import objective_value
+    from rtautoplan.adapters.inhouse_proton import InHouseProton
+
+    case, objectives = planning_case
+    tighter = tuple(replace(o, dose_gy=0.3 * o.dose_gy, weight=30.0 * o.weight) if o.adjustable else o
+                    for o in objectives)
+    for tps in (InHousePhoton(n_beams=5, dose_grid_factor=2, cache_dir=tmp_path, max_iter=200),
+                InHouseProton(n_beams=2, dose_grid_factor=2, spot_spacing_mm=8.0, max_iter=200, cache_dir=tmp_path)):
+        tps.prepare(case)
+        first = tps.optimize(objectives)
+        start = tps.plan().weights
+        tps.optimize(tighter)
+        squeezed = tps.plan().weights
+        tps.max_iter = 3  # too few to come back from B's solution
+        again = tps.optimize(objectives, start=start)
+        best = objective_value(first, case, objectives)
+        assert objective_value(again, case, objectives) <= best * 1.01 + 1e-9, tps.name
+        tps.optimize(tighter, start=squeezed)
+        warm = tps.optimize(objectives)
+        assert objective_value(warm, case, objectives) > best * 1.05, tps.name
+        assert not np.allclose(np.concatenate(start), np.concatenate(squeezed))
+        with pytest.raises(ValueError, match="start of"):
+            tps.optimize(objectives, start=start[:-1])

@@ -24,6 +24,8 @@ def test_an_upper_miss_weighs_up_and_aims_lower_then_narrows_the_volume():
     assert once.dose_gy == pytest.approx(9.5 * 10.0 / 12.0) and once.volume == pytest.approx(0.1)
     twice = tighten(once, miss, times=1)
     assert twice.volume == pytest.approx(0.05) and twice.dose_gy < once.dose_gy
+    gentle = tighten(once, miss, times=1, strength=0.5)  # a retry after a round not kept: no jump in volume
+    assert gentle.volume == pytest.approx(0.1) and gentle.dose_gy < once.dose_gy
 
 
 def test_a_lower_miss_aims_higher_by_at_most_the_step():
@@ -99,14 +101,14 @@ def test_misses_find_the_goal_objectives_and_add_them_where_missing(small_case):
 
 def test_rounds_bring_a_missed_organ_goal_in(small_case):
     """The small case planned with one policy step, with an oesophagus goal the first plan misses
-    (D50 3.14 Gy for 3 Gy, beside a CTV D2 goal): without rounds it leaves unacceptable; with them the gate passes with the
-    goal met on the normalised dose, the prescription's normalisation still holding (PTV D95 = Rx),
-    and every round logged as a step."""
+    (D50 0.91 Gy for 0.8 Gy with 9 fields, beside a CTV D2 goal): without rounds it leaves unacceptable; with
+    them the gate passes with the goal met on the normalised dose (0.78 Gy), the prescription's
+    normalisation still holding (PTV D95 = Rx), and every round logged as a step."""
     from rtautoplan.dvh import d_percent
     from rtautoplan.goals import measure
     from rtautoplan.pipeline import plan_case
 
-    goal = Goal("Esophagus", "D50%", upper=3.0)
+    goal = Goal("Esophagus", "D50%", upper=0.8)
     goals = (goal, Goal("CTV_6000", "D2%", upper=61.5))  # a homogeneous target, which the oesophagus pays for
     case = replace(small_case, prescription=replace(small_case.prescription, goals=goals))
     for rounds in (0, 4):
@@ -120,4 +122,25 @@ def test_rounds_bring_a_missed_organ_goal_in(small_case):
             assert not met.met and not result.acceptable and not logged
         else:
             assert met.met and result.acceptable, (met, result.gate.reasons)
-            assert logged and logged[-1].accepted and "Esophagus D50% ≤ 3 Gy at" in logged[0].action
+            assert logged and logged[-1].accepted and "Esophagus D50% ≤ 0.8 Gy at" in logged[0].action
+
+
+def test_a_target_maximum_weighed_up_weighs_its_coverage_up_too(small_case):
+    """Balanced rounds: a hot target (D10 miss) raises its maximum ×WEIGHT_FACTOR and its coverage
+    objectives by the same factor, aims unchanged; an organ's objectives and a coverage objective the
+    round moved itself are not touched twice."""
+    objectives = [Objective("CTV_6000", K.DVH_MIN, 61.2, 10.0, volume=0.95, adjustable=False),
+                  Objective("CTV_6000", K.DMIN, 58.2, 1.0, adjustable=False),
+                  Objective("CTV_6000", K.DVH_MAX, 62.0, 10.0, volume=0.1, adjustable=False),
+                  Objective("SpinalCord", K.DMAX, 40.0, 1.0, adjustable=True)]
+    hot = Miss("CTV_6000 D10% ≤ 63", (2,), 63.0, 66.0, "upper")
+    out, changes = next_objectives(objectives, [hot], {}, floor=floors(small_case))
+    assert out[2].weight == pytest.approx(10.0 * WEIGHT_FACTOR)
+    assert out[0].weight == pytest.approx(10.0 * WEIGHT_FACTOR) and out[0].dose_gy == 61.2
+    assert out[1].weight == pytest.approx(WEIGHT_FACTOR) and out[1].dose_gy == 58.2
+    assert out[3] == objectives[3] and sum("balanced" in c for c in changes) == 2
+    cold = Miss("CTV_6000 D95% ≥ 60", (0,), 60.0, 59.0, "lower")
+    out, _ = next_objectives(objectives, [hot, cold], {}, floor=floors(small_case))
+    assert out[0].weight == pytest.approx(10.0 * WEIGHT_FACTOR)  # moved by its own miss, once
+    gentle, _ = next_objectives(objectives, [hot], {}, strength=0.5, floor=floors(small_case))
+    assert gentle[0].weight == pytest.approx(10.0 * WEIGHT_FACTOR ** 0.5)

@@ -162,18 +162,21 @@ def test_benchmark_every_case(tmp_path):
 
 
 @pytest.mark.slow
-def test_multitarget_photons_meet_every_coverage_goal_after_the_goal_rounds(tmp_path):
-    """Multi-target photons at the defaults: the rounds bring InferiorTarget D99 up to its 12.5 Gy (12.30
-    before them, 2026-12-03), every D99 goal is met, and the D10 maxima stay within 1.1 Gy of their goals
-    (measured 54.05 / 35.76 / 25.55 for 53 / 35 / 25: still missed, so the benchmark exits 3)."""
+def test_multitarget_photons_meet_every_maximum_after_the_goal_rounds(tmp_path):
+    """Multi-target photons at the defaults (9 fields, rounds from the best plan): the rounds bring every
+    D10 maximum within its goal (measured 52.57 / 34.46 / 24.46 Gy for 53 / 35 / 25, 2026-12-03; 53.69 /
+    35.75 / 25.74 before them) and keep every D99 within 0.3 Gy of its minimum (24.74 for 25, 12.35 for
+    12.5: still missed, so the benchmark exits 3); after a round that is not kept, a gentler one is."""
     import json
 
     code = main(["benchmark", "tg119", "-o", str(tmp_path), "--cases", "multitarget"])
     with open(tmp_path / "tg119.csv", newline="", encoding="utf-8") as f:
         rows = list(csv.DictReader(f))
-    assert all(r["met"] == "yes" for r in rows if r["lower_gy"])
-    assert all(float(r["achieved_gy"]) <= float(r["upper_gy"]) + 1.1 for r in rows if r["upper_gy"])
+    assert all(r["met"] == "yes" for r in rows if r["upper_gy"])
+    assert all(float(r["achieved_gy"]) >= float(r["lower_gy"]) - 0.3 for r in rows if r["lower_gy"])
     assert code == (0 if all(r["met"] == "yes" for r in rows) else 3)
     steps = json.loads((tmp_path / "multitarget" / "plan_log.json").read_text())["steps"]
     rounds = [s for s in steps if s["action"].startswith("goal round")]
-    assert rounds and rounds[0]["accepted"] and "InferiorTarget D99% ≥ 12.5 Gy at 12.30" in rounds[0]["action"]
+    assert rounds and rounds[0]["accepted"] and "CentralTarget D10% ≤ 53 Gy at" in rounds[0]["action"]
+    kept_after_a_miss = [b for a, b in zip(rounds, rounds[1:]) if not a["accepted"] and b["accepted"]]
+    assert kept_after_a_miss
