@@ -23,18 +23,25 @@ from rtautoplan.outputs import LOG_FILE
 SAMPLE = Path(__file__).resolve().parents[1] / "sample_data" / "prostate01"
 
 
-@pytest.fixture(scope="module")
-def root(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("cases")
+def mixed_folder(root: Path, empty: bool = False) -> Path:
+    """A batch root of one good case, one with a CT slice missing (clinic/broken), a CT without an
+    RTSTRUCT, a folder of notes and, if ``empty``, an empty folder."""
     shutil.copytree(SAMPLE, root / "prostate01")
     shutil.copytree(SAMPLE, root / "clinic" / "broken")
     (root / "clinic" / "broken" / "CT_10.dcm").unlink()
     (root / "ct_only").mkdir()
     for ct in SAMPLE.glob("CT_*.dcm"):
         shutil.copy(ct, root / "ct_only")
+    if empty:
+        (root / "empty").mkdir()
     (root / "notes").mkdir()
     (root / "notes" / "readme.txt").write_text("not a case")
     return root
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory) -> Path:
+    return mixed_folder(tmp_path_factory.mktemp("cases"))
 
 
 @pytest.fixture(scope="module")

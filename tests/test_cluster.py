@@ -12,7 +12,6 @@ from __future__ import annotations
 import csv
 import functools
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -26,6 +25,7 @@ from rtautoplan.adapters.inhouse import InHousePhoton
 from rtautoplan.batch import SUMMARY_FILE, replan_folder
 from rtautoplan.cluster import RaySettings, estimate_memory, ray_runner, remove_leftovers
 from rtautoplan.folder import is_finished
+from test_batch import mixed_folder
 
 SAMPLE = Path(__file__).resolve().parents[1] / "sample_data" / "prostate01"
 
@@ -76,17 +76,7 @@ def test_a_worker_uses_its_nodes_cache_not_the_drivers(ray_cluster):
 
 @pytest.fixture(scope="module")
 def root(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("cases")
-    shutil.copytree(SAMPLE, root / "prostate01")
-    shutil.copytree(SAMPLE, root / "clinic" / "broken")
-    (root / "clinic" / "broken" / "CT_10.dcm").unlink()
-    (root / "ct_only").mkdir()
-    for ct in SAMPLE.glob("CT_*.dcm"):
-        shutil.copy(ct, root / "ct_only")
-    (root / "empty").mkdir()
-    (root / "notes").mkdir()
-    (root / "notes" / "readme.txt").write_text("not a case")
-    return root
+    return mixed_folder(tmp_path_factory.mktemp("cases"), empty=True)
 
 
 @pytest.fixture(scope="module")
