@@ -4,7 +4,6 @@ the uncertainty of every step (§5.4), on a toy environment whose dose is level 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import gymnasium as gym
 import numpy as np
@@ -17,13 +16,7 @@ from rtautoplan.plan import Dose, Modality, Objective, ObjectiveKind, Plan
 from rtautoplan.protocols import goals_for
 from rtautoplan.safety import CONSERVATIVE, LEVEL1, SafetyFilter, level1_limits, rejection_rate
 from rtautoplan.uncertainty import DISAGREEMENT_FLAG, MARGIN_FLAG, assess, entropy, margin
-
-
-@dataclass
-class Score:
-    total: float
-    higher_is_better: bool = True
-    maximum: float | None = None
+from test_loop_gate import Score
 
 
 class ToyEnv:
