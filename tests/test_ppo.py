@@ -288,3 +288,21 @@ def test_evaluate_command_reads_the_table_options():
                                 "ppo", "rule-based", "--weights", "w.pt", "--coverage-guard", "0.99"])
     assert args.planners == ["ppo", "rule-based"] and args.weights == Path("w.pt") and args.coverage_guard == 0.99
     assert parser().parse_args(["evaluate"]).coverage_guard is None
+
+
+def test_proton_hn_plans_with_ppo_and_the_coverage_guard_unless_rule_based_is_asked():
+    """``plan --modality proton`` on H&N: PPO with its committed weights, on its engine, with the loop's CTV
+    D99 guard at 99 % Rx; ``--policy rule-based`` still plans with the rule-based setup (no guard)."""
+    from rtautoplan.phantom import make_case
+    from rtautoplan.pipeline import PPO_HN, prepare, setup_for
+
+    assert setup_for("hn", "proton") is PPO_HN and setup_for("hn", "proton", "ppo") is PPO_HN
+    assert PPO_HN.adapter_options == ppo.ENGINE and PPO_HN.max_steps == 4
+    rule = setup_for("hn", "proton", "rule-based")
+    assert rule.policy == "rule-based" and rule.coverage_guard is None and rule.max_steps == 8
+    case = make_case("hn", 1000)
+    planning = prepare(case, "hn", "proton")
+    assert planning.coverage_guard == 0.99 and planning.planner.name == "ppo"
+    assert planning.planner.weights_path == ppo.WEIGHTS and planning.env.tps.spot_spacing_mm == ppo.ENGINE["spot_spacing_mm"]
+    fallback = prepare(case, "hn", "proton", policy="rule-based")
+    assert fallback.coverage_guard is None and fallback.planner.name == "rule-based"
