@@ -420,14 +420,16 @@ def train(args: Args, validate_fn=validate) -> TrainRecord:
     """Train PPO (module docstring); write the selected weights, the JSON record and the curve PNG."""
     from rtautoplan.policies.acer_parts import TrainProgress
 
+    if args.site not in SITE_NAMES:
+        from rtautoplan.errors import InputError
+
+        raise InputError("--site", f"{args.site!r} has no PPO phantom population", f"Use --site {' or '.join(SITE_NAMES)}")
     os.environ["RTAUTOPLAN_THREADS"] = str(args.engine_threads)
     torch.manual_seed(args.seed)
     torch.set_num_threads(1)
     torch.use_deterministic_algorithms(True)
     rng = np.random.default_rng(args.seed)
     gen = torch.Generator().manual_seed(args.seed)
-    if args.site not in SITE_NAMES:
-        raise ValueError(f"site {args.site!r} has no PPO phantom population; use one of {sorted(SITE_NAMES)}")
     if args.rollout not in ROLLOUTS:
         raise ValueError(f"rollout backend {args.rollout!r} unknown; available: {sorted(ROLLOUTS)}")
     net = _net_for(args)

@@ -306,3 +306,23 @@ def test_proton_hn_plans_with_ppo_and_the_coverage_guard_unless_rule_based_is_as
     assert planning.planner.weights_path == ppo.WEIGHTS and planning.env.tps.spot_spacing_mm == ppo.ENGINE["spot_spacing_mm"]
     fallback = prepare(case, "hn", "proton", policy="rule-based")
     assert fallback.coverage_guard is None and fallback.planner.name == "rule-based"
+
+
+def test_liver_sites_plan_with_the_liver_model_trained_on_liver_phantoms(capsys):
+    """Seed 002 §2.15's liver model: its record says liver phantoms 0–19, validation 900–903, the coverage
+    run's reward, fine-tuned from the H&N planner; a liver environment loads it, an H&N one the H&N weights;
+    a site without phantoms stops ``train ppo`` in one line."""
+    import json
+
+    from rtautoplan.cli import main
+
+    record = json.loads(ppo.LIVER_WEIGHTS.with_suffix(".json").read_text())
+    args = record["args"]
+    assert args["site"] == "liver" and args["train_seeds"] == list(range(20)) and args["val_seeds"] == [900, 901, 902, 903]
+    assert args["coverage_lambda"] == 50.0 and args["init_weights"] == "policies/weights/ppo_proton_hn_cov.pt"
+    assert record["population"].startswith("liver phantom variants, seeds 0–19")
+    assert ppo.load(ppo.make_env((1000,), site="liver")).weights_path == ppo.LIVER_WEIGHTS
+    assert ppo.load(ppo.make_env((1000,))).weights_path == ppo.WEIGHTS
+    assert main(["train", "ppo", "--site", "lung", "--total-steps", "0"]) == 2
+    err = capsys.readouterr().err
+    assert "'lung' has no PPO phantom population" in err and "Traceback" not in err
