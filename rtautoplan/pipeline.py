@@ -64,6 +64,7 @@ IMRT_FIELDS = {"n_beams": 9}
 # 99 % Rx: on 20 held-out variants it beat the rule-based planner's eq. 9 score on 20/20 with 60/60 CTVs at
 # D99 ≥ 99 % Rx (docs/results.md, issue 17). ``--policy rule-based`` keeps the rule-based setup.
 PPO_HN = Setup("proton_hn", "inhouse-proton", "ppo", 4, adapter_options=PPO_ENGINE, coverage_guard=0.99)
+PPO_LIVER = replace(PPO_HN, env_options={"site": "liver"})  # the liver model (ppo.LIVER_WEIGHTS), seed 002 §2.15
 SETUPS: dict[tuple[str, str], Setup] = {
     ("prostate", "photon"): Setup("prostate", "inhouse-photon", "acer", 20,
                                   adapter_options={**PROSTATE_ENGINE, **TRAINED_GRID},
@@ -96,6 +97,7 @@ POLICY_SETUPS: dict[tuple[str, str, str], Setup] = {
     ("hn", "carbon", "qmix"): Setup("carbon_hn", "phoenix", "qmix", 10, adapter_options={"max_iterations": 100}),
     ("hn", "proton", "ppo"): PPO_HN,
     ("hn", "proton", "rule-based"): Setup("proton_hn", "inhouse-proton", "rule-based", 8),
+    ("liver", "proton", "ppo"): PPO_LIVER,
 }
 
 

@@ -323,6 +323,11 @@ def test_liver_sites_plan_with_the_liver_model_trained_on_liver_phantoms(capsys)
     assert record["population"].startswith("liver phantom variants, seeds 0–19")
     assert ppo.load(ppo.make_env((1000,), site="liver")).weights_path == ppo.LIVER_WEIGHTS
     assert ppo.load(ppo.make_env((1000,))).weights_path == ppo.WEIGHTS
+    from rtautoplan.pipeline import setup_for
+
+    liver = setup_for("liver", "proton", "ppo")  # --policy ppo: the engine it was trained on, the guard
+    assert liver.env_options == {"site": "liver"} and liver.adapter_options == ppo.ENGINE and liver.coverage_guard == 0.99
+    assert setup_for("liver", "proton").policy == "rule-based"  # the liver model does not beat it (docs/results.md)
     assert main(["train", "ppo", "--site", "lung", "--total-steps", "0"]) == 2
     err = capsys.readouterr().err
     assert "'lung' has no PPO phantom population" in err and "Traceback" not in err
