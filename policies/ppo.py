@@ -508,7 +508,9 @@ def plot_validation(record: TrainRecord, png: Path) -> None:
 
     step, score, ret = zip(*record.validation)
     fig, ax = plt.subplots(figsize=(6, 3.5))
-    ax.plot(step, score, "o-", label="validation: mean eq. 9 gain of the greedy loop")
+    lam = record.args.get("coverage_lambda", 0.0)
+    gain = f"eq. 9 gain − {lam:g}·ΔC" if lam else "eq. 9 gain"
+    ax.plot(step, score, "o-", label=f"validation: mean {gain} of the greedy loop")
     ax.plot(step, ret, label="training return (last 24 episodes)")
     ax.axvline(record.best_step, ls="--", c="grey", label=f"selected: step {record.best_step}")
     ax.set_xlabel("environment steps")
