@@ -47,9 +47,13 @@ FIRST_RUN = Path(__file__).resolve().parent / "weights" / "ppo_proton_hn.pt"  # 
 # The planner's weights: FIRST_RUN fine-tuned with the coverage-aware reward (λ = 50, its .json record; the
 # command is in docs/results.md), which keeps CTV D99 where FIRST_RUN let it go.
 WEIGHTS = FIRST_RUN.with_name("ppo_proton_hn_cov.pt")
+# The liver model (seed 002 §2.15): WEIGHTS fine-tuned on liver phantoms (its .json record, docs/results.md).
+LIVER_WEIGHTS = FIRST_RUN.with_name("ppo_proton_liver.pt")
+SITE_WEIGHTS = {"liver": LIVER_WEIGHTS}  # site → its own model; every other site plans with WEIGHTS
 ENGINE = PPO_ENGINE  # the cheap proton engine trained on and planned with (module docstring)
 TYPE_COL, SCORE_COL = DVH_POINTS, DVH_POINTS + 2
 OAR_TYPE = 1.0  # env_proton.TYPE_CODE[OAR] / 4
+SITE_NAMES = {"hn": "H&N", "liver": "liver"}  # phantom sites PPO trains on (``Args.site``)
 
 
 @dataclass
@@ -92,6 +96,7 @@ class Args:
     wall_budget_s: float | None = None  # stop after this wall time (s) whatever total_steps (record says steps)
     coverage_lambda: float = 0.0  # λ of the coverage-aware reward (env_proton; 0 = eq. 10, the committed run)
     init_weights: str | None = None  # start from these weights (.pt of the same shape) instead of a fresh net
+    site: str = "hn"  # phantom site trained and validated on: hn, or liver (seed 002 §2.15's liver model)
 
 
 def engine_options(args: Args) -> dict:
@@ -170,8 +175,9 @@ class PPOPolicy:
 
     name = "ppo"
 
-    def __init__(self, net: PPONet):
+    def __init__(self, net: PPONet, weights_path: Path | None = None):
         self.net = net.eval()
+        self.weights_path = weights_path  # the file the weights came from (the audit log's record)
 
     def rank(self, observation: np.ndarray) -> list[tuple[np.ndarray, float]]:
         obs = torch.as_tensor(np.asarray(observation, np.float32))[None]
@@ -249,7 +255,7 @@ class SerialRollouts:
 
     def __init__(self, args: Args):
         self.args = args
-        self.envs = [make_env(args.train_seeds, engine_options(args), args.t_epi, args.coverage_lambda)
+        self.envs = [make_env(args.train_seeds, engine_options(args), args.t_epi, args.coverage_lambda, args.site)
                      for _ in range(args.n_envs)]
         self.net = _net_for(args)
 
@@ -414,6 +420,10 @@ def train(args: Args, validate_fn=validate) -> TrainRecord:
     """Train PPO (module docstring); write the selected weights, the JSON record and the curve PNG."""
     from rtautoplan.policies.acer_parts import TrainProgress
 
+    if args.site not in SITE_NAMES:
+        from rtautoplan.errors import InputError
+
+        raise InputError("--site", f"{args.site!r} has no PPO phantom population", f"Use --site {' or '.join(SITE_NAMES)}")
     os.environ["RTAUTOPLAN_THREADS"] = str(args.engine_threads)
     torch.manual_seed(args.seed)
     torch.set_num_threads(1)
@@ -427,7 +437,8 @@ def train(args: Args, validate_fn=validate) -> TrainRecord:
         net.load_state_dict(load_net(args.init_weights).state_dict())
     opt = torch.optim.Adam(net.parameters(), lr=args.lr, eps=1e-5)
     rollouts = ROLLOUTS[args.rollout](args)
-    val_env = make_env(args.val_seeds, engine_options(args), args.t_epi, args.coverage_lambda) if validate_fn is not None else None
+    val_env = (make_env(args.val_seeds, engine_options(args), args.t_epi, args.coverage_lambda, args.site)
+               if validate_fn is not None else None)
     returns, curve, step_s = [], [], []
     best = (-np.inf, 0, copy.deepcopy(net.state_dict()))
     steps = episodes = 0
@@ -470,7 +481,7 @@ def _record(args, steps, episodes, start, best, curve, step_s) -> TrainRecord:
     from rtautoplan.training import jsonable
 
     seeds = args.train_seeds
-    population = (f"H&N phantom variants, seeds {seeds[0]}–{seeds[-1]} ({len(seeds)}), validation "
+    population = (f"{SITE_NAMES[args.site]} phantom variants, seeds {seeds[0]}–{seeds[-1]} ({len(seeds)}), validation "
                   f"{', '.join(str(s) for s in args.val_seeds)}")
     return TrainRecord(jsonable({"out": args.out})["out"], jsonable(asdict(args)), args.seed, steps, episodes,
                        time.perf_counter() - start, best[1], float(best[0]),
@@ -497,12 +508,14 @@ def plot_validation(record: TrainRecord, png: Path) -> None:
 
     step, score, ret = zip(*record.validation)
     fig, ax = plt.subplots(figsize=(6, 3.5))
-    ax.plot(step, score, "o-", label="validation: mean eq. 9 gain of the greedy loop")
+    lam = record.args.get("coverage_lambda", 0.0)
+    gain = f"eq. 9 gain − {lam:g}·ΔC" if lam else "eq. 9 gain"
+    ax.plot(step, score, "o-", label=f"validation: mean {gain} of the greedy loop")
     ax.plot(step, ret, label="training return (last 24 episodes)")
     ax.axvline(record.best_step, ls="--", c="grey", label=f"selected: step {record.best_step}")
     ax.set_xlabel("environment steps")
     ax.set_ylabel("Δ score_plan")
-    ax.set_title("PPO + Transformer, proton H&N phantoms")
+    ax.set_title(f"PPO + Transformer, proton {SITE_NAMES[record.args.get('site', 'hn')]} phantoms")
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(png, dpi=100)
@@ -518,7 +531,14 @@ def load_net(path: str | Path = WEIGHTS) -> PPONet:
     return net
 
 
-def load(env=None, seed: int = 0, path: str | Path = WEIGHTS) -> PPOPolicy:
-    """The committed PPO planner (``WEIGHTS``, ``policies/weights/ppo_proton_hn_cov.pt``); ``env`` and ``seed`` are accepted
-    for the ``POLICIES`` factory signature (the greedy policy needs neither)."""
-    return PPOPolicy(load_net(path))
+def weights_for(site: str) -> Path:
+    """The committed weights the PPO planner uses on ``site`` (``SITE_WEIGHTS``, else ``WEIGHTS``)."""
+    return SITE_WEIGHTS.get(site, WEIGHTS)
+
+
+def load(env=None, seed: int = 0, path: str | Path | None = None) -> PPOPolicy:
+    """The committed PPO planner for ``env``'s site (``weights_for``: liver → ``LIVER_WEIGHTS``, else
+    ``WEIGHTS``), or the weights at ``path``; ``seed`` is accepted for the ``POLICIES`` factory signature
+    (the greedy policy needs none)."""
+    path = Path(path) if path is not None else weights_for(getattr(env, "site", "hn"))
+    return PPOPolicy(load_net(path), path)

@@ -101,7 +101,7 @@ class SuggestSession:
         self.id = secrets.token_hex(8)
         env = self.env = planning.env
         self.observation, _ = env.reset(seed=seed)
-        self.safety = SafetyFilter(bounds=env.bounds, level1=planning.limits)
+        self.safety = SafetyFilter(bounds=env.bounds, level1=planning.limits, coverage_guard=planning.coverage_guard)
         reset_policy(planning.planner)
         planning.oversight.reset()
         initial = (0, scaled_plan(env), env.last_dose, env.last_score)

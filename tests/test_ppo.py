@@ -288,3 +288,46 @@ def test_evaluate_command_reads_the_table_options():
                                 "ppo", "rule-based", "--weights", "w.pt", "--coverage-guard", "0.99"])
     assert args.planners == ["ppo", "rule-based"] and args.weights == Path("w.pt") and args.coverage_guard == 0.99
     assert parser().parse_args(["evaluate"]).coverage_guard is None
+
+
+def test_proton_hn_plans_with_ppo_and_the_coverage_guard_unless_rule_based_is_asked():
+    """``plan --modality proton`` on H&N: PPO with its committed weights, on its engine, with the loop's CTV
+    D99 guard at 99 % Rx; ``--policy rule-based`` still plans with the rule-based setup (no guard)."""
+    from rtautoplan.phantom import make_case
+    from rtautoplan.pipeline import PPO_HN, prepare, setup_for
+
+    assert setup_for("hn", "proton") is PPO_HN and setup_for("hn", "proton", "ppo") is PPO_HN
+    assert PPO_HN.adapter_options == ppo.ENGINE and PPO_HN.max_steps == 4
+    rule = setup_for("hn", "proton", "rule-based")
+    assert rule.policy == "rule-based" and rule.coverage_guard is None and rule.max_steps == 8
+    case = make_case("hn", 1000)
+    planning = prepare(case, "hn", "proton")
+    assert planning.coverage_guard == 0.99 and planning.planner.name == "ppo"
+    assert planning.planner.weights_path == ppo.WEIGHTS and planning.env.tps.spot_spacing_mm == ppo.ENGINE["spot_spacing_mm"]
+    fallback = prepare(case, "hn", "proton", policy="rule-based")
+    assert fallback.coverage_guard is None and fallback.planner.name == "rule-based"
+
+
+def test_liver_sites_plan_with_the_liver_model_trained_on_liver_phantoms(capsys):
+    """Seed 002 §2.15's liver model: its record says liver phantoms 0–19, validation 900–903, the coverage
+    run's reward, fine-tuned from the H&N planner; a liver environment loads it, an H&N one the H&N weights;
+    a site without phantoms stops ``train ppo`` in one line."""
+    import json
+
+    from rtautoplan.cli import main
+
+    record = json.loads(ppo.LIVER_WEIGHTS.with_suffix(".json").read_text())
+    args = record["args"]
+    assert args["site"] == "liver" and args["train_seeds"] == list(range(20)) and args["val_seeds"] == [900, 901, 902, 903]
+    assert args["coverage_lambda"] == 50.0 and args["init_weights"] == "policies/weights/ppo_proton_hn_cov.pt"
+    assert record["population"].startswith("liver phantom variants, seeds 0–19")
+    assert ppo.load(ppo.make_env((1000,), site="liver")).weights_path == ppo.LIVER_WEIGHTS
+    assert ppo.load(ppo.make_env((1000,))).weights_path == ppo.WEIGHTS
+    from rtautoplan.pipeline import setup_for
+
+    liver = setup_for("liver", "proton", "ppo")  # --policy ppo: the engine it was trained on, the guard
+    assert liver.env_options == {"site": "liver"} and liver.adapter_options == ppo.ENGINE and liver.coverage_guard == 0.99
+    assert setup_for("liver", "proton").policy == "rule-based"  # the liver model does not beat it (docs/results.md)
+    assert main(["train", "ppo", "--site", "lung", "--total-steps", "0"]) == 2
+    err = capsys.readouterr().err
+    assert "'lung' has no PPO phantom population" in err and "Traceback" not in err
