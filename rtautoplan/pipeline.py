@@ -60,9 +60,10 @@ GRID_OPTIONS = ("dose_grid_factor", "dose_grid_mm")
 # the C-shape; measured in docs/results.md, s3-tg119); H&N keeps seed 002's 7 (hn01 passes the gate with
 # them; 9 there is not measured yet) and the trained planners the 7 they learned with.
 IMRT_FIELDS = {"n_beams": 9}
-# Proton H&N is planned by seed 002's PPO on the engine it was trained on, with the loop's CTV D99 guard at
-# 99 % Rx: on 20 held-out variants it beat the rule-based planner's eq. 9 score on 20/20 with 60/60 CTVs at
-# D99 ≥ 99 % Rx (docs/results.md, issue 17). ``--policy rule-based`` keeps the rule-based setup.
+# Seed 002's PPO (``--policy ppo``) plans on the engine it was trained on, with the loop's CTV D99 guard at 99 % Rx.
+# It is not the proton H&N default: it beats the rule-based planner on 20/20 held-out variants on that coarse
+# engine, but on hn01 the plan that leaves (gate's rounds, 6 × 10 × 10 mm dose voxels, 12 mm spots) spares the
+# parotids and oesophagus 7–16 Gy less than the rule-based plan (docs/decisions.md, s4 review).
 PPO_HN = Setup("proton_hn", "inhouse-proton", "ppo", 4, adapter_options=PPO_ENGINE, coverage_guard=0.99)
 PPO_LIVER = replace(PPO_HN, env_options={"site": "liver"})  # the liver model (ppo.LIVER_WEIGHTS), seed 002 §2.15
 SETUPS: dict[tuple[str, str], Setup] = {
@@ -70,7 +71,7 @@ SETUPS: dict[tuple[str, str], Setup] = {
                                   adapter_options={**PROSTATE_ENGINE, **TRAINED_GRID},
                                   env_options={"init": "trivial"}),
     ("hn", "photon"): Setup("proton_hn", "inhouse-photon", "rule-based", 8),
-    ("hn", "proton"): PPO_HN,
+    ("hn", "proton"): Setup("proton_hn", "inhouse-proton", "rule-based", 8),
     ("hn", "carbon"): Setup("carbon_hn", "phoenix", "rule-based", 10),
     # Sites without a seed's template: seed 002's objectives (rule 10 targets, rules 9–11 OARs) plus
     # the case's goals, with the site's margins (SPEC §2.15 liver: 5 / 15 mm; generic: 5 / 20 mm).
@@ -96,7 +97,6 @@ POLICY_SETUPS: dict[tuple[str, str, str], Setup] = {
     # seed 003's QMIX, with the optimiser iterations it was trained on (policies/weights/qmix_carbon.json)
     ("hn", "carbon", "qmix"): Setup("carbon_hn", "phoenix", "qmix", 10, adapter_options={"max_iterations": 100}),
     ("hn", "proton", "ppo"): PPO_HN,
-    ("hn", "proton", "rule-based"): Setup("proton_hn", "inhouse-proton", "rule-based", 8),
     ("liver", "proton", "ppo"): PPO_LIVER,
 }
 

