@@ -35,7 +35,6 @@ rescaling after each solve (SPEC §1.3 [NOT SPECIFIED]: not inside ADMM).
 from __future__ import annotations
 
 import math
-import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Callable, Mapping, Sequence
@@ -44,9 +43,10 @@ import numpy as np
 from scipy import sparse
 
 from rtautoplan.dvh import _d_at
-from rtautoplan.optimize.rowproducts import RowView, sparse_rmatvec
+from rtautoplan.optimize.rowproducts import RowView
 from rtautoplan.optimize.screening import RowScreen, dmax_row_limits
 from rtautoplan.plan import Objective, ObjectiveKind
+from rtautoplan.threads import engine_threads, pool
 
 Penalty = Callable[[np.ndarray, float, "float | None"], tuple[float, np.ndarray]]
 
@@ -118,21 +118,8 @@ PENALTIES: dict[ObjectiveKind, Penalty] = {
 }
 
 
-def engine_threads() -> int:
-    """Threads of the sparse products: ``$RTAUTOPLAN_THREADS``, else the CPUs this process may use."""
-    env = os.environ.get("RTAUTOPLAN_THREADS")
-    if env:
-        return max(1, int(env))
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-
-
-_POOLS: dict[int, ThreadPoolExecutor] = {}
-
-
 def _pool(n: int) -> ThreadPoolExecutor:
-    if n not in _POOLS:
-        _POOLS[n] = ThreadPoolExecutor(n, thread_name_prefix="rtautoplan-spmv")
-    return _POOLS[n]
+    return pool(n, "spmv")
 
 
 PARALLEL_MIN_NNZ = 200_000  # below this, one thread: the hand-off costs more than it saves
@@ -141,8 +128,19 @@ SCREEN_DMAX_ROWS = True  # M x without the provably inactive DMAX rows (optimize
 SCREEN_MIN_NNZ = PARALLEL_MIN_NNZ  # … for matrices of at least this many entries
 
 
+def contiguous(index_sets) -> tuple:
+    """Each index array that is a run of consecutive indices as the equal slice (a view, no gather), others as is."""
+    def one(i):
+        i = np.asarray(i)
+        if i.size and i[0] + i.size - 1 == i[-1] and (i.size < 2 or np.all(np.diff(i) == 1)):
+            return slice(int(i[0]), int(i[-1]) + 1)
+        return i
+    return tuple(one(i) for i in index_sets)
+
+
 def weighted_penalties(objectives, index_sets, weights, d: np.ndarray) -> tuple[float, np.ndarray]:
-    """Σ_m w_m P_m(d[I_m]) and its gradient w.r.t. d (each I_m holds unique indices, so += is exact)."""
+    """Σ_m w_m P_m(d[I_m]) and its gradient w.r.t. d (each I_m holds unique indices or is a slice, so += is
+    exact)."""
     g = np.zeros(d.size)
     value = 0.0
     for o, index, w in zip(objectives, index_sets, weights):
@@ -322,6 +320,14 @@ class PointObjective:
     evaluations: int = 0
     _curvature: tuple = field(default=(), repr=False)
     _sub: list = field(default_factory=list, repr=False)
+    _points: list = field(default_factory=list, repr=False)  # [(RowView of P, local_points as slices)], shared
+
+    def _point_side(self) -> tuple[RowView, tuple]:
+        """P as a row view on the engine's threads (P y by rows, Pᵀ g by columns: bitwise scipy's for any number
+        of threads), and each structure's points as a slice (they are consecutive: ``point_objective``)."""
+        if not self._points:
+            self._points.append((_view(self.interp, None, self.view.threads), contiguous(self.local_points)))
+        return self._points[0]
 
     @property
     def matrix(self) -> sparse.csr_matrix:
@@ -336,14 +342,15 @@ class PointObjective:
         if [o.structure for o in objectives] != [o.structure for o in self.objectives]:
             raise ValueError("with_objectives needs the same structures in the same order; use point_objective")
         w = np.array([o.weight for o in objectives] if weights is None else weights, float)
-        out = PointObjective(self.view, self.interp, objectives, self.local_points, w, _sub=self._sub)
+        out = PointObjective(self.view, self.interp, objectives, self.local_points, w, _sub=self._sub,
+                             _points=self._points)
         if [o.kind for o in objectives] == [o.kind for o in self.objectives]:
             out._curvature = self._curvature
         return out
 
     def dose(self, x: np.ndarray) -> np.ndarray:
         """Dose (Gy) at the points (float64)."""
-        return np.asarray(self.interp @ (self.view @ np.asarray(x, self.view.dtype)), np.float64)
+        return np.asarray(self._point_side()[0] @ (self.view @ np.asarray(x, self.view.dtype)), np.float64)
 
     def terms(self, x: np.ndarray) -> np.ndarray:
         d = self.dose(x)
@@ -352,8 +359,10 @@ class PointObjective:
 
     def __call__(self, x: np.ndarray) -> tuple[float, np.ndarray]:
         self.evaluations += 1
-        value, g = weighted_penalties(self.objectives, self.local_points, self.weights, self.dose(x))
-        g_rows = np.asarray(sparse_rmatvec(self.interp, g), self.view.dtype)
+        points, blocks = self._point_side()
+        value, g = weighted_penalties(self.objectives, blocks, self.weights, self.dose(x))
+        active = np.flatnonzero(g)
+        g_rows = np.asarray(points.rmatvec_rows(active, g[active]), self.view.dtype)
         active = np.flatnonzero(g_rows)
         if active.size == 0:
             return value, np.zeros(self.view.shape[1])
