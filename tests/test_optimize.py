@@ -301,3 +301,16 @@ def test_active_rows_transpose_product_is_scipys(dtype, threads):
     active = np.flatnonzero(g)
     view = RowView(p, threads=threads, pool=ThreadPoolExecutor, parallel_min_nnz=0)
     assert np.array_equal(view.rmatvec_rows(active, g[active]), p.T @ g) and active.size < 200
+
+
+def test_curvature_after_a_weight_change_equals_a_fresh_objectives():
+    """The DMEAN column means are kept across weight changes (they do not depend on the weights): the Jacobi
+    diagonal after ``with_objectives`` is bitwise that of an objective built afresh with the new weights."""
+    m, rows, objectives = small_problem(dtype=np.float32)
+    f = plan_objective(m, objectives, rows)
+    f.curvature_diagonal()
+    weights = np.linspace(0.5, 3.0, len(objectives))
+    warm = f.with_objectives(objectives, weights)
+    assert warm._means is f._means and warm._means
+    assert np.array_equal(warm.curvature_diagonal(), plan_objective(m, objectives, rows, weights).curvature_diagonal())
+    assert not np.array_equal(warm.curvature_diagonal(), f.curvature_diagonal())

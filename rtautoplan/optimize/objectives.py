@@ -150,6 +150,16 @@ def weighted_penalties(objectives, index_sets, weights, d: np.ndarray) -> tuple[
     return value, g
 
 
+def dmean_columns(cache: dict, objectives, compute) -> np.ndarray:
+    """The DMEAN column means Σ_{v∈m} M_vj / N_m of the curvature diagonal (columns × DMEAN objectives): they
+    depend on the structures, not on the weights, so ``compute()`` runs once per set of DMEAN objectives and
+    the objectives that share the rows (``with_objectives``) share the result (the same numbers)."""
+    key = tuple(i for i, o in enumerate(objectives) if o.kind is ObjectiveKind.DMEAN)
+    if key not in cache:
+        cache[key] = compute()
+    return cache[key]
+
+
 def _view(matrix, rows, threads: int) -> RowView:
     return RowView(matrix, rows, threads=threads, pool=_pool, parallel_min_nnz=PARALLEL_MIN_NNZ)
 
@@ -184,6 +194,7 @@ class PlanObjective:
     evaluations: int = 0
     _curvature: tuple = field(default=(), repr=False)
     _row_norm: list = field(default_factory=list, repr=False)  # [‖D_v‖₂ per row], shared by with_objectives
+    _means: dict = field(default_factory=dict, repr=False)  # DMEAN column means (dmean_columns), shared
     _sub: list = field(default_factory=list, repr=False)  # [materialised sub-matrix], shared, on demand
     _screen: RowScreen | bool | None = field(default=None, repr=False)  # None: not decided; False: off
 
@@ -210,7 +221,8 @@ class PlanObjective:
         if [o.structure for o in objectives] != [o.structure for o in self.objectives]:
             raise ValueError("with_objectives needs the same structures in the same order; use plan_objective")
         w = np.array([o.weight for o in objectives] if weights is None else weights, float)
-        out = PlanObjective(self.view, objectives, self.local_rows, w, _row_norm=self._row_norm, _sub=self._sub)
+        out = PlanObjective(self.view, objectives, self.local_rows, w, _row_norm=self._row_norm, _sub=self._sub,
+                            _means=self._means)
         if [o.kind for o in objectives] == [o.kind for o in self.objectives]:
             out._curvature = self._curvature
         return out
@@ -272,10 +284,13 @@ class PlanObjective:
                 voxelwise[rows] += w / rows.size
         diag = np.zeros(self.view.shape[1])
         if means:  # all DMEAN column means in one pass over M: Mᵀ B, B = [1_rows / N] per objective
-            b = np.zeros((n_rows, len(means)), self.view.dtype)
-            for k, (rows, _) in enumerate(means):
-                b[rows, k] = 1.0 / rows.size
-            col_means = np.asarray(self.view.rmatmat(b), np.float64)
+            def column_means():
+                b = np.zeros((n_rows, len(means)), self.view.dtype)
+                for k, (rows, _) in enumerate(means):
+                    b[rows, k] = 1.0 / rows.size
+                return np.asarray(self.view.rmatmat(b), np.float64)
+
+            col_means = dmean_columns(self._means, self.objectives, column_means)
             diag += (col_means**2) @ np.array([w for _, w in means], float)
         return diag + np.asarray(self.view.rmatvec_squared(voxelwise), np.float64)
 
@@ -321,6 +336,7 @@ class PointObjective:
     _curvature: tuple = field(default=(), repr=False)
     _sub: list = field(default_factory=list, repr=False)
     _points: list = field(default_factory=list, repr=False)  # [(RowView of P, local_points as slices)], shared
+    _means: dict = field(default_factory=dict, repr=False)  # DMEAN column means (dmean_columns), shared
 
     def _point_side(self) -> tuple[RowView, tuple]:
         """P as a row view on the engine's threads (P y by rows, Pᵀ g by columns: bitwise scipy's for any number
@@ -343,7 +359,7 @@ class PointObjective:
             raise ValueError("with_objectives needs the same structures in the same order; use point_objective")
         w = np.array([o.weight for o in objectives] if weights is None else weights, float)
         out = PointObjective(self.view, self.interp, objectives, self.local_points, w, _sub=self._sub,
-                             _points=self._points)
+                             _points=self._points, _means=self._means)
         if [o.kind for o in objectives] == [o.kind for o in self.objectives]:
             out._curvature = self._curvature
         return out
@@ -383,10 +399,13 @@ class PointObjective:
                     per_point[points] += w / points.size
             diag = self.view.rmatvec_squared(np.asarray(self.interp.T @ per_point, float), np.float64)
             if means:
-                b = np.zeros((self.interp.shape[0], len(means)))
-                for k, (points, _) in enumerate(means):
-                    b[points, k] = 1.0 / points.size
-                col_means = np.asarray(self.view.rmatmat(np.asarray(self.interp.T @ b, self.view.dtype)), np.float64)
+                def column_means():
+                    b = np.zeros((self.interp.shape[0], len(means)))
+                    for k, (points, _) in enumerate(means):
+                        b[points, k] = 1.0 / points.size
+                    return np.asarray(self.view.rmatmat(np.asarray(self.interp.T @ b, self.view.dtype)), np.float64)
+
+                col_means = dmean_columns(self._means, self.objectives, column_means)
                 diag = diag + (col_means**2) @ np.array([w for _, w in means], float)
             self._curvature = (key, diag)
         return self._curvature[1].copy()
