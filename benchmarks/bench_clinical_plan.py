@@ -12,7 +12,8 @@ Every measurement runs in a fresh process, single-threaded (OMP/MKL/NUMBA thread
   transform (kept here only as the baseline) against the current one, same run, results compared bit for bit.
 - The plan: ``/usr/bin/time -v rtautoplan plan CASE -o OUT`` with the default options: wall time, CPU time (user
   + system), their ratio (the parallel share: 1 on one core, up to the engine's threads), peak RSS, loop steps,
-  the clinical gate's verdict and the final score. The engine uses every core this process may use
+  the clinical gate's verdict and the final score; the CPU of the main thread apart (what no other thread can take
+  over: on idle cores the wall time is at least that, plus the other threads' CPU shared among the cores). The engine uses every core this process may use
   (``$RTAUTOPLAN_THREADS`` is left unset unless ``--threads N``); OMP/MKL/NUMBA stay at 1. With py-spy installed
   (``pip install py-spy``) and without ``--no-profile`` it runs under ``py-spy record`` (sampling from another
   process, 10 Hz) and the main thread's samples are summed per pipeline stage. The load average before and
@@ -149,6 +150,14 @@ def _reduced(case):
     return replace(case, grid=grid, hu=case.hu[every], structures=structures)
 
 
+# Printed by the plan's process at its end: CPU seconds of its main thread and of the others (/proc/self/task).
+THREAD_CPU = ("import os, json, pathlib; t = os.sysconf('SC_CLK_TCK'); "
+              "c = {int(p.name): sum(map(int, (p / 'stat').read_text().rsplit(')', 1)[1].split()[11:13])) / t "
+              "for p in pathlib.Path('/proc/self/task').iterdir()}; "
+              "print('THREAD_CPU', json.dumps({'main_s': c.pop(os.getpid()), 'others_s': sum(c.values())}), "
+              "file=sys.stderr)")
+
+
 def baseline_tree(commit: str, work: Path) -> Path:
     """The source tree of ``commit`` under ``work`` (``git archive``), importable with ``PYTHONPATH``: the
     subpackages kept at the repository root are linked into ``rtautoplan/`` as the installed mapping does."""
@@ -166,7 +175,7 @@ def run_plan(case_dir: Path, out: Path, extra: list[str], profile_it: bool = Tru
              threads: int | None = None) -> dict:
     """``rtautoplan plan`` under /usr/bin/time -v (and py-spy when installed and ``profile_it``): wall s, CPU s,
     peak MB, stage seconds. ``source``: a source tree to run instead of the installed package."""
-    cli = "import sys; from rtautoplan.cli import main; sys.exit(main(sys.argv[1:]))"
+    cli = "import sys; from rtautoplan.cli import main; code = main(sys.argv[1:]); " + THREAD_CPU + "; sys.exit(code)"
     plan = [sys.executable, "-c", cli, "plan", str(case_dir), "-o", str(out), *extra]
     spy = shutil.which("py-spy") or (str(Path(sys.executable).with_name("py-spy"))
                                      if Path(sys.executable).with_name("py-spy").exists() else None)
@@ -194,8 +203,10 @@ def run_plan(case_dir: Path, out: Path, extra: list[str], profile_it: bool = Tru
         re.search(r"System time \(seconds\): (\S+)", done.stderr).group(1))
     log = json.loads((out / "plan_log.json").read_text()) if (out / "plan_log.json").exists() else {}
     shutil.rmtree(env["RTAUTOPLAN_CACHE"], ignore_errors=True)
+    threads_cpu = re.search(r"THREAD_CPU (\{.*\})", done.stderr)
+    main_s = json.loads(threads_cpu.group(1))["main_s"] if threads_cpu else float("nan")
     return {"wall_s": seconds, "peak_mb": peak, "cpu_s": cpu, "load_before": load_before, "load_after": load_after,
-            "threads": threads or "all cores", "goals_met": sum(bool(g.get("met")) for g in log.get("goals", [])),
+            "main_cpu_s": main_s, "threads": threads or "all cores", "goals_met": sum(bool(g.get("met")) for g in log.get("goals", [])),
             "goals": len(log.get("goals", [])),
             "stages": stage_seconds(profile) if spy else None, "profiled": bool(spy), "steps": len(log.get("steps", [])),
             "acceptable": log.get("acceptable"), "final_score": log.get("final score"),
@@ -258,7 +269,8 @@ def plan_lines(plan: dict | None, extra: list[str], baseline: dict | None = None
     options = " ".join(extra) or "default options"
     lines = [f"**Closed-loop photon plan** (`rtautoplan plan` of that case, {options}; engine threads: "
              f"{plan['threads']}; {plan['steps']} loop step attempts logged): wall **{plan['wall_s']:.0f} s**, CPU "
-             f"{plan['cpu_s']:.0f} s, CPU / wall **{plan['cpu_s'] / plan['wall_s']:.2f}**, peak RSS "
+             f"{plan['cpu_s']:.0f} s (main thread {plan['main_cpu_s']:.0f} s, the engine's other threads "
+             f"{plan['cpu_s'] - plan['main_cpu_s']:.0f} s), CPU / wall **{plan['cpu_s'] / plan['wall_s']:.2f}**, peak RSS "
              f"**{plan['peak_mb'] / 1024:.2f} GB** (targets ≤ 300 s, ≤ 6 GB on 2 cores); load average before "
              f"{plan['load_before']}, after {plan['load_after']}"
              + (" (under py-spy, 10 Hz sampling from another process)." if plan["profiled"] else ".")
@@ -266,7 +278,8 @@ def plan_lines(plan: dict | None, extra: list[str], baseline: dict | None = None
              f"{plan['goals_met']} of {plan['goals']} goals met, final score {plan['final_score']}."]
     if baseline is not None:
         lines += ["", f"| | baseline {commit} | this tree | ratio |", "| --- | ---: | ---: | ---: |"]
-        for key, label in (("wall_s", "wall s"), ("cpu_s", "CPU s"), ("peak_mb", "peak RSS MB")):
+        for key, label in (("wall_s", "wall s"), ("cpu_s", "CPU s"), ("main_cpu_s", "CPU s of the main thread"),
+                           ("peak_mb", "peak RSS MB")):
             lines.append(f"| {label} | {baseline[key]:.0f} | {plan[key]:.0f} | {baseline[key] / plan[key]:.2f}× |")
         lines.append(f"| CPU / wall | {baseline['cpu_s'] / baseline['wall_s']:.2f} | {plan['cpu_s'] / plan['wall_s']:.2f}"
                      " | |")
