@@ -243,7 +243,7 @@ def report(memory: dict | None, estimate: dict | None, plan: dict | None, extra:
            baseline: dict | None = None, commit: str = "") -> str:
     lines = [HEADING, "", "`python benchmarks/bench_clinical_plan.py --write`, "
              + ", ".join(f"{k} {v}" for k, v in machine().items()) + ". Case: `rtautoplan phantom hn --size "
-             "clinical` (512×512×180 voxels), one thread per process, niced.", ""]
+             "clinical` (512×512×180 voxels), OMP/MKL/NUMBA one thread, the engine on every core unless `--threads`, niced.", ""]
     if memory is not None and estimate is not None:
         lines += case_lines(memory, estimate)
     return "\n".join(lines + plan_lines(plan, extra, baseline, commit))
