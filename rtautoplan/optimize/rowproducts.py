@@ -111,6 +111,10 @@ def _row_square_sums(indptr, data, rows, out):
         out[k] = s
 
 
+COLUMN_THREADS = 8  # at most: every column-range thread walks every row (a binary search each), which more
+# threads would repeat more often than they share entries
+
+
 def block_cuts(row_nnz: np.ndarray, n: int) -> np.ndarray:
     """Edges (into the row list) of ≤ n blocks of about equal entries (the cuts of scipy-based row blocks)."""
     indptr = np.concatenate([[0], np.cumsum(row_nnz)])
@@ -172,7 +176,8 @@ class RowView:
         ranges of the threads: each thread walks every row but adds only the entries of its columns (rows with
         sorted columns: a binary search per row finds them), so each output entry sums the same terms in the
         same order as one thread does, bitwise, whatever the number of threads."""
-        n = self.threads if nnz >= self.parallel_min_nnz and self.pool is not None and self._sorted() else 1
+        n = min(self.threads, COLUMN_THREADS) if nnz >= self.parallel_min_nnz and self.pool is not None \
+            and self._sorted() else 1
         if n == 1:
             kernel(*self._args(), rows, vector, out, 0, self.shape[1])
             return out
