@@ -126,8 +126,9 @@ class RowView:
     """M[rows] of a CSR matrix M (float32 or float64), never copied (module docstring).
 
     matrix: the CSR matrix. rows: row indices (int64, any order; the view's row k is ``matrix`` row
-    ``rows[k]``), default all. threads, pool: products on ``threads`` row blocks of equal entries when the view
-    holds at least ``parallel_min_nnz`` entries; ``pool(n)`` gives a ``concurrent.futures`` executor.
+    ``rows[k]``), default all. threads, pool: products on ``threads`` threads (M x on row blocks of equal entries,
+    the transposed products on column ranges) when they read at least ``parallel_min_nnz`` entries; ``pool(n)``
+    gives a ``concurrent.futures`` executor. Results are bitwise the same for any number of threads.
     """
 
     def __init__(self, matrix: sparse.csr_matrix, rows: np.ndarray | None = None, threads: int = 1, pool=None,
