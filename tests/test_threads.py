@@ -101,3 +101,19 @@ def test_photon_engine_does_not_depend_on_threads(monkeypatch, tmp_path, small_c
     assert all(np.array_equal(getattr(m1, a), getattr(m2, a)) for a in ("data", "indices", "indptr"))
     assert v1 == v2 and np.array_equal(g1, g2) and np.array_equal(c1, c2)
     assert np.array_equal(x1, x2) and np.array_equal(d1, d2) and np.array_equal(s1, s2)
+
+
+def test_carbon_spot_influence_does_not_depend_on_threads(monkeypatch, small_case):
+    """Beams of the ion spot influence on threads, stacked in beam order: the same dose and α matrices."""
+    from rtautoplan.physics.ion_dij import spot_influence
+    from rtautoplan.plan import Beam, Modality
+
+    beams = tuple(Beam(f"G{g}", float(g), (0.0, 0.0, 0.0), modality=Modality.CARBON) for g in (0, 120, 240))
+    out = {}
+    for n in ("1", "2"):
+        monkeypatch.setenv("RTAUTOPLAN_THREADS", n)
+        dij = spot_influence(small_case, beams, ion="carbon", dose_grid_factor=(1, 2, 2), spot_spacing_mm=6.0)
+        out[n] = (dij.matrix, dij.alpha_matrix, dij.spots)
+    for a, b in zip(out["1"][:2], out["2"][:2]):
+        assert all(np.array_equal(getattr(a, k), getattr(b, k)) for k in ("data", "indices", "indptr")) and a.nnz
+    assert all(np.array_equal(a, b) for a, b in zip(out["1"][2], out["2"][2]))
