@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from rtautoplan.case import Grid
+from rtautoplan.threads import for_each, slabs
 
 
 class Modality(str, enum.Enum):
@@ -80,7 +81,7 @@ class Dose:
         """The dose × ``factor`` (dtype kept), its native dose too."""
         native = None if self.native is None else self.native.scaled(factor)
         out = np.empty_like(self.gy)  # one array: the product is cast into it chunk by chunk, no full-size temporary
-        np.multiply(self.gy, factor, out=out, casting="unsafe")
+        for_each(lambda s: np.multiply(self.gy[s], factor, out=out[s], casting="unsafe"), slabs(len(out)), name="dose")
         return Dose(self.grid, out, self.kind, native)
 
     @property

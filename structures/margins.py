@@ -24,6 +24,8 @@ import math
 import numpy as np
 from numba import njit
 
+from rtautoplan.threads import for_each, slabs
+
 Box = tuple[slice, slice, slice]
 
 # Tolerance (mm) on the margin comparison, so that a distance equal to the margin up to
@@ -79,10 +81,11 @@ def _box_distance(mask: np.ndarray, spacing, limit_mm: float | None = None) -> n
         reach = mask.shape[axis] - 1 if limit_mm is None else min(int(math.ceil(limit_mm / step + 0.5)),
                                                                     mask.shape[axis] - 1)
         costs = np.array([0.0] + [((n - 0.5) * step) ** 2 for n in range(1, reach + 1)])
-        if axis == 2:
-            _min_plus_lines(squared, costs)
-        else:  # (outer, line, columns): whole rows of the last axis are read and written at a time
-            _min_plus_columns(squared if axis == 1 else np.moveaxis(squared, 0, 1), costs)
+        # (outer, line, columns) for the first two axes: whole rows of the last axis are read and written at a
+        # time. The lines are independent, so slabs of the outer axis run on the engine's threads (exact).
+        kernel, a = ((_min_plus_lines, squared) if axis == 2 else
+                     (_min_plus_columns, squared if axis == 1 else np.moveaxis(squared, 0, 1)))
+        for_each(lambda part: kernel(a[part], costs), slabs(a.shape[0]), name="distance")
     return np.sqrt(squared, out=squared)
 
 

@@ -254,8 +254,7 @@ def test_row_view_products_equal_the_sub_matrix(monkeypatch, threads):
     x = rng.uniform(0.0, 5.0, 90).astype(np.float32)
     g = np.where(rng.random(sub.shape[0]) < 0.3, rng.normal(size=sub.shape[0]), 0.0).astype(np.float32)
     assert np.array_equal(f.view @ x, sub @ x)
-    assert np.array_equal(f.view.rmatvec(g), np.sum([sub[a:b].T @ g[a:b] for a, b in zip(f.view.cuts[:-1],
-                                                                                         f.view.cuts[1:])], axis=0))
+    assert np.array_equal(f.view.rmatvec(g), sub.T @ g), "the same sums with any number of threads"
     active = np.flatnonzero(g)
     assert np.array_equal(f.view.rmatvec_rows(active, g[active]), sub[active].T @ g[active])
     w = rng.random(sub.shape[0]).astype(np.float32)
@@ -288,11 +287,30 @@ def test_lbfgs_lower_bounds():
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_sparse_rmatvec_is_scipys_transpose_product(dtype):
-    """Pᵀ g over the non-zero entries of g only: bitwise scipy's csc product (the objective points' gradient)."""
-    from rtautoplan.optimize.rowproducts import sparse_rmatvec
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_active_rows_transpose_product_is_scipys(dtype, threads):
+    """Pᵀ g over the non-zero entries of g only (the objective points' gradient): bitwise scipy's csc product
+    (a zero may differ in sign), with any number of threads (column ranges)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from rtautoplan.optimize.rowproducts import RowView
 
     rng = np.random.default_rng(3)
     p = sparse.random(400, 90, density=0.05, format="csr", random_state=4, dtype=dtype)
     g = rng.normal(size=400) * (rng.random(400) < 0.3)
-    assert np.array_equal(sparse_rmatvec(p, g), p.T @ g) and np.count_nonzero(g) < 200
+    active = np.flatnonzero(g)
+    view = RowView(p, threads=threads, pool=ThreadPoolExecutor, parallel_min_nnz=0)
+    assert np.array_equal(view.rmatvec_rows(active, g[active]), p.T @ g) and active.size < 200
+
+
+def test_curvature_after_a_weight_change_equals_a_fresh_objectives():
+    """The DMEAN column means are kept across weight changes (they do not depend on the weights): the Jacobi
+    diagonal after ``with_objectives`` is bitwise that of an objective built afresh with the new weights."""
+    m, rows, objectives = small_problem(dtype=np.float32)
+    f = plan_objective(m, objectives, rows)
+    f.curvature_diagonal()
+    weights = np.linspace(0.5, 3.0, len(objectives))
+    warm = f.with_objectives(objectives, weights)
+    assert warm._means is f._means and warm._means
+    assert np.array_equal(warm.curvature_diagonal(), plan_objective(m, objectives, rows, weights).curvature_diagonal())
+    assert not np.array_equal(warm.curvature_diagonal(), f.curvature_diagonal())

@@ -35,7 +35,6 @@ rescaling after each solve (SPEC §1.3 [NOT SPECIFIED]: not inside ADMM).
 from __future__ import annotations
 
 import math
-import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Callable, Mapping, Sequence
@@ -44,9 +43,10 @@ import numpy as np
 from scipy import sparse
 
 from rtautoplan.dvh import _d_at
-from rtautoplan.optimize.rowproducts import RowView, sparse_rmatvec
+from rtautoplan.optimize.rowproducts import RowView
 from rtautoplan.optimize.screening import RowScreen, dmax_row_limits
 from rtautoplan.plan import Objective, ObjectiveKind
+from rtautoplan.threads import engine_threads, pool
 
 Penalty = Callable[[np.ndarray, float, "float | None"], tuple[float, np.ndarray]]
 
@@ -118,21 +118,8 @@ PENALTIES: dict[ObjectiveKind, Penalty] = {
 }
 
 
-def engine_threads() -> int:
-    """Threads of the sparse products: ``$RTAUTOPLAN_THREADS``, else the CPUs this process may use."""
-    env = os.environ.get("RTAUTOPLAN_THREADS")
-    if env:
-        return max(1, int(env))
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-
-
-_POOLS: dict[int, ThreadPoolExecutor] = {}
-
-
 def _pool(n: int) -> ThreadPoolExecutor:
-    if n not in _POOLS:
-        _POOLS[n] = ThreadPoolExecutor(n, thread_name_prefix="rtautoplan-spmv")
-    return _POOLS[n]
+    return pool(n, "spmv")
 
 
 PARALLEL_MIN_NNZ = 200_000  # below this, one thread: the hand-off costs more than it saves
@@ -141,8 +128,19 @@ SCREEN_DMAX_ROWS = True  # M x without the provably inactive DMAX rows (optimize
 SCREEN_MIN_NNZ = PARALLEL_MIN_NNZ  # … for matrices of at least this many entries
 
 
+def contiguous(index_sets) -> tuple:
+    """Each index array that is a run of consecutive indices as the equal slice (a view, no gather), others as is."""
+    def one(i):
+        i = np.asarray(i)
+        if i.size and i[0] + i.size - 1 == i[-1] and (i.size < 2 or np.all(np.diff(i) == 1)):
+            return slice(int(i[0]), int(i[-1]) + 1)
+        return i
+    return tuple(one(i) for i in index_sets)
+
+
 def weighted_penalties(objectives, index_sets, weights, d: np.ndarray) -> tuple[float, np.ndarray]:
-    """Σ_m w_m P_m(d[I_m]) and its gradient w.r.t. d (each I_m holds unique indices, so += is exact)."""
+    """Σ_m w_m P_m(d[I_m]) and its gradient w.r.t. d (each I_m holds unique indices or is a slice, so += is
+    exact)."""
     g = np.zeros(d.size)
     value = 0.0
     for o, index, w in zip(objectives, index_sets, weights):
@@ -150,6 +148,16 @@ def weighted_penalties(objectives, index_sets, weights, d: np.ndarray) -> tuple[
         value += w * v
         g[index] += w * grad
     return value, g
+
+
+def dmean_columns(cache: dict, objectives, compute) -> np.ndarray:
+    """The DMEAN column means Σ_{v∈m} M_vj / N_m of the curvature diagonal (columns × DMEAN objectives): they
+    depend on the structures, not on the weights, so ``compute()`` runs once per set of DMEAN objectives and
+    the objectives that share the rows (``with_objectives``) share the result (the same numbers)."""
+    key = tuple(i for i, o in enumerate(objectives) if o.kind is ObjectiveKind.DMEAN)
+    if key not in cache:
+        cache[key] = compute()
+    return cache[key]
 
 
 def _view(matrix, rows, threads: int) -> RowView:
@@ -186,6 +194,7 @@ class PlanObjective:
     evaluations: int = 0
     _curvature: tuple = field(default=(), repr=False)
     _row_norm: list = field(default_factory=list, repr=False)  # [‖D_v‖₂ per row], shared by with_objectives
+    _means: dict = field(default_factory=dict, repr=False)  # DMEAN column means (dmean_columns), shared
     _sub: list = field(default_factory=list, repr=False)  # [materialised sub-matrix], shared, on demand
     _screen: RowScreen | bool | None = field(default=None, repr=False)  # None: not decided; False: off
 
@@ -212,7 +221,8 @@ class PlanObjective:
         if [o.structure for o in objectives] != [o.structure for o in self.objectives]:
             raise ValueError("with_objectives needs the same structures in the same order; use plan_objective")
         w = np.array([o.weight for o in objectives] if weights is None else weights, float)
-        out = PlanObjective(self.view, objectives, self.local_rows, w, _row_norm=self._row_norm, _sub=self._sub)
+        out = PlanObjective(self.view, objectives, self.local_rows, w, _row_norm=self._row_norm, _sub=self._sub,
+                            _means=self._means)
         if [o.kind for o in objectives] == [o.kind for o in self.objectives]:
             out._curvature = self._curvature
         return out
@@ -274,10 +284,13 @@ class PlanObjective:
                 voxelwise[rows] += w / rows.size
         diag = np.zeros(self.view.shape[1])
         if means:  # all DMEAN column means in one pass over M: Mᵀ B, B = [1_rows / N] per objective
-            b = np.zeros((n_rows, len(means)), self.view.dtype)
-            for k, (rows, _) in enumerate(means):
-                b[rows, k] = 1.0 / rows.size
-            col_means = np.asarray(self.view.rmatmat(b), np.float64)
+            def column_means():
+                b = np.zeros((n_rows, len(means)), self.view.dtype)
+                for k, (rows, _) in enumerate(means):
+                    b[rows, k] = 1.0 / rows.size
+                return np.asarray(self.view.rmatmat(b), np.float64)
+
+            col_means = dmean_columns(self._means, self.objectives, column_means)
             diag += (col_means**2) @ np.array([w for _, w in means], float)
         return diag + np.asarray(self.view.rmatvec_squared(voxelwise), np.float64)
 
@@ -322,6 +335,15 @@ class PointObjective:
     evaluations: int = 0
     _curvature: tuple = field(default=(), repr=False)
     _sub: list = field(default_factory=list, repr=False)
+    _points: list = field(default_factory=list, repr=False)  # [(RowView of P, local_points as slices)], shared
+    _means: dict = field(default_factory=dict, repr=False)  # DMEAN column means (dmean_columns), shared
+
+    def _point_side(self) -> tuple[RowView, tuple]:
+        """P as a row view on the engine's threads (P y by rows, Pᵀ g by columns: bitwise scipy's for any number
+        of threads), and each structure's points as a slice (they are consecutive: ``point_objective``)."""
+        if not self._points:
+            self._points.append((_view(self.interp, None, self.view.threads), contiguous(self.local_points)))
+        return self._points[0]
 
     @property
     def matrix(self) -> sparse.csr_matrix:
@@ -336,14 +358,15 @@ class PointObjective:
         if [o.structure for o in objectives] != [o.structure for o in self.objectives]:
             raise ValueError("with_objectives needs the same structures in the same order; use point_objective")
         w = np.array([o.weight for o in objectives] if weights is None else weights, float)
-        out = PointObjective(self.view, self.interp, objectives, self.local_points, w, _sub=self._sub)
+        out = PointObjective(self.view, self.interp, objectives, self.local_points, w, _sub=self._sub,
+                             _points=self._points, _means=self._means)
         if [o.kind for o in objectives] == [o.kind for o in self.objectives]:
             out._curvature = self._curvature
         return out
 
     def dose(self, x: np.ndarray) -> np.ndarray:
         """Dose (Gy) at the points (float64)."""
-        return np.asarray(self.interp @ (self.view @ np.asarray(x, self.view.dtype)), np.float64)
+        return np.asarray(self._point_side()[0] @ (self.view @ np.asarray(x, self.view.dtype)), np.float64)
 
     def terms(self, x: np.ndarray) -> np.ndarray:
         d = self.dose(x)
@@ -352,8 +375,10 @@ class PointObjective:
 
     def __call__(self, x: np.ndarray) -> tuple[float, np.ndarray]:
         self.evaluations += 1
-        value, g = weighted_penalties(self.objectives, self.local_points, self.weights, self.dose(x))
-        g_rows = np.asarray(sparse_rmatvec(self.interp, g), self.view.dtype)
+        points, blocks = self._point_side()
+        value, g = weighted_penalties(self.objectives, blocks, self.weights, self.dose(x))
+        active = np.flatnonzero(g)
+        g_rows = np.asarray(points.rmatvec_rows(active, g[active]), self.view.dtype)
         active = np.flatnonzero(g_rows)
         if active.size == 0:
             return value, np.zeros(self.view.shape[1])
@@ -374,10 +399,13 @@ class PointObjective:
                     per_point[points] += w / points.size
             diag = self.view.rmatvec_squared(np.asarray(self.interp.T @ per_point, float), np.float64)
             if means:
-                b = np.zeros((self.interp.shape[0], len(means)))
-                for k, (points, _) in enumerate(means):
-                    b[points, k] = 1.0 / points.size
-                col_means = np.asarray(self.view.rmatmat(np.asarray(self.interp.T @ b, self.view.dtype)), np.float64)
+                def column_means():
+                    b = np.zeros((self.interp.shape[0], len(means)))
+                    for k, (points, _) in enumerate(means):
+                        b[points, k] = 1.0 / points.size
+                    return np.asarray(self.view.rmatmat(np.asarray(self.interp.T @ b, self.view.dtype)), np.float64)
+
+                col_means = dmean_columns(self._means, self.objectives, column_means)
                 diag = diag + (col_means**2) @ np.array([w for _, w in means], float)
             self._curvature = (key, diag)
         return self._curvature[1].copy()

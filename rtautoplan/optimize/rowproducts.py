@@ -7,9 +7,10 @@ copies its entries (8 B each; at clinical size the used rows alone are 151 M ent
 smaller than half of its base is "pruned"). :class:`RowView` keeps the matrix and an index array of rows,
 and multiplies through small numba kernels that walk the rows in order, as scipy's ``csr_matvec`` /
 ``csc_matvec`` do, with the same accumulation (in the result's dtype, entries in stored order): the results
-are bitwise those of the materialised sub-matrix (tested). Threads: the rows are cut into blocks of about
-equal entries (the cuts of the former ``_row_blocks``) and run on a thread pool (the kernels release the GIL);
-Mᵀ g sums the blocks' partial products in block order.
+are bitwise those of the materialised sub-matrix (tested). Threads (the kernels release the GIL): M x on row
+blocks of about equal entries, each thread writing its rows; the transposed products (Mᵀ g, Σ w M², Mᵀ B) on
+column ranges, each thread adding its columns' entries row by row. Either way every output entry sums the same
+terms in the same order as with one thread, so the results are bitwise the same for any number of threads.
 """
 
 from __future__ import annotations
@@ -30,42 +31,62 @@ def _matvec(indptr, indices, data, rows, x, out):
 
 
 @njit(nogil=True, cache=True)
-def _rmatvec(indptr, indices, data, rows, g, out):
+def _first(indices, a, b, c0):
+    """The first entry of the row's entries a:b (sorted columns) with a column ≥ c0 (a when c0 is 0)."""
+    if c0 == 0:
+        return a
+    return a + np.searchsorted(indices[a:b], c0)
+
+
+@njit(nogil=True, cache=True)
+def _rmatvec(indptr, indices, data, rows, g, out, c0, c1):
     for k in range(rows.size):
         r = np.uint64(rows[k])
         gk = g[k]
-        for jj in range(np.uint64(indptr[r]), np.uint64(indptr[r + 1])):
+        b = np.uint64(indptr[r + 1])
+        jj = np.uint64(_first(indices, np.uint64(indptr[r]), b, c0))
+        while jj < b and indices[jj] < c1:
             out[indices[jj]] += data[jj] * gk
+            jj += np.uint64(1)
 
 
 @njit(nogil=True, cache=True)
-def _rmatvec_squared(indptr, indices, data, rows, w, out):
+def _rmatvec_squared(indptr, indices, data, rows, w, out, c0, c1):
     for k in range(rows.size):
         r = np.uint64(rows[k])
         wk = w[k]
-        for jj in range(np.uint64(indptr[r]), np.uint64(indptr[r + 1])):
+        b = np.uint64(indptr[r + 1])
+        jj = np.uint64(_first(indices, np.uint64(indptr[r]), b, c0))
+        while jj < b and indices[jj] < c1:
             v = data[jj]
             out[indices[jj]] += (v * v) * wk
+            jj += np.uint64(1)
 
 
 @njit(nogil=True, cache=True)
-def _rmatvec_squared64(indptr, indices, data, rows, w, out):
+def _rmatvec_squared64(indptr, indices, data, rows, w, out, c0, c1):
     for k in range(rows.size):
         r = np.uint64(rows[k])
         wk = w[k]
-        for jj in range(np.uint64(indptr[r]), np.uint64(indptr[r + 1])):
+        b = np.uint64(indptr[r + 1])
+        jj = np.uint64(_first(indices, np.uint64(indptr[r]), b, c0))
+        while jj < b and indices[jj] < c1:
             v = np.float64(data[jj])
             out[indices[jj]] += (v * v) * wk
+            jj += np.uint64(1)
 
 
 @njit(nogil=True, cache=True)
-def _rmatmat(indptr, indices, data, rows, b, out):
+def _rmatmat(indptr, indices, data, rows, b, out, c0, c1):
     for k in range(rows.size):
         r = np.uint64(rows[k])
-        for jj in range(np.uint64(indptr[r]), np.uint64(indptr[r + 1])):
+        e = np.uint64(indptr[r + 1])
+        jj = np.uint64(_first(indices, np.uint64(indptr[r]), e, c0))
+        while jj < e and indices[jj] < c1:
             a = data[jj]
             for m in range(b.shape[1]):
                 out[indices[jj], m] += a * b[k, m]
+            jj += np.uint64(1)
 
 
 @njit(nogil=True, cache=True)
@@ -90,14 +111,8 @@ def _row_square_sums(indptr, data, rows, out):
         out[k] = s
 
 
-def sparse_rmatvec(matrix: sparse.csr_matrix, g: np.ndarray) -> np.ndarray:
-    """``matrix.T @ g`` for a CSR matrix, walking only the rows where g ≠ 0: each output entry sums the same
-    products in the same order as scipy's ``csc_matvec`` (rows ascending), so the result is bitwise scipy's
-    (a zero may differ in sign). The objective points' gradient is zero wherever no objective is active."""
-    out = np.zeros(matrix.shape[1], np.result_type(matrix.dtype, g.dtype))
-    rows = np.flatnonzero(g)
-    _rmatvec(matrix.indptr, matrix.indices, matrix.data, rows, np.asarray(g[rows], out.dtype), out)
-    return out
+COLUMN_THREADS = 8  # at most: every column-range thread walks every row (a binary search each), which more
+# threads would repeat more often than they share entries
 
 
 def block_cuts(row_nnz: np.ndarray, n: int) -> np.ndarray:
@@ -111,8 +126,9 @@ class RowView:
     """M[rows] of a CSR matrix M (float32 or float64), never copied (module docstring).
 
     matrix: the CSR matrix. rows: row indices (int64, any order; the view's row k is ``matrix`` row
-    ``rows[k]``), default all. threads, pool: products on ``threads`` row blocks of equal entries when the view
-    holds at least ``parallel_min_nnz`` entries; ``pool(n)`` gives a ``concurrent.futures`` executor.
+    ``rows[k]``), default all. threads, pool: products on ``threads`` threads (M x on row blocks of equal entries,
+    the transposed products on column ranges) when they read at least ``parallel_min_nnz`` entries; ``pool(n)``
+    gives a ``concurrent.futures`` executor. Results are bitwise the same for any number of threads.
     """
 
     def __init__(self, matrix: sparse.csr_matrix, rows: np.ndarray | None = None, threads: int = 1, pool=None,
@@ -156,47 +172,54 @@ class RowView:
         list(self.pool(len(blocks)).map(run, blocks))
         return out
 
-    def rmatvec(self, g: np.ndarray) -> np.ndarray:
-        """M[rows]ᵀ g (g: one value per view row)."""
-        g = np.ascontiguousarray(g)
-        dtype = np.result_type(self.dtype, g.dtype)
-        blocks = self._blocks()
-        if len(blocks) < 2:
-            out = np.zeros(self.shape[1], dtype)
-            _rmatvec(*self._args(), self.rows, g, out)
+    def _columns(self, kernel, rows: np.ndarray, nnz: int, vector: np.ndarray, out: np.ndarray) -> np.ndarray:
+        """``kernel`` (a transposed product accumulating into ``out[column]``) over ``rows``, on the column
+        ranges of the threads: each thread walks every row but adds only the entries of its columns (rows with
+        sorted columns: a binary search per row finds them), so each output entry sums the same terms in the
+        same order as one thread does, bitwise, whatever the number of threads."""
+        n = min(self.threads, COLUMN_THREADS) if nnz >= self.parallel_min_nnz and self.pool is not None \
+            and self._sorted() else 1
+        if n == 1:
+            kernel(*self._args(), rows, vector, out, 0, self.shape[1])
             return out
+        edges = np.linspace(0, self.shape[1], n + 1).astype(np.int64)
 
-        def run(ab):
-            a, b = ab
-            out = np.zeros(self.shape[1], dtype)
-            _rmatvec(*self._args(), self.rows[a:b], g[a:b], out)
-            return out
+        def run(c):
+            kernel(*self._args(), rows, vector, out, edges[c], edges[c + 1])
 
-        return np.sum(list(self.pool(len(blocks)).map(run, blocks)), axis=0)
-
-    def rmatvec_rows(self, local: np.ndarray, g: np.ndarray) -> np.ndarray:
-        """M[rows[local]]ᵀ g, one thread (g: one value per selected row): the active-row gradient."""
-        g = np.ascontiguousarray(g)
-        out = np.zeros(self.shape[1], np.result_type(self.dtype, g.dtype))
-        _rmatvec(*self._args(), self.rows[np.asarray(local, np.int64)], g, out)
+        list(self.pool(n).map(run, range(n)))
         return out
 
+    def _sorted(self) -> bool:
+        return bool(self.base.has_sorted_indices)
+
+    def rmatvec(self, g: np.ndarray) -> np.ndarray:
+        """M[rows]ᵀ g (g: one value per view row); bitwise the same for any number of threads (``_columns``)."""
+        g = np.ascontiguousarray(g)
+        out = np.zeros(self.shape[1], np.result_type(self.dtype, g.dtype))
+        return self._columns(_rmatvec, self.rows, self.nnz, g, out)
+
+    def rmatvec_rows(self, local: np.ndarray, g: np.ndarray) -> np.ndarray:
+        """M[rows[local]]ᵀ g (g: one value per selected row): the active-row gradient."""
+        g = np.ascontiguousarray(g)
+        local = np.asarray(local, np.int64)
+        out = np.zeros(self.shape[1], np.result_type(self.dtype, g.dtype))
+        return self._columns(_rmatvec, self.rows[local], int(self.row_nnz[local].sum()), g, out)
+
     def rmatvec_squared(self, w: np.ndarray, dtype=None) -> np.ndarray:
-        """Σ_k w_k M[rows_k, j]², one thread, accumulated in ``dtype`` (default the matrix's)."""
+        """Σ_k w_k M[rows_k, j]², accumulated in ``dtype`` (default the matrix's)."""
         dtype = np.dtype(self.dtype if dtype is None else dtype)
         out = np.zeros(self.shape[1], dtype)
         kernel = _rmatvec_squared if dtype == self.dtype else _rmatvec_squared64
         if kernel is _rmatvec_squared64 and dtype != np.float64:
             raise ValueError(f"squared products accumulate in the matrix's dtype or float64, not {dtype}")
-        kernel(*self._args(), self.rows, np.ascontiguousarray(w, dtype), out)
-        return out
+        return self._columns(kernel, self.rows, self.nnz, np.ascontiguousarray(w, dtype), out)
 
     def rmatmat(self, b: np.ndarray) -> np.ndarray:
-        """M[rows]ᵀ B for a dense B (view rows × k), one thread."""
+        """M[rows]ᵀ B for a dense B (view rows × k)."""
         b = np.ascontiguousarray(b)
         out = np.zeros((self.shape[1], b.shape[1]), np.result_type(self.dtype, b.dtype))
-        _rmatmat(*self._args(), self.rows, b, out)
-        return out
+        return self._columns(_rmatmat, self.rows, self.nnz, b, out)
 
     def matmat_sparse(self, a: sparse.csr_matrix) -> np.ndarray:
         """M[rows] A for a sparse A (columns × k; e.g. the 0/1 segment apertures): dense (view rows × k),

@@ -28,7 +28,7 @@ def segment_objective(f: PlanObjective | PointObjective, a) -> PlanObjective | P
     influence = _csr(f.view.matmat_sparse(a))
     view = _view(influence, np.arange(influence.shape[0]), f.view.threads)
     if isinstance(f, PointObjective):
-        return PointObjective(view, f.interp, f.objectives, f.local_points, f.weights.copy())
+        return PointObjective(view, f.interp, f.objectives, f.local_points, f.weights.copy(), _points=f._points)
     return PlanObjective(view, f.objectives, f.local_rows, f.weights.copy())
 
 

@@ -86,6 +86,7 @@ from rtautoplan.physics import cache as dij_cache
 from rtautoplan.physics.geometry import (beam_frame, beamlet_grid, hu_to_red, radiological_depth,
                                          radiological_depth_at)
 from rtautoplan.physics.photon import SIX_MV, PhotonModel, _normalisation
+from rtautoplan.threads import for_each, ordered_map
 
 DIJ_VERSION = "dij-1"  # bump when the dose computation or the stored layout changes
 DOSE_GRID_MM = 3.0  # the engines' default dose grid spacing (mm)
@@ -337,8 +338,9 @@ def dose_to_grid(dose: np.ndarray, src: Grid, dst: Grid, block: int = 8) -> np.n
 
     The grids must have the same axes up to order and sign (axis-aligned, as every CT and dose
     grid here), so the interpolation is separable: three 1-D passes with per-axis index vectors,
-    the last two over ``block`` output slices at a time. Memory: the output plus about two
-    source-sized float32 arrays; no coordinate arrays of the output's size.
+    the last two over ``block`` output slices at a time (on the engine's threads: each block writes its own
+    slices, so the result does not depend on them). Memory: the output plus about two source-sized float32
+    arrays and two blocks per thread; no coordinate arrays of the output's size.
     """
     jacobian = (dst.axes * np.asarray(dst.spacing)[:, None]) @ src.axes.T / np.asarray(src.spacing)
     order = np.argmax(np.abs(jacobian), axis=1)  # the src axis each dst axis runs along
@@ -350,8 +352,11 @@ def dose_to_grid(dose: np.ndarray, src: Grid, dst: Grid, block: int = 8) -> np.n
                for a, (m, n) in enumerate(zip(order, dst.shape))]
     stage = _interpolate_axis(values, 0, weights[0])
     out = np.empty(tuple(dst.shape), np.float32)
-    for k in range(0, out.shape[0], block):
+
+    def fill(k):
         out[k:k + block] = _interpolate_axis(_interpolate_axis(stage[k:k + block], 1, weights[1]), 2, weights[2])
+
+    for_each(fill, range(0, out.shape[0], block), name="grid")
     return out
 
 
@@ -526,8 +531,11 @@ def dose_influence(case: Case, beams, beamlet_mm: float = 5.0, dose_grid_factor=
     (module docstring); neither: the CT grid. cutoff_mm: lateral kernel cutoff (BEV, isocentre plane).
 
     Memory: each beam's entries are gathered column by column (CSC), converted to CSR and stacked
-    (:class:`CsrStack`): about the finished matrix plus two copies of one beam at the peak (no COO
-    triplets, no CSR copy of the whole matrix, no per-pair Python lists for a whole beam).
+    (:class:`CsrStack`): about the finished matrix plus two copies of one beam per engine thread at the peak
+    (no COO triplets, no CSR copy of the whole matrix, no per-pair Python lists for a whole beam).
+
+    Threads: the beams are independent, so up to :func:`~rtautoplan.threads.engine_threads` of them are computed
+    at once and stacked in beam order: the matrix is the same, bit for bit, for any number of threads.
     """
     beams = tuple(beams)
     if not beams:
@@ -537,14 +545,17 @@ def dose_influence(case: Case, beams, beamlet_mm: float = 5.0, dose_grid_factor=
     dose_grid, red, ext, rows_flat, factor = dose_grid_of(case, dose_grid_factor, dose_grid_mm)
     target = _target_mask(case)
     stack, beamlets, slices = CsrStack(rows_flat.size), [], []
-    for beam in beams:
-        beam_csr, centres = _beam_columns(red, ext, dose_grid, rows_flat, beam, case.refs.patient_position, target,
-                                          case.grid, beamlet_mm, cutoff_mm, margin_mm, model)
+
+    def columns(beam):
+        return _beam_columns(red, ext, dose_grid, rows_flat, beam, case.refs.patient_position, target, case.grid,
+                             beamlet_mm, cutoff_mm, margin_mm, model)
+
+    for beam_csr, centres in ordered_map(columns, beams, name="beams"):
         slices.append(slice(stack.n_cols, stack.n_cols + len(centres)))
         stack.add(beam_csr, len(centres))
         del beam_csr
         beamlets.append(centres)
-    del red, ext, target
+    red = ext = target = None  # released before the matrix is assembled
     matrix = stack.finish()
     return Dij(matrix, dose_grid, rows_flat, tuple(beamlets), tuple(slices), float(beamlet_mm), factor, case.grid)
 

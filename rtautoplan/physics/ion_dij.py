@@ -75,6 +75,7 @@ from rtautoplan.physics.dij import (CsrStack, Dij, _atomic, _target_mask, cache_
                                     row_depths)
 from rtautoplan.physics.geometry import beam_frame, radiological_depth
 from rtautoplan.plan import Beam, Modality
+from rtautoplan.threads import ordered_map
 
 ION_DIJ_VERSION = "ion-dij-1"  # bump when the computation or the stored layout changes
 ION_SAD_MM = 2000.0  # virtual source–axis distance of a scanning nozzle (generic; machines: 2–3 m)
@@ -211,8 +212,9 @@ def spot_influence(case: Case, beams, ion: str | ir.Ion = ir.PROTON, spot_spacin
     target = _target_mask(case) if spots is None else None
     stack, alpha_stack = CsrStack(rows_flat.size), (CsrStack(rows_flat.size) if tissue is not None else None)
     spot_sets, slices = [], []
-    for b, beam in enumerate(beams):
-        frame = beam_frame(beam, case.refs.patient_position, sad_mm)
+
+    def columns(b):  # one beam: (its spots, its dose columns, its α columns); beams on the engine's threads
+        frame = beam_frame(beams[b], case.refs.patient_position, sad_mm)
         if spots is None:
             beam_spots = _beam_spots(case, frame, spr_ct, target, name, spot_spacing_mm, layer_spacing_mm, margin_mm)
         else:
@@ -221,11 +223,14 @@ def spot_influence(case: Case, beams, ion: str | ir.Ion = ir.PROTON, spot_spacin
         wet = row_depths(spr, ext, dose_grid, rows_flat, frame, case.grid).astype(np.float64)
         r, c, v, a = _beam_entries(beam_spots, xb, yb, t, wet, name, sad_mm, cutoff_sigma, n_per_mu, tissue)
         shape = (rows_flat.size, len(beam_spots))
+        return beam_spots, _csr(r, c, v, shape), (_csr(r, c, a, shape) if tissue is not None else None)
+
+    for beam_spots, dose_columns, alpha_columns in ordered_map(columns, range(len(beams)), name="beams"):
         slices.append(slice(stack.n_cols, stack.n_cols + len(beam_spots)))
-        stack.add(_csr(r, c, v, shape), len(beam_spots))
+        stack.add(dose_columns, len(beam_spots))
         if alpha_stack is not None:
-            alpha_stack.add(_csr(r, c, a, shape), len(beam_spots))
-        del r, c, v, a
+            alpha_stack.add(alpha_columns, len(beam_spots))
+        del dose_columns, alpha_columns
         spot_sets.append(beam_spots)
     matrix = stack.finish()
     alpha_m = sqrt_beta_m = None
