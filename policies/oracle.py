@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from dataclasses import dataclass
 
 import numpy as np
@@ -114,3 +115,50 @@ def beam_search(env, case_seed: int, init: str = "trivial", depth: int = 20, wid
     failed = tuple(c.name for c in best[3].criteria if c.passed is False)
     return SearchResult(int(case_seed), init, float(root[0][0]), best[0][0], best[0][1], best[1], dict(env.parameters),
                         failed, plans, time.perf_counter() - start)
+
+
+CSV = Path(__file__).resolve().parents[1] / "docs" / "results" / "acer_oracle.csv"
+FIELDS = ("case_seed", "init", "start_psi", "best_psi", "actions", "failed", "plans", "width", "max_plans",
+          "rectum_floor_pct", "bladder_floor_pct", "unreachable", "wall_s")
+
+
+def row(result: SearchResult, floors: tuple[Floor, ...], width: int, max_plans: int | None) -> dict:
+    """One CSV row: the search's result, the V94.3% floors of both organs, the criteria no plan can pass."""
+    floor = {f.name.split()[0]: f.floor for f in floors if f.name.endswith("V94.3%")}
+    return {"case_seed": result.case_seed, "init": result.init, "start_psi": result.start_psi,
+            "best_psi": result.best_psi, "actions": " ".join(result.actions), "failed": "; ".join(result.failed),
+            "plans": result.plans, "width": width, "max_plans": "" if max_plans is None else max_plans,
+            "rectum_floor_pct": round(floor["Rectum"], 2), "bladder_floor_pct": round(floor["Bladder"], 2),
+            "unreachable": "; ".join(f.name for f in floors if f.unreachable), "wall_s": round(result.wall_s, 1)}
+
+
+def main(argv=None) -> None:
+    """``python -m rtautoplan.policies.oracle SEED … [--width 2] [--max-plans 120]``: search each prostate
+    v2 case from its trivial TPPs on the ACER engine; rows appended to ``docs/results/acer_oracle.csv``."""
+    import argparse
+    import csv
+
+    from rtautoplan.policies.acer import make_env
+
+    parser = argparse.ArgumentParser(prog="python -m rtautoplan.policies.oracle", description=main.__doc__)
+    parser.add_argument("seeds", nargs="+", type=int)
+    parser.add_argument("--width", type=int, default=2)
+    parser.add_argument("--depth", type=int, default=20)
+    parser.add_argument("--max-plans", type=int, default=120)
+    parser.add_argument("--population", default="v2")
+    parser.add_argument("--csv", type=Path, default=CSV)
+    args = parser.parse_args(argv)
+    env = make_env(args.seeds, (1, 2, 2), population=args.population)
+    for seed in args.seeds:
+        result = beam_search(env, seed, depth=args.depth, width=args.width, max_plans=args.max_plans,
+                             progress=lambda d, p, n: print(f"seed {seed} depth {d}: best ψ {p:g}, {n} plans", flush=True))
+        fresh = not args.csv.exists()
+        with open(args.csv, "a", newline="") as f:
+            writer = csv.DictWriter(f, FIELDS)
+            if fresh:
+                writer.writeheader()
+            writer.writerow(row(result, geometric_floor(env.case), args.width, args.max_plans))
+
+
+if __name__ == "__main__":
+    main()
