@@ -458,8 +458,8 @@ def load(env=None, seed: int = 0, path: str | Path = WEIGHTS) -> AcerPolicy:
 
 
 def ensemble(env=None, path: str | Path = WEIGHTS) -> list[AcerPolicy]:
-    """The other committed ACER planners beside ``path`` (``acer_prostate*.pt``: the v1 planner and its
-    first stage next to the v2 default): the ensemble whose disagreement with the planner is its
+    """The other committed ACER planners beside ``path`` (``acer_prostate*.pt``: the v1 planner, its
+    first stage and the v3 fine-tune next to the v2 default): the ensemble whose disagreement with the planner is its
     epistemic uncertainty (SPEC §5.4)."""
     path = Path(path)
     others = sorted(p for p in path.parent.glob("acer_prostate*.pt") if p.resolve() != path.resolve())

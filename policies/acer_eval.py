@@ -32,7 +32,10 @@ POLICY_ROWS = ("acer", "acer-seed0", "rule-based", "random")
 # Issue 16: the calibrated population v2, both ACER weights against the baselines and the start plan.
 CSV_V2 = ROOT / "docs" / "results" / "acer_prostate_v2.csv"
 V2_ROWS = ("acer-v2", "acer-v1", "rule-based", "random", "do-nothing")
-WEIGHT_FILES = {"acer-v1": "acer_prostate.pt", "acer-v2": "acer_prostate_v2.pt", "acer-seed0": "acer_prostate_seed0.pt"}
+# Issue 16, s4: the v2 planner fine-tuned on four high-overlap variants, against v2 and the baselines.
+V3_ROWS = ("acer-v3", "acer-v2", "rule-based", "random", "do-nothing")
+WEIGHT_FILES = {"acer-v1": "acer_prostate.pt", "acer-v2": "acer_prostate_v2.pt", "acer-v3": "acer_prostate_v3.pt",
+                "acer-seed0": "acer_prostate_seed0.pt"}
 
 
 def _policy(name: str, env, seed: int):

@@ -151,10 +151,13 @@ def test_committed_records_name_their_population_and_engine(name):
     assert record["engine"]["dose_grid_factor"] == record["args"]["dose_grid_factor"]
 
 
-def test_the_default_acer_planner_was_trained_on_v2_and_says_how():
+@pytest.mark.parametrize("name", [None, "acer_prostate_v3"])
+def test_the_default_acer_planner_was_trained_on_v2_and_says_how(name):
+    """The default (None) and the v3 fine-tune of it (issue 16, s4)."""
     from rtautoplan.policies import acer
 
-    record = json.loads(acer.WEIGHTS.with_suffix(".json").read_text())
+    path = acer.WEIGHTS if name is None else acer.WEIGHTS.parent / f"{name}.pt"
+    record = json.loads(path.with_suffix(".json").read_text())
     assert record["population"] == "v2" and record["engine"]["dose_grid_factor"] == [1, 2, 2]
     assert record["command"].startswith("rtautoplan train acer ") and "--population v2" in record["command"]
     assert max(record["args"]["train_seeds"] + record["args"]["val_seeds"]) < 1000  # held-out seeds untouched
