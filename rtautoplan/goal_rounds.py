@@ -49,8 +49,8 @@ ROUNDS = 4
 WEIGHT_FACTOR = 3.0
 AIM_STEP = 0.25  # the largest relative move of a dose aim in one round
 MIN_VOLUME = 0.005  # an upper dose-volume objective's volume is never halved below this fraction
-FULL_STEP_MISS = 0.10  # a miss of this fraction of its bound (or more) takes a round's full step
-MIN_STEP = 0.25  # the smallest step (fraction of the full one) of a near miss
+FULL_STEP_MISS = 0.05  # a miss of this fraction of its bound (or more) takes a round's full step
+MIN_STEP = 0.5  # the smallest step (fraction of the full one) of a near miss
 _DOSE_VOLUME = (ObjectiveKind.DVH_MAX, ObjectiveKind.DV_MAX)
 
 
