@@ -28,6 +28,7 @@ from rtautoplan.optimize.objectives import plan_objective, point_objective
 from rtautoplan.optimize.segments import segment_objective
 from rtautoplan.physics.points import structure_points
 from rtautoplan.physics.dij import DOSE_GRID_MM, Dij, beams_for, dij_cached, dose_to_grid
+from rtautoplan.physics.photon import SIX_MV, PhotonModel
 from rtautoplan.plan import Beam, Dose, Modality, Objective, Plan
 
 log = logging.getLogger(__name__)
@@ -62,7 +63,9 @@ class InHousePhoton:
     ``prepare`` gets none. dose_grid_mm: the dose grid's spacing (mm, one or three values; default
     ``DOSE_GRID_MM``, its own grid over the External: ``physics.dij``); dose_grid_factor: instead a
     block of (k, j, i) CT voxels per dose voxel (the trained planners' engines); not both. max_iter:
-    the optimiser's iteration cap. warm_start: start each re-optimisation from the previous
+    the optimiser's iteration cap. beamlet_mm: beamlet side and MLC leaf width (mm at the isocentre
+    plane; 5 mm as clinical MLCs, 2.5 mm as high-definition ones). model: the photon beam model
+    (``physics.photon.SIX_MV``). warm_start: start each re-optimisation from the previous
     solution (module docstring). objective_points: where the objectives read the dose — "ct" (the
     structures' CT voxels, trilinear from the dose grid, where the dose is reported:
     ``physics.points``) or "dose_grid" (the dose-grid voxel centres; the engine the trained ACER and
@@ -72,7 +75,8 @@ class InHousePhoton:
     modality = Modality.PHOTON
 
     def __init__(self, solver: str = "lbfgs", n_beams: int = 7, dose_grid_factor=None, cache_dir=None,
-                 max_iter: int = 200, warm_start: bool = True, objective_points: str = "ct", dose_grid_mm=None):
+                 max_iter: int = 200, warm_start: bool = True, objective_points: str = "ct", dose_grid_mm=None,
+                 beamlet_mm: float = 5.0, model: PhotonModel = SIX_MV):
         if solver not in ("lbfgs", "admm"):
             raise ValueError(f"solver must be 'lbfgs' or 'admm', not {solver!r}")
         if objective_points not in ("ct", "dose_grid"):
@@ -82,6 +86,9 @@ class InHousePhoton:
         self.name = f"inhouse-photon-{solver}"
         self.solver, self.n_beams, self.max_iter, self.warm_start = solver, n_beams, max_iter, bool(warm_start)
         self.grid_options = grid_options(dose_grid_factor, dose_grid_mm)
+        if not beamlet_mm > 0:
+            raise ValueError(f"beamlet_mm must be positive, not {beamlet_mm!r}")
+        self.beamlet_mm, self.model = float(beamlet_mm), model
         self.dose_grid_factor, self.cache_dir = dose_grid_factor, cache_dir
         self._case: Case | None = None
         self._dij: Dij | None = None
@@ -95,7 +102,8 @@ class InHousePhoton:
     def prepare(self, case: Case, beams: Sequence[Beam] | None = None) -> None:
         self._case = case
         self._beams = tuple(beams) if beams else beams_for(case, n=self.n_beams)
-        self._dij = dij_cached(case, self._beams, cache_dir=self.cache_dir, **self.grid_options)
+        self._dij = dij_cached(case, self._beams, cache_dir=self.cache_dir, beamlet_mm=self.beamlet_mm,
+                               model=self.model, **self.grid_options)
         self._rows, self._x, self._f, self._admm_state, self._plan = {}, None, None, None, None
         self._points = {}
 

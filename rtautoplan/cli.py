@@ -261,8 +261,16 @@ def _plan_options(args):
     from rtautoplan.folder import PlanOptions
 
     return PlanOptions(site=args.site, modality=args.modality, adapter=args.adapter, policy=args.policy,
-                       max_steps=args.max_steps, seed=args.seed, adapter_options=_grid_options(args),
+                       max_steps=args.max_steps, seed=args.seed, adapter_options=_engine_options(args),
                        unknown_rois=args.unknown_rois, conservative=args.conservative)
+
+
+def _engine_options(args) -> dict:
+    """The adapter's dose grid (``_grid_options``) and, with --beamlet-mm, its beamlet side (photons)."""
+    mm = getattr(args, "beamlet_mm", None)
+    if mm is not None and not mm > 0:
+        raise InputError(f"--beamlet-mm {mm:g}", "is not a positive size", "Give e.g. --beamlet-mm 2.5 (a 2.5 mm MLC)")
+    return {**_grid_options(args), **({"beamlet_mm": mm} if mm is not None else {})}
 
 
 def _grid_options(args) -> dict:
@@ -621,6 +629,9 @@ def _add_plan_options(p: argparse.ArgumentParser, engine: bool = False) -> None:
         p.add_argument("--dose-grid-mm", type=float, nargs="+", default=None, metavar="MM",
                        help="dose grid spacing in mm, one value or three (slice, row, column); its own grid over "
                             "the External (default 3 mm for the in-house engines; trained planners keep their grid)")
+        p.add_argument("--beamlet-mm", type=float, default=None, metavar="MM",
+                       help="photon beamlet side and MLC leaf width in mm at the isocentre (default 5; 2.5: a "
+                            "high-definition MLC, 4x the dose-influence matrix)")
 
 
 def main(argv: list[str] | None = None) -> int:

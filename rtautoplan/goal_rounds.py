@@ -4,9 +4,12 @@ After the closed loop, a plan that fails the clinical gate (``rtautoplan.gate``)
 ``ROUNDS`` rounds. Each round reads every missed must-goal and hot-spot rule on the final dose (as
 delivered and normalised), and for the objectives that pursue it:
 
-- raises their weight ×``WEIGHT_FACTOR``;
+- raises their weight ×``WEIGHT_FACTOR``^s, where the miss's step s grows with how far it misses
+  (``miss_step``: a miss of ``FULL_STEP_MISS`` of its bound or more takes the full step, a near miss
+  at least ``MIN_STEP`` of it): a planner nudges a goal missed by 0.05 Gy, and a ×3 weight for it
+  moves every other trade-off of the plan with it;
 - moves their dose aim by the ratio bound / achieved (an upper bound missed at 12 Gy for 10 Gy
-  aims 10/12 lower; a lower bound missed aims higher), at most ±``AIM_STEP`` per round, and never
+  aims 10/12 lower; a lower bound missed aims higher), at most ±``AIM_STEP``·s per round, and never
   an upper aim on a target (or the External) below 1.02 × its Rx: a target maximum under its own
   prescription fights its coverage, and normalisation then scales the plan hotter;
 - from the second time an upper dose-volume objective is tightened, halves its volume as well
@@ -46,6 +49,8 @@ ROUNDS = 4
 WEIGHT_FACTOR = 3.0
 AIM_STEP = 0.25  # the largest relative move of a dose aim in one round
 MIN_VOLUME = 0.005  # an upper dose-volume objective's volume is never halved below this fraction
+FULL_STEP_MISS = 0.05  # a miss of this fraction of its bound (or more) takes a round's full step
+MIN_STEP = 0.5  # the smallest step (fraction of the full one) of a near miss
 _DOSE_VOLUME = (ObjectiveKind.DVH_MAX, ObjectiveKind.DV_MAX)
 
 
@@ -59,6 +64,13 @@ class Miss:
     bound_gy: float
     achieved_gy: float
     side: str
+
+
+def miss_step(miss: Miss) -> float:
+    """The fraction of a round's full step that ``miss`` takes: its relative miss |achieved − bound| / bound
+    over FULL_STEP_MISS, between MIN_STEP and 1."""
+    relative = abs(miss.achieved_gy - miss.bound_gy) / max(abs(miss.bound_gy), 1e-6)
+    return min(max(relative / FULL_STEP_MISS, MIN_STEP), 1.0)
 
 
 def _aim(objective: Objective, miss: Miss, strength: float) -> float:
@@ -152,7 +164,8 @@ def next_objectives(objectives: Sequence[Objective], found: Sequence[Miss], coun
                     strength: float = 1.0, floor: dict[str, float] | None = None
                     ) -> tuple[list[Objective], list[str]]:
     """(the objectives after one round for ``found``, one line per change): each objective moves once a
-    round (for the first miss that names it); ``counts``: how often each was tightened before (updated);
+    round (for the first miss that names it), by ``strength`` × the miss's own step (``miss_step``);
+    ``counts``: how often each was tightened before (updated);
     ``floor``: the lowest upper aim per structure (``floors``)."""
     out, changes, moved = list(objectives), [], set()
     for miss in found:
@@ -160,7 +173,7 @@ def next_objectives(objectives: Sequence[Objective], found: Sequence[Miss], coun
             o = out[i]
             if i in moved or not _pursues(o, miss.side):
                 continue
-            out[i] = tighten(o, miss, counts.get(i, 0), strength, (floor or {}).get(o.structure, 0.0))
+            out[i] = tighten(o, miss, counts.get(i, 0), strength * miss_step(miss), (floor or {}).get(o.structure, 0.0))
             counts[i] = counts.get(i, 0) + 1
             moved.add(i)
             changes.append(f"{o.structure} {o.kind.value} {o.dose_gy:.2f}→{out[i].dose_gy:.2f} Gy "

@@ -47,3 +47,13 @@ def test_console_script_prints_no_traceback(tmp_path):
     assert result.returncode == 2
     assert "Traceback" not in result.stderr and result.stderr.count("\n") == 1
     assert str(tmp_path / "nothing") in result.stderr
+
+
+def test_beamlet_option_reaches_the_photon_adapter_or_is_refused(capsys, tmp_path):
+    """--beamlet-mm 2.5 becomes the adapter's beamlet_mm beside the dose grid; 0 is an input error."""
+    from rtautoplan.cli import _plan_options, parser
+
+    args = parser().parse_args(["benchmark", "tg119", "--beamlet-mm", "2.5", "--dose-grid-mm", "2"])
+    assert _plan_options(args).adapter_options == {"beamlet_mm": 2.5, "dose_grid_mm": 2.0}
+    assert main(["benchmark", "tg119", "--cases", "cshape_hard", "--beamlet-mm", "0", "-o", str(tmp_path)]) != 0
+    assert "--beamlet-mm 0" in capsys.readouterr().err

@@ -19,8 +19,11 @@ distance t from the source along the beam axis is
 Parameters (``SIX_MV``) were fitted to central-axis data of a generic 6 MV beam at SSD 100 cm —
 BJR Suppl. 25 (1996) 6 MV: d_max 1.5 cm, %DD(10 cm) 67.0 % / (20 cm) 38.5 % for 10 × 10 cm²,
 62.7 % and 71.0 % at 10 cm for 5 × 5 and 20 × 20 cm²; surface dose ≈ 16 % for 10 × 10 cm²
-(Apipunyasopon et al., JACMP 14(5) 2013) — and to typical 80–20 % penumbrae of 4 mm at d_max and
-6 mm at 10 cm (jaw-defined fields of Varian C-series linacs). The fitted μ = 0.0425 cm⁻¹ is below
+(Apipunyasopon et al., JACMP 14(5) 2013). The primary width σ_p (σ₀, σ₁) is fitted to the measured
+80–20 % penumbra of a narrow MLC-defined 6 MV field, 1 × 20 cm²: 1.7 ± 0.1 mm at 1.5 cm and
+3.7 ± 0.3 mm at 10 cm depth (J Appl Clin Med Phys 12(3):142–160, 2011, doi:10.1120/jacmp.v12i3.3475,
+Table 2) — the field an IMRT beamlet's edge is; the model then gives 4.5 mm for a 10 × 10 cm² field at
+10 cm (phantom scatter widens a large field's edge). The fitted μ = 0.0425 cm⁻¹ is below
 the narrow-beam water value at 2 MeV (0.0494 cm⁻¹, NIST XCOM) because it also absorbs beam
 hardening and the growth of scatter with depth.
 
@@ -51,8 +54,8 @@ class PhotonModel:
     surface: float = 0.148  # primary dose at the surface relative to equilibrium, b₀
     scatter: float = 0.675  # scatter amplitude k_s relative to primary at equilibrium
     scatter_buildup_mm: float = 239.0  # depth scale λ_s of the scatter build-up
-    sigma_primary_mm: float = 2.16  # σ_p at the surface
-    sigma_primary_per_mm: float = 0.00863  # growth of σ_p with depth
+    sigma_primary_mm: float = 0.80  # σ_p at the surface (source size and electron range)
+    sigma_primary_per_mm: float = 0.01363  # growth of σ_p with depth
     sigma_scatter_mm: float = 31.4  # σ_s at the surface
     sigma_scatter_per_mm: float = 0.122  # growth of σ_s with depth
     sad_mm: float = SAD_MM
