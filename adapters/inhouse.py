@@ -28,7 +28,7 @@ from rtautoplan.optimize.objectives import plan_objective, point_objective
 from rtautoplan.optimize.segments import segment_objective
 from rtautoplan.physics.points import structure_points
 from rtautoplan.physics.dij import DOSE_GRID_MM, Dij, beams_for, dij_cached, dose_to_grid
-from rtautoplan.physics.photon import SIX_MV, PhotonModel
+from rtautoplan.physics.photon import SIX_MV, PhotonModel, model_named
 from rtautoplan.plan import Beam, Dose, Modality, Objective, Plan
 
 log = logging.getLogger(__name__)
@@ -65,7 +65,7 @@ class InHousePhoton:
     block of (k, j, i) CT voxels per dose voxel (the trained planners' engines); not both. max_iter:
     the optimiser's iteration cap. beamlet_mm: beamlet side and MLC leaf width (mm at the isocentre
     plane; 5 mm as clinical MLCs, 2.5 mm as high-definition ones). model: the photon beam model
-    (``physics.photon.SIX_MV``). warm_start: start each re-optimisation from the previous
+    (``physics.photon.SIX_MV``, or a name of ``physics.photon.MODELS``). warm_start: start each re-optimisation from the previous
     solution (module docstring). objective_points: where the objectives read the dose — "ct" (the
     structures' CT voxels, trilinear from the dose grid, where the dose is reported:
     ``physics.points``) or "dose_grid" (the dose-grid voxel centres; the engine the trained ACER and
@@ -76,7 +76,7 @@ class InHousePhoton:
 
     def __init__(self, solver: str = "lbfgs", n_beams: int = 7, dose_grid_factor=None, cache_dir=None,
                  max_iter: int = 200, warm_start: bool = True, objective_points: str = "ct", dose_grid_mm=None,
-                 beamlet_mm: float = 5.0, model: PhotonModel = SIX_MV):
+                 beamlet_mm: float = 5.0, model: PhotonModel | str = SIX_MV):
         if solver not in ("lbfgs", "admm"):
             raise ValueError(f"solver must be 'lbfgs' or 'admm', not {solver!r}")
         if objective_points not in ("ct", "dose_grid"):
@@ -88,7 +88,7 @@ class InHousePhoton:
         self.grid_options = grid_options(dose_grid_factor, dose_grid_mm)
         if not beamlet_mm > 0:
             raise ValueError(f"beamlet_mm must be positive, not {beamlet_mm!r}")
-        self.beamlet_mm, self.model = float(beamlet_mm), model
+        self.beamlet_mm, self.model = float(beamlet_mm), model_named(model)
         self.dose_grid_factor, self.cache_dir = dose_grid_factor, cache_dir
         self._case: Case | None = None
         self._dij: Dij | None = None

@@ -27,7 +27,8 @@ DVH_MAX_REL = 1.2  # dose axis top, × d_p ([NOT SPECIFIED] §1.2)
 MAX_STEPS = 20  # t_epi, SPEC §1.8 / Table 3
 # Seed 000's TPS as ``InHousePhoton`` options: 7 beams, 60 L-BFGS iterations, every plan optimised
 # from scratch (docs/decisions.md, "The ACER planner's engine"); the dose grid is the adapter's standard.
-ENGINE = {"n_beams": 7, "max_iter": 60, "warm_start": False, "objective_points": "dose_grid"}  # ACER's engine
+# ACER's (and DQN's) engine, with the beam model the committed weights learned on (physics.photon.SIX_MV_JAW)
+ENGINE = {"n_beams": 7, "max_iter": 60, "warm_start": False, "objective_points": "dose_grid", "model": "6MV-jaw"}
 
 
 class ProstateEnv(PlanningEnv, gym.Env):

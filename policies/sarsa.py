@@ -48,6 +48,9 @@ TRAIN_SEEDS = tuple(range(0, 40))  # H&N phantom seeds (issue 7 split, docs/resu
 VAL_SEEDS = tuple(range(40, 60))
 TEST_SEEDS = tuple(range(1000, 1020))
 TRAIN_GRID = (2, 2, 2)  # dose grid of the committed runs (Args.dose_grid_factor; docs/decisions.md)
+# The engine options the committed weights learned on: objectives on the dose grid, the jaw-fit beam model
+# (physics.photon.SIX_MV_JAW); ``pipeline``'s SARSA setup plans with them too.
+SARSA_ENGINE = {"objective_points": "dose_grid", "model": "6MV-jaw"}
 
 
 @dataclass
@@ -185,7 +188,7 @@ def make_env(model: int, seeds: Sequence[int], n_beams: int = 7, dose_grid_facto
     from rtautoplan.adapters.inhouse import InHousePhoton
 
     tps = InHousePhoton(n_beams=n_beams, dose_grid_factor=tuple(dose_grid_factor), max_iter=max_iter,
-                        objective_points="dose_grid")  # the engine the committed weights learned on
+                        **SARSA_ENGINE)
     return HNImrtEnv(tps, model=model, case_seeds=tuple(seeds), max_steps=max_steps, init="template",
                      population=population, goals=goals)
 

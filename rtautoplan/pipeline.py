@@ -32,6 +32,7 @@ from rtautoplan.policies import POLICIES
 from rtautoplan.policies.env import ENVS
 from rtautoplan.policies.env_prostate import ENGINE as PROSTATE_ENGINE
 from rtautoplan.policies.env_proton import PPO_ENGINE
+from rtautoplan.policies.sarsa import SARSA_ENGINE
 
 
 @dataclass(frozen=True)
@@ -93,7 +94,7 @@ MODALITIES = ("photon", "proton", "carbon")
 # state of ``hn_imrt`` (model 2: dose and volume moves), not seed 002's.
 POLICY_SETUPS: dict[tuple[str, str, str], Setup] = {
     ("hn", "photon", "sarsa"): Setup("hn_imrt", "inhouse-photon", "sarsa", 35, env_options={"model": 2},
-                                     adapter_options={"objective_points": "dose_grid", **TRAINED_GRID}),
+                                     adapter_options={**SARSA_ENGINE, **TRAINED_GRID}),
     # seed 003's QMIX, with the optimiser iterations it was trained on (policies/weights/qmix_carbon.json)
     ("hn", "carbon", "qmix"): Setup("carbon_hn", "phoenix", "qmix", 10, adapter_options={"max_iterations": 100}),
     ("hn", "proton", "ppo"): PPO_HN,

@@ -137,3 +137,19 @@ def test_large_field_penumbra_in_the_clinical_range():
     wide = strip_penumbra_mm(100.0, width_mm=100.0, length_mm=100.0)
     assert strip_penumbra_mm(100.0) < wide
     assert 3.0 <= wide <= 5.0
+
+
+def test_trained_photon_planners_keep_the_beam_model_they_learned_on():
+    """ACER's prostate setup and SARSA's plan on the jaw-fit model their weights learned on; every other photon
+    setup on the refitted one; an unknown model name is refused with the known ones."""
+    from rtautoplan.adapters.inhouse import InHousePhoton
+    from rtautoplan.physics.photon import SIX_MV, SIX_MV_JAW
+    from rtautoplan.pipeline import setup_for, tps_with_options
+
+    assert tps_with_options(setup_for("prostate", "photon"), None, {}).model is SIX_MV_JAW
+    assert tps_with_options(setup_for("hn", "photon", "sarsa"), None, {}).model is SIX_MV_JAW
+    for site in ("hn", "liver", "generic"):
+        assert tps_with_options(setup_for(site, "photon"), None, {}).model is SIX_MV
+    assert SIX_MV_JAW.sigma_primary_mm > SIX_MV.sigma_primary_mm
+    with pytest.raises(ValueError, match="unknown photon beam model '10MV'; known: 6MV, 6MV-jaw"):
+        InHousePhoton(model="10MV")

@@ -35,7 +35,7 @@ no head scatter or horns, no off-axis softening, Gaussian instead of exponential
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 from scipy.special import erf
@@ -73,6 +73,20 @@ class PhotonModel:
 
 
 SIX_MV = PhotonModel()
+# The model before the narrow-field refit (s4-tg119): σ_p fitted to typical jaw-defined penumbrae (4 mm at d_max,
+# 6 mm at 10 cm). The trained photon planners (ACER, DQN, SARSA) learned on it, so their engines keep it: a trained
+# planner runs on the engine it was trained on (docs/decisions.md, "The photon beam model and the trained planners").
+SIX_MV_JAW = replace(SIX_MV, sigma_primary_mm=2.16, sigma_primary_per_mm=0.00863)
+MODELS = {"6MV": SIX_MV, "6MV-jaw": SIX_MV_JAW}  # names the engine options and training records use
+
+
+def model_named(model: "PhotonModel | str") -> PhotonModel:
+    """The beam model ``model`` (a ``PhotonModel``, or one of ``MODELS``' names)."""
+    if isinstance(model, PhotonModel):
+        return model
+    if model not in MODELS:
+        raise ValueError(f"unknown photon beam model {model!r}; known: {', '.join(MODELS)}")
+    return MODELS[model]
 
 
 def _aperture(offset: np.ndarray, half: float, sigma: np.ndarray) -> np.ndarray:
