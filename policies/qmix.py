@@ -46,7 +46,7 @@ from rtautoplan.policies import env_carbon as C
 from rtautoplan.policies.workers import deterministic, env_workers, given
 from rtautoplan.scoring.table_a2 import MAX_PHI
 
-WEIGHTS = Path(__file__).resolve().parent / "weights" / "qmix_carbon.pt"
+WEIGHTS = Path(__file__).resolve().parent / "weights" / "qmix_carbon_v2.pt"
 N_AGENTS = len(C.AGENTS)
 N_ACTIONS = len(C.MOVE)
 OBS_SHAPE = (1 + len(C.OAR_GOALS_GY), C.DVH_POINTS)

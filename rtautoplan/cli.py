@@ -181,6 +181,8 @@ def _evaluate(args) -> int:
         return _table1(args)
     if args.policy == "ppo" and args.site in ("hn", "liver") and args.modality == "proton":
         return _ppo_table(args)
+    if args.policy == "qmix" and args.site == "hn" and args.modality == "carbon":
+        return _qmix_table(args)
     tps = None
     if args.dose_grid_factor:  # the setup's adapter options (e.g. the trained planner's engine) plus the grid
         tps = tps_with_options(ev.setup_for(args.site, args.modality, args.policy), args.adapter,
@@ -241,6 +243,23 @@ def _ppo_table(args) -> int:
                              coverage_guard=args.coverage_guard, site=args.site)
     Console(width=200).print(ppo_eval.table(rows) + "\n\n" + ppo_eval.head_to_head(rows))
     print(f"wrote {csv_path}")
+    return 0
+
+
+def _qmix_table(args) -> int:
+    """Seed 003's §3.8 evaluation on held-out carbon H&N variants: QMIX, rule-based, random and the template."""
+    from rich.console import Console
+
+    from rtautoplan.policies import qmix_eval
+
+    seeds = range(args.seed, args.seed + args.cases)
+    out = Path(args.output)
+    csv_path = out / "qmix_hn_carbon.csv"
+    rows = qmix_eval.evaluate(seeds, planners=args.planners or tuple(qmix_eval.PLANNERS), csv_path=csv_path,
+                              weights=args.weights)
+    figure = qmix_eval.trajectory(rows, seeds[0], out / "qmix_hn_carbon_trajectory.png")
+    Console(width=200).print(qmix_eval.table(rows) + "\n\n" + qmix_eval.oar_table(rows))
+    print(f"wrote {csv_path}, {figure}")
     return 0
 
 
@@ -480,9 +499,11 @@ def parser() -> argparse.ArgumentParser:
     ev.add_argument("--table1", action="store_true",
                     help="seed 004 Table 1 instead: template, SARSA models 1 and 2, rule-based and random on H&N "
                          "(normalised to PTV D95 = 44 Gy; --site, --policy and --init are not used)")
-    ev.add_argument("--planners", nargs="+", default=None, choices=["ppo", "rule-based", "random"],
-                    help="--policy ppo --site hn --modality proton: the planners of the table (default: all three)")
-    ev.add_argument("--weights", type=Path, default=None, help="--policy ppo: PPO weights (default: the committed ones)")
+    ev.add_argument("--planners", nargs="+", default=None, choices=["ppo", "qmix", "rule-based", "random", "template"],
+                    help="--policy ppo --site hn --modality proton (ppo, rule-based, random) or --policy qmix --site hn "
+                         "--modality carbon (qmix, rule-based, random, template): the planners of the table (default: all)")
+    ev.add_argument("--weights", type=Path, default=None,
+                    help="--policy ppo / qmix: the planner's weights (default: the committed ones)")
     ev.add_argument("--coverage-guard", type=float, default=None, metavar="FRACTION",
                     help="--policy ppo: every planner's loop rejects a step taking a CTV's D99 below "
                          "min(FRACTION·Rx, its D99 before) (e.g. 0.99; default: no guard)")
