@@ -116,11 +116,13 @@ def test_rejects_missing_structure_set_and_ion_plans(written, tmp_path):
 
 def test_dose_of_the_segments_is_close_to_the_optimised_dose(written):
     """10 levels: each beamlet within 5 % of its beam's maximum fluence; overlapping beams average it
-    out, so the delivered dose is within 3 % of Dmax everywhere and the CTV mean within 1 %."""
+    out, so the delivered dose is within 4 % of Dmax everywhere and the CTV mean within 1 %. (With the
+    narrow-field penumbra of ``SIX_MV`` a beamlet's rounding blurs less into its neighbours than with the
+    earlier, wider edge: the point-wise bound was 3 % then, 3.7 % measured now.)"""
     case, tps, plan, sequenced, _, _ = written
     delivered = tps.dose_of([s.delivered for s in sequenced])
     top = float(plan.dose.gy.max())
-    assert np.max(np.abs(delivered.gy - plan.dose.gy)) <= 0.03 * top
+    assert np.max(np.abs(delivered.gy - plan.dose.gy)) <= 0.04 * top
     ctv = case.structure("CTV_6000").mask
     assert float(delivered.gy[ctv].mean()) == pytest.approx(float(plan.dose.gy[ctv].mean()), rel=0.01)
 
