@@ -75,12 +75,9 @@ def plan_cases(policy: str, seeds: Sequence[int] = TEST_SEEDS, max_steps: int | 
 
 
 def write_csv(rows: Sequence[dict], path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, FIELDS)
-        writer.writeheader()
-        writer.writerows(rows)
-    return path
+    from rtautoplan.evaluate import write_rows
+
+    return write_rows(rows, path, FIELDS)
 
 
 def read_csv(path: Path) -> list[dict]:

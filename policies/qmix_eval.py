@@ -62,8 +62,8 @@ def _planner(policy: str, env, weights: Path | None):
 
 def measures(case, dose_gy: np.ndarray) -> tuple[dict[str, float], float, dict[str, float]]:
     """(CTV name → D98 / Rx, max outside the targets / Rx_max, "OAR metric" → value) of a dose (Gy(RBE))."""
-    d98 = {s.name: dvh.d98(dose_gy, evaluation_mask(s)) / s.rx_gy for s in case.by_role(Role.CTV)
-           if s.rx_gy and evaluation_mask(s).any()}
+    ctvs = [(s, evaluation_mask(s)) for s in case.by_role(Role.CTV) if s.rx_gy]
+    d98 = {s.name: dvh.d98(dose_gy, mask) / s.rx_gy for s, mask in ctvs if mask.any()}
     outside, _ = gate_regions(case)
     outside_max = float(np.asarray(dose_gy).ravel()[outside].max()) if outside.size else 0.0
     score = table_a2.score(dose_gy, case)
@@ -96,12 +96,9 @@ def plan_cases(policy: str, seeds: Sequence[int] = TEST_SEEDS, env=None, weights
 
 
 def write_csv(rows: Sequence[dict], path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, FIELDS)
-        writer.writeheader()
-        writer.writerows(rows)
-    return path
+    from rtautoplan.evaluate import write_rows
+
+    return write_rows(rows, path, FIELDS)
 
 
 def read_csv(path: Path) -> list[dict]:

@@ -72,10 +72,16 @@ def summary(results: Sequence[CaseResult]) -> dict[str, float]:
 
 
 def write_csv(results: Sequence[CaseResult], path: Path) -> Path:
+    return write_rows([asdict(r) for r in results], path, list(asdict(results[0])))
+
+
+def write_rows(rows: Sequence[dict], path: Path, fields: Sequence[str]) -> Path:
+    """``rows`` as a CSV with columns ``fields`` (the folder made if needed); the evaluations' tables."""
+    path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(asdict(results[0])))
+        writer = csv.DictWriter(handle, list(fields))
         writer.writeheader()
-        writer.writerows(asdict(r) for r in results)
+        writer.writerows(rows)
     return path
 
 
